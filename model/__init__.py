@@ -1,0 +1,1 @@
+"""PyTorch side of Unmark: network, losses, synthetic watermarks, datasets, training, inference, metrics, plots. Imports nothing of ours."""

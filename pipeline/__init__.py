@@ -1,0 +1,1 @@
+"""Unmark pipeline steps: plain functions over the catalog, the settings object and the CLI."""

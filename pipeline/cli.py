@@ -1,0 +1,142 @@
+"""The ``unmark`` command line (the contract in DESIGN.md). Every command reads ``UNMARK_HOME``
+and prints a human summary, or JSON with ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Unmark: scrape, dedup, triage and clean watermarked images.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Query the catalog.")
+app.add_typer(catalog_app, name="catalog")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _open(settings: Settings | None = None):  # noqa: ANN202
+    from storage import BlobStore, open_catalog
+
+    settings = settings or _settings()
+    return settings, open_catalog(settings), BlobStore.from_settings(settings)
+
+
+def emit(data: Any, as_json: bool, title: str = "") -> None:
+    """Print ``data`` as JSON, or as a two-column rich table (nested dicts flattened)."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    table = Table(title=title or None, show_header=False)
+    for k, v in _flatten(data):
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202
+    if isinstance(d, dict):
+        if not d and prefix:
+            yield prefix.rstrip("."), "—"
+        for k, v in d.items():
+            yield from _flatten(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), d
+
+
+@app.command()
+def init(as_json: JsonOpt = False) -> None:
+    """Create or migrate the catalog."""
+    settings, cat, _ = _open()
+    from storage.db import current_revision
+
+    emit({"catalog": cat.engine.url.render_as_string(), "revision": current_revision(cat.engine),
+          "blobs": settings.blob_root}, as_json, "catalog ready")
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[str], typer.Argument(help="image files or folders")],
+    source: Annotated[str, typer.Option(help="source name recorded on each image")] = "import",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add local image files/folders to the catalog as if fetched."""
+    from pipeline.importer import import_paths
+
+    settings, cat, blobs = _open()
+    try:
+        stats = import_paths(paths, cat, blobs, settings, source=source)
+    except FileNotFoundError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    emit(stats.as_dict(), as_json, "import")
+
+
+@catalog_app.command("stats")
+def catalog_stats(as_json: JsonOpt = False) -> None:
+    """Counts of pages, images per status, failures per stage."""
+    from storage import queries as q
+
+    _, cat, _ = _open()
+    with cat.session() as s:
+        emit(q.catalog_stats(s), as_json, "catalog")
+
+
+@catalog_app.command("images")
+def catalog_images(
+    status: Annotated[str | None, typer.Option(help="fetched|clean|watermarked|uncertain|cleaned|failed|duplicate")] = None,
+    min_psnr: Annotated[float | None, typer.Option(help="only cleanings with PSNR vs input ≥ this")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many rows")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table|json|csv")] = "table",
+) -> None:
+    """List images with their first URL and, when cleaned, the output and its metrics."""
+    from pipeline.catalog_cli import LIST_COLUMNS, format_images
+    from storage import queries as q
+
+    if fmt not in ("table", "json", "csv"):
+        err.print(f"[red]error:[/red] unknown format {fmt!r}: use table, json or csv")
+        raise typer.Exit(2)
+    _, cat, _ = _open()
+    with cat.session() as s:
+        rows = q.list_images(s, status=status, min_psnr=min_psnr, limit=limit)
+    if fmt != "table":
+        sys.stdout.write(format_images(rows, fmt) + ("" if fmt == "csv" else "\n"))
+        return
+    table = Table(title=f"{len(rows)} images")
+    for c in LIST_COLUMNS:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[(r.get(c) or "")[:12] if c == "sha256" else str(r.get(c) if r.get(c) is not None else "")
+                        for c in LIST_COLUMNS])
+    console.print(table)
+
+
+@catalog_app.command("export")
+def catalog_export(
+    dest: Annotated[str, typer.Argument(help="folder to copy cleaned outputs into")],
+    model: Annotated[str | None, typer.Option(help="only this model version's cleanings")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy the cleaned outputs out, with manifest.json and manifest.csv."""
+    from pipeline.catalog_cli import export_cleaned
+
+    _, cat, blobs = _open()
+    emit(export_cleaned(cat, blobs, dest, model_version=model), as_json, "export")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,88 @@
+"""The one settings object. Every value can be set with an ``UNMARK_`` environment variable.
+
+``UNMARK_HOME`` (default ``./data``) holds the catalog, blobs, training runs and reports; the
+catalog URL and blob root default to places inside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNMARK_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    home: Path = Field(default=Path("./data"), description="root of runtime data")
+    catalog_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite in home")
+    blob_root: str | None = Field(default=None, description="local folder or fsspec URL; default home/blobs")
+    # Extra fsspec storage options for the blob root (e.g. s3 endpoint / credentials).
+    blob_endpoint_url: str | None = None
+    blob_key_id: str | None = None
+    blob_secret: str | None = None
+
+    # --- catalog -----------------------------------------------------------------------
+    sqlite_busy_timeout_ms: int = 60_000
+    write_batch_size: int = 500
+
+    # --- scraping ----------------------------------------------------------------------
+    user_agent: str = "UnmarkBot/0.1 (+https://example.invalid/unmark)"
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_page_bytes: int = 5 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    min_image_side: int = 64
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    download_deadline_s: float = 60.0
+    per_host_concurrency: int = 4
+    per_host_delay_s: float = 0.0
+    global_concurrency: int = 16
+    max_retries: int = 3
+    max_redirects: int = 5
+
+    # --- dedup -------------------------------------------------------------------------
+    dedup_threshold: int = 10
+
+    # --- triage ------------------------------------------------------------------------
+    triage_target_precision: float = 0.98
+
+    # --- model / training --------------------------------------------------------------
+    perceptual: str = Field(default="imagenet", description="imagenet | random | off")
+    device: str = "auto"
+    output_format: str = Field(default="png", description="png | jpeg")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = Path(self.home).expanduser()
+        if self.catalog_url is None:
+            self.catalog_url = f"sqlite:///{(self.home / 'catalog.sqlite').resolve()}"
+        if self.blob_root is None:
+            self.blob_root = str((self.home / "blobs").resolve())
+        return self
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    def blob_storage_options(self) -> dict:
+        """fsspec storage options derived from the blob_* settings (empty for local folders)."""
+        opts: dict = {}
+        if self.blob_endpoint_url:
+            opts["client_kwargs"] = {"endpoint_url": self.blob_endpoint_url}
+        if self.blob_key_id:
+            opts["key"] = self.blob_key_id
+        if self.blob_secret:
+            opts["secret"] = self.blob_secret
+        return opts
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment, with explicit overrides (used by the CLI and tests)."""
+    return Settings(**overrides)

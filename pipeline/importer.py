@@ -1,0 +1,98 @@
+"""``unmark import``: add local image files to the catalog as if they had been fetched."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from pipeline.config import Settings
+from pipeline.images import BadImage, inspect_image
+from storage import BlobStore, Catalog
+from storage import queries as q
+from storage.models import Sighting
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class ImportStats:
+    seen: int = 0
+    added: int = 0
+    known: int = 0
+    failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"seen": self.seen, "added": self.added, "known": self.known, "failed": self.failed, "failures": self.failures}
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named directly, plus files with an image suffix under named folders, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return out
+
+
+def import_paths(
+    paths: Iterable[str | os.PathLike],
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    source: str = "import",
+) -> ImportStats:
+    stats = ImportStats()
+    files = iter_image_files(paths)
+    batch: list[tuple[Path, dict]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        with catalog.write() as s:
+            known = set(q.image_ids_by_sha(s, [r["sha256"] for _, r in batch]))
+            ids = q.add_images(s, [r for _, r in batch])
+            for path, row in batch:
+                url = path.resolve().as_uri()
+                if row["sha256"] in known:
+                    stats.known += 1
+                else:
+                    stats.added += 1
+                    known.add(row["sha256"])
+                exists = s.scalar(
+                    select(Sighting.id).where(Sighting.image_id == ids[row["sha256"]], Sighting.image_url == url)
+                )
+                if exists is None:
+                    s.add(Sighting(image_id=ids[row["sha256"]], page_id=None, image_url=url, alt=None, found_by="import"))
+                q.clear_failure(s, "import", url)
+        batch.clear()
+
+    for path in files:
+        stats.seen += 1
+        try:
+            data = path.read_bytes()
+            info = inspect_image(data, settings.max_image_pixels)
+        except (BadImage, OSError) as exc:
+            stats.failed += 1
+            reason = getattr(exc, "reason", type(exc).__name__)
+            stats.failures[reason] = stats.failures.get(reason, 0) + 1
+            with catalog.write() as s:
+                q.record_failure(s, "import", path.resolve().as_uri(), exc)
+            continue
+        sha, key = blobs.put(data)  # blob first: a row never points at a missing blob
+        batch.append(
+            (path, {"sha256": sha, "blob_key": key, "mime": info.mime, "width": info.width, "height": info.height,
+                    "bytes": len(data), "source": source})
+        )
+        if len(batch) >= settings.write_batch_size:
+            flush()
+    flush()
+    return stats

@@ -1,0 +1,167 @@
+"""Engine, sessions and migrations for the catalog.
+
+SQLite: WAL, a busy timeout, foreign keys and ``synchronous=NORMAL`` are set on every connection;
+the driver's own transaction handling is switched off so that we emit ``BEGIN`` ourselves, and
+``BEGIN IMMEDIATE`` for write transactions (a deferred transaction that reads and then writes can
+fail with SQLITE_BUSY even with a timeout). PostgreSQL needs none of this. Alembic owns the schema
+and runs on first use, serialised across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_IMMEDIATE: contextvars.ContextVar[bool] = contextvars.ContextVar("unmark_sqlite_immediate", default=False)
+# An arbitrary constant: the PostgreSQL advisory lock that serialises migrations.
+_PG_MIGRATION_LOCK = 0x756E6D61726B
+
+
+class CatalogError(RuntimeError):
+    """The catalog could not be opened or migrated."""
+
+
+def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see "begin" below)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if _IMMEDIATE.get() else "BEGIN")
+
+
+def make_engine(url: str, busy_timeout_ms: int = 60_000) -> Engine:
+    """One engine per process. SQLite files get their folder created and the pragmas above."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(u, connect_args={"timeout": busy_timeout_ms / 1000})
+        _sqlite_pragmas(engine, busy_timeout_ms)
+        return engine
+    return create_engine(u, pool_pre_ping=True)
+
+
+def _alembic_config(connection=None) -> Config:  # noqa: ANN001
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> str | None:
+    """Upgrade the schema to head. Safe to call from several processes at once."""
+    head = head_revision()
+    if current_revision(engine) == head:
+        return head
+    token = _IMMEDIATE.set(True)  # SQLite: the migration transaction holds the write lock
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            command.upgrade(_alembic_config(conn), "head")
+    finally:
+        _IMMEDIATE.reset(token)
+    return head
+
+
+class Catalog:
+    """The catalog of one process: an engine, a session factory, and read/write sessions."""
+
+    def __init__(self, url: str, busy_timeout_ms: int = 60_000, write_batch_size: int = 500):
+        self.url = url
+        self.engine = make_engine(url, busy_timeout_ms)
+        self.write_batch_size = write_batch_size
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read session (rolled back at the end; use ``write()`` to change anything)."""
+        with self._sessions() as s:
+            try:
+                yield s
+            finally:
+                s.rollback()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed on success. On SQLite it takes the write lock up front
+        (``BEGIN IMMEDIATE``), so concurrent writers queue on the busy timeout instead of failing."""
+        token = _IMMEDIATE.set(True)
+        try:
+            with self._sessions() as s, s.begin():
+                s.connection()  # begin now, inside the IMMEDIATE context
+                yield s
+        finally:
+            _IMMEDIATE.reset(token)
+
+    def migrate(self) -> str | None:
+        return migrate(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_catalog(settings: Any = None, *, url: str | None = None, migrate_schema: bool = True) -> Catalog:
+    """Open (and by default migrate) the catalog named by ``settings.catalog_url`` or ``url``."""
+    if url is None:
+        url = settings.catalog_url
+    kwargs = {}
+    if settings is not None:
+        kwargs = {"busy_timeout_ms": settings.sqlite_busy_timeout_ms, "write_batch_size": settings.write_batch_size}
+    cat = Catalog(url, **kwargs)
+    if migrate_schema:
+        try:
+            cat.migrate()
+        except Exception as exc:  # pragma: no cover - re-raised with the URL for a clear message
+            raise CatalogError(f"could not migrate catalog {make_url(url).render_as_string()}: {exc}") from exc
+    return cat
+
+
+def insert_ignore(session: Session, model: type, rows: Sequence[dict], conflict_cols: Iterable[str]) -> None:
+    """Batched ``INSERT … ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    ins = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
+    stmt = ins(model).on_conflict_do_nothing(index_elements=list(conflict_cols))
+    session.execute(stmt, list(rows))
+
+
+def chunked(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

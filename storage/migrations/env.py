@@ -1,0 +1,36 @@
+"""Alembic environment: migrations run on the connection handed in by ``storage.db.migrate``,
+or on ``UNMARK_CATALOG_URL`` when run from the alembic command line."""
+
+from alembic import context
+
+from storage.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is None:
+        from pipeline.config import load_settings  # only for the alembic CLI
+        from storage.db import make_engine
+
+        engine = make_engine(load_settings().catalog_url)
+        with engine.begin() as conn:
+            _run(conn)
+        return
+    _run(connection)
+
+
+def _run(connection) -> None:  # noqa: ANN001
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run_migrations_online()

@@ -1,0 +1,323 @@
+"""Named catalog queries shared by the CLI, the flows and the tests.
+
+Every function takes a session; writers expect one from ``Catalog.write()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from storage.db import insert_ignore
+from storage.models import Cleaning, Failure, Image, Model, Page, Sighting, utcnow
+
+# --- writes -----------------------------------------------------------------------------
+
+
+def record_failure(session: Session, stage: str, subject: str, error: BaseException | str, error_class: str | None = None) -> None:
+    """Insert a failure row, or bump ``attempts`` on the existing (stage, subject) row."""
+    if isinstance(error, BaseException):
+        error_class = error_class or type(error).__name__
+        message = str(error) or repr(error)
+    else:
+        error_class = error_class or "Error"
+        message = error
+    subject = str(subject)[:2000]
+    row = session.scalar(select(Failure).where(Failure.stage == stage, Failure.subject == subject))
+    if row is None:
+        session.add(Failure(stage=stage, subject=subject, error_class=error_class, message=message[:4000]))
+    else:
+        row.attempts += 1
+        row.error_class = error_class
+        row.message = message[:4000]
+        row.last_at = utcnow()
+    session.flush()
+
+
+def clear_failure(session: Session, stage: str, subject: str) -> None:
+    session.query(Failure).filter(Failure.stage == stage, Failure.subject == str(subject)).delete()
+
+
+def add_images(session: Session, rows: Sequence[dict]) -> dict[str, int]:
+    """Insert image rows (keys: sha256, blob_key, mime, width, height, bytes, source) unless their
+    sha256 is known; returns ``{sha256: image id}`` for every row given."""
+    now = utcnow()
+    insert_ignore(
+        session,
+        Image,
+        [{"status": "fetched", "first_seen_at": now, **r} for r in rows],
+        ["sha256"],
+    )
+    shas = [r["sha256"] for r in rows]
+    return image_ids_by_sha(session, shas)
+
+
+def image_ids_by_sha(session: Session, shas: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(shas), 500):
+        part = shas[i : i + 500]
+        out.update(dict(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(part))).all()))
+    return out
+
+
+def add_sightings(session: Session, rows: Sequence[dict]) -> None:
+    """Insert sightings (image_id, page_id, image_url, alt, found_by); duplicates are ignored."""
+    insert_ignore(session, Sighting, [{"seen_at": utcnow(), **r} for r in rows], ["image_id", "page_id", "image_url"])
+
+
+def upsert_page(session: Session, url: str, host: str, **fields: Any) -> int:
+    """Create or update the page row for ``url``; returns its id."""
+    page = session.scalar(select(Page).where(Page.url == url))
+    if page is None:
+        page = Page(url=url, host=host, **fields)
+        session.add(page)
+    else:
+        for k, v in fields.items():
+            setattr(page, k, v)
+    session.flush()
+    return page.id
+
+
+def get_page(session: Session, url: str) -> Page | None:
+    return session.scalar(select(Page).where(Page.url == url))
+
+
+def register_model(
+    session: Session,
+    version: str,
+    kind: str,
+    checkpoint_key: str | None,
+    config: dict,
+    metrics: dict,
+) -> Model:
+    m = Model(version=version, kind=kind, checkpoint_key=checkpoint_key, config=config, metrics=metrics)
+    session.add(m)
+    session.flush()
+    return m
+
+
+def promote_model(session: Session, version: str) -> None:
+    """Make ``version`` the one promoted model of its kind."""
+    m = session.scalar(select(Model).where(Model.version == version))
+    if m is None:
+        raise KeyError(f"no model {version!r}")
+    session.execute(update(Model).where(Model.kind == m.kind).values(promoted=False))
+    m.promoted = True
+    session.flush()
+
+
+# --- reads ------------------------------------------------------------------------------
+
+
+def promoted_model(session: Session, kind: str) -> Model | None:
+    return session.scalar(select(Model).where(Model.kind == kind, Model.promoted.is_(True)))
+
+
+def get_model(session: Session, version: str) -> Model | None:
+    return session.scalar(select(Model).where(Model.version == version))
+
+
+def list_models(session: Session, kind: str | None = None) -> list[Model]:
+    stmt = select(Model).order_by(Model.created_at)
+    if kind:
+        stmt = stmt.where(Model.kind == kind)
+    return list(session.scalars(stmt))
+
+
+def catalog_stats(session: Session) -> dict[str, Any]:
+    """``{"pages": n, "images": {status: n}, "failures": {stage: n}, ...}``."""
+    pages = session.scalar(select(func.count()).select_from(Page)) or 0
+    images = dict(session.execute(select(Image.status, func.count()).group_by(Image.status)).all())
+    failures = dict(session.execute(select(Failure.stage, func.count()).group_by(Failure.stage)).all())
+    roles = dict(
+        session.execute(
+            select(Image.dedup_role, func.count()).where(Image.dedup_role.is_not(None)).group_by(Image.dedup_role)
+        ).all()
+    )
+    cleanings = session.scalar(select(func.count()).select_from(Cleaning)) or 0
+    models = dict(session.execute(select(Model.kind, func.count()).group_by(Model.kind)).all())
+    return {
+        "pages": pages,
+        "images": images,
+        "failures": failures,
+        "dedup": roles,
+        "cleanings": cleanings,
+        "models": models,
+    }
+
+
+def _first_sighting_url():
+    s = aliased(Sighting)
+    return (
+        select(s.image_url)
+        .where(s.image_id == Image.id)
+        .order_by(s.seen_at, s.id)
+        .limit(1)
+        .correlate(Image)
+        .scalar_subquery()
+    )
+
+
+def list_images(
+    session: Session,
+    status: str | None = None,
+    min_psnr: float | None = None,
+    label: str | None = None,
+    limit: int | None = None,
+    model_version: str | None = None,
+) -> list[dict[str, Any]]:
+    """Images with their first-sighting URL and, when cleaned, the newest (or ``model_version``'s)
+    cleaning output and its PSNR against the input. ``status='duplicate'`` filters on the dedup
+    role instead of the lifecycle status."""
+    latest = (
+        select(Cleaning.image_id, func.max(Cleaning.id).label("cid"))
+        .group_by(Cleaning.image_id)
+    )
+    if model_version:
+        latest = latest.where(Cleaning.model_version == model_version)
+    latest = latest.subquery()
+    stmt = (
+        select(Image, _first_sighting_url().label("url"), Cleaning)
+        .outerjoin(latest, latest.c.image_id == Image.id)
+        .outerjoin(Cleaning, Cleaning.id == latest.c.cid)
+        .order_by(Image.id)
+    )
+    if status == "duplicate" or status == "canonical":
+        stmt = stmt.where(Image.dedup_role == status)
+    elif status:
+        stmt = stmt.where(Image.status == status)
+    if label:
+        stmt = stmt.where(Image.label == label)
+    if min_psnr is not None:
+        stmt = stmt.where(Cleaning.psnr_vs_input >= min_psnr)
+    if limit:
+        stmt = stmt.limit(limit)
+    out = []
+    for img, url, cl in session.execute(stmt).all():
+        row = {
+            "id": img.id,
+            "sha256": img.sha256,
+            "status": img.status,
+            "label": img.label,
+            "dedup_role": img.dedup_role,
+            "group_id": img.group_id,
+            "split": img.split,
+            "width": img.width,
+            "height": img.height,
+            "bytes": img.bytes,
+            "mime": img.mime,
+            "blob_key": img.blob_key,
+            "watermark_score": img.watermark_score,
+            "url": url,
+        }
+        if cl is not None:
+            row.update(
+                {
+                    "output": cl.output_key,
+                    "model_version": cl.model_version,
+                    "cleaning_source": cl.source,
+                    "psnr_vs_input": cl.psnr_vs_input,
+                    "ssim_vs_input": cl.ssim_vs_input,
+                }
+            )
+        out.append(row)
+    return out
+
+
+def images_in_group(session: Session, group_id: int) -> list[Image]:
+    return list(session.scalars(select(Image).where(Image.group_id == group_id).order_by(Image.id)))
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Image.status, func.count()).group_by(Image.status)).all())
+
+
+# --- the pools (DESIGN.md, "Life of an image") -------------------------------------------
+
+
+def _group_key():
+    # An image not (yet) in a group is its own group.
+    return func.coalesce(Image.group_id, Image.id)
+
+
+def clean_pool(session: Session, split: str | None = None) -> list[Image]:
+    """The best clean member of each dedup group (largest area, then bytes, then first seen)."""
+    g = _group_key().label("g")
+    ranked = (
+        select(
+            Image.id,
+            func.row_number()
+            .over(partition_by=g, order_by=[(Image.width * Image.height).desc(), Image.bytes.desc(), Image.id])
+            .label("rn"),
+        )
+        .where(Image.label == "clean")
+        .subquery()
+    )
+    stmt = select(Image).join(ranked, ranked.c.id == Image.id).where(ranked.c.rn == 1).order_by(Image.id)
+    if split:
+        stmt = stmt.where(Image.split == split)
+    return list(session.scalars(stmt))
+
+
+def watermarked_pool(session: Session) -> list[Image]:
+    """Watermarked images whose dedup group has no clean member."""
+    other = aliased(Image)
+    has_clean = exists().where(
+        other.label == "clean", func.coalesce(other.group_id, other.id) == func.coalesce(Image.group_id, Image.id)
+    )
+    stmt = select(Image).where(Image.label == "watermarked", ~has_clean).order_by(Image.id)
+    return list(session.scalars(stmt))
+
+
+def real_pairs(session: Session) -> list[tuple[Image, Image]]:
+    """(watermarked, clean) pairs from groups that hold both: real ground truth for the remover.
+    Each watermarked member is paired with its group's best clean member."""
+    wm = aliased(Image)
+    cl = aliased(Image)
+    g_wm = func.coalesce(wm.group_id, wm.id)
+    g_cl = func.coalesce(cl.group_id, cl.id)
+    ranked = (
+        select(
+            wm.id.label("wm_id"),
+            cl.id.label("cl_id"),
+            func.row_number()
+            .over(partition_by=wm.id, order_by=[(cl.width * cl.height).desc(), cl.bytes.desc(), cl.id])
+            .label("rn"),
+        )
+        .join(cl, and_(g_cl == g_wm, cl.label == "clean"))
+        .where(wm.label == "watermarked")
+        .subquery()
+    )
+    rows = session.execute(select(ranked.c.wm_id, ranked.c.cl_id).where(ranked.c.rn == 1).order_by(ranked.c.wm_id)).all()
+    if not rows:
+        return []
+    ids = {i for r in rows for i in r}
+    by_id = {im.id: im for im in session.scalars(select(Image).where(Image.id.in_(ids)))}
+    return [(by_id[a], by_id[b]) for a, b in rows]
+
+
+def images_without_cleaning(session: Session, model_version: str, ids: Iterable[int] | None = None) -> list[Image]:
+    """Watermarked-pool images with no cleaning row for ``model_version``."""
+    done = exists().where(Cleaning.image_id == Image.id, Cleaning.model_version == model_version)
+    pool_ids = [im.id for im in watermarked_pool(session)] if ids is None else list(ids)
+    if not pool_ids:
+        return []
+    out: list[Image] = []
+    for i in range(0, len(pool_ids), 500):
+        out.extend(session.scalars(select(Image).where(Image.id.in_(pool_ids[i : i + 500]), ~done).order_by(Image.id)))
+    return out
+
+
+def failures(session: Session, stage: str | None = None) -> list[Failure]:
+    stmt = select(Failure).order_by(Failure.last_at.desc())
+    if stage:
+        stmt = stmt.where(Failure.stage == stage)
+    return list(session.scalars(stmt))
+
+
+def as_utc(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt else None
