@@ -236,6 +236,14 @@ def count_by_status(session: Session) -> dict[str, int]:
     return dict(session.execute(select(Image.status, func.count()).group_by(Image.status)).all())
 
 
+def split_for(sha256: str, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)) -> str:
+    """Stable train/val/test split from the content hash: a re-run never moves an image."""
+    u = int(sha256[:8], 16) / 0xFFFFFFFF
+    if u < fractions[0]:
+        return "train"
+    return "val" if u < fractions[0] + fractions[1] else "test"
+
+
 # --- the pools (DESIGN.md, "Life of an image") -------------------------------------------
 
 
