@@ -52,6 +52,8 @@ class Page(Base):
     depth: Mapped[int] = mapped_column(Integer, default=0)
     opted_out: Mapped[str | None] = mapped_column(String(64))  # noai / noimageai / noindex ... or None
     error: Mapped[str | None] = mapped_column(Text)
+    # same-site links found when the page was last parsed (a 304 re-crawl follows these)
+    outlinks: Mapped[list[Any] | None] = mapped_column(nullable=True)
 
     sightings: Mapped[list[Sighting]] = relationship(back_populates="page")
 
