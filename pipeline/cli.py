@@ -100,7 +100,7 @@ def catalog_images(
     fmt: Annotated[str, typer.Option("--format", help="table|json|csv")] = "table",
 ) -> None:
     """List images with their first URL and, when cleaned, the output and its metrics."""
-    from pipeline.catalog_cli import LIST_COLUMNS, format_images
+    from pipeline.catalog_cli import format_images
     from storage import queries as q
 
     if fmt not in ("table", "json", "csv"):
@@ -113,11 +113,13 @@ def catalog_images(
         sys.stdout.write(format_images(rows, fmt) + ("" if fmt == "csv" else "\n"))
         return
     table = Table(title=f"{len(rows)} images")
-    for c in LIST_COLUMNS:
-        table.add_column(c, overflow="fold")
+    for c in ("sha256", "status", "label", "dedup", "size", "psnr", "url"):
+        table.add_column(c, no_wrap=c in ("sha256", "size"), overflow="ellipsis")
     for r in rows:
-        table.add_row(*[(r.get(c) or "")[:12] if c == "sha256" else str(r.get(c) if r.get(c) is not None else "")
-                        for c in LIST_COLUMNS])
+        psnr = r.get("psnr_vs_input")
+        table.add_row(r["sha256"][:12], r["status"], r.get("label") or "", r.get("dedup_role") or "",
+                      f"{r['width']}×{r['height']}", f"{psnr:.2f}" if psnr is not None else "",
+                      (r.get("url") or "")[-60:])
     console.print(table)
 
 
