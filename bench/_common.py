@@ -1,0 +1,56 @@
+"""Shared helpers for benchmark scripts: machine description, RESULTS.md sections, result JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS_MD = BENCH / "RESULTS.md"
+RESULTS_DIR = BENCH / "results"
+sys.path.insert(0, str(BENCH.parent))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, load avg {load:.2f} at start"
+
+
+def command() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0], BENCH.parent)] + sys.argv[1:])
+
+
+def write_results(name: str, figures: dict, markdown_body: str) -> None:
+    """Write ``bench/results/<name>.json`` and append a dated section to ``bench/RESULTS.md``."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    figures = {**figures, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+               "command": command()}
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    section = (f"\n## {name} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+               f"Command: `{command()}`  \nMachine: {figures['machine']}  \nCommit: {_git_head()}\n\n"
+               f"{markdown_body.strip()}\n")
+    if not RESULTS_MD.exists():
+        RESULTS_MD.write_text("# Benchmark results\n\nEach section is appended by the script named in it.\n")
+    with open(RESULTS_MD, "a") as fh:
+        fh.write(section)
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=BENCH.parent, timeout=10).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
