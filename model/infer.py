@@ -1,0 +1,279 @@
+"""Batched, tiled inference: any image size at flat memory, no visible seams.
+
+An image is cut into overlapping tiles; every tile goes through the network on its own (tiles of
+several images share a batch when their shapes match); the outputs are blended back with a
+separable raised-cosine window whose weights are normalised, so the result has exactly the input's
+size and no seams. A network never sees more than one batch of tiles, so its feature maps are the
+same size for a 1024×768 photo and a 4000×3000 one; only the output accumulator grows with the
+image.
+
+Why the window has a dead margin: a convolution near a tile edge sees zero padding instead of the
+neighbouring pixels, so a tile's outermost pixels are the least trustworthy. Across an interior
+edge the window is 0 for the outer quarter of the overlap, then a raised cosine over the middle
+half, then 1; the neighbouring tile's window is its mirror, so the two always sum to 1 and each
+pixel is taken only from tiles that saw at least ``overlap/4`` pixels of real context around it.
+At the image border there is no neighbour and the window is 1.
+
+Precision: on CUDA, autocast (bf16 where supported, else fp16) and channels-last; on the CPU,
+bf16 autocast + channels-last where the CPU has native bf16 (AVX-512 BF16 / AMX), which measured
+about 3× faster than fp32 for the seed network; fp32 otherwise. ``precision=`` overrides.
+
+This module imports nothing of ours: it takes an ``nn.Module`` and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class CleanResult:
+    """One cleaned image: ``image`` uint8 HxWx3 (the input's size), ``mask`` the predicted
+    watermark probability HxW float32 (None when the network has no mask head), ``seconds`` this
+    image's share of the compute time (by tile area)."""
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Tile:
+    image: int  # index in the current call
+    y: int
+    x: int
+    h: int  # tile height/width on the (possibly padded) image
+    w: int
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU executes bf16 natively (AVX-512 BF16 or AMX); then bf16 autocast is the
+    fastest CPU path for convolutions (oneDNN)."""
+    try:
+        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+            return True
+    except AttributeError:  # pragma: no cover - older torch
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:  # pragma: no cover - not Linux
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+def axis_tiles(length: int, tile: int, overlap: int, multiple: int, even: bool) -> tuple[int, list[int]]:
+    """Tile length and start positions along one axis of ``length`` pixels.
+
+    The tile length is a multiple of ``multiple``. An axis no longer than ``tile`` is one tile
+    (padded up to the multiple). Otherwise ``even=True`` spreads the fewest tiles that keep at
+    least ``overlap`` pixels of overlap evenly (the tile shrinks, so less work is wasted on
+    overlap); ``even=False`` keeps ``tile`` fixed (every tile the same shape, best for batching
+    many images on a GPU) and aligns the last tile with the end."""
+    tile = max(multiple, tile // multiple * multiple)
+    padded = math.ceil(length / multiple) * multiple
+    if padded <= tile:
+        return padded, [0]
+    overlap = min(overlap, tile // 2)
+    n = math.ceil((length - overlap) / (tile - overlap))
+    if even:
+        tile = min(tile, math.ceil((length + (n - 1) * overlap) / n / multiple) * multiple)
+        n = math.ceil((length - overlap) / (tile - overlap))
+    stride = tile - overlap
+    starts = [min(i * stride, length - tile) for i in range(n)]
+    return tile, sorted(set(starts))
+
+
+def edge_ramp(overlap: int) -> np.ndarray:
+    """Window values for the ``overlap`` pixels at an interior tile edge, outermost first: 0 over
+    the outer quarter, a raised cosine over the middle half, 1 over the inner quarter. The mirror
+    of the neighbour's ramp, so overlapping ramps sum to 1."""
+    if overlap <= 0:
+        return np.zeros(0, dtype=np.float32)
+    dead = overlap // 4
+    rise = max(1, overlap - 2 * dead)
+    i = np.arange(overlap, dtype=np.float64)
+    t = np.clip((i - dead + 0.5) / rise, 0.0, 1.0)
+    return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+def axis_window(tile: int, start: int, length: int, overlap: int) -> np.ndarray:
+    """1-D window for a tile at ``start``: ramps only on the sides that have a neighbour."""
+    w = np.ones(tile, dtype=np.float32)
+    ramp = edge_ramp(min(overlap, tile // 2))
+    if start > 0:
+        w[: ramp.size] = ramp
+    if start + tile < length:
+        w[tile - ramp.size :] = np.minimum(w[tile - ramp.size :], ramp[::-1])
+    return w
+
+
+def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pad HxWxC to (h, w) by reflection (edge replication where the image is too small)."""
+    ph, pw = h - arr.shape[0], w - arr.shape[1]
+    if ph == 0 and pw == 0:
+        return arr
+    mode = "reflect" if ph < arr.shape[0] and pw < arr.shape[1] else "edge"
+    return np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+class Cleaner:
+    """Runs a removal network over images of any size.
+
+    ``model``: an ``nn.Module`` taking (B,3,H,W) in [0,1] and returning either a tensor of the same
+    shape or a dict with ``image`` and optionally ``mask_logits`` (B,1,H,W). H and W are padded to
+    ``model.size_multiple`` (1 when the model has none). ``tile``/``overlap`` in pixels;
+    ``batch_size`` tiles per forward (default 16 on CUDA, 2 on CPU); ``even_tiles`` (default: on the
+    CPU) shrinks tiles to spread them evenly instead of keeping every tile ``tile`` wide."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "auto",
+        tile: int = 512,
+        overlap: int = 64,
+        batch_size: int | None = None,
+        precision: str = "auto",
+        channels_last: bool = True,
+        even_tiles: bool | None = None,
+    ):
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.multiple = int(getattr(model, "size_multiple", 1) or 1)
+        if tile < self.multiple:
+            raise ValueError(f"tile {tile} is smaller than the network's size multiple {self.multiple}")
+        if overlap < 0 or overlap >= tile:
+            raise ValueError(f"overlap must be in [0, tile), got {overlap}")
+        self.tile = tile
+        self.overlap = overlap
+        self.batch_size = batch_size or (16 if self.device.type == "cuda" else 2)
+        self.even_tiles = (self.device.type != "cuda") if even_tiles is None else even_tiles
+        self.channels_last = channels_last
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # --- planning ------------------------------------------------------------------------
+    def plan(self, height: int, width: int) -> tuple[int, int, list[tuple[int, int]]]:
+        """Tile height, tile width and the (y, x) starts covering a ``height``×``width`` image."""
+        th, ys = axis_tiles(height, self.tile, self.overlap, self.multiple, self.even_tiles)
+        tw, xs = axis_tiles(width, self.tile, self.overlap, self.multiple, self.even_tiles)
+        return th, tw, [(y, x) for y in ys for x in xs]
+
+    # --- running -------------------------------------------------------------------------
+    def clean(self, images: Sequence[np.ndarray]) -> list[CleanResult]:
+        """Clean a list of HxWx3 uint8 images (tiles of all of them are batched together)."""
+        for i, im in enumerate(images):
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise ValueError(f"image {i}: expected HxWx3 uint8, got {im.shape} {im.dtype}")
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        dev = self.device
+        padded: list[np.ndarray] = []
+        acc: list[torch.Tensor] = []
+        wsum: list[torch.Tensor] = []
+        macc: list[torch.Tensor | None] = []
+        buckets: dict[tuple[int, int], list[_Tile]] = {}
+        area = np.zeros(len(images))
+        for i, im in enumerate(images):
+            h, w = im.shape[:2]
+            th, tw, starts = self.plan(h, w)
+            padded.append(_pad_to(im, max(h, th), max(w, tw)))
+            ph, pw = padded[-1].shape[:2]
+            acc.append(torch.zeros(3, ph, pw, device=dev))
+            wsum.append(torch.zeros(1, ph, pw, device=dev))
+            macc.append(None)
+            area[i] = len(starts) * th * tw
+            buckets.setdefault((th, tw), []).extend(_Tile(i, y, x, th, tw) for y, x in starts)
+
+        windows: dict[tuple, torch.Tensor] = {}
+        with torch.inference_mode():
+            for tiles in buckets.values():
+                for b in range(0, len(tiles), self.batch_size):
+                    self._run_batch(tiles[b : b + self.batch_size], padded, acc, wsum, macc, windows)
+
+        results = []
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        elapsed = time.perf_counter() - t0
+        for i, im in enumerate(images):
+            h, w = im.shape[:2]
+            norm = wsum[i][:, :h, :w].clamp_min(1e-8)
+            out = (acc[i][:, :h, :w] / norm).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+            mask = None
+            if macc[i] is not None:
+                mask = (macc[i][:, :h, :w] / norm)[0].float().cpu().numpy()
+            results.append(CleanResult(out.permute(1, 2, 0).cpu().numpy(), mask, elapsed * area[i] / area.sum()))
+            acc[i] = wsum[i] = macc[i] = None  # free as we go
+        return results
+
+    def clean_stream(self, batches: Iterable[Sequence[np.ndarray]]) -> Iterator[list[CleanResult]]:
+        """``clean`` over an iterable of image lists (e.g. a DataLoader), one result list each."""
+        for images in batches:
+            yield self.clean(images)
+
+    def _window(self, t: _Tile, ph: int, pw: int, cache: dict) -> torch.Tensor:
+        key = (t.h, t.w, t.y > 0, t.y + t.h < ph, t.x > 0, t.x + t.w < pw)
+        if key not in cache:
+            wy = axis_window(t.h, t.y, ph, self.overlap)
+            wx = axis_window(t.w, t.x, pw, self.overlap)
+            cache[key] = torch.from_numpy(np.outer(wy, wx)).to(self.device)[None]
+        return cache[key]
+
+    def _run_batch(self, tiles, padded, acc, wsum, macc, windows) -> None:  # noqa: ANN001
+        dev = self.device
+        crops = np.stack([padded[t.image][t.y : t.y + t.h, t.x : t.x + t.w] for t in tiles])
+        x = torch.from_numpy(crops)
+        if dev.type == "cuda":
+            x = x.pin_memory().to(dev, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255)  # (B,3,h,w)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "fp32":
+            out = self.model(x)
+        else:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(device_type=dev.type, dtype=dtype):
+                out = self.model(x)
+        image, mask_logits = (out["image"], out.get("mask_logits")) if isinstance(out, dict) else (out, None)
+        image = image.float()
+        probs = torch.sigmoid(mask_logits.float()) if mask_logits is not None else None
+        for k, t in enumerate(tiles):
+            ph, pw = padded[t.image].shape[:2]
+            win = self._window(t, ph, pw, windows)
+            ys, xs = slice(t.y, t.y + t.h), slice(t.x, t.x + t.w)
+            acc[t.image][:, ys, xs] += image[k] * win
+            wsum[t.image][:, ys, xs] += win
+            if probs is not None:
+                if macc[t.image] is None:
+                    macc[t.image] = torch.zeros_like(wsum[t.image])
+                macc[t.image][:, ys, xs] += probs[k] * win
