@@ -33,6 +33,13 @@ netguard.install()
 
 import pytest  # noqa: E402
 
+# Real servers on loopback, started by the fixtures and stopped by PID: PostgreSQL (postgres_server,
+# pg_url) and an S3 API (s3_server, s3_bucket). A folder of its own on sys.path, appended so that
+# tests/storage never shadows the storage package.
+sys.path.append(str(Path(__file__).parent / "servers"))
+from pgserver import pg_url, postgres_server  # noqa: E402,F401
+from s3server import s3_bucket, s3_server  # noqa: E402,F401
+
 try:
     import torch
 
