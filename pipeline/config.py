@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     global_concurrency: int = 16
     max_retries: int = 3
     max_redirects: int = 5
+    max_pages: int = 1000  # per scrape run (``--max-pages``)
+    max_depth: int = 3  # link hops from a seed (``--max-depth``)
+    max_links_per_page: int = 20_000
+    max_images_per_page: int = 1_000
+    retry_backoff_s: float = 0.5  # first retry waits this, doubling (Retry-After wins when sent)
+    max_backoff_s: float = 60.0  # cap on any one wait, Retry-After included
+    max_crawl_delay_s: float = 30.0  # cap on a robots.txt Crawl-delay
 
     # --- dedup -------------------------------------------------------------------------
     dedup_threshold: int = 10
