@@ -106,7 +106,10 @@ class Sighting(Base):
     image: Mapped[Image] = relationship(back_populates="sightings")
     page: Mapped[Page | None] = relationship(back_populates="sightings")
 
-    __table_args__ = (UniqueConstraint("image_id", "page_id", "image_url", name="uq_sighting"),)
+    __table_args__ = (
+        UniqueConstraint("image_id", "page_id", "image_url", name="uq_sighting"),
+        Index("ix_sightings_image_url", "image_url", postgresql_using="hash"),
+    )
 
 
 class Model(Base):
