@@ -86,6 +86,25 @@ def get_page(session: Session, url: str) -> Page | None:
     return session.scalar(select(Page).where(Page.url == url))
 
 
+def image_ids_by_url(session: Session, urls: Sequence[str]) -> dict[str, int]:
+    """``{image URL: image id}`` for the URLs that some sighting already holds."""
+    out: dict[str, int] = {}
+    for i in range(0, len(urls), 500):
+        part = list(urls[i : i + 500])
+        out.update(dict(session.execute(select(Sighting.image_url, Sighting.image_id).where(Sighting.image_url.in_(part))).all()))
+    return out
+
+
+def failure_classes(session: Session, stage: str, subjects: Sequence[str]) -> dict[str, str]:
+    """``{subject: error class}`` of the recorded failures of ``stage`` among ``subjects``."""
+    out: dict[str, str] = {}
+    for i in range(0, len(subjects), 500):
+        part = list(subjects[i : i + 500])
+        rows = session.execute(select(Failure.subject, Failure.error_class).where(Failure.stage == stage, Failure.subject.in_(part)))
+        out.update(dict(rows.all()))
+    return out
+
+
 def register_model(
     session: Session,
     version: str,
