@@ -1,0 +1,72 @@
+"""What every flow shares: settings from flow parameters, the catalog and blob store for one task,
+the bounded task runner, and small helpers over step summaries.
+
+Tasks receive plain values (a home folder, URLs, image ids) and open the catalog themselves:
+a Prefect task argument must be hashable and serialisable, and a database engine is neither.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipeline.config import Settings, load_settings
+
+# Bounded: Prefect's default thread pool has no limit (sys.maxsize workers).
+MAX_TASK_THREADS = 4
+
+# Prefect must never phone home from anything Unmark starts (see the README, "Troubleshooting").
+PREFECT_QUIET_ENV = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def quiet_prefect_env() -> None:
+    """Set the no-telemetry variables for this process unless the user set them."""
+    for key, value in PREFECT_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def task_runner() -> ThreadPoolTaskRunner:
+    return ThreadPoolTaskRunner(max_workers=MAX_TASK_THREADS)
+
+
+def flow_settings(home: str | None = None, **overrides: Any) -> Settings:
+    """The settings a flow run works with: the environment (``UNMARK_*``), with ``home`` and any
+    non-None overrides from the flow's parameters on top."""
+    fields = {k: v for k, v in overrides.items() if v is not None}
+    if home:
+        fields["home"] = home
+    return load_settings(**fields)
+
+
+def chunks(items: Sequence, size: int) -> list[list]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def merge_counts(summaries: Iterable[dict]) -> dict:
+    """Sum the numbers of several step summaries key by key (nested dicts too); other values
+    keep the last one seen. Used to fold the summaries of batched tasks into one."""
+    out: dict = {}
+    for summary in summaries:
+        for key, value in (summary or {}).items():
+            if isinstance(value, bool) or not isinstance(value, int | float | dict):
+                out[key] = value
+            elif isinstance(value, dict):
+                out[key] = merge_counts([out.get(key) if isinstance(out.get(key), dict) else {}, value])
+            else:
+                prev = out.get(key, 0)
+                out[key] = (prev if isinstance(prev, int | float) and not isinstance(prev, bool) else 0) + value
+    return out
+
+
+def small(summary: Any, limit: int = 40) -> Any:
+    """A step summary cut down to what fits in a flow result: scalars and short containers."""
+    if isinstance(summary, dict):
+        return {str(k): small(v, limit) for k, v in list(summary.items())[:limit]}
+    if isinstance(summary, list | tuple):
+        return [small(v, limit) for v in list(summary)[:limit]]
+    if isinstance(summary, str | int | float | bool) or summary is None:
+        return summary
+    return str(summary)
