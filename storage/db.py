@@ -162,6 +162,18 @@ def insert_ignore(session: Session, model: type, rows: Sequence[dict], conflict_
     session.execute(stmt, list(rows))
 
 
+def upsert(session: Session, model: type, row: dict, conflict_cols: Iterable[str], update: dict) -> Any:
+    """One ``INSERT … ON CONFLICT (…) DO UPDATE SET …`` (SQLite and PostgreSQL); returns the row's
+    primary key. Atomic, so concurrent writers of the same row (several workers on PostgreSQL)
+    neither collide on the unique key nor lose each other's increments."""
+    dialect = session.get_bind().dialect.name
+    ins = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
+    pk = model.__table__.primary_key.columns.values()[0]
+    stmt = ins(model).values(**row)
+    stmt = stmt.on_conflict_do_update(index_elements=list(conflict_cols), set_=update).returning(pk)
+    return session.execute(stmt).scalar_one()
+
+
 def chunked(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]

@@ -12,10 +12,16 @@ from typing import Any
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from storage.db import insert_ignore
+from storage.db import insert_ignore, upsert
 from storage.models import Cleaning, Failure, Image, Model, Page, Sighting, TrainingRun, utcnow
 
 # --- writes -----------------------------------------------------------------------------
+
+
+def _text(value: Any) -> Any:
+    """Text as PostgreSQL accepts it: NUL (which scraped HTML and error messages can hold) becomes
+    U+FFFD. SQLite would store it as is; one rule for both keeps the catalogs identical."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
 def record_failure(session: Session, stage: str, subject: str, error: BaseException | str, error_class: str | None = None) -> None:
@@ -26,16 +32,19 @@ def record_failure(session: Session, stage: str, subject: str, error: BaseExcept
     else:
         error_class = error_class or "Error"
         message = error
-    subject = str(subject)[:2000]
-    row = session.scalar(select(Failure).where(Failure.stage == stage, Failure.subject == subject))
-    if row is None:
-        session.add(Failure(stage=stage, subject=subject, error_class=error_class, message=message[:4000]))
-    else:
-        row.attempts += 1
-        row.error_class = error_class
-        row.message = message[:4000]
-        row.last_at = utcnow()
+    subject = _text(str(subject)[:2000])
+    error_class, message, now = _text(error_class[:128]), _text(message[:4000]), utcnow()
     session.flush()
+    # one atomic upsert: concurrent workers recording the same failure each count an attempt
+    upsert(
+        session,
+        Failure,
+        {"stage": stage, "subject": subject, "error_class": error_class, "message": message, "attempts": 1,
+         "first_at": now, "last_at": now},
+        ["stage", "subject"],
+        {"attempts": Failure.attempts + 1, "error_class": error_class, "message": message, "last_at": now},
+    )
+    _expire(session, Failure, lambda f: (f.stage, f.subject) == (stage, subject))
 
 
 def clear_failure(session: Session, stage: str, subject: str) -> None:
@@ -66,20 +75,27 @@ def image_ids_by_sha(session: Session, shas: Sequence[str]) -> dict[str, int]:
 
 def add_sightings(session: Session, rows: Sequence[dict]) -> None:
     """Insert sightings (image_id, page_id, image_url, alt, found_by); duplicates are ignored."""
-    insert_ignore(session, Sighting, [{"seen_at": utcnow(), **r} for r in rows], ["image_id", "page_id", "image_url"])
+    now = utcnow()
+    rows = [{"seen_at": now, **{k: _text(v) for k, v in r.items()}} for r in rows]
+    insert_ignore(session, Sighting, rows, ["image_id", "page_id", "image_url"])
 
 
 def upsert_page(session: Session, url: str, host: str, **fields: Any) -> int:
-    """Create or update the page row for ``url``; returns its id."""
-    page = session.scalar(select(Page).where(Page.url == url))
-    if page is None:
-        page = Page(url=url, host=host, **fields)
-        session.add(page)
-    else:
-        for k, v in fields.items():
-            setattr(page, k, v)
+    """Create or update the page row for ``url``; returns its id. One atomic upsert, so workers
+    crawling the same page at once do not collide on the unique URL."""
+    url, host = _text(url), _text(host)
+    fields = {k: _text(v) for k, v in fields.items()}
     session.flush()
-    return page.id
+    page_id = upsert(session, Page, {"url": url, "host": host, **fields}, ["url"], {"host": host, **fields})
+    _expire(session, Page, lambda p: p.id == page_id)
+    return page_id
+
+
+def _expire(session: Session, model: type, match) -> None:  # noqa: ANN001
+    """Core upserts bypass the ORM: expire any loaded copy so that it is read again."""
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, model) and match(obj):
+            session.expire(obj)
 
 
 def get_page(session: Session, url: str) -> Page | None:

@@ -1,0 +1,161 @@
+"""The named queries and batched writes that test_catalog.py does not cover, and the things where
+SQLite and PostgreSQL differ: concurrent upserts of the same page / failure from several
+processes, NUL characters in scraped text, long error class names, large batches.
+(Every test runs on both backends; see tests/storage/conftest.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+from sqlalchemy import select
+
+from storage import queries as q
+from storage.db import chunked, insert_ignore
+from storage.models import Cleaning, Failure, Image, Page, Sighting
+
+
+def _sha(x: object) -> str:
+    return hashlib.sha256(str(x).encode()).hexdigest()
+
+
+def _img(sha: str, **kw) -> dict:
+    row = {"sha256": sha, "blob_key": f"{sha[:2]}/{sha[2:4]}/{sha}", "mime": "image/png", "width": 64,
+           "height": 64, "bytes": 100, "source": "test"}
+    row.update(kw)
+    return row
+
+
+def test_batched_insert_ignore_folds_conflicts(catalog):
+    shas = [_sha(i) for i in range(1234)]
+    with catalog.write() as s:
+        for part in chunked([_img(h) for h in shas[:700]], 250):
+            insert_ignore(s, Image, [{"status": "fetched", **r} for r in part], ["sha256"])
+    with catalog.write() as s:
+        # overlapping batch: 600 known + 534 new; the known rows keep their first values
+        ids = q.add_images(s, [_img(h, width=999) for h in shas[100:]])
+    assert len(ids) == len(shas) - 100  # image_ids_by_sha answers in chunks of 500
+    with catalog.session() as s:
+        assert s.query(Image).count() == 1234
+        assert s.query(Image).filter(Image.width == 999).count() == 1234 - 700
+        assert q.image_ids_by_sha(s, shas) == dict(s.execute(select(Image.sha256, Image.id)).all())
+
+
+def test_pages_failures_groups_and_counts(catalog):
+    with catalog.write() as s:
+        pid = q.upsert_page(s, "http://127.0.0.1/a", "127.0.0.1", status=500, error="boom")
+        assert q.upsert_page(s, "http://127.0.0.1/a", "127.0.0.1", status=200, error=None, depth=2) == pid
+        ids = q.add_images(s, [_img(_sha(i)) for i in range(4)])
+        a, b, c, d = (ids[_sha(i)] for i in range(4))
+        for iid, role, label, status in [(a, "canonical", "clean", "clean"), (b, "duplicate", "watermarked", "watermarked"),
+                                         (c, "duplicate", "clean", "clean")]:
+            img = s.get(Image, iid)
+            img.group_id, img.dedup_role, img.label, img.status = a, role, label, status
+        s.get(Image, d).label = "watermarked"
+        s.get(Image, d).status = "watermarked"
+        q.record_failure(s, "scrape", "http://127.0.0.1/x", "timed out", error_class="Timeout")
+        q.record_failure(s, "dedup", "bad-sha", ValueError("truncated"))
+        q.record_failure(s, "dedup", "worse-sha", ValueError("empty"))
+        q.clear_failure(s, "dedup", "bad-sha")
+    with catalog.session() as s:
+        page = q.get_page(s, "http://127.0.0.1/a")
+        assert (page.id, page.status, page.error, page.depth) == (pid, 200, None, 2)
+        assert q.get_page(s, "http://127.0.0.1/missing") is None
+        assert [im.id for im in q.images_in_group(s, a)] == [a, b, c]
+        assert q.count_by_status(s) == {"clean": 2, "watermarked": 2}
+        assert [f.subject for f in q.failures(s, "dedup")] == ["worse-sha"]
+        assert {f.stage for f in q.failures(s)} == {"scrape", "dedup"}
+        stats = q.catalog_stats(s)
+        assert stats["pages"] == 1 and stats["images"] == {"clean": 2, "watermarked": 2}
+        assert stats["failures"] == {"scrape": 1, "dedup": 1}
+        assert stats["dedup"] == {"canonical": 1, "duplicate": 2}
+        assert [r["id"] for r in q.list_images(s, status="duplicate")] == [b, c]
+        assert [r["id"] for r in q.list_images(s, label="watermarked", limit=1)] == [b]
+        # the pool holds d only (b's group has clean members); images_without_cleaning follows it
+        assert [im.id for im in q.watermarked_pool(s)] == [d]
+        assert [im.id for im in q.images_without_cleaning(s, "r-1")] == [d]
+        assert q.get_model(s, "r-1") is None
+    with catalog.write() as s:
+        s.add(Cleaning(image_id=d, model_version="r-1", output_key="k"))
+    with catalog.session() as s:
+        assert q.images_without_cleaning(s, "r-1") == []
+        assert [im.id for im in q.images_without_cleaning(s, "r-2", ids=[d, b])] == [b, d]
+        assert q.catalog_stats(s)["cleanings"] == 1
+
+
+def test_clean_pool_by_split(catalog):
+    with catalog.write() as s:
+        ids = q.add_images(s, [_img(_sha(i), width=64 + i) for i in range(6)])
+        for i, iid in enumerate(ids.values()):
+            img = s.get(Image, iid)
+            img.label = "clean"
+            img.split = ["train", "val", "test"][i % 3]
+    with catalog.session() as s:
+        assert len(q.clean_pool(s)) == 6
+        assert {im.split for im in q.clean_pool(s, split="val")} == {"val"}
+        assert len(q.clean_pool(s, split="test")) == 2
+
+
+def test_text_with_nul_and_long_error_class(catalog):
+    """PostgreSQL refuses NUL in text and over-long VARCHARs; scraped alt text and error
+    messages can hold either, so the writers clean them (SQLite would have taken them as is)."""
+    with catalog.write() as s:
+        ids = q.add_images(s, [_img(_sha("nul"))])
+        pid = q.upsert_page(s, "http://127.0.0.1/n\x00ul", "127.0.0.1", error="bad\x00byte")
+        q.add_sightings(s, [{"image_id": ids[_sha("nul")], "page_id": pid, "image_url": "http://127.0.0.1/i\x00.png",
+                             "alt": "a\x00b", "found_by": "img"}])
+        q.record_failure(s, "scrape", "http://127.0.0.1/\x00", "msg\x00", error_class="E" * 300)
+    with catalog.session() as s:
+        assert s.query(Sighting).one().alt == "a\ufffdb"
+        assert s.query(Page).one().error == "bad\ufffdbyte"
+        f = s.query(Failure).one()
+        assert f.message == "msg\ufffd" and len(f.error_class) == 128
+
+
+WRITER = textwrap.dedent(
+    """
+    import hashlib, sys, time
+    from pipeline.config import load_settings
+    from storage import open_catalog
+    from storage import queries as q
+
+    home, url, worker, n, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    cat = open_catalog(load_settings(home=home, catalog_url=url))
+    while time.time() < start_at:
+        time.sleep(0.001)
+    shared = hashlib.sha256(b"shared").hexdigest()
+    for b in range(0, n, 20):
+        with cat.write() as s:
+            rows = [dict(sha256=hashlib.sha256(f"{worker}-{i}".encode()).hexdigest(), blob_key="k", mime="image/png",
+                         width=8, height=8, bytes=1) for i in range(b, b + 20)]
+            rows.append(dict(sha256=shared, blob_key="k", mime="image/png", width=8, height=8, bytes=1))
+            ids = q.add_images(s, rows)
+            # every worker upserts the same pages and the same failure: a race on PostgreSQL
+            page = q.upsert_page(s, f"http://127.0.0.1/p{b}", "127.0.0.1", status=200)
+            q.add_sightings(s, [dict(image_id=ids[shared], page_id=page, image_url="u", alt=None, found_by="img")])
+            q.record_failure(s, "test", "shared-subject", RuntimeError(f"w{worker}"))
+    print("ok", worker)
+    """
+)
+
+
+def test_processes_upsert_the_same_rows_concurrently(settings, catalog):
+    n, workers = 100, 3
+    start_at = time.time() + 3.0
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(settings.home), settings.catalog_url, str(w), str(n),
+                          str(start_at)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        for w in range(workers)
+    ]
+    for p in procs:
+        _out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-3000:]
+    with catalog.session() as s:
+        assert s.query(Image).count() == workers * n + 1
+        assert s.query(Page).count() == n // 20
+        assert s.query(Sighting).count() == n // 20  # one per page: the shared image, same URL
+        assert s.query(Failure).one().attempts == workers * (n // 20)
