@@ -82,6 +82,40 @@ def import_(
     emit(stats.as_dict(), as_json, "import")
 
 
+@app.command()
+def scrape(
+    urls: Annotated[list[str], typer.Argument(help="page URLs, sitemap.xml URLs, or files with one URL per line")],
+    max_pages: Annotated[int | None, typer.Option(help="pages to fetch in this run (default: settings)")] = None,
+    max_depth: Annotated[int | None, typer.Option(help="link hops from a seed (default: settings)")] = None,
+    allow_private_hosts: Annotated[bool, typer.Option(help="also reach loopback (tests, the demo); nothing else private")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Crawl pages from the seeds and store every image found (robots.txt and opt-outs obeyed)."""
+    from pipeline.scrape import SeedError
+    from pipeline.scrape import scrape as run_scrape
+
+    settings, cat, blobs = _open()
+    try:
+        summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
+                             allow_private_hosts=allow_private_hosts)
+    except SeedError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    emit(summary, as_json, "scrape")
+
+
+@app.command()
+def dedup(
+    regroup: Annotated[bool, typer.Option(help="forget stored groups and compare every pair again")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hash new images and fold near duplicates into groups (one canonical image each)."""
+    from pipeline.dedup import dedup as run_dedup
+
+    settings, cat, blobs = _open()
+    emit(run_dedup(cat, blobs, settings, regroup=regroup), as_json, "dedup")
+
+
 @catalog_app.command("stats")
 def catalog_stats(as_json: JsonOpt = False) -> None:
     """Counts of pages, images per status, failures per stage."""

@@ -1,0 +1,238 @@
+"""The scraper's HTTP stage: polite, bounded, SSRF-safe GETs.
+
+One pooled ``requests.Session`` on the pinned transport (``pipeline.ssrf``); redirects followed by
+hand (at most ``max_redirects``) with the address check and the caller's robots check on every
+hop; retries with exponential backoff on 429/5xx and connection errors, honouring Retry-After;
+connect/read timeouts plus a wall-clock deadline per download; bodies streamed with a byte cap
+that aborts as soon as it is crossed; per-host concurrency and minimum delay between requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
+
+from pipeline.ssrf import AddressGuard, HostRefused, PinnedAdapter, Resolver
+
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+RETRY_CODES = (429, 500, 502, 503, 504)
+CHUNK = 64 * 1024
+
+
+class FetchError(Exception):
+    """A URL that could not be fetched; ``reason`` is a short word (``timeout``, ``too-large``,
+    ``refused-address``, ``http-404`` …) used as the failure row's error class."""
+
+    def __init__(self, url: str, reason: str, detail: str = "", status: int | None = None):
+        super().__init__(f"{url}: {reason}" + (f" ({detail})" if detail else ""))
+        self.url = url
+        self.reason = reason
+        self.status = status
+
+
+@dataclass
+class Response:
+    url: str  # after redirects
+    status: int
+    headers: CaseInsensitiveDict
+    body: bytes = b""
+    redirects: list[str] = field(default_factory=list)
+    attempts: int = 1
+    robots_tags: list[str] = field(default_factory=list)  # each X-Robots-Tag header, unmerged
+
+
+def host_key(url: str) -> str:
+    return (urlsplit(url).netloc or "").lower()
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HostGate:
+    """Per-host politeness: at most ``concurrency`` requests in flight per host and at least
+    ``delay_s`` (or the host's robots crawl-delay) between the starts of two requests."""
+
+    def __init__(self, concurrency: int, delay_s: float):
+        self.concurrency = max(1, concurrency)
+        self.delay_s = delay_s
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._next: dict[str, float] = {}
+        self._delay: dict[str, float] = {}
+
+    def set_delay(self, host: str, delay_s: float) -> None:
+        with self._lock:
+            self._delay[host] = max(self.delay_s, delay_s)
+
+    def defer(self, host: str, seconds: float) -> None:
+        """Hold every request to ``host`` back for ``seconds`` (a 429's Retry-After)."""
+        with self._lock:
+            self._next[host] = max(self._next.get(host, 0.0), time.monotonic() + seconds)
+
+    @contextlib.contextmanager
+    def slot(self, host: str) -> Iterator[None]:
+        with self._lock:
+            sem = self._slots.setdefault(host, threading.BoundedSemaphore(self.concurrency))
+        with sem:
+            while True:
+                with self._lock:
+                    now = time.monotonic()
+                    start = self._next.get(host, 0.0)
+                    if start <= now:
+                        self._next[host] = now + self._delay.get(host, self.delay_s)
+                        break
+                time.sleep(start - now)
+            yield
+
+
+class Fetcher:
+    """GETs for the scraper. Thread-safe; one per scrape run."""
+
+    def __init__(self, settings, allow_private_hosts: bool = False, resolver: Resolver | None = None):  # noqa: ANN001
+        self.settings = settings
+        self.guard = AddressGuard(allow_private_hosts, resolver)
+        self.gate = HostGate(settings.per_host_concurrency, settings.per_host_delay_s)
+        self.session = requests.Session()
+        self.session.trust_env = False  # an environment proxy would bypass the address check
+        self.session.headers.update({"User-Agent": settings.user_agent, "Accept-Encoding": "gzip, deflate"})
+        adapter = PinnedAdapter(
+            self.guard, pool_connections=64, pool_maxsize=max(settings.global_concurrency, 1), max_retries=0,
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def get(
+        self,
+        url: str,
+        max_bytes: int,
+        headers: dict[str, str] | None = None,
+        allow: Callable[[str], bool] | None = None,
+    ) -> Response:
+        """GET ``url`` following redirects by hand. ``allow(url)`` (robots) is asked on every hop.
+
+        Returns the final response (any status, body only for 2xx); raises ``FetchError``."""
+        redirects: list[str] = []
+        for _ in range(self.settings.max_redirects + 1):
+            try:
+                self.guard.check_url(url)
+            except HostRefused as exc:
+                raise FetchError(url, exc.reason, str(exc)) from exc
+            if allow is not None and not allow(url):
+                raise FetchError(url, "robots", "disallowed by robots.txt")
+            resp = self._with_retries(url, headers, max_bytes)
+            location = resp.headers.get("Location")
+            if resp.status in REDIRECT_CODES and location:
+                redirects.append(url)
+                url = urljoin(url, location.strip())
+                continue
+            resp.redirects = redirects
+            return resp
+        raise FetchError(url, "too-many-redirects", f"more than {self.settings.max_redirects} redirects")
+
+    def _with_retries(self, url: str, headers: dict[str, str] | None, max_bytes: int) -> Response:
+        host = host_key(url)
+        s = self.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            error: FetchError | None = None
+            resp: Response | None = None
+            with self.gate.slot(host):
+                try:
+                    resp = self._once(url, headers, max_bytes)
+                except FetchError as exc:
+                    if exc.reason not in ("timeout", "connection"):
+                        raise
+                    error = exc
+            if resp is not None:
+                resp.attempts = attempt
+                if resp.status not in RETRY_CODES:
+                    return resp
+            if attempt > s.max_retries:
+                if resp is not None:
+                    return resp
+                assert error is not None
+                raise error
+            wait = retry_after_s(resp.headers.get("Retry-After")) if resp is not None else None
+            if wait is not None:
+                wait = min(wait, s.max_backoff_s)
+                self.gate.defer(host, wait)  # the whole host slows down, not just this URL
+            else:
+                wait = min(s.retry_backoff_s * 2 ** (attempt - 1) * random.uniform(0.8, 1.2), s.max_backoff_s)
+            time.sleep(wait)
+
+    def _once(self, url: str, headers: dict[str, str] | None, max_bytes: int) -> Response:
+        s = self.settings
+        deadline = time.monotonic() + s.download_deadline_s
+        try:
+            r = self.session.get(
+                url, headers=headers, stream=True, allow_redirects=False,
+                timeout=(s.connect_timeout_s, s.read_timeout_s),
+            )
+        except HostRefused as exc:  # raised at connect time by the pinned transport
+            raise FetchError(url, exc.reason, str(exc)) from exc
+        except requests.Timeout as exc:
+            raise FetchError(url, "timeout", str(exc)) from exc
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise FetchError(url, "connection", str(exc)) from exc
+        except requests.RequestException as exc:
+            raise FetchError(url, "bad-url", str(exc)) from exc
+        reusable = False  # True once the connection can go back to the pool (body fully read)
+        try:
+            resp = Response(url=url, status=r.status_code, headers=r.headers,
+                            robots_tags=r.raw.headers.getlist("X-Robots-Tag"))
+            if not 200 <= r.status_code < 300:
+                # error and redirect bodies are not read; an empty one leaves the connection clean
+                reusable = r.status_code == 304 or r.headers.get("Content-Length") == "0"
+                return resp
+            declared = r.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise FetchError(url, "too-large", f"Content-Length {declared} > cap {max_bytes}", r.status_code)
+            buf = bytearray()
+            while True:
+                try:
+                    chunk = r.raw.read1(CHUNK, decode_content=True)
+                except ReadTimeoutError as exc:
+                    raise FetchError(url, "timeout", f"read timed out after {s.read_timeout_s}s") from exc
+                except (Urllib3Error, OSError) as exc:
+                    raise FetchError(url, "connection", f"{type(exc).__name__}: {exc}") from exc
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > max_bytes:
+                    raise FetchError(url, "too-large", f"body passed the cap of {max_bytes} bytes", r.status_code)
+                if time.monotonic() > deadline:
+                    raise FetchError(url, "deadline", f"download took longer than {s.download_deadline_s}s")
+            resp.body = bytes(buf)
+            reusable = True
+            return resp
+        finally:
+            if reusable:
+                r.raw.release_conn()
+            else:
+                r.close()  # drops the connection instead of reading the rest of a body we refused

@@ -1,0 +1,538 @@
+"""``unmark scrape``: crawl pages from seed URLs, find every image, fetch politely and safely
+into the catalog.
+
+Stages (one module each): ``fetch`` (HTTP: SSRF guard, retries, caps, per-host politeness),
+``robots`` (robots.txt and the noai/noindex opt-outs), ``extract`` (images and links of a page),
+``pipeline.images`` (the one validator of image bytes). This module runs the crawl: a bounded
+thread pool does the network and the hashing; the calling thread is the catalog's one writer and
+commits rows in batches.
+
+Idempotent and resumable: each image's blob is written before its row; a page gets its
+validators (ETag / Last-Modified) only in the transaction that holds its last sighting, so a page
+with validators is complete, and a re-run re-fetches it conditionally (a 304 re-uses the stored
+links) while image URLs already sighted are not downloaded again. A run killed at any point and
+started again ends with the same rows as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lxml import etree
+
+from pipeline.config import Settings
+from pipeline.extract import ExtractError, ImageRef, extract, normalize_url
+from pipeline.fetch import Fetcher, FetchError, host_key
+from pipeline.images import BadImage, inspect_image, sniff_format
+from pipeline.robots import ROBOTS_MAX_BYTES, RobotsPolicy, agent_token, opt_out_of, parse_directives
+from pipeline.ssrf import Resolver
+from storage import BlobStore, Catalog
+from storage import queries as q
+from storage.models import utcnow
+
+PAGE_STAGE, IMAGE_STAGE, ROBOTS_STAGE = "scrape.page", "scrape.image", "scrape.robots"
+# Image failures that a re-run does not retry: the bytes at that URL were judged, not missed.
+PERMANENT = {"not-image", "format", "too-small", "too-many-pixels", "corrupt", "too-large", "http-404", "http-410"}
+FLUSH_EVERY_S = 1.0
+
+
+class SeedError(ValueError):
+    """A seed that is neither an http(s) URL nor a readable file of URLs."""
+
+
+def expand_seeds(seeds: Iterable[str]) -> list[str]:
+    """Seed URLs; an argument naming a local file contributes one URL per line (``#`` comments)."""
+    out: list[str] = []
+    for seed in seeds:
+        seed = seed.strip()
+        path = Path(seed)
+        if "://" not in seed and path.is_file():
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            out.extend(s for s in expand_seeds(ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")))
+            continue
+        url = normalize_url(seed)
+        if url is None:
+            raise SeedError(f"not an http(s) URL or a file of URLs: {seed!r}")
+        out.append(url)
+    return list(dict.fromkeys(out))
+
+
+def site_of(url: str) -> str:
+    host = (urlsplit(url).hostname or "").lower()
+    return host[4:] if host.startswith("www.") else host
+
+
+def content_charset(content_type: str | None) -> str | None:
+    for part in (content_type or "").split(";")[1:]:
+        k, _, v = part.partition("=")
+        if k.strip().lower() == "charset" and v.strip():
+            return v.strip().strip("\"'")
+    return None
+
+
+def sitemap_locs(body: bytes) -> tuple[str, list[str]] | None:
+    """``("urlset" | "sitemapindex", [loc, ...])`` when ``body`` is an XML sitemap, else None."""
+    head = body[:2048].lstrip()
+    if not (head.startswith(b"<?xml") or head.startswith(b"<urlset") or head.startswith(b"<sitemapindex")):
+        return None
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, recover=True)
+    try:
+        root = etree.fromstring(body, parser=parser)
+    except etree.XMLSyntaxError:
+        return None
+    if root is None:
+        return None
+    kind = etree.QName(root).localname
+    if kind not in ("urlset", "sitemapindex"):
+        return None
+    locs = [el.text.strip() for el in root.iter() if isinstance(el.tag, str)
+            and etree.QName(el).localname == "loc" and el.text and el.text.strip()]
+    return kind, locs
+
+
+# --- what the workers hand back ---------------------------------------------------------
+
+
+@dataclass
+class PageResult:
+    url: str
+    depth: int
+    final_url: str = ""
+    status: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    not_modified: bool = False
+    opted_out: str | None = None
+    images: list[ImageRef] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    sitemap: tuple[str, list[str]] | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class ImageResult:
+    url: str
+    sha256: str = ""
+    row: dict | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class _PendingPage:
+    outstanding: int
+    etag: str | None
+    last_modified: str | None
+
+
+# --- the batched writer -----------------------------------------------------------------
+
+
+class _Writer:
+    """Rows waiting for the next write transaction (the crawl thread is the only caller)."""
+
+    def __init__(self, catalog: Catalog, batch_size: int):
+        self.catalog = catalog
+        self.batch_size = batch_size
+        self.pages: dict[str, dict] = {}
+        self.images: dict[str, dict] = {}
+        self.sightings: list[tuple[str, str | int, ImageRef]] = []  # (page url, sha256 | image id, ref)
+        self.failures: list[tuple[str, str, str, str]] = []  # (stage, subject, error class, message)
+        self.cleared: list[tuple[str, str]] = []
+        self.completed: dict[str, tuple[str | None, str | None]] = {}
+        self.page_ids: dict[str, int] = {}
+        self.last_flush = time.monotonic()
+        self.new_images = 0
+
+    def size(self) -> int:
+        return len(self.pages) + len(self.images) + len(self.sightings) + len(self.failures) + len(self.completed)
+
+    def page(self, url: str, **fields) -> None:
+        self.pages.setdefault(url, {}).update(fields)
+
+    def failure(self, stage: str, subject: str, error: Exception) -> None:
+        reason = getattr(error, "reason", None) or type(error).__name__
+        self.failures.append((stage, subject, reason, str(error)))
+
+    def due(self) -> bool:
+        return self.size() >= self.batch_size or (self.size() and time.monotonic() - self.last_flush >= FLUSH_EVERY_S)
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.size():
+            return
+        with self.catalog.write() as s:
+            for url, fields in self.pages.items():
+                host = fields.pop("host", None) or host_key(url)
+                self.page_ids[url] = q.upsert_page(s, url, host, **fields)
+            if self.images:
+                rows = list(self.images.values())
+                known = set(q.image_ids_by_sha(s, [r["sha256"] for r in rows]))
+                ids = q.add_images(s, rows)
+                self.new_images += len(set(ids) - known)
+            else:
+                ids = {}
+            shas = [ref for _, ref, _ in self.sightings if isinstance(ref, str) and ref not in ids]
+            if shas:
+                ids.update(q.image_ids_by_sha(s, shas))
+            missing = [p for p, _, _ in self.sightings if p not in self.page_ids]
+            for p in dict.fromkeys(missing):
+                row = q.get_page(s, p)
+                if row is not None:
+                    self.page_ids[p] = row.id
+            q.add_sightings(s, [
+                {"image_id": ids[ref] if isinstance(ref, str) else ref, "page_id": self.page_ids[p],
+                 "image_url": r.url, "alt": r.alt, "found_by": r.found_by}
+                for p, ref, r in self.sightings
+            ])
+            for stage, subject, reason, message in self.failures:
+                q.record_failure(s, stage, subject, message, error_class=reason)
+            for stage, subject in self.cleared:
+                q.clear_failure(s, stage, subject)
+            for url, (etag, last_modified) in self.completed.items():
+                # the page's last sighting is in this transaction (or an earlier one): complete
+                q.upsert_page(s, url, host_key(url), etag=etag, last_modified=last_modified)
+        self.pages.clear()
+        self.images.clear()
+        self.sightings.clear()
+        self.failures.clear()
+        self.cleared.clear()
+        self.completed.clear()
+
+
+# --- the crawl --------------------------------------------------------------------------
+
+
+class Crawl:
+    """One scrape run. Workers call ``_fetch_page`` / ``_fetch_image``; everything else runs on
+    the calling thread."""
+
+    def __init__(self, catalog: Catalog, blobs: BlobStore, settings: Settings, max_pages: int, max_depth: int,
+                 allow_private_hosts: bool, resolver: Resolver | None,
+                 progress: Callable[[dict], None] | None = None):
+        self.catalog, self.blobs, self.settings = catalog, blobs, settings
+        self.max_pages, self.max_depth = max_pages, max_depth
+        self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
+        self.token = agent_token(settings.user_agent)
+        self.robots = RobotsPolicy(settings.user_agent, self._fetch_robots, self._robots_failed)
+        self.writer = _Writer(catalog, settings.write_batch_size)
+        self.progress = progress
+        self.sites: set[str] = set()
+        self.seen_pages: set[str] = set()
+        self.frontier: deque[tuple[str, int, bool]] = deque()  # (url, depth, counts toward max_pages)
+        self.pages_started = 0
+        self.image_state: dict[str, str | int | None] = {}  # url -> sha256 | image id | None (failed) | "" pending
+        self.waiters: dict[str, list[tuple[str, ImageRef]]] = {}
+        self.pending_pages: dict[str, _PendingPage] = {}
+        self.robots_failures: list[tuple[str, BaseException]] = []
+        self.stats: dict = {
+            "seeds": 0, "pages_fetched": 0, "pages_not_modified": 0, "pages_failed": 0, "pages_opted_out": 0,
+            "pages_disallowed": 0, "sitemaps": 0, "images_found": 0, "images_fetched": 0, "images_new": 0,
+            "images_known_url": 0, "images_too_small": 0, "images_opted_out": 0, "images_failed": 0,
+            "images_skipped_failed": 0, "bytes": 0, "failures": {},
+        }
+
+    # --- robots ----------------------------------------------------------------------
+
+    def _fetch_robots(self, robots_url: str) -> tuple[int, bytes]:
+        resp = self.fetcher.get(robots_url, ROBOTS_MAX_BYTES)
+        return resp.status, resp.body
+
+    def _robots_failed(self, robots_url: str, exc: BaseException) -> None:
+        self.robots_failures.append((robots_url, exc))  # list.append is atomic; drained by the writer
+
+    def _allowed(self, url: str) -> bool:
+        ok = self.robots.allowed(url)
+        delay = self.robots.crawl_delay(url)
+        if delay:
+            self.fetcher.gate.set_delay(host_key(url), min(delay, self.settings.max_crawl_delay_s))
+        return ok
+
+    # --- worker side -----------------------------------------------------------------
+
+    def _fetch_page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
+        s = self.settings
+        out = PageResult(url=url, depth=depth)
+        headers = {}
+        if validators[0]:
+            headers["If-None-Match"] = validators[0]
+        if validators[1]:
+            headers["If-Modified-Since"] = validators[1]
+        try:
+            resp = self.fetcher.get(url, s.max_page_bytes, headers=headers, allow=self._allowed)
+        except FetchError as exc:
+            out.error = exc
+            return out
+        out.final_url, out.status = resp.url, resp.status
+        if resp.status == 304:
+            out.not_modified = True
+            return out
+        if resp.status >= 400 or not 200 <= resp.status < 300:
+            out.error = FetchError(url, f"http-{resp.status}", status=resp.status)
+            return out
+        out.etag, out.last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+        body = resp.body
+        out.sitemap = sitemap_locs(body)
+        if out.sitemap is not None:
+            return out
+        if sniff_format(body[:16]) is not None:
+            out.error = FetchError(url, "not-html", "the page's bytes are an image")
+            return out
+        try:
+            found = extract(body, resp.url, content_charset(resp.headers.get("Content-Type")),
+                            robots_names=("robots", self.token), max_links=s.max_links_per_page,
+                            max_images=s.max_images_per_page)
+        except ExtractError as exc:
+            out.error = exc
+            return out
+        directives = parse_directives(resp.robots_tags, self.token) | parse_directives(found.robots, "")
+        out.opted_out = opt_out_of(directives)
+        out.images = [] if out.opted_out else found.images
+        out.links = [] if ("nofollow" in directives or "none" in directives) else found.links
+        return out
+
+    def _fetch_image(self, url: str) -> ImageResult:
+        s = self.settings
+        try:
+            resp = self.fetcher.get(url, s.max_image_bytes, allow=self._allowed)
+            if not 200 <= resp.status < 300:
+                raise FetchError(url, f"http-{resp.status}", status=resp.status)
+            opted = opt_out_of(parse_directives(resp.robots_tags, self.token))
+            if opted:
+                raise FetchError(url, "opted-out", f"X-Robots-Tag {opted}")
+            info = inspect_image(resp.body, max_pixels=s.max_image_pixels, min_side=s.min_image_side)
+            sha, key = self.blobs.put(resp.body)  # blob first: a row never points at a missing blob
+        except (FetchError, BadImage) as exc:
+            return ImageResult(url, error=exc)
+        except Exception as exc:  # one bad URL must never end the crawl; it becomes a failure row
+            return ImageResult(url, error=exc)
+        row = {"sha256": sha, "blob_key": key, "mime": info.mime, "width": info.width, "height": info.height,
+               "bytes": len(resp.body), "source": "scrape"}
+        return ImageResult(url, sha256=sha, row=row)
+
+    # --- crawl thread ----------------------------------------------------------------
+
+    def enqueue(self, url: str, depth: int, counted: bool = True) -> None:
+        if url in self.seen_pages or depth > self.max_depth:
+            return
+        self.seen_pages.add(url)
+        self.frontier.append((url, depth, counted))
+
+    def run(self, seeds: list[str]) -> dict:
+        started = time.monotonic()
+        self.stats["seeds"] = len(seeds)
+        for url in seeds:
+            self.sites.add(site_of(url))
+            path = urlsplit(url).path.lower()
+            self.enqueue(url, 0, counted=not (path.endswith(".xml") or "sitemap" in path))
+        futures: dict[Future, tuple[str, str]] = {}
+        page_window = max(2, self.settings.global_concurrency)
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.global_concurrency),
+                                thread_name_prefix="unmark-scrape") as pool:
+            try:
+                while True:
+                    in_flight_pages = sum(1 for kind, _ in futures.values() if kind == "page")
+                    while self.frontier and in_flight_pages < page_window:
+                        url, depth, counted = self.frontier.popleft()
+                        if counted and self.pages_started >= self.max_pages:
+                            continue
+                        self.pages_started += counted
+                        fut = pool.submit(self._fetch_page, url, depth, self._validators(url))
+                        futures[fut] = ("page", url)
+                        in_flight_pages += 1
+                    if not futures:
+                        break
+                    done, _ = wait(list(futures), timeout=FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        kind, _ = futures.pop(fut)
+                        if kind == "page":
+                            self._on_page(fut.result(), pool, futures)
+                        else:
+                            self._on_image(fut.result())
+                    self._drain_robots_failures()
+                    if self.writer.due():
+                        self.writer.flush()
+                        self._report_progress(started)
+            finally:
+                # a crash or Ctrl-C still commits what finished; pending pages stay incomplete
+                for fut in futures:
+                    fut.cancel()
+                self._drain_robots_failures()
+                self.writer.flush()
+                self.fetcher.close()
+        return self._summary(started)
+
+    def _validators(self, url: str) -> tuple[str | None, str | None]:
+        with self.catalog.session() as s:
+            page = q.get_page(s, url)
+            if page is None or not (page.etag or page.last_modified):
+                return None, None
+            return page.etag, page.last_modified
+
+    def _fail(self, stage: str, subject: str, exc: Exception) -> None:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        self.stats["failures"][reason] = self.stats["failures"].get(reason, 0) + 1
+        self.writer.failure(stage, subject, exc)
+
+    def _drain_robots_failures(self) -> None:
+        while self.robots_failures:
+            url, exc = self.robots_failures.pop()
+            self._fail(ROBOTS_STAGE, url, exc)
+
+    def _follow(self, page: PageResult, links: Iterable[str]) -> None:
+        if page.depth + 1 > self.max_depth:
+            return
+        for link in links:
+            if site_of(link) in self.sites:
+                self.enqueue(link, page.depth + 1)
+
+    def _on_page(self, page: PageResult, pool: ThreadPoolExecutor, futures: dict) -> None:
+        st, w = self.stats, self.writer
+        now = utcnow()
+        if page.final_url and page.final_url != page.url:
+            self.seen_pages.add(page.final_url)
+        if page.error is not None:
+            if getattr(page.error, "reason", "") == "robots":
+                st["pages_disallowed"] += 1
+            else:
+                st["pages_failed"] += 1
+                # validators stay: a page that failed this time is not known to have changed
+                w.page(page.url, status=page.status, depth=page.depth, fetched_at=now, error=str(page.error)[:2000])
+            self._fail(PAGE_STAGE, page.url, page.error)
+            return
+        w.cleared.append((PAGE_STAGE, page.url))
+        if page.sitemap is not None:
+            st["sitemaps"] += 1
+            kind, locs = page.sitemap
+            w.page(page.url, status=page.status, depth=page.depth, fetched_at=now, error=None)
+            for loc in locs:
+                url = normalize_url(loc)
+                if url:
+                    self.sites.add(site_of(url))
+                    self.enqueue(url, page.depth if kind == "urlset" else page.depth, counted=kind == "urlset")
+            return
+        if page.not_modified:
+            st["pages_not_modified"] += 1
+            w.page(page.url, status=304, fetched_at=now, error=None)
+            with self.catalog.session() as s:
+                row = q.get_page(s, page.url)
+                links = list(row.outlinks or []) if row is not None else []
+            self._follow(page, links)
+            return
+        st["pages_fetched"] += 1
+        if page.opted_out:
+            st["pages_opted_out"] += 1
+        links = [u for u in page.links if site_of(u) in self.sites]
+        w.page(page.url, status=page.status, depth=page.depth, fetched_at=now, error=None,
+               opted_out=page.opted_out, outlinks=links, etag=None, last_modified=None)
+        self._follow(page, links)
+        outstanding = self._images_of(page, pool, futures)
+        if outstanding:
+            self.pending_pages[page.url] = _PendingPage(outstanding, page.etag, page.last_modified)
+        else:
+            w.completed[page.url] = (page.etag, page.last_modified)
+
+    def _images_of(self, page: PageResult, pool: ThreadPoolExecutor, futures: dict) -> int:
+        """Sightings for known images, downloads for new URLs; returns how many are awaited."""
+        st, w = self.stats, self.writer
+        st["images_found"] += len(page.images)
+        fresh = [r.url for r in page.images if r.url not in self.image_state]
+        known: dict[str, int] = {}
+        failed: dict[str, str] = {}
+        if fresh:
+            with self.catalog.session() as s:
+                known = q.image_ids_by_url(s, fresh)
+                failed = q.failure_classes(s, IMAGE_STAGE, [u for u in fresh if u not in known])
+        outstanding = 0
+        for ref in page.images:
+            state = self.image_state.get(ref.url, "?")
+            if state == "?":
+                if ref.url in known:
+                    st["images_known_url"] += 1
+                    self.image_state[ref.url] = state = known[ref.url]
+                elif failed.get(ref.url) in PERMANENT:
+                    st["images_skipped_failed"] += 1
+                    self.image_state[ref.url] = None
+                    continue
+                else:
+                    if ref.url in failed:
+                        w.cleared.append((IMAGE_STAGE, ref.url))  # retried; a new failure re-records it
+                    self.image_state[ref.url] = ""
+                    self.waiters[ref.url] = []
+                    futures[pool.submit(self._fetch_image, ref.url)] = ("image", ref.url)
+                    state = ""
+            if state == "":
+                self.waiters[ref.url].append((page.url, ref))
+                outstanding += 1
+            elif state is not None:
+                w.sightings.append((page.url, state, ref))
+        return outstanding
+
+    def _on_image(self, res: ImageResult) -> None:
+        st, w = self.stats, self.writer
+        waiters = self.waiters.pop(res.url, [])
+        if res.error is not None:
+            reason = getattr(res.error, "reason", "")
+            key = {"too-small": "images_too_small", "opted-out": "images_opted_out"}.get(reason, "images_failed")
+            st[key] += 1
+            self.image_state[res.url] = None
+            self._fail(IMAGE_STAGE, res.url, res.error)
+        else:
+            st["images_fetched"] += 1
+            st["bytes"] += res.row["bytes"]
+            self.image_state[res.url] = res.sha256
+            w.images[res.sha256] = res.row
+            for page_url, ref in waiters:
+                w.sightings.append((page_url, res.sha256, ref))
+        for page_url, _ in waiters:
+            pending = self.pending_pages[page_url]
+            pending.outstanding -= 1
+            if pending.outstanding == 0:
+                del self.pending_pages[page_url]
+                w.completed[page_url] = (pending.etag, pending.last_modified)
+
+    def _summary(self, started: float) -> dict:
+        elapsed = time.monotonic() - started
+        st = dict(self.stats)
+        st["images_new"] = self.writer.new_images
+        st["elapsed_s"] = round(elapsed, 3)
+        pages = st["pages_fetched"] + st["pages_not_modified"]
+        st["pages_per_s"] = round(pages / elapsed, 2) if elapsed > 0 else 0.0
+        st["images_per_s"] = round(st["images_fetched"] / elapsed, 2) if elapsed > 0 else 0.0
+        return st
+
+    def _report_progress(self, started: float) -> None:
+        if self.progress is not None:
+            self.progress(self._summary(started))
+
+
+def scrape(
+    seeds: Iterable[str],
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    max_pages: int | None = None,
+    max_depth: int | None = None,
+    allow_private_hosts: bool = False,
+    resolver: Resolver | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """Crawl from ``seeds`` (page URLs, sitemap.xml URLs, or files listing URLs) and store every
+    image found into ``blobs`` and ``catalog``. Returns counts for the run (pages fetched / not
+    modified / failed / opted out, images found / fetched / new / too small / failed, failures by
+    reason, pages_per_s, images_per_s).
+
+    ``allow_private_hosts`` lets the crawl reach loopback (tests, the demo); ``resolver(host,
+    port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch."""
+    crawl = Crawl(
+        catalog, blobs, settings,
+        max_pages=settings.max_pages if max_pages is None else max_pages,
+        max_depth=settings.max_depth if max_depth is None else max_depth,
+        allow_private_hosts=allow_private_hosts, resolver=resolver, progress=progress,
+    )
+    return crawl.run(expand_seeds(seeds))

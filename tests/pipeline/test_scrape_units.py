@@ -1,0 +1,182 @@
+"""Scraper pieces without a server: srcset, URL normalisation, opt-out directives, the address
+rules of the SSRF guard, robots.txt statuses, extraction edge cases."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.extract import extract, largest_candidate, normalize_url
+from pipeline.fetch import retry_after_s
+from pipeline.robots import RobotsPolicy, agent_token, opt_out_of, parse_directives
+from pipeline.scrape import expand_seeds, sitemap_locs
+from pipeline.ssrf import AddressGuard, HostRefused, address_allowed
+
+
+@pytest.mark.parametrize(
+    ("srcset", "want"),
+    [
+        ("a.png 1x, b.png 2x", "b.png"),
+        ("s.png 320w, l.png 1280w, m.png 640w", "l.png"),
+        ("only.png", "only.png"),
+        ("x.png 3x,y.png 200w", "y.png"),  # width descriptors rank above densities
+        ("img,1.png 100w, img,2.png 900w", "img,2.png"),  # commas inside URLs
+        ("  ", None),
+    ],
+)
+def test_largest_srcset_candidate(srcset, want):
+    assert largest_candidate(srcset) == want
+
+
+def test_normalize_url():
+    assert normalize_url("HTTP://Example.COM:80/a#frag") == "http://example.com/a"
+    assert normalize_url("https://example.com") == "https://example.com/"
+    assert normalize_url("https://example.com:8443/x?q=1") == "https://example.com:8443/x?q=1"
+    for bad in ("javascript:alert(1)", "data:image/png;base64,AAAA", "ftp://x/y", "mailto:a@b", "http://"):
+        assert normalize_url(bad) is None
+
+
+def test_directives_apply_to_us_or_everyone_only():
+    token = agent_token("UnmarkBot/0.1 (+https://example.invalid)")
+    assert token == "unmarkbot"
+    assert parse_directives(["noai, noimageai"], token) == {"noai", "noimageai"}
+    assert parse_directives(["otherbot: noai"], token) == set()
+    assert parse_directives(["UnmarkBot: noindex, nofollow"], token) == {"noindex", "nofollow"}
+    assert parse_directives(["unavailable_after: 25 Jun 2010 15:00:00 PST"], token) == set()
+    assert opt_out_of({"nofollow"}) is None
+    assert opt_out_of({"noimageindex", "nofollow"}) == "noimageindex"
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback_ok", "allowed"),
+    [
+        ("93.184.216.34", False, True),
+        ("2606:2800:220:1:248:1893:25c8:1946", False, True),
+        ("127.0.0.1", False, False),
+        ("127.0.0.1", True, True),
+        ("127.9.9.9", True, True),
+        ("::1", True, True),
+        ("10.0.0.1", True, False),
+        ("172.16.5.4", True, False),
+        ("192.168.1.1", True, False),
+        ("169.254.169.254", True, False),  # cloud metadata
+        ("100.64.0.1", True, False),  # CGNAT: neither private nor global
+        ("224.0.0.1", True, False),  # multicast
+        ("240.0.0.1", True, False),  # reserved
+        ("0.0.0.0", True, False),
+        ("fe80::1", True, False),  # link-local
+        ("fc00::1", True, False),  # unique local
+        ("::ffff:10.0.0.1", True, False),  # IPv4-mapped private
+        ("::ffff:127.0.0.1", False, False),
+        ("2002:a00:1::", True, False),  # 6to4 wrapping 10.0.0.1
+        ("not-an-ip", True, False),
+    ],
+)
+def test_address_rules(address, loopback_ok, allowed):
+    assert address_allowed(address, allow_loopback=loopback_ok) is allowed
+
+
+def test_guard_uses_injected_resolver_and_refuses_before_connecting():
+    calls = []
+
+    def resolver(host, port):
+        calls.append(host)
+        return {"internal.test": ["10.0.0.1"], "mixed.test": ["93.184.216.34", "10.1.2.3"],
+                "ok.test": ["127.0.0.1"]}[host]
+
+    guard = AddressGuard(allow_private_hosts=True, resolver=resolver)
+    with pytest.raises(HostRefused) as exc:
+        guard.check_url("http://internal.test/x.png")
+    assert exc.value.reason == "refused-address"
+    with pytest.raises(HostRefused):
+        guard.check_url("http://mixed.test/")  # one private answer is enough to refuse
+    assert guard.check_url("http://ok.test:8080/") == "127.0.0.1"
+    guard.check_url("http://ok.test:8080/again")
+    assert calls.count("ok.test") == 1  # cached
+    with pytest.raises(HostRefused) as exc:
+        guard.check_url("file:///etc/passwd")
+    assert exc.value.reason == "bad-url"
+    with pytest.raises(HostRefused):
+        AddressGuard(allow_private_hosts=False).check_url("http://127.0.0.1:1/")
+
+
+def test_retry_after_forms():
+    assert retry_after_s("3") == 3.0
+    soon = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 <= retry_after_s(soon) <= 31
+    assert retry_after_s("soon") is None
+    assert retry_after_s(None) is None
+
+
+def test_robots_statuses_and_crawl_delay():
+    bodies = {
+        "http://a.test/robots.txt": (200, b"User-agent: *\nDisallow: /private/\nCrawl-delay: 2\n"
+                                          b"User-agent: UnmarkBot\nDisallow: /no-unmark/\n"),
+        "http://b.test/robots.txt": (404, b""),
+        "http://c.test/robots.txt": (403, b""),
+        "http://d.test/robots.txt": (503, b""),
+    }
+    errors = []
+
+    def fetch(url):
+        if url.startswith("http://e.test"):
+            raise OSError("connection refused")
+        return bodies[url]
+
+    rp = RobotsPolicy("UnmarkBot/0.1", fetch, lambda u, e: errors.append(u))
+    assert rp.allowed("http://a.test/private/x.png") is True  # our own group replaces the * group
+    assert rp.allowed("http://a.test/no-unmark/x.png") is False
+    assert rp.allowed("http://b.test/anything") is True
+    assert rp.allowed("http://c.test/anything") is False
+    assert rp.allowed("http://d.test/anything") is False
+    assert rp.allowed("http://e.test/anything") is False
+    assert errors == ["http://e.test/robots.txt"]
+    star = RobotsPolicy("OtherBot/1", fetch)
+    assert star.allowed("http://a.test/private/x.png") is False
+    assert star.crawl_delay("http://a.test/") == 2.0
+
+
+def test_extract_handles_deep_nesting_many_links_and_charsets():
+    deep = ("<html><body>" + "<div>" * 5000 + "<img src='/deep.png' alt='deep'>" + "</div>" * 5000
+            + "<img src='/after.png'></body></html>").encode()
+    t = time.monotonic()
+    found = extract(deep, "http://s.test/deep.html")
+    assert [i.url for i in found.images] == ["http://s.test/deep.png", "http://s.test/after.png"]
+    many = ("<html><body>" + "".join(f"<a href='/p{i}.html'>{i}</a>" for i in range(10_000)) + "</body></html>").encode()
+    found = extract(many, "http://s.test/")
+    assert len(found.links) == 10_000
+    capped = extract(many, "http://s.test/", max_links=100)
+    assert len(capped.links) == 100
+    assert time.monotonic() - t < 10
+    latin = "<html><body><img src='/c.png' alt='Café crème'></body></html>".encode("cp1252")
+    assert extract(latin, "http://s.test/", encoding="windows-1252").images[0].alt == "Café crème"
+    sjis = ('<html><head><meta charset="shift_jis"></head><body><img src="/n.png" alt="猫の写真">'
+            "</body></html>").encode("shift_jis")
+    assert extract(sjis, "http://s.test/").images[0].alt == "猫の写真"
+
+
+def test_extract_skips_unfetchable_schemes_and_honours_base():
+    html = b"""<html><head><base href="https://cdn.test/assets/"></head><body>
+    <img src="data:image/png;base64,iVBORw0KGgo="><img src="javascript:alert(1)">
+    <img src="rel.png"><img src="/abs.png"><a href="page.html">p</a><a href="#top">t</a></body></html>"""
+    found = extract(html, "http://s.test/dir/index.html")
+    assert [i.url for i in found.images] == ["https://cdn.test/assets/rel.png", "https://cdn.test/abs.png"]
+    assert found.links == ["https://cdn.test/assets/page.html"]
+
+
+def test_sitemap_detection_and_seed_files(tmp_path):
+    xml = b"""<?xml version="1.0" encoding="UTF-8"?>
+    <urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+      <url><loc>http://s.test/a.html</loc></url><url><loc> http://s.test/b.html </loc></url></urlset>"""
+    assert sitemap_locs(xml) == ("urlset", ["http://s.test/a.html", "http://s.test/b.html"])
+    index = b"""<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+      <sitemap><loc>http://s.test/s1.xml</loc></sitemap></sitemapindex>"""
+    assert sitemap_locs(index) == ("sitemapindex", ["http://s.test/s1.xml"])
+    assert sitemap_locs(b"<html><body>hi</body></html>") is None
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("# a comment\nhttp://s.test/a.html\n\nhttp://s.test/b.html#x\nhttp://s.test/a.html\n")
+    assert expand_seeds([str(seeds), "http://t.test"]) == [
+        "http://s.test/a.html", "http://s.test/b.html", "http://t.test/"]
+    with pytest.raises(ValueError):
+        expand_seeds(["not a url"])
