@@ -1,0 +1,511 @@
+"""Training runs for the watermark remover: pure torch, a folder of images in, a run folder out.
+
+``train(train_paths, val_paths, test_paths, config, run_dir)`` trains a ``model.network.UNet`` on
+synthetic pairs (``model.data.WatermarkPairs``), and leaves in ``run_dir``:
+
+- ``config.json``   the resolved ``TrainConfig`` (perceptual weights choice and why included)
+- ``last.pt``       the whole training state, written atomically after every epoch (resume)
+- ``best.pt``       the model with the best validation PSNR (a plain ``load_checkpoint`` file)
+- ``history.csv`` / ``history.json``  one row per epoch: every loss term, val PSNR/SSIM, lr, time
+- ``summary.json``  the regression report: test-split metrics against the input and inpainting
+- ``changelog.md``  one dated line per event (started, resumed, finished)
+
+Schedules. ``onecycle`` is torch's ``OneCycleLR`` over ``epochs + 2`` epochs (the seed's: the run
+ends before the rate bottoms out). A wall-time budget (``max_minutes``) replaces the step count by
+wall time: the same one-cycle shape is driven by the fraction of the budget spent, so a capped run
+always finishes its schedule, and a slow, shared CPU changes the number of steps, not the shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fcntl
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from model.data import WatermarkPairs
+from model.evaluate import evaluate_pairs, resolve_device
+from model.losses import RemovalLoss
+from model.network import UNet, count_parameters, load_checkpoint, save_checkpoint
+
+PERCEPTUAL_CHOICES = ("imagenet", "random", "off")
+
+
+class RunLocked(RuntimeError):
+    """Another process is training in this run folder."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"run folder {run_dir} is locked by another training process")
+        self.run_dir = run_dir
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. ``PROFILES`` holds the named ones; ``dataclasses.replace``
+    derives variants. Saved as ``config.json`` in every run and in the catalog's model row."""
+
+    profile: str = "seed"
+    pairing: str = "supervised"  # supervised | self-supervised
+    # data
+    size: int = 256  # training crop
+    eval_size: int = 256  # crop of the fixed val/test samples
+    batch_size: int = 8
+    samples_per_image: int = 1  # training samples drawn per image per pass
+    eval_samples_per_image: int = 1
+    val_limit: int | None = 64  # val samples scored after each epoch (None: all)
+    families: list[str] | None = None  # watermark families drawn (None: all)
+    num_workers: int = 0
+    # schedule
+    epochs: int = 25
+    steps_per_epoch: int | None = None  # None: one pass over the training samples
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    schedule: str = "onecycle"  # onecycle (steps) | wall (wall time; implied by max_minutes)
+    pct_start: float = 0.3
+    div_factor: float = 10.0
+    final_div_factor: float = 100.0
+    max_minutes: float | None = None  # wall-time cap of the whole run, final evaluation included
+    eval_reserve: float = 0.08  # fraction of the cap kept for the final test evaluation
+    grad_clip: float | None = None
+    # network
+    base: int = 32
+    depth: int = 4
+    mask_head: bool = False
+    mask_guided: bool = False
+    harden_mask: bool = False  # at evaluation: re-blend with a hard, dilated mask
+    # loss
+    loss: dict[str, float] = field(
+        default_factory=lambda: {"l1": 1.0, "perceptual": 0.3, "lab": 0.3, "ssim": 0.4, "edge": 0.1}
+    )
+    perceptual: str = "imagenet"  # VGG16 weights: imagenet | random | off
+    perceptual_reason: str = "the seed's loss"
+    # numerics
+    device: str = "auto"
+    cpu_bf16: bool = True  # bf16 autocast on the CPU (measured 2.5x faster here)
+    channels_last: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+PROFILES: dict[str, TrainConfig] = {
+    # The seed notebook's run: 25 epochs of batch 8 at 256 px, the full five-term loss.
+    "seed": TrainConfig(profile="seed"),
+    # The best this 2-core CPU trains in 30 minutes (cpu-training-lessons.md): clipped gradients,
+    # a mask head whose hardened mask copies clean pixels exactly, small crops for more steps,
+    # the schedule over wall time. VGG is off: the ImageNet weights are not on this machine, and
+    # random VGG features would cost about half of every step for a texture term of unproven
+    # value; at a fixed budget, steps are worth more.
+    "quick-cpu": TrainConfig(
+        profile="quick-cpu",
+        size=128,
+        eval_size=256,
+        batch_size=8,
+        samples_per_image=1,
+        eval_samples_per_image=2,
+        val_limit=24,
+        epochs=1000,
+        steps_per_epoch=150,
+        schedule="wall",
+        pct_start=0.05,
+        max_minutes=30,
+        grad_clip=1.0,
+        base=24,
+        depth=4,
+        mask_head=True,
+        mask_guided=True,
+        harden_mask=True,
+        loss={"l1": 1.0, "perceptual": 0.0, "lab": 0.3, "ssim": 0.4, "edge": 0.1, "mask_bce": 0.5, "mask_dice": 0.5},
+        perceptual="off",
+        perceptual_reason="ImageNet VGG weights absent here; random features cost ~half a CPU step",
+    ),
+    # Tests: 64 px, a few steps, a narrow network.
+    "tiny": TrainConfig(
+        profile="tiny",
+        size=64,
+        eval_size=64,
+        batch_size=2,
+        epochs=2,
+        steps_per_epoch=2,
+        val_limit=2,
+        base=8,
+        depth=2,
+        mask_head=True,
+        mask_guided=True,
+        loss={"l1": 1.0, "perceptual": 0.0, "lab": 0.3, "ssim": 0.4, "edge": 0.1, "mask_bce": 0.5, "mask_dice": 0.5},
+        perceptual="off",
+        perceptual_reason="tests: no VGG",
+    ),
+}
+
+
+def profile_config(name: str, **overrides) -> TrainConfig:
+    """A copy of profile ``name`` with ``overrides`` applied."""
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    return dataclasses.replace(PROFILES[name], **overrides)
+
+
+# --- the schedule -------------------------------------------------------------------------
+
+
+def one_cycle_factor(progress: float, pct_start: float, div_factor: float, final_div_factor: float) -> float:
+    """The learning rate of torch's ``OneCycleLR`` (cosine annealing) as a fraction of ``max_lr``,
+    at ``progress`` in [0, 1] of the cycle: up from ``1/div`` to 1 over ``pct_start``, then down
+    to ``1/(div·final_div)``."""
+    p = min(max(progress, 0.0), 1.0)
+    start, peak, end = 1.0 / div_factor, 1.0, 1.0 / (div_factor * final_div_factor)
+
+    def cos(a: float, b: float, t: float) -> float:
+        return b + (a - b) / 2.0 * (math.cos(math.pi * t) + 1)
+
+    if p <= pct_start:
+        return cos(start, peak, p / pct_start if pct_start > 0 else 1.0)
+    return cos(peak, end, (p - pct_start) / (1 - pct_start))
+
+
+class WallClockSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """One-cycle over a wall-time budget: ``progress`` is set by the loop before each step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
+        self.progress = 0.0
+        super().__init__(optimizer, lambda _step: one_cycle_factor(
+            self.progress, config.pct_start, config.div_factor, config.final_div_factor))
+
+    def state_dict(self) -> dict:
+        d = super().state_dict()
+        d["progress"] = self.progress
+        return d
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.progress = float(state_dict.pop("progress", 0.0))
+        super().load_state_dict(state_dict)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (released by the OS if the process dies)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".lock", "w")  # noqa: SIM115
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RunLocked(run_dir) from exc
+        yield
+    finally:
+        fh.close()
+
+
+def run_is_locked(run_dir: Path) -> bool:
+    """True while a live process trains in ``run_dir``."""
+    try:
+        with run_lock(run_dir):
+            return False
+    except RunLocked:
+        return True
+
+
+def _write_json(path: Path, data) -> None:  # noqa: ANN001
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(o):  # noqa: ANN001, ANN202
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    _write_json(run_dir / "history.json", history)
+    cols = list(dict.fromkeys(k for row in history for k in row))
+    tmp = run_dir / ".history.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(history)
+    tmp.replace(run_dir / "history.csv")
+
+
+def _changelog(run_dir: Path, line: str) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    with open(run_dir / "changelog.md", "a") as fh:
+        fh.write(f"- {stamp}: {line}\n")
+
+
+def _batches(loader: DataLoader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+            "python": list(random.getstate()[1])}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], np.array(state["numpy"], dtype=np.uint32), *np_state[2:]))
+    py = random.getstate()
+    random.setstate((py[0], tuple(state["python"]), py[2]))
+
+
+def build_network(config: TrainConfig) -> UNet:
+    return UNet(base=config.base, depth=config.depth, mask_head=config.mask_head, mask_guided=config.mask_guided)
+
+
+def autocast_for(device: torch.device, config: TrainConfig):  # noqa: ANN201
+    """bf16 autocast on the CPU (when ``cpu_bf16``), fp16 autocast on CUDA, nothing elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cpu" and config.cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+
+def train(
+    train_paths: Sequence[str | Path],
+    val_paths: Sequence[str | Path],
+    test_paths: Sequence[str | Path],
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = True,
+    log: Callable[[str], None] | None = print,
+    renderer=None,  # noqa: ANN001 - a model.watermarks.WatermarkRenderer (None: the default)
+    on_epoch: Callable[[list[dict]], None] | None = None,
+) -> dict:
+    """Train, validate each epoch, checkpoint, then score the best model on the test split.
+
+    With ``resume`` and a ``last.pt`` in ``run_dir``, training continues after the last finished
+    epoch (model, optimiser, schedule, scaler, RNG, history and elapsed time restored).
+    ``on_epoch(history)`` is called after each epoch's checkpoint. Returns the summary (also
+    written to ``summary.json``).
+    """
+    run_dir = Path(run_dir)
+    if config.pairing not in ("supervised", "self-supervised"):
+        raise ValueError(f"unknown pairing {config.pairing!r}: supervised or self-supervised")
+    if config.perceptual not in PERCEPTUAL_CHOICES:
+        raise ValueError(f"perceptual must be one of {PERCEPTUAL_CHOICES}, got {config.perceptual!r}")
+    if not train_paths or not val_paths or not test_paths:
+        raise ValueError(f"need images in every split, got train={len(train_paths)} val={len(val_paths)} "
+                         f"test={len(test_paths)}")
+    say = log or (lambda _m: None)
+    with run_lock(run_dir):
+        return _train_locked([str(p) for p in train_paths], [str(p) for p in val_paths],
+                             [str(p) for p in test_paths], config, run_dir, resume, say, renderer, on_epoch)
+
+
+def fixed_test_set(test_paths: Sequence[str | Path], config: TrainConfig, renderer=None) -> WatermarkPairs:  # noqa: ANN001
+    """The fixed synthetic test samples of ``test_paths`` under ``config`` (the same every call)."""
+    return WatermarkPairs([str(p) for p in test_paths], size=config.eval_size, pairing=config.pairing, train=False,
+                          seed=config.seed + 2, samples_per_image=config.eval_samples_per_image, renderer=renderer)
+
+
+def score_on_test(model: torch.nn.Module, dataset: WatermarkPairs, config: TrainConfig,
+                  harden_mask: bool | None = None) -> dict:
+    """``evaluate_pairs`` with the baselines, in fp32, as every run's final evaluation does it."""
+    device = next(model.parameters()).device
+    harden = config.harden_mask if harden_mask is None else harden_mask
+    return evaluate_pairs(model, dataset, device=device, batch_size=config.batch_size, baselines=True,
+                          harden_mask=harden, amp=False)
+
+
+def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_dir: Path,  # noqa: ANN001
+                  resume: bool, say: Callable[[str], None], renderer, on_epoch) -> dict:
+    t_start = time.perf_counter()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+
+    model = build_network(config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # Built before anything is written: imagenet without the weights stops here, clearly.
+    loss_fn = RemovalLoss(**{k: v for k, v in config.loss.items()}, vgg=config.perceptual).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    train_ds = WatermarkPairs(train_paths, size=config.size, pairing=config.pairing, train=True, seed=config.seed,
+                              samples_per_image=config.samples_per_image, renderer=renderer)
+    val_ds = WatermarkPairs(val_paths, size=config.eval_size, pairing=config.pairing, train=False, seed=config.seed + 1,
+                            samples_per_image=config.eval_samples_per_image, renderer=renderer)
+    steps_per_epoch = config.steps_per_epoch or max(1, len(train_ds) // config.batch_size)
+    budget_s = config.max_minutes * 60.0 if config.max_minutes else None
+    wall = budget_s is not None or config.schedule == "wall"
+    if wall and budget_s is None:
+        raise ValueError("the wall schedule needs max_minutes")
+    if wall:
+        scheduler: torch.optim.lr_scheduler.LRScheduler = WallClockSchedule(optimizer, config)
+    else:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, epochs=config.epochs + 2, steps_per_epoch=steps_per_epoch,
+            pct_start=config.pct_start, div_factor=config.div_factor, final_div_factor=config.final_div_factor)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+
+    state = {"epoch": 0, "step": 0, "elapsed_s": 0.0, "best_psnr": -math.inf, "best_epoch": None,
+             "history": [], "stopped_by": None}
+    last = run_dir / "last.pt"
+    if resume and last.exists():
+        saved, extra = load_checkpoint(last, map_location=device)
+        model.load_state_dict(saved.state_dict())
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        scaler.load_state_dict(extra["scaler"])
+        _set_rng_state(extra["rng"])
+        state.update(extra["state"])
+        state["history"] = json.loads(extra["history_json"])
+        _changelog(run_dir, f"resumed after epoch {state['epoch']} (step {state['step']})")
+        say(f"resuming {run_dir.name} after epoch {state['epoch']}")
+    else:
+        for stale in ("history.json", "history.csv", "summary.json", "best.pt"):
+            (run_dir / stale).unlink(missing_ok=True)
+        _changelog(run_dir, f"started {config.profile}/{config.pairing} on {len(train_paths)} train, "
+                            f"{len(val_paths)} val, {len(test_paths)} test images; perceptual={config.perceptual} "
+                            f"({config.perceptual_reason})")
+    n_params = count_parameters(model)
+    resolved = {**config.to_dict(), "steps_per_epoch": steps_per_epoch, "device": str(device),
+                "parameters": n_params, "schedule": "wall" if wall else "onecycle",
+                "images": {"train": len(train_paths), "val": len(val_paths), "test": len(test_paths)}}
+    _write_json(run_dir / "config.json", resolved)
+
+    gen = torch.Generator().manual_seed(config.seed + state["epoch"])
+    loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=True, drop_last=len(train_ds) >= config.batch_size,
+                        num_workers=config.num_workers, generator=gen, persistent_workers=config.num_workers > 0)
+    batches = _batches(loader)
+    train_budget_s = budget_s * (1 - config.eval_reserve) if budget_s else None
+    say(f"training {config.profile}/{config.pairing}: {n_params:,} parameters, {steps_per_epoch} steps/epoch, "
+        + (f"{config.max_minutes} min budget" if budget_s else f"{config.epochs} epochs") + f", on {device}")
+
+    while state["epoch"] < config.epochs:
+        if train_budget_s is not None and state["elapsed_s"] >= train_budget_s:
+            state["stopped_by"] = "time"
+            break
+        epoch_t0 = time.perf_counter()
+        model.train()
+        terms: dict[str, float] = {}
+        n_steps = 0
+        for _ in range(steps_per_epoch):
+            if train_budget_s is not None and state["elapsed_s"] + time.perf_counter() - epoch_t0 >= train_budget_s:
+                break
+            batch = next(batches)
+            x = batch["input"].to(device, non_blocking=True)
+            target = batch["target"].to(device, non_blocking=True)
+            mask = batch["mask"].to(device, non_blocking=True)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, config):
+                out = model(x)
+            pred = out["image"].float()
+            logits = out["mask_logits"].float() if "mask_logits" in out else None
+            total, parts = loss_fn(pred, target, mask, mask_logits=logits)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if wall:  # the next step's rate, from the share of the budget spent so far
+                scheduler.progress = (state["elapsed_s"] + time.perf_counter() - epoch_t0) / train_budget_s
+            scheduler.step()
+            if not math.isfinite(parts["total"]):
+                raise FloatingPointError(f"loss is {parts['total']} at step {state['step']} of {run_dir}")
+            for k, v in parts.items():
+                terms[k] = terms.get(k, 0.0) + float(v)
+            n_steps += 1
+            state["step"] += 1
+        train_s = time.perf_counter() - epoch_t0
+        val = evaluate_pairs(model, val_ds, device=device, batch_size=config.batch_size, baselines=False,
+                             harden_mask=config.harden_mask, amp=config.cpu_bf16 and device.type == "cpu",
+                             limit=config.val_limit)
+        state["epoch"] += 1
+        epoch_s = time.perf_counter() - epoch_t0
+        state["elapsed_s"] += epoch_s
+        row = {"epoch": state["epoch"], "step": state["step"], "steps": n_steps,
+               "lr": optimizer.param_groups[0]["lr"],
+               **{k: v / max(n_steps, 1) for k, v in terms.items()},
+               "val_psnr": val["model"]["psnr"], "val_ssim": val["model"]["ssim"],
+               "val_masked_psnr": val["model"]["masked_psnr"],
+               "train_s": round(train_s, 2), "val_s": round(epoch_s - train_s, 2),
+               "s_per_step": round(train_s / max(n_steps, 1), 4), "elapsed_s": round(state["elapsed_s"], 1)}
+        state["history"].append(row)
+        if row["val_psnr"] is not None and row["val_psnr"] > state["best_psnr"]:
+            state["best_psnr"], state["best_epoch"] = row["val_psnr"], state["epoch"]
+            save_checkpoint(model, run_dir / "best.pt", epoch=state["epoch"], val_psnr=row["val_psnr"],
+                            train_config=json.dumps(resolved))
+        _write_history(run_dir, state["history"])
+        save_checkpoint(model, last, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict(), rng=_rng_state(),
+                        state={k: v for k, v in state.items() if k != "history"},
+                        history_json=json.dumps(state["history"]))
+        if on_epoch is not None:
+            on_epoch(state["history"])
+        say(f"epoch {state['epoch']}: loss {row.get('total', float('nan')):.4f} val PSNR {row['val_psnr']:.2f} dB "
+            f"SSIM {row['val_ssim']:.4f} lr {row['lr']:.2e} ({row['s_per_step']:.3f} s/step)")
+    else:
+        state["stopped_by"] = "epochs"
+    if state["stopped_by"] is None:
+        state["stopped_by"] = "time"
+
+    if not (run_dir / "best.pt").exists():  # a run stopped by its budget before any epoch ended
+        save_checkpoint(model, run_dir / "best.pt", epoch=state["epoch"], val_psnr=None,
+                        train_config=json.dumps(resolved))
+    best, _ = load_checkpoint(run_dir / "best.pt", map_location=device)
+    test = score_on_test(best, fixed_test_set(test_paths, config, renderer), config)
+    summary = {
+        "profile": config.profile,
+        "pairing": config.pairing,
+        "perceptual": config.perceptual,
+        "perceptual_reason": config.perceptual_reason,
+        "parameters": n_params,
+        "device": str(device),
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "stopped_by": state["stopped_by"],
+        "best_epoch": state["best_epoch"],
+        "best_val_psnr": state["best_psnr"] if math.isfinite(state["best_psnr"]) else None,
+        "train_minutes": round(state["elapsed_s"] / 60.0, 2),
+        "this_process_minutes": round((time.perf_counter() - t_start) / 60.0, 2),
+        "test": test,
+        "psnr_gain_vs_input": test["model"]["psnr"] - test["input"]["psnr"],
+        "psnr_gain_vs_inpaint": test["model"]["psnr"] - test["inpaint"]["psnr"],
+        "checkpoint": str(run_dir / "best.pt"),
+        "run_dir": str(run_dir),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    _changelog(run_dir, f"finished after {state['epoch']} epochs / {state['step']} steps ({state['stopped_by']}); "
+                        f"test PSNR {test['model']['psnr']:.2f} dB (input {test['input']['psnr']:.2f}, "
+                        f"inpaint {test['inpaint']['psnr']:.2f}), SSIM {test['model']['ssim']:.4f}")
+    say(f"test PSNR {test['model']['psnr']:.2f} dB vs input {test['input']['psnr']:.2f}, "
+        f"inpaint {test['inpaint']['psnr']:.2f}")
+    return summary
