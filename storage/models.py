@@ -176,3 +176,21 @@ class Failure(Base):
     last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (UniqueConstraint("stage", "subject", name="uq_failure"),)
+
+
+class Claim(Base):
+    """A unit of work (one image for one stage, e.g. ``clean:<model version>``) that a worker may
+    hold under a lease. Free rows have no worker and an ``expires_at`` in the past; a worker that
+    dies simply lets its lease run out. See ``storage/claims.py``."""
+
+    __tablename__ = "claims"
+
+    stage: Mapped[str] = mapped_column(String(96), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_claims_stage_free", "stage", "done_at", "expires_at"),)
