@@ -1,0 +1,224 @@
+"""Training data: (watermarked, target, mask, clean) samples drawn from a list of image files.
+
+Each sample, in order:
+
+1. **Load** the photo (RGB, EXIF orientation applied; large JPEGs decoded at a reduced scale
+   that still leaves at least twice the crop size).
+2. **Clean-crop augmentation — reaches input and target alike**, because it happens before the
+   mark exists (Albumentations 2): geometric — ``RandomResizedCrop`` to ``size``, horizontal
+   flip, small rotation; photometric — colour jitter, grayscale, gamma; scene effects — cast
+   shadow, rain. These change what the photo looks like, so the target must show them too.
+   Validation/test samples skip this stage: a seeded crop only (upscaled first when the photo is
+   smaller than ``size``), so the split measures the model and not the augmentation draw.
+3. **Watermark** (``model.watermarks.WatermarkRenderer``, its own post-processing off). The
+   pairing picks the target:
+   - ``supervised``: target = the clean crop;
+   - ``self-supervised`` (SWCNN, Tian et al. 2024): a second, independently drawn mark of the
+     same family on the same crop is the target; the mask is the first view's.
+4. **Artifacts — applied to input, target and clean with identical parameters** (one draw, the
+   same noise field, the same JPEG quality, the same dropped pixels): Gaussian blur, JPEG
+   re-compression, Gaussian noise (the same list the renderer uses for its post-processing) and
+   pixel dropout. A web copy and its source share such degradations; applying them to both
+   keeps the target aligned and teaches the network to leave everything but the mark alone.
+   Blur spreads the mark by a pixel or two: those pixels, where the input now differs from the
+   clean image by ``min_diff`` or more, join the mask.
+5. **Input only**: with probability 0.1, one more JPEG re-compression (quality 80–95) of the
+   watermarked input — the copy that carries a mark has usually been re-encoded once more than
+   its source. The mask is *not* grown for it, so the mask head learns that compression noise is
+   not a watermark.
+
+Randomness: each item draws from a ``numpy`` generator seeded by (seed, index, draw count,
+worker seed), and Albumentations transforms are seeded from that generator; so a DataLoader
+worker never repeats another's stream, training samples differ every epoch, and with
+``train=False`` item *i* is a function of (seed, i) only — the same every epoch and every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, get_worker_info
+
+from model.watermarks import WatermarkRenderer, channel_max, reencode_artifacts
+
+PAIRINGS = ("supervised", "self-supervised")
+_TARGETS = {"target": "image", "clean": "image"}
+
+
+def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB with its EXIF orientation applied. With ``min_side``,
+    JPEGs are decoded at the smallest DCT scale that keeps both sides >= ``min_side``."""
+    with Image.open(path) as im:
+        if min_side:
+            im.draft("RGB", (min_side, min_side))
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+        return np.asarray(im.convert("RGB"))
+
+
+def split_paths(paths: Sequence[str | os.PathLike], fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
+                ) -> tuple[list[str], list[str], list[str]]:
+    """Train/val/test lists, each file placed by the SHA-256 of its bytes (the same rule the
+    catalog uses), so adding or removing files never moves another one between splits.
+
+    With 3+ files no split is left empty: the file whose hash lies nearest an empty split's
+    range is moved into it (only for such tiny sets does a file's split depend on the others).
+    """
+    keyed = []
+    for i, p in enumerate(paths):
+        digest = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        keyed.append((int(digest[:8], 16) / 0xFFFFFFFF, i, str(p)))
+    bounds = (0.0, fractions[0], fractions[0] + fractions[1], 1.0 + 1e-9)
+    splits: list[list[tuple[float, int, str]]] = [[], [], []]
+    for item in keyed:
+        u = item[0]
+        splits[0 if u < bounds[1] else 1 if u < bounds[2] else 2].append(item)
+    if len(keyed) >= 3:
+        for i in range(3):
+            if splits[i]:
+                continue
+            centre = (bounds[i] + bounds[i + 1]) / 2
+            donors = [j for j in range(3) if len(splits[j]) > 1]
+            j, k = min(((j, k) for j in donors for k in range(len(splits[j]))),
+                       key=lambda jk: abs(splits[jk[0]][jk[1]][0] - centre))
+            splits[i].append(splits[j].pop(k))
+    train, val, test = ([p for _, _, p in sorted(s, key=lambda t: t[1])] for s in splits)  # input order
+    return train, val, test
+
+
+def clean_augmentations(size: int) -> list[tuple[float, A.BasicTransform]]:
+    """Stage 2: (probability, transform) applied to the clean crop before the mark is drawn."""
+    return [
+        (1.0, A.RandomResizedCrop(size=(size, size), scale=(0.15, 1.0), ratio=(0.75, 4 / 3), p=1.0)),
+        (0.5, A.HorizontalFlip(p=1.0)),
+        (0.2, A.Rotate(limit=10, border_mode=cv2.BORDER_REFLECT_101, p=1.0)),
+        (0.4, A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.7, 1.3), hue=(-0.03, 0.03),
+                            p=1.0)),
+        (0.05, A.ToGray(p=1.0)),
+        (0.25, A.RandomGamma(gamma_limit=(80, 120), p=1.0)),
+        (0.05, A.RandomShadow(shadow_roi=(0, 0, 1, 1), num_shadows_limit=(1, 2), shadow_intensity_range=(0.2, 0.5),
+                              p=1.0)),
+        (0.03, A.RandomRain(slant_range=(-10, 10), drop_length=12, blur_value=3, brightness_coefficient=0.9,
+                            rain_type="drizzle", p=1.0)),
+    ]
+
+
+def shared_artifacts() -> list[tuple[float, A.BasicTransform]]:
+    """Stage 4: applied with one parameter draw to input, target and clean."""
+    return reencode_artifacts() + [(0.05, A.PixelDropout(dropout_prob=0.003, drop_value=0, p=1.0))]
+
+
+def input_artifacts() -> list[tuple[float, A.BasicTransform]]:
+    """Stage 5: the watermarked input only."""
+    return [(0.1, A.ImageCompression(quality_range=(80, 95), p=1.0))]
+
+
+def apply(stage: list[tuple[float, A.BasicTransform]], rng: np.random.Generator, image: np.ndarray,
+          **others: np.ndarray) -> dict[str, np.ndarray]:
+    """Run each transform of a stage with its probability, seeding it from ``rng``; extra images
+    passed as keywords get exactly the same parameters as ``image``."""
+    out = {"image": image, **others}
+    for p, t in stage:
+        if rng.random() >= p:
+            continue
+        t.set_random_seed(int(rng.integers(2**31)))
+        if others:
+            t.add_targets({k: "image" for k in others})
+        out = t(**out)
+    return out
+
+
+class WatermarkPairs(Dataset):
+    """Synthetic watermark-removal samples over image files.
+
+    Items are dicts of float32 tensors in [0, 1]: ``input`` (3,H,W), ``target`` (3,H,W),
+    ``mask`` (1,H,W), ``clean`` (3,H,W), with H = W = ``size``. ``len`` is
+    ``len(paths) * samples_per_image``. See the module docstring for what happens to a sample.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], size: int = 256, pairing: str = "supervised",
+                 train: bool = True, seed: int = 0, samples_per_image: int = 1,
+                 renderer: WatermarkRenderer | None = None):
+        if pairing not in PAIRINGS:
+            raise ValueError(f"unknown pairing {pairing!r}: {' or '.join(PAIRINGS)}")
+        if not paths:
+            raise ValueError("WatermarkPairs needs at least one image path")
+        self.paths = [str(p) for p in paths]
+        self.size = int(size)
+        self.pairing = pairing
+        self.train = train
+        self.seed = int(seed)
+        self.samples_per_image = max(1, int(samples_per_image))
+        self.renderer = renderer if renderer is not None else WatermarkRenderer(seed=seed)
+        self._clean_aug = clean_augmentations(self.size)
+        self._shared = shared_artifacts()
+        self._input_only = input_artifacts()
+        self._draws = 0
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.samples_per_image
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if not self.train:
+            return np.random.default_rng([self.seed, index])
+        self._draws += 1
+        info = get_worker_info()
+        worker_seed = info.seed % 2**32 if info is not None else 0
+        return np.random.default_rng([self.seed, index, self._draws, worker_seed])
+
+    def _crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.train:
+            return apply(self._clean_aug, rng, img)["image"]
+        h, w = img.shape[:2]
+        if min(h, w) < self.size:
+            s = self.size / min(h, w)
+            img = cv2.resize(img, (max(self.size, round(w * s)), max(self.size, round(h * s))),
+                             interpolation=cv2.INTER_CUBIC)
+            h, w = img.shape[:2]
+        y = int(rng.integers(0, h - self.size + 1))
+        x = int(rng.integers(0, w - self.size + 1))
+        return np.ascontiguousarray(img[y : y + self.size, x : x + self.size])
+
+    def sample(self, index: int) -> dict[str, np.ndarray | str | dict]:
+        """Item ``index`` as numpy arrays (uint8 images, bool mask) plus the mark's family and
+        style: what ``__getitem__`` turns into tensors."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rng = self._rng(index)
+        path = self.paths[index // self.samples_per_image]
+        clean = self._crop(load_rgb(path, min_side=2 * self.size), rng)
+        view1 = self.renderer.render(clean, rng, postprocess=False)
+        if self.pairing == "supervised":
+            target = clean
+        else:
+            target = self.renderer.render(clean, rng, family=view1.family, postprocess=False).composite
+        out = apply(self._shared, rng, view1.composite, target=target, clean=clean)
+        inp, target, clean = out["image"], out["target"], out["clean"]
+        mask = view1.mask
+        halo = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        diff = channel_max(cv2.absdiff(inp, clean))
+        mask = mask | (halo & (diff >= self.renderer.min_diff))
+        inp = apply(self._input_only, rng, inp)["image"]
+        return {"input": inp, "target": target, "mask": mask, "clean": clean, "family": view1.family,
+                "style": view1.style, "path": path}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s = self.sample(index)
+        return {
+            "input": _tensor(s["input"]),
+            "target": _tensor(s["target"]),
+            "mask": torch.from_numpy(s["mask"][None].astype(np.float32)),
+            "clean": _tensor(s["clean"]),
+        }
+
+
+def _tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
