@@ -161,7 +161,12 @@ def _walk(soup: BeautifulSoup, page_url: str, robots_names: tuple[str, ...], max
         if u and u not in images:
             images[u] = ImageRef(u, (alt or "").strip() or None, found_by)
 
-    og_alt = None
+    # og:image:alt / twitter:image:alt usually come after the image tag they describe
+    meta_alt: dict[str, str] = {}
+    for tag in soup.find_all("meta"):
+        key = _text(tag.get("property") or tag.get("name")).lower()
+        if key in ("og:image:alt", "twitter:image:alt"):
+            meta_alt.setdefault(key.rsplit(":", 1)[0], _text(tag.get("content")))
     for tag in soup.find_all(True):  # iterative walk in document order
         name = tag.name
         attrs = tag.attrs
@@ -187,9 +192,7 @@ def _walk(soup: BeautifulSoup, page_url: str, robots_names: tuple[str, ...], max
         elif name == "meta":
             key = _text(attrs.get("property") or attrs.get("name")).lower()
             if key in META_IMAGE:
-                add_image(_text(attrs.get("content")), META_IMAGE[key], og_alt)
-            elif key in ("og:image:alt", "twitter:image:alt"):
-                og_alt = _text(attrs.get("content"))
+                add_image(_text(attrs.get("content")), META_IMAGE[key], meta_alt.get(META_IMAGE[key]))
             elif key in robots_names and attrs.get("content"):
                 out.robots.append(_text(attrs["content"]))
         elif name == "link":

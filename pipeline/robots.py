@@ -68,6 +68,7 @@ class RobotsPolicy:
         self._fetch = fetch_robots
         self._on_error = on_error
         self._parsers: dict[str, RobotFileParser] = {}
+        self._delays: dict[str, float | None] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -83,37 +84,73 @@ class RobotsPolicy:
         with lock:
             rp = self._parsers.get(origin)
             if rp is None:
-                rp = self._load(origin + "/robots.txt")
-                self._parsers[origin] = rp
+                rp, delay = self._load(origin + "/robots.txt")
+                self._parsers[origin], self._delays[origin] = rp, delay
         return rp
 
-    def _load(self, robots_url: str) -> RobotFileParser:
+    def _load(self, robots_url: str) -> tuple[RobotFileParser, float | None]:
         rp = RobotFileParser(robots_url)
+        delay = None
         try:
             status, body = self._fetch(robots_url)
         except Exception as exc:  # any failure to read robots.txt: stay out for this run
             if self._on_error:
                 self._on_error(robots_url, exc)
             rp.disallow_all = True
-            return rp
+            return rp, None
         if status in (401, 403) or status >= 500:
             rp.disallow_all = True
         elif status >= 400:
             rp.allow_all = True
         else:
-            rp.parse(body.decode("utf-8", "replace").splitlines())
+            lines = body.decode("utf-8", "replace").splitlines()
+            rp.parse(lines)
+            delay = crawl_delay_for(lines, self.token)
         rp.modified()  # can_fetch() refuses everything until the parser has a timestamp
-        return rp
+        return rp, delay
 
     def allowed(self, url: str) -> bool:
         return self.parser(url).can_fetch(self.token, url)
 
     def crawl_delay(self, url: str) -> float | None:
+        """Seconds between requests asked by ``Crawl-delay`` (decimals allowed) or ``Request-rate``."""
         rp = self.parser(url)
-        delay = rp.crawl_delay(self.token)
+        delay = self._delays.get(self.origin(url))
         if delay is None:
             rate = rp.request_rate(self.token)
             if rate is not None and rate.requests:
                 return rate.seconds / rate.requests
-            return None
-        return float(delay)
+        return delay
+
+
+def crawl_delay_for(lines: list[str], token: str) -> float | None:
+    """The Crawl-delay of the group naming ``token``, else of ``*``. (urllib.robotparser reads only
+    whole seconds; sites write ``Crawl-delay: 0.5`` too.)"""
+    delays: dict[str, float] = {}
+    named: list[str] = []  # every agent some group names, in order
+    agents: list[str] = []
+    in_rules = False
+    for raw in lines:
+        line = raw.split("#", 1)[0].strip()
+        if ":" not in line:
+            continue
+        key, value = (p.strip() for p in line.split(":", 1))
+        key = key.lower()
+        if key == "user-agent":
+            if in_rules:
+                agents, in_rules = [], False
+            agents.append(value.split("/", 1)[0].lower())
+            named.append(agents[-1])
+        else:
+            in_rules = True
+            if key == "crawl-delay":
+                try:
+                    seconds = float(value)
+                except ValueError:
+                    continue
+                for agent in agents:
+                    delays.setdefault(agent, seconds)
+    for agent in named:
+        if agent != "*" and agent and agent in token:
+            return delays.get(agent)  # our own group decides, even by saying nothing
+    return delays.get("*")

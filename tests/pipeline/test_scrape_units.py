@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.extract import extract, largest_candidate, normalize_url
 from pipeline.fetch import retry_after_s
-from pipeline.robots import RobotsPolicy, agent_token, opt_out_of, parse_directives
+from pipeline.robots import RobotsPolicy, agent_token, crawl_delay_for, opt_out_of, parse_directives
 from pipeline.scrape import expand_seeds, sitemap_locs
 from pipeline.ssrf import AddressGuard, HostRefused, address_allowed
 
@@ -135,6 +135,10 @@ def test_robots_statuses_and_crawl_delay():
     star = RobotsPolicy("OtherBot/1", fetch)
     assert star.allowed("http://a.test/private/x.png") is False
     assert star.crawl_delay("http://a.test/") == 2.0
+    assert rp.crawl_delay("http://a.test/") is None  # our group sets none
+    assert crawl_delay_for(["User-agent: *", "Crawl-delay: 0.25"], "unmarkbot") == 0.25
+    assert crawl_delay_for(["User-agent: a", "User-agent: UnmarkBot", "Disallow: /x", "Crawl-delay: 1.5",
+                            "User-agent: *", "Crawl-delay: 9"], "unmarkbot") == 1.5
 
 
 def test_extract_handles_deep_nesting_many_links_and_charsets():
