@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1
 VGG_CHOICES = ("imagenet", "random", "off")
+TERMS = ("l1", "perceptual", "lab", "ssim", "edge", "mask_bce", "mask_dice")  # names in RemovalLoss's dict
 # conv layers of vgg16.features up to relu3_3 (the indices in torchvision's Sequential)
 _VGG_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256)}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
