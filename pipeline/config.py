@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     blob_endpoint_url: str | None = None
     blob_key_id: str | None = None
     blob_secret: str | None = None
+    blob_region: str | None = None  # S3 region name (set it for S3 so nothing asks AWS for one)
 
     # --- catalog -----------------------------------------------------------------------
     sqlite_busy_timeout_ms: int = 60_000
@@ -83,6 +84,8 @@ class Settings(BaseSettings):
         opts: dict = {}
         if self.blob_endpoint_url:
             opts["client_kwargs"] = {"endpoint_url": self.blob_endpoint_url}
+        if self.blob_region:
+            opts.setdefault("client_kwargs", {})["region_name"] = self.blob_region
         if self.blob_key_id:
             opts["key"] = self.blob_key_id
         if self.blob_secret:
