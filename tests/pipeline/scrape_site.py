@@ -126,6 +126,12 @@ class Site:
             daemon_threads = True
             request_queue_size = 256
 
+            def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+                import sys
+
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # clients that hang up are fine
+                    super().handle_error(request, client_address)
+
         self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
