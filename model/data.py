@@ -158,9 +158,10 @@ class WatermarkPairs(Dataset):
         self.seed = int(seed)
         self.samples_per_image = max(1, int(samples_per_image))
         self.renderer = renderer if renderer is not None else WatermarkRenderer(seed=seed)
-        self._clean_aug = clean_augmentations(self.size)
-        self._shared = shared_artifacts()
-        self._input_only = input_artifacts()
+        # The three augmentation stages, as (probability, transform) lists; editable.
+        self.clean_stage = clean_augmentations(self.size)
+        self.shared_stage = shared_artifacts()
+        self.input_stage = input_artifacts()
         self._draws = 0
 
     def __len__(self) -> int:
@@ -176,7 +177,7 @@ class WatermarkPairs(Dataset):
 
     def _crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.train:
-            return apply(self._clean_aug, rng, img)["image"]
+            return apply(self.clean_stage, rng, img)["image"]
         h, w = img.shape[:2]
         if min(h, w) < self.size:
             s = self.size / min(h, w)
@@ -200,13 +201,13 @@ class WatermarkPairs(Dataset):
             target = clean
         else:
             target = self.renderer.render(clean, rng, family=view1.family, postprocess=False).composite
-        out = apply(self._shared, rng, view1.composite, target=target, clean=clean)
+        out = apply(self.shared_stage, rng, view1.composite, target=target, clean=clean)
         inp, target, clean = out["image"], out["target"], out["clean"]
         mask = view1.mask
         halo = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         diff = channel_max(cv2.absdiff(inp, clean))
         mask = mask | (halo & (diff >= self.renderer.min_diff))
-        inp = apply(self._input_only, rng, inp)["image"]
+        inp = apply(self.input_stage, rng, inp)["image"]
         return {"input": inp, "target": target, "mask": mask, "clean": clean, "family": view1.family,
                 "style": view1.style, "path": path}
 

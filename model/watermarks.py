@@ -331,7 +331,7 @@ class WatermarkRenderer:
         getattr(self, f"_draw_{family}")(layer, clean, rng, style)
         if rng.random() < 0.25:
             self._vary_alpha(layer, rng, style)
-        if rng.random() < 0.1:
+        if family != "tiled" and rng.random() < 0.1:  # (under a full-image grid it is a global edit)
             self._adjust_under(layer, clean, rng, style)
         # Only the mark's bounding box is composited; everything else is the clean image as is.
         x, y, w, h = cv2.boundingRect((layer[..., 3] > 0).view(np.uint8))
@@ -453,7 +453,8 @@ class WatermarkRenderer:
         opacity = float(rng.uniform(0.3, 1.0))
         # flat: every non-transparent pixel gets one alpha (the SWCNN protocol's marks)
         a = np.where(a > 0, opacity, 0.0).astype(np.float32) if flat else a * opacity
-        if rng.random() < 0.3:  # a tinted version of the logo
+        tint = rng.random() < 0.3  # a tinted version of the logo
+        if tint:
             rgba[..., :3] = rgba[..., :3] * 0.5 + PALETTE[int(rng.integers(len(PALETTE)))] * 0.5
         mark = np.concatenate([rgba[..., :3] * a[..., None], a[..., None]], axis=-1)
         target = min(H, W) * rng.uniform(0.25, 0.7)
@@ -462,7 +463,7 @@ class WatermarkRenderer:
         mark = _warp(mark, scale, angle)
         x, y = self._place((H, W), mark.shape[:2], rng, spill=0.2)
         _over(layer, mark, x, y)
-        style.update(logo=("user" if use_user else "procedural", k), flat_alpha=flat, opacity=round(opacity, 3),
+        style.update(logo=("user" if use_user else "procedural", k), flat_alpha=flat, tint=tint, opacity=round(opacity, 3),
                      angle=round(angle, 1), position=(x, y), size=mark.shape[:2])
 
     def _draw_badge(self, layer: np.ndarray, clean: np.ndarray, rng: np.random.Generator, style: dict) -> None:

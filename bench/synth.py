@@ -1,0 +1,173 @@
+"""Synthetic data benchmark: (watermarked, target, mask) triplets per second per core at 256 px.
+
+    python bench/synth.py [--n 400] [--size 256] [--images DIR]
+
+One process, one thread everywhere (torch, OpenCV, BLAS), reading photos from disk as training
+does: decode, augment, watermark, artifacts, tensors (``model.data.WatermarkPairs``). The rate per
+core is items / CPU seconds of this process, so other work on the machine does not deflate it;
+the wall-clock rate is reported next to it. Photos: ``../shared/corpus/voc150`` when present,
+else the sample photos that ship with scikit-image, scikit-learn and matplotlib.
+
+Writes ``bench/results/synth.json`` (``triplets_per_s_per_core``), appends to ``bench/RESULTS.md``
+and saves a contact sheet of 64 samples to ``bench/out/synth_contact_sheet.png``.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import BENCH, write_results  # noqa: E402
+
+from model.data import WatermarkPairs, split_paths  # noqa: E402
+from model.watermarks import FAMILIES, WatermarkRenderer  # noqa: E402
+
+GOAL = 25.0
+CORPUS = BENCH.parent.parent / "shared" / "corpus" / "voc150"
+
+
+def offline_photos(folder: Path) -> list[Path]:
+    """The colour photos that load without a network, written as JPEGs."""
+    from matplotlib import cbook
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), *load_sample_images().images]
+    with cbook.get_sample_data("grace_hopper.jpg") as fh:
+        arrays.append(np.asarray(Image.open(fh).convert("RGB")))
+    paths = []
+    for i, arr in enumerate(arrays):
+        p = folder / f"photo{i}.jpg"
+        Image.fromarray(arr).save(p, quality=92)
+        paths.append(p)
+    return paths
+
+
+def measure(ds: WatermarkPairs, n: int) -> dict:
+    ds[0]  # warm caches (fonts, transforms)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(n):
+        item = ds[i % len(ds)]
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    assert item["input"].shape == (3, ds.size, ds.size)
+    return {"per_core": n / cpu, "wall": n / wall, "cpu_s": cpu, "wall_s": wall}
+
+
+def per_family_ms(renderer: WatermarkRenderer, size: int, reps: int = 40) -> dict[str, float]:
+    from skimage import data
+
+    img = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(0)
+    out = {}
+    for fam in FAMILIES:
+        t = time.process_time()
+        for _ in range(reps):
+            renderer.render(img, rng, family=fam, postprocess=False)
+        out[fam] = (time.process_time() - t) / reps * 1000
+    return out
+
+
+def contact_sheet(ds: WatermarkPairs, path: Path, n: int = 64, cell: int = 192) -> None:
+    """8×8 samples, each as the watermarked input beside its mask, labelled with the family."""
+    cols = 8
+    rows = (n + cols - 1) // cols
+    sheet = np.full((rows * (cell + 4), cols * (2 * cell + 8), 3), 255, np.uint8)
+    for i in range(n):
+        s = ds.sample(i % len(ds))
+        inp = cv2.resize(s["input"], (cell, cell), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(s["mask"].astype(np.uint8) * 255, (cell, cell), interpolation=cv2.INTER_NEAREST)
+        tile = np.concatenate([inp, np.repeat(mask[..., None], 3, axis=-1)], axis=1)
+        label = s["family"] + (f" {s['style'].get('script', '')}" if "script" in s["style"] else "")
+        cv2.putText(tile, label, (cell + 4, cell - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 80, 80), 1, cv2.LINE_AA)
+        r, c = divmod(i, cols)
+        y, x = r * (cell + 4), c * (2 * cell + 8)
+        sheet[y : y + cell, x : x + 2 * cell] = tile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=400, help="items per measurement")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--images", type=Path, default=None, help="folder of photos (default: the shared corpus)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+    folder = args.images or (CORPUS if CORPUS.is_dir() else None)
+    if folder is not None:
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        source = str(folder)
+    else:
+        paths = offline_photos(Path(tempfile.mkdtemp(prefix="unmark-synth-")))
+        source = "offline sample photos (skimage, sklearn, matplotlib)"
+    train_paths, val_paths, _ = split_paths(paths)
+
+    t = time.process_time()
+    renderer = WatermarkRenderer(seed=0)
+    init_s = time.process_time() - t
+    results = {}
+    for pairing in ("supervised", "self-supervised"):
+        ds = WatermarkPairs(train_paths, size=args.size, pairing=pairing, train=True, seed=0, renderer=renderer)
+        results[pairing] = measure(ds, args.n)
+        print(f"{pairing}: {results[pairing]['per_core']:.1f} triplets/s/core "
+              f"({results[pairing]['wall']:.1f}/s wall)", flush=True)
+    val = WatermarkPairs(val_paths, size=args.size, train=False, seed=1, renderer=renderer)
+    results["validation"] = measure(val, min(args.n, 4 * len(val)))
+    families = per_family_ms(renderer, args.size)
+
+    sheet = BENCH / "out" / "synth_contact_sheet.png"
+    contact_sheet(WatermarkPairs(train_paths, size=args.size, train=True, seed=7, renderer=renderer), sheet)
+
+    sup = results["supervised"]["per_core"]
+    figures = {
+        "triplets_per_s_per_core": round(sup, 1),
+        "self_supervised_triplets_per_s_per_core": round(results["self-supervised"]["per_core"], 1),
+        "validation_triplets_per_s_per_core": round(results["validation"]["per_core"], 1),
+        "wall_triplets_per_s": round(results["supervised"]["wall"], 1),
+        "goal_per_core": GOAL,
+        "size": args.size,
+        "n": args.n,
+        "images": source,
+        "renderer_init_cpu_s": round(init_s, 2),
+        "render_ms_per_family": {k: round(v, 2) for k, v in families.items()},
+        "scripts": renderer.available_scripts(),
+        "contact_sheet": str(sheet.relative_to(BENCH.parent)),
+    }
+    rows = "\n".join(
+        f"| {k} | {results[k]['per_core']:.1f} | {results[k]['wall']:.1f} |"
+        for k in ("supervised", "self-supervised", "validation"))
+    fam = ", ".join(f"{k} {v:.1f} ms" for k, v in families.items())
+    body = f"""
+{args.n} items per pairing, {args.size} px, from {len(train_paths)} photos in {source}; one thread
+(torch, OpenCV, BLAS). Per core = items / CPU seconds of the process; wall = items / elapsed
+seconds (inflated by whatever else runs on the machine). Goal: {GOAL:.0f} triplets/s/core.
+
+| pairing | triplets/s/core | triplets/s wall |
+|---|---|---|
+{rows}
+
+**triplets_per_s_per_core = {sup:.1f}** ({"meets" if sup >= GOAL else "misses"} the goal of {GOAL:.0f}).
+Renderer start-up (font discovery, cmap checks, phrase bank): {init_s:.2f} CPU s, once per process.
+One render without post-processing: {fam}.
+Scripts drawn: {", ".join(renderer.available_scripts())}. Contact sheet: `{figures['contact_sheet']}`.
+"""
+    write_results("synth", figures, body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The watermark renderer: exact masks and compositing, determinism, tiled coverage, families."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.watermarks import FAMILIES, Watermarked, WatermarkRenderer, channel_max
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return WatermarkRenderer(seed=0)
+
+
+def photo_like(size: int = 96, seed: int = 0) -> np.ndarray:
+    """Smooth colour gradients plus noise: every colour of mark shows somewhere, some do not."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([xx, yy, 1 - (xx + yy) / 2], -1) * 200 + rng.normal(0, 12, (size, size, 3)) + 20
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def dark_textured(size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(64, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mask_and_exact_compositing(renderer, family):
+    clean = photo_like()
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        w = renderer.render(clean, rng, family=family)
+        assert isinstance(w, Watermarked) and w.family == family
+        assert w.composite.shape == clean.shape and w.composite.dtype == np.uint8
+        assert w.mask.shape == clean.shape[:2] and w.mask.dtype == bool
+        assert w.alpha.shape == clean.shape[:2] and w.alpha.dtype == np.float32
+        assert w.mask.any()
+        # before post-processing, outside the mask nothing changed, bit for bit
+        assert np.array_equal(w.raw[~w.mask], clean[~w.mask])
+        assert not w.alpha[~w.mask].any()
+        assert 0.0 <= w.alpha.min() and w.alpha.max() <= 1.0
+        # and every mask pixel is a visible change (no sub-noise targets)
+        diff = channel_max(cv2.absdiff(w.raw, clean))
+        assert diff[w.mask].min() >= renderer.min_diff
+        assert diff[~w.mask].max() == 0
+
+
+def test_postprocessing_changes_only_the_composite(renderer):
+    clean = photo_like(128)
+    rng = np.random.default_rng(3)
+    processed = 0
+    for _ in range(40):
+        w = renderer.render(clean, rng)
+        assert np.array_equal(w.raw[~w.mask], clean[~w.mask])
+        if w.style["post"]:
+            processed += 1
+            assert not np.array_equal(w.composite, w.raw)
+        else:
+            assert np.array_equal(w.composite, w.raw)
+    assert 5 <= processed <= 35
+    w = renderer.render(clean, rng, postprocess=False)
+    assert w.composite is w.raw and "post" not in w.style
+
+
+def test_same_seed_same_watermark():
+    clean = photo_like()
+    a, b = WatermarkRenderer(seed=5), WatermarkRenderer(seed=5)
+    for fam in [None, *FAMILIES]:
+        wa = a.render(clean, np.random.default_rng(42), family=fam)
+        wb = b.render(clean, np.random.default_rng(42), family=fam)
+        assert np.array_equal(wa.composite, wb.composite)
+        assert np.array_equal(wa.mask, wb.mask) and np.array_equal(wa.alpha, wb.alpha)
+        assert wa.style == wb.style
+    wc = a.render(clean, np.random.default_rng(43), family="text")
+    wd = a.render(clean, np.random.default_rng(42), family="text")
+    assert not np.array_equal(wc.composite, wd.composite)
+
+
+def test_tiled_grid_covers_the_whole_image(renderer):
+    for seed in range(12):
+        clean = dark_textured(256, seed)
+        w = renderer.render(clean, np.random.default_rng(seed), family="tiled", postprocess=False)
+        cells = w.mask.reshape(4, 64, 4, 64).any(axis=(1, 3))
+        assert cells.all(), f"seed {seed}: empty cells\n{cells.astype(int)} ({w.style})"
+        assert w.mask.mean() > 0.08
+
+
+def test_text_marks_vary(renderer):
+    clean = photo_like(128)
+    rng = np.random.default_rng(7)
+    seen = {"text_style": set(), "script": set(), "rotated": 0, "past_edge": 0}
+    for _ in range(150):
+        w = renderer.render(clean, rng, family="text", postprocess=False)
+        st = w.style
+        seen["text_style"].add(st["text_style"])
+        seen["script"].add(st["script"])
+        seen["rotated"] += st["angle"] != 0
+        (x, y), (h, wd) = st["position"], st["size"]
+        seen["past_edge"] += x < 0 or y < 0 or x + wd > 128 or y + h > 128
+    assert seen["text_style"] == {"plain", "outline", "shadow", "emboss"}
+    assert seen["script"] == set(renderer.available_scripts())
+    assert 30 < seen["rotated"] < 140
+    assert seen["past_edge"] > 10
+
+
+def test_families_restrict_what_is_drawn():
+    r = WatermarkRenderer(seed=0, families=["logo", "shape"])
+    rng = np.random.default_rng(0)
+    drawn = {r.render(photo_like(64), rng).family for _ in range(40)}
+    assert drawn == {"logo", "shape"}
+    with pytest.raises(ValueError, match="unknown watermark famil"):
+        WatermarkRenderer(families=["text", "neon"])
+    with pytest.raises(ValueError):
+        r.render(photo_like(64), rng, family="neon")
+
+
+def test_logos_from_a_folder_are_used(tmp_path):
+    logo = np.zeros((60, 90, 4), np.uint8)
+    logo[10:50, 10:80] = (250, 20, 20, 255)  # a red bar, transparent around it
+    Image.fromarray(logo, "RGBA").save(tmp_path / "bar.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "flat.png")  # no alpha: background keyed out
+    (tmp_path / "notes.txt").write_text("not a logo")
+    r = WatermarkRenderer(seed=0, logo_dir=tmp_path, families=["logo"])
+    assert len(r._user_logos) == 1
+    clean = np.full((128, 128, 3), 30, np.uint8)
+    rng = np.random.default_rng(0)
+    user = [w for w in (r.render(clean, rng, postprocess=False) for _ in range(30)) if w.style["logo"][0] == "user"]
+    assert 5 < len(user) < 28
+    plain = [w for w in user if not w.style["tint"] and "under" not in w.style]
+    assert plain
+    for w in plain:  # the bar is red: the mask holds reddened pixels only
+        d = w.raw[w.mask].astype(int)
+        assert (d[:, 0] > d[:, 2]).mean() > 0.9
+
+
+def test_flat_alpha_logos_have_one_opacity(renderer):
+    clean = photo_like(128)
+    rng = np.random.default_rng(11)
+    flat = 0
+    for _ in range(40):
+        w = renderer.render(clean, rng, family="logo", postprocess=False)
+        if w.style["flat_alpha"] and "alpha_ramp" not in w.style and "under" not in w.style \
+                and w.style["angle"] == 0 and w.style["logo"][0] == "procedural":
+            inner = cv2.erode(w.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            if inner.sum() > 50:
+                flat += 1
+                assert np.ptp(w.alpha[inner]) < 0.02 + 1e-6
+                assert abs(float(np.median(w.alpha[inner])) - w.style["opacity"]) < 0.02
+    assert flat >= 3
+
+
+def test_marks_are_visible(renderer):
+    """Every render leaves a mask of at least min_mask_fraction on an ordinary photo."""
+    clean = photo_like(128, seed=4)
+    rng = np.random.default_rng(5)
+    fractions = [renderer.render(clean, rng).mask.mean() for _ in range(60)]
+    assert min(fractions) >= renderer.min_mask_fraction
+
+
+def test_rejects_bad_input(renderer):
+    with pytest.raises(ValueError):
+        renderer.render(np.zeros((32, 32), np.uint8), np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        renderer.render(np.zeros((32, 32, 3), np.float32), np.random.default_rng(0))
