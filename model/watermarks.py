@@ -226,6 +226,61 @@ def _procedural_logo(rng: np.random.Generator, font: FontFace | None, px: int = 
     return np.asarray(img)
 
 
+# Invented names: wordmarks look like platform / agency watermarks without copying a real one.
+BRAND_WORDS = {
+    "english": ("pixora.com", "snapstock", "fotobox", "imgly.net", "clipzone", "photohub", "@lens_daily",
+                "viewfinder.io", "stockly"),
+    "chinese": ("图片之家", "影像库", "快照网", "视觉素材"),
+    "japanese": ("フォトライブラリ", "写真素材"),
+    "korean": ("포토뱅크", "사진창고"),
+    "russian": ("фотосток", "Снимок.ру"),
+}
+
+
+def _wordmark_logo(rng: np.random.Generator, script_fonts: dict[str, list[FontFace]], px: int = 64) -> np.ndarray:
+    """An icon beside a brand name, sometimes over a smaller handle line: the white (or
+    two-colour) wordmarks that social and stock platforms stamp on images. Hard-edged alpha."""
+    scripts = [s for s in BRAND_WORDS if s in script_fonts]
+    script = scripts[int(rng.integers(len(scripts)))]
+    words = BRAND_WORDS[script]
+    name = words[int(rng.integers(len(words)))]
+    faces = script_fonts[script]
+    font = faces[int(rng.integers(len(faces)))].load(px)
+    left, top, right, bottom = font.getbbox(name)
+    tw, th = right - left, bottom - top
+    icon_px = int(th * rng.uniform(1.1, 1.6))
+    handle = rng.random() < 0.35
+    latin = script_fonts.get("english", [None])[0]
+    small = latin.load(max(8, px // 3)) if (handle and latin) else None
+    line = f"@{''.join(rng.choice(list('abcdefghkmnprstuvwxyz'), size=6))}{int(rng.integers(100, 9999))}"
+    sh = (small.getbbox(line)[3] + 4) if small else 0
+    gap = px // 5
+    W = icon_px + gap + tw + 8
+    H = max(icon_px, th + sh) + 8
+    img = Image.new("RGBA", (W, H), (0, 0, 0, 0))
+    mode = str(rng.choice(["white", "colour", "two"], p=[0.55, 0.2, 0.25]))
+    ink = (255, 255, 255) if mode != "colour" else tuple(int(v * 255) for v in PALETTE[int(rng.integers(5, len(PALETTE)))])
+    icon = Image.fromarray(_procedural_logo(rng, None, px=icon_px))
+    if mode != "two":  # one colour: the icon's base shape in the ink colour, its inner details cut out
+        arr = np.asarray(icon)
+        opaque = arr[..., 3] >= 128
+        colours, counts = np.unique(arr[opaque][:, :3], axis=0, return_counts=True)
+        base = colours[counts.argmax()].astype(np.int16)
+        keep = opaque & (np.abs(arr[..., :3].astype(np.int16) - base).max(axis=-1) < 40)
+        icon = Image.new("RGBA", icon.size, ink + (255,))
+        icon.putalpha(Image.fromarray((keep * 255).astype(np.uint8)))
+    img.alpha_composite(icon, (4, (H - icon_px) // 2))
+    d = ImageDraw.Draw(img)
+    x = 4 + icon_px + gap
+    y = (H - th - sh) // 2
+    d.text((x - left, y - top), name, font=font, fill=ink + (255,))
+    if small:
+        d.text((x, y + th + 4), line, font=small, fill=ink + (255,))
+    arr = np.asarray(img).copy()
+    arr[..., 3] = np.where(arr[..., 3] >= 128, 255, 0).astype(np.uint8)
+    return arr
+
+
 def load_logos(folder: str | os.PathLike) -> list[np.ndarray]:
     """RGBA logos (uint8) from the PNG/WebP files in ``folder``; files without an alpha channel
     get one from their distance to the corner colour (the usual flat background)."""
@@ -279,7 +334,10 @@ class WatermarkRenderer:
         self._text_bank = self._build_text_bank()
         bank_rng = np.random.default_rng(seed)
         latin = self.script_fonts.fonts.get("english", [None])[0]
-        self._logos = [_procedural_logo(bank_rng, latin) for _ in range(n_logos)]
+        wordmarks = bool(set(BRAND_WORDS) & set(self.script_fonts.fonts))
+        # half emblems, half wordmarks (icon + name), when a font can write the names
+        self._logos = [_wordmark_logo(bank_rng, self.script_fonts.fonts) if wordmarks and i % 2
+                       else _procedural_logo(bank_rng, latin) for i in range(n_logos)]
         self._user_logos = load_logos(logo_dir) if logo_dir else []
         self._post = reencode_artifacts()
 
