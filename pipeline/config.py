@@ -52,7 +52,11 @@ class Settings(BaseSettings):
     max_crawl_delay_s: float = 30.0  # cap on a robots.txt Crawl-delay
 
     # --- dedup -------------------------------------------------------------------------
-    dedup_threshold: int = 10
+    # Max Hamming distance between the 128-bit (pHash ‖ dHash) codes of two near duplicates;
+    # chosen from the precision/recall curve in bench/dedup.py (see bench/RESULTS.md).
+    dedup_threshold: int = 22
+    dedup_workers: int = 0  # hashing processes; 0 = one per core
+    dedup_chunk_size: int = 64  # images per hashing task
 
     # --- triage ------------------------------------------------------------------------
     triage_target_precision: float = 0.98

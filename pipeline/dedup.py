@@ -26,22 +26,22 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from pipeline.config import Settings
 from pipeline.hashindex import make_index
 from pipeline.images import BadImage
-from pipeline.perceptual import HASH_IMPL, hash_image
+from pipeline.perceptual import HASH_IMPL, N_WINDOWS, hash_image
 from storage import BlobStore, Catalog
 from storage import queries as q
 from storage.blobs import BlobError
-from storage.models import Image
+from storage.models import Image, WindowHash
 
 STAGE = "dedup"
 
@@ -70,16 +70,16 @@ class Row:
 
 
 def _hash_chunk(blob_root: str, storage_options: dict, max_pixels: int,
-                jobs: Sequence[tuple[int, str]]) -> list[tuple[int, int | None, int | None, str | None, str | None]]:
-    """Worker: ``(id, phash, dhash, error class, message)`` for each ``(id, blob key)``."""
+                jobs: Sequence[tuple[int, str]]) -> list[tuple[int, np.ndarray | None, str | None, str | None]]:
+    """Worker: ``(id, codes, error class, message)`` for each ``(id, blob key)``; ``codes`` is
+    ``hash_image``'s (1 + N_WINDOWS, 2) int64 array."""
     store = BlobStore(blob_root, storage_options)
     out = []
     for image_id, key in jobs:
         try:
-            ph, dh = hash_image(store.get(key), max_pixels)
-            out.append((image_id, ph, dh, None, None))
+            out.append((image_id, hash_image(store.get(key), max_pixels), None, None))
         except (BadImage, BlobError, OSError) as exc:
-            out.append((image_id, None, None, type(exc).__name__, str(exc)))
+            out.append((image_id, None, type(exc).__name__, str(exc)))
     return out
 
 
@@ -139,34 +139,100 @@ def _load_rows(catalog: Catalog) -> list[Row]:
         return [Row(*r) for r in s.execute(select(*cols).where(Image.status != "failed").order_by(Image.id))]
 
 
+def _load_windows(catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
+    """``(owner ids, (n, 2) uint64 codes)`` of every stored window of a current-impl image."""
+    stmt = (
+        select(WindowHash.image_id, WindowHash.phash, WindowHash.dhash)
+        .join(Image, Image.id == WindowHash.image_id)
+        .where(Image.hash_impl == HASH_IMPL, Image.status != "failed")
+    )
+    with catalog.session() as s:
+        arr = np.array(s.execute(stmt).all(), dtype=np.int64).reshape(-1, 3)
+    return arr[:, 0], np.ascontiguousarray(arr[:, 1:]).view(np.uint64)
+
+
+def _images_with_windows(catalog: Catalog) -> set[int]:
+    stmt = select(WindowHash.image_id).group_by(WindowHash.image_id).having(func.count() == N_WINDOWS)
+    with catalog.session() as s:
+        return set(s.scalars(stmt))
+
+
+def _query_windows(query_ids: np.ndarray, fresh: dict[int, np.ndarray], win_ids: np.ndarray,
+                   win: np.ndarray) -> np.ndarray:
+    """The window codes of each query image in turn: from this run's hashes, else the stored ones."""
+    stored = {i for i in query_ids.tolist() if i not in fresh}
+    positions: dict[int, list[int]] = {}
+    for pos, owner in enumerate(win_ids.tolist()):
+        if owner in stored:
+            positions.setdefault(owner, []).append(pos)
+    parts = [fresh[i][1:].view(np.uint64) if i in fresh else win[positions[i]] for i in query_ids.tolist()]
+    return np.concatenate(parts) if parts else np.empty((0, 2), np.uint64)
+
+
 def _codes(rows: Sequence[Row]) -> np.ndarray:
     return np.array([(r.phash, r.dhash) for r in rows], dtype=np.int64).reshape(-1, 2).view(np.uint64)
 
 
-def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool = False) -> dict:
+def _write_hashes(catalog: Catalog, results: list[tuple[int, np.ndarray]]) -> None:
+    """Store each image's own codes and replace its window codes, in one transaction."""
+    if not results:
+        return
+    ids = [i for i, _ in results]
+    with catalog.write() as s:
+        s.execute(update(Image), [{"id": i, "phash": int(c[0, 0]), "dhash": int(c[0, 1]), "hash_impl": HASH_IMPL}
+                                  for i, c in results])
+        s.execute(delete(WindowHash).where(WindowHash.image_id.in_(ids)))
+        s.execute(insert(WindowHash), [{"image_id": i, "window": w, "phash": int(c[w, 0]), "dhash": int(c[w, 1])}
+                                       for i, c in results for w in range(1, len(c))])
+
+
+def find_pairs(full_ids: np.ndarray, full: np.ndarray, win_ids: np.ndarray, win: np.ndarray,
+               query_ids: np.ndarray, query_full: np.ndarray, query_win: np.ndarray,
+               threshold: int) -> set[tuple[int, int]]:
+    """Near-duplicate pairs ``(smaller id, larger id)`` between the query images and the indexed
+    ones: a query's own code within ``threshold`` of an image's own code or of one of its windows,
+    or one of the query's windows within ``threshold`` of an image's own code. (Window against
+    window is left out: it adds false matches and no crop that the others miss.)
+    ``query_win`` is (len(query_ids) * N_WINDOWS, 2), the windows of each query in turn."""
+    full_index = make_index(full, full_ids)
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    rows, ids, _ = full_index.pairs_within(query_full, threshold)
+    found.append((query_ids[rows], ids))
+    if len(win):
+        rows, ids, _ = make_index(win, win_ids).pairs_within(query_full, threshold)
+        found.append((query_ids[rows], ids))
+    if len(query_win):
+        rows, ids, _ = full_index.pairs_within(query_win, threshold)
+        found.append((np.repeat(query_ids, N_WINDOWS)[rows], ids))
+    pairs: set[tuple[int, int]] = set()
+    for a, b in found:
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            if x != y:
+                pairs.add((x, y) if x < y else (y, x))
+    return pairs
+
+
+def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool = False,
+          hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]] | None = None) -> dict:
     """Hash new images, match them against the catalog, and update groups. Returns counts:
-    ``hashed``, ``failed``, ``matches`` (new near-duplicate pairs), ``changed`` (rows whose
-    group or role changed), ``groups`` / ``duplicates`` (catalog-wide), and timings."""
+    ``hashed``, ``failed``, ``matches`` (near-duplicate pairs found in this run), ``changed``
+    (rows whose group or role changed), ``groups`` (with two or more members) and ``duplicates``
+    (catalog-wide), and timings. ``hasher`` replaces ``hash_blobs`` (same arguments, the same tuples
+    in the same order): the flows pass one that maps the chunks onto Dask workers."""
     t0 = time.perf_counter()
     threshold = settings.dedup_threshold
     rows = _load_rows(catalog)
     by_id = {r.id: r for r in rows}
 
     # 1. hash what has no hash of the current implementation
-    todo = [r for r in rows if r.hash_impl != HASH_IMPL or r.phash is None or r.dhash is None]
-    hashed, failed = 0, 0
-    fresh: set[int] = set()
-    batch: list[dict] = []
-
-    def flush() -> None:
-        if batch:
-            with catalog.write() as s:
-                s.execute(update(Image), batch)
-            batch.clear()
-
-    for image_id, ph, dh, err_class, message in hash_blobs([(r.id, r.blob_key) for r in todo], settings):
+    windowed = _images_with_windows(catalog)
+    todo = [r for r in rows if r.hash_impl != HASH_IMPL or r.phash is None or r.dhash is None or r.id not in windowed]
+    failed = 0
+    fresh: dict[int, np.ndarray] = {}
+    batch: list[tuple[int, np.ndarray]] = []
+    for image_id, codes, err_class, message in (hasher or hash_blobs)([(r.id, r.blob_key) for r in todo], settings):
         row = by_id[image_id]
-        if err_class is not None:
+        if codes is None:
             failed += 1
             with catalog.write() as s:
                 s.execute(update(Image).where(Image.id == image_id)
@@ -174,16 +240,16 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
                 q.record_failure(s, STAGE, row.sha256, f"{message} (blob {row.blob_key})", error_class=err_class)
             del by_id[image_id]
             continue
-        hashed += 1
-        row.phash, row.dhash, row.hash_impl = ph, dh, HASH_IMPL
-        fresh.add(image_id)
-        batch.append({"id": image_id, "phash": ph, "dhash": dh, "hash_impl": HASH_IMPL})
+        row.phash, row.dhash, row.hash_impl = int(codes[0, 0]), int(codes[0, 1]), HASH_IMPL
+        fresh[image_id] = codes
+        batch.append((image_id, codes))
         if len(batch) >= settings.write_batch_size:
-            flush()
-    flush()
+            _write_hashes(catalog, batch)
+            batch.clear()
+    _write_hashes(catalog, batch)
     t_hash = time.perf_counter()
 
-    # 2. match: images never grouped (or re-hashed) against every hashed image
+    # 2. match the images never grouped (or just re-hashed) against every hashed image
     rows = [r for r in by_id.values() if r.hash_impl == HASH_IMPL]
     uf = UnionFind()
     if regroup:
@@ -194,14 +260,14 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
             if r.id not in fresh and r.group_id is not None and r.group_id in by_id:
                 uf.union(r.id, r.group_id)
     pairs: set[tuple[int, int]] = set()
-    if queries and rows:
-        index = make_index(_codes(rows), [r.id for r in rows])
-        qi, found, _ = index.pairs_within(_codes(queries), threshold)
-        for a, b in zip(qi.tolist(), found.tolist(), strict=True):
-            a = queries[a].id
-            if a != b:
-                pairs.add((min(a, b), max(a, b)))
-                uf.union(a, b)
+    if queries:
+        win_ids, win = _load_windows(catalog)
+        query_ids = np.array([r.id for r in queries], dtype=np.int64)
+        query_win = _query_windows(query_ids, fresh, win_ids, win)
+        pairs = find_pairs(np.array([r.id for r in rows], dtype=np.int64), _codes(rows), win_ids, win,
+                           query_ids, _codes(queries), query_win, threshold)
+        for a, b in pairs:
+            uf.union(a, b)
     t_match = time.perf_counter()
 
     # 3. canonical per group; write only what changed
@@ -224,7 +290,7 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
     t_end = time.perf_counter()
     return {
         "images": len(rows),
-        "hashed": hashed,
+        "hashed": len(fresh),
         "failed": failed,
         "matches": len(pairs),
         "changed": len(changes),

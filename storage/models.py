@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -194,3 +195,15 @@ class Claim(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index("ix_claims_stage_free", "stage", "done_at", "expires_at"),)
+
+
+class WindowHash(Base):
+    """The (pHash, dHash) of one crop window of an image (dedup; same ``hash_impl`` as the image's
+    own hashes, written and replaced together with them)."""
+
+    __tablename__ = "window_hashes"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    window: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # 1..N_WINDOWS
+    phash: Mapped[int] = mapped_column(BigInteger)
+    dhash: Mapped[int] = mapped_column(BigInteger)
