@@ -20,6 +20,7 @@ network at about 3.6 M trainable parameters (3,541,728; doubling the bottleneck'
 from __future__ import annotations
 
 import functools
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -229,15 +230,16 @@ def save_checkpoint(model: UNet, path, **extra) -> Path:
 
 def load_checkpoint(path_or_bytes, map_location="cpu") -> tuple[UNet, dict]:
     """Load a checkpoint written by `save_checkpoint` from a path or from its bytes (a blob).
-    Returns (model in eval mode, extra). Loads with `weights_only=True`: a checkpoint is data,
-    never code."""
-    import io
-
-    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes | bytearray | memoryview) else path_or_bytes
+    Returns (model in eval mode, on `map_location` when that names a device; extra). Loads with
+    `weights_only=True`: a checkpoint is data, never code."""
+    is_bytes = isinstance(path_or_bytes, bytes | bytearray | memoryview)
+    src = io.BytesIO(path_or_bytes) if is_bytes else path_or_bytes
     payload = torch.load(src, map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != "unmark-unet/1":
-        raise ValueError(f"not an Unmark UNet checkpoint: {path_or_bytes if not isinstance(src, io.BytesIO) else '<bytes>'}")
+        raise ValueError(f"not an Unmark UNet checkpoint: {'<bytes>' if is_bytes else path_or_bytes}")
     model = build_model(payload["config"])
     model.load_state_dict(payload["state_dict"])
+    if isinstance(map_location, str | torch.device):
+        model.to(map_location)
     model.eval()
     return model, payload.get("extra", {})
