@@ -170,6 +170,155 @@ def catalog_export(
     emit(export_cleaned(cat, blobs, dest, model_version=model), as_json, "export")
 
 
+@app.command()
+def triage(
+    retrain_detector: Annotated[bool, typer.Option("--retrain-detector",
+                                                   help="train a new detector (pool minus images judged watermarked)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label every image clean / watermarked / uncertain with the promoted detector (trained on first use)."""
+    from rich.progress import Progress
+
+    from pipeline import triage as triage_step
+
+    settings, cat, blobs = _open()
+    with Progress(console=err, transient=True, disable=as_json) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            result = triage_step.triage(cat, blobs, settings, retrain_detector=retrain_detector, progress=progress)
+        except triage_step.NoTrainingImages as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    emit(result, as_json, "triage")
+
+
+@app.command()
+def train(
+    profile: Annotated[str, typer.Option(help="seed|quick-cpu|tiny")] = "quick-cpu",
+    pairing: Annotated[str, typer.Option(help="supervised|self-supervised")] = "supervised",
+    max_minutes: Annotated[float | None, typer.Option(help="cap the run's wall time (schedule scaled to fit)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a remover on the clean pool, evaluate it on the test split, register it; promote it if better."""
+    from model.losses import VGGWeightsMissing
+    from model.train import PROFILES
+    from pipeline import train as train_step
+
+    if profile not in PROFILES:
+        err.print(f"[red]error:[/red] unknown profile {profile!r}: {', '.join(PROFILES)}")
+        raise typer.Exit(2)
+    if pairing not in ("supervised", "self-supervised"):
+        err.print(f"[red]error:[/red] unknown pairing {pairing!r}: supervised or self-supervised")
+        raise typer.Exit(2)
+    if max_minutes is not None and max_minutes <= 0:
+        err.print("[red]error:[/red] --max-minutes must be positive")
+        raise typer.Exit(2)
+    settings, cat, blobs = _open()
+    try:
+        result = train_step.train_remover(cat, blobs, settings, profile=profile, pairing=pairing,
+                                          max_minutes=max_minutes, log=None if as_json else err.print)
+    except (train_step.NotEnoughImages, VGGWeightsMissing) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        emit(result, True)
+        return
+    emit({k: result[k] for k in ("version", "promoted", "profile", "pairing", "perceptual", "epochs", "steps",
+                                 "stopped_by", "train_minutes", "images", "metrics", "run_dir")}, False, "train")
+
+
+@app.command()
+def evaluate(
+    protocol: Annotated[str, typer.Option(help="swcnn")] = "swcnn",
+    images: Annotated[str | None, typer.Option(help="folder of the protocol's clean photos")] = None,
+    logos: Annotated[str | None, typer.Option(help="folder of the protocol's RGBA logos")] = None,
+    alpha: Annotated[str, typer.Option(help="opacities, comma-separated")] = "0.3,0.5,0.7,1.0",
+    model: Annotated[str | None, typer.Option(help="remover version (default: the promoted one)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a remover on a benchmark protocol, next to the paper's numbers."""
+    from pathlib import Path
+
+    from pipeline import evaluate as evaluate_step
+
+    if protocol not in evaluate_step.PROTOCOLS:
+        err.print(f"[red]error:[/red] unknown protocol {protocol!r}: {', '.join(evaluate_step.PROTOCOLS)}")
+        raise typer.Exit(2)
+    for name, folder in (("--images", images), ("--logos", logos)):
+        if not folder or not Path(folder).is_dir():
+            err.print(f"[red]error:[/red] {name} must name a folder (got {folder!r})")
+            raise typer.Exit(2)
+    try:
+        alphas = evaluate_step.parse_alphas(alpha)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    settings, cat, blobs = _open()
+    try:
+        result = evaluate_step.evaluate(cat, blobs, settings, images, logos, protocol=protocol, alphas=alphas,
+                                        model_version=model, progress=None if as_json else err.print)
+    except (evaluate_step.NoModel, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        emit(result, True)
+        return
+    table = Table(title=f"{protocol}: {result['model']} on {result['images']} images × {result['logos']} logos")
+    for col in ("α", "input PSNR", "PSNR", "paper SWCNN PSNR", "input SSIM", "SSIM"):
+        table.add_column(col, justify="right")
+    for a, row in result["alpha"].items():
+        table.add_row(a, f"{row['input_psnr']:.2f}", f"{row['psnr']:.2f}",
+                      f"{row['paper_psnr']:.2f}" if row.get("paper_psnr") else "—",
+                      f"{row['input_ssim']:.4f}", f"{row['ssim']:.4f}")
+    console.print(table)
+
+
+@app.command()
+def clean(
+    model: Annotated[str | None, typer.Option(help="remover version (default: the promoted one)")] = None,
+    device: Annotated[str, typer.Option(help="auto|cpu|cuda")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="clean at most this many images")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Clean the watermarked pool with the promoted remover (tiled, batched inference)."""
+    from rich.progress import Progress
+
+    from pipeline import clean as clean_step
+
+    settings, cat, blobs = _open()
+    with Progress(console=err, transient=True, disable=as_json) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            result = clean_step.clean(cat, blobs, settings, model_version=model, device=device, limit=limit,
+                                      progress=progress)
+        except clean_step.NoRemover as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    emit(result, as_json, "clean")
+
+
+@app.command()
+def report(as_json: JsonOpt = False) -> None:
+    """Write a static HTML report (before/after pairs, metrics, training curves, counts)."""
+    from pipeline.report import report as write_report
+
+    settings, cat, blobs = _open()
+    path = write_report(cat, blobs, settings)
+    emit({"report": str(path)}, as_json, "report")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -60,11 +60,39 @@ class Settings(BaseSettings):
 
     # --- triage ------------------------------------------------------------------------
     triage_target_precision: float = 0.98
+    triage_batch_size: int = 32
+    detector_steps: int = 600  # cold-start / retrain length (self-supervised, CPU-sized)
+    detector_crop: int = 160
+    detector_batch_size: int = 16
+    detector_max_minutes: float | None = 10.0
+    detector_val_samples: int = 200
+    # Watermark families held out of detector training and used only for its validation and
+    # calibration, so its reported numbers measure generalisation to unseen styles.
+    detector_holdout_families: str = "tiled,badge"
 
     # --- model / training --------------------------------------------------------------
     perceptual: str = Field(default="imagenet", description="imagenet | random | off")
     device: str = "auto"
     output_format: str = Field(default="png", description="png | jpeg")
+
+    # --- cleaning (pipeline/clean.py, model/infer.py) ----------------------------------
+    # Tiles: None = by device (CUDA 512/64; CPU 256/32, where smaller tiles measured faster per
+    # pixel; see bench/infer.py). Any size works: memory depends on the tile, not the image.
+    clean_tile: int | None = None
+    clean_overlap: int | None = None
+    clean_batch_size: int | None = None  # tiles per forward pass; None = by device
+    clean_precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16")
+    clean_chunk_images: int = 8  # images decoded, cleaned and committed together
+    num_workers: int = 2  # DataLoader processes decoding images for the cleaner (0 = in-process)
+    clean_changed_threshold: int = 8  # |output − input| above this (0–255, any channel) = changed
+    clean_score_real_pairs: bool = True  # also run the model on real pairs, scored vs the clean copy
+
+    # --- scale-out (storage/claims.py; the Dask task runner in flows/) -------------------
+    task_runner: str = Field(default="thread", description="thread | dask: where hashing and triage scoring run")
+    dask_address: str | None = None  # a running Dask scheduler (tcp://host:8786); None = a local cluster
+    dask_workers: int = 2  # processes of the local cluster, one thread each
+    claim_batch: int = 16  # images a cleaning worker claims at a time
+    claim_lease_s: float = 600.0  # a claim neither completed nor renewed in this time is free again
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

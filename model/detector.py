@@ -1,0 +1,426 @@
+"""Watermark detector: a small fully-convolutional CNN that scores a whole image of any size.
+
+Watermarks sit in corners and at small sizes, so one centre crop would miss them. The network maps
+an image to a grid of cell logits (one per 16×16 input pixels: a tile score for every tile), and
+the image score is a smooth maximum (log-sum-exp) over the cells: one confident tile is enough.
+Training is self-supervised (no labels needed): negatives are pool images as they are, positives
+the same crops with a synthetic watermark; the renderer's mask gives each cell its own target, so
+the tile scores are supervised directly as well as the image score.
+
+    stem     3 → 24 @ H/2    (conv 3×3 stride 2)
+    stages   24 → 48 @ H/4 → 96 @ H/8 → 128 @ H/16   (each: conv stride 2, conv)
+    head     128 → 1 cell logit @ H/16, image logit = LSE-pool over cells
+
+Calibration picks two thresholds on held-out data: images scoring below ``low`` are labelled clean
+with the requested clean-pool precision, images at or above ``high`` watermarked with the same
+precision for the watermarked pool, and the band between is ``uncertain``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+CELL = 16  # input pixels per output cell
+log = logging.getLogger(__name__)
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class WatermarkDetector(nn.Module):
+    """Image (B,3,H,W) in [0,1] → ``{"cells": (B,1,H/16,W/16) logits, "logit": (B,) image logit}``."""
+
+    def __init__(self, widths: Sequence[int] = (24, 48, 96, 128), pool_sharpness: float = 4.0):
+        super().__init__()
+        w = list(widths)
+        self.config = {"widths": w, "pool_sharpness": pool_sharpness}
+        layers = [_block(3, w[0], 2), _block(w[0], w[0], 1)]
+        for cin, cout in zip(w[:-1], w[1:]):
+            layers += [_block(cin, cout, 2), _block(cout, cout, 1)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(w[-1], 1, 1)
+        self.pool_sharpness = pool_sharpness
+        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        cells = self.head(self.features((x - self.mean) * 2.0))  # (B,1,h,w)
+        flat = cells.flatten(1).float()
+        k = self.pool_sharpness
+        # smooth max: log-mean-exp(k·z)/k lies between the mean and the max of the cell logits
+        logit = (torch.logsumexp(k * flat, dim=1) - math.log(flat.shape[1])) / k
+        return {"cells": cells, "logit": logit}
+
+
+# --- scoring images of any size -------------------------------------------------------------
+
+
+def prepare(image: np.ndarray | Image.Image, long_side: int) -> torch.Tensor:
+    """RGB uint8 image → (3,H,W) float tensor resized so its longer side is at most ``long_side``
+    and padded (edge-replicated) to a multiple of the cell size."""
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    im = im.convert("RGB")
+    w, h = im.size
+    scale = min(1.0, long_side / max(w, h))
+    if scale < 1.0:
+        im = im.resize((max(CELL, round(w * scale)), max(CELL, round(h * scale))), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr).permute(2, 0, 1)
+    ph, pw = (-t.shape[1]) % CELL, (-t.shape[2]) % CELL
+    if ph or pw:
+        t = F.pad(t[None], (0, pw, 0, ph), mode="replicate")[0]
+    return t
+
+
+@torch.inference_mode()
+def score_images(
+    model: WatermarkDetector,
+    images: Sequence[np.ndarray | Image.Image],
+    scales: Sequence[int] = (384, 768),
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Watermark probability per image: the max over scales of the sigmoid of the image logit.
+
+    Each image is scored at each long-side size in ``scales`` (never upsampled; a scale equal to a
+    smaller one after clamping is skipped), so small marks on large images are seen at full detail
+    and large marks at a coarse view. Same-shape inputs are batched together."""
+    model.eval()
+    device = torch.device(device)
+    best = np.full(len(images), -np.inf, dtype=np.float64)
+    jobs: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+    for i, im in enumerate(images):
+        size = max(im.size) if isinstance(im, Image.Image) else max(np.asarray(im).shape[:2])
+        seen: set[int] = set()
+        for s in scales:
+            eff = min(s, size)
+            if eff in seen:
+                continue
+            seen.add(eff)
+            t = prepare(im, eff)
+            jobs.setdefault(tuple(t.shape[1:]), []).append((i, t))
+    for items in jobs.values():
+        for k in range(0, len(items), batch_size):
+            chunk = items[k : k + batch_size]
+            x = torch.stack([t for _, t in chunk]).to(device)
+            logits = model(x)["logit"].float().cpu().numpy()
+            for (i, _), z in zip(chunk, logits):
+                best[i] = max(best[i], float(z))
+    return 1.0 / (1.0 + np.exp(-best))
+
+
+# --- calibration and metrics ------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    low: float  # score < low → clean
+    high: float  # score ≥ high → watermarked; between → uncertain
+    target_precision: float
+    clean_precision: float
+    clean_recall: float
+    watermarked_precision: float
+    watermarked_recall: float
+    uncertain_fraction: float
+
+    def label(self, score: float) -> str:
+        if score < self.low:
+            return "clean"
+        return "watermarked" if score >= self.high else "uncertain"
+
+
+def calibrate(scores: np.ndarray, is_watermarked: np.ndarray, target_precision: float = 0.98) -> Calibration:
+    """Choose ``low`` as the largest threshold whose clean pool (score < low) reaches
+    ``target_precision``, and ``high`` as the smallest whose watermarked pool (score ≥ high) does;
+    ``low ≤ high`` always (the band between is uncertain)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(is_watermarked, dtype=bool)
+    cands = np.unique(np.concatenate([s, [0.0, 1.0 + 1e-9]]))
+    low = 0.0
+    for t in cands:  # ascending: keep the largest t that still meets the target
+        sel = s < t
+        if sel.sum() and (~y[sel]).mean() >= target_precision:
+            low = float(t)
+    high = 1.0 + 1e-9
+    for t in cands[::-1]:  # descending: keep the smallest t that still meets the target
+        sel = s >= t
+        if sel.sum() and y[sel].mean() >= target_precision:
+            high = float(t)
+    if high < low:
+        low = high = (low + high) / 2
+    clean, wm = s < low, s >= high
+    return Calibration(
+        low=low,
+        high=high,
+        target_precision=target_precision,
+        clean_precision=float((~y[clean]).mean()) if clean.any() else 1.0,
+        clean_recall=float(clean[~y].mean()) if (~y).any() else 0.0,
+        watermarked_precision=float(y[wm].mean()) if wm.any() else 1.0,
+        watermarked_recall=float(wm[y].mean()) if y.any() else 0.0,
+        uncertain_fraction=float((~clean & ~wm).mean()),
+    )
+
+
+def roc_auc(scores: np.ndarray, is_watermarked: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney U, ties counted half)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(is_watermarked, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    # average ranks for ties
+    i = 0
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def detection_metrics(scores: np.ndarray, is_watermarked: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    s = np.asarray(scores)
+    y = np.asarray(is_watermarked, dtype=bool)
+    pred = s >= threshold
+    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
+    return {
+        "accuracy": float((pred == y).mean()),
+        "precision": tp / (tp + fp) if tp + fp else 1.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "roc_auc": roc_auc(s, y),
+        "threshold": float(threshold),
+        "n": int(len(s)),
+    }
+
+
+def best_accuracy_threshold(scores: np.ndarray, is_watermarked: np.ndarray) -> float:
+    s = np.asarray(scores)
+    y = np.asarray(is_watermarked, dtype=bool)
+    cands = np.unique(s)
+    accs = [((s >= t) == y).mean() for t in cands]
+    return float(cands[int(np.argmax(accs))]) if len(cands) else 0.5
+
+
+# --- self-supervised training -------------------------------------------------------------------
+
+
+@dataclass
+class DetectorTrainConfig:
+    steps: int = 1500
+    crop: int = 192
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    cell_weight: float = 1.0
+    cell_pos_weight: float = 4.0
+    positive_fraction: float = 0.5
+    train_families: tuple[str, ...] | None = None  # None: every family the renderer has
+    val_families: tuple[str, ...] | None = None  # held out for validation
+    val_samples: int = 200
+    seed: int = 0
+    max_minutes: float | None = None
+    widths: tuple[int, ...] = (24, 48, 96, 128)
+    extra: dict = field(default_factory=dict)
+
+
+def _load_rgb(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
+    im = Image.open(path)
+    im.draft("RGB", (max_side, max_side))
+    im = im.convert("RGB")
+    if max(im.size) > max_side:
+        s = max_side / max(im.size)
+        im = im.resize((round(im.width * s), round(im.height * s)), Image.BILINEAR)
+    return np.asarray(im)
+
+
+class _ImageCache:
+    """Decoded training images by path; unreadable files are dropped (and counted), not fatal."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+        self.images: dict[str, np.ndarray] = {}
+        self.unreadable: list[str] = []
+
+    def pick(self, rng: np.random.Generator) -> np.ndarray:
+        while self.paths:
+            p = self.paths[int(rng.integers(len(self.paths)))]
+            if p in self.images:
+                return self.images[p]
+            try:
+                self.images[p] = _load_rgb(p)
+                return self.images[p]
+            except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on bad files
+                log.warning("detector: skipping unreadable training image %s (%s)", p, exc)
+                self.paths.remove(p)
+                self.unreadable.append(p)
+        raise ValueError("none of the detector's training images could be read")
+
+
+def random_view(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """A random rescale + crop of ``img`` to ``crop``×``crop`` (reflect-padded if smaller)."""
+    h, w = img.shape[:2]
+    scale = rng.uniform(0.35, 1.0) * max(crop / min(h, w), 1.0) if min(h, w) > crop else crop / min(h, w)
+    nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
+    im = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    y = int(rng.integers(0, nh - crop + 1))
+    x = int(rng.integers(0, nw - crop + 1))
+    out = im[y : y + crop, x : x + crop]
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def make_sample(
+    img: np.ndarray, renderer, rng: np.random.Generator, crop: int, positive: bool,  # noqa: ANN001
+    families: Sequence[str] | None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(view uint8, mask bool, label): a clean view, or the same kind of view with a rendered mark."""
+    view = random_view(img, crop, rng)
+    if not positive:
+        return view, np.zeros(view.shape[:2], bool), 0.0
+    family = None if not families else str(rng.choice(list(families)))
+    wm = renderer.render(view, rng, family=family)
+    mask = np.asarray(wm.mask, dtype=bool)
+    if mask.sum() < 4:  # the mark fell off the crop: it is a negative after all
+        return view, np.zeros(view.shape[:2], bool), 0.0
+    return np.asarray(wm.composite), mask, 1.0
+
+
+def _cell_targets(masks: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) {0,1} → (B,1,H/16,W/16): a cell is positive when ≥ 2% of it is watermark."""
+    return (F.avg_pool2d(masks, CELL) >= 0.02).float()
+
+
+def build_validation_set(
+    paths: Sequence[str], renderer, families: Sequence[str] | None, n: int, crop: int, seed: int,  # noqa: ANN001
+) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed + 7919)
+    imgs, labels = [], []
+    cache = _ImageCache(paths)
+    for i in range(n):
+        positive = i % 2 == 1
+        view, _, y = make_sample(cache.pick(rng), renderer, rng, crop * 2, positive, families)
+        imgs.append(view)
+        labels.append(y)
+    return imgs, np.asarray(labels, dtype=bool)
+
+
+def train_detector(
+    paths: Sequence[str],
+    renderer,  # noqa: ANN001 - model.watermarks.WatermarkRenderer
+    config: DetectorTrainConfig,
+    val_paths: Sequence[str] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[WatermarkDetector, dict]:
+    """Train a detector on crops of ``paths`` (negatives as they are, positives with rendered
+    marks from ``train_families``); validate on ``val_paths`` (default: ``paths``) with marks
+    from the held-out ``val_families``. Returns the model and a report dict."""
+    if not paths:
+        raise ValueError("no images to train the detector on")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = WatermarkDetector(config.widths)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(config.steps, 2), pct_start=0.15)
+    cache = _ImageCache(paths)
+    t0 = time.perf_counter()
+    deadline = t0 + config.max_minutes * 60 if config.max_minutes else None
+    losses: list[float] = []
+    step = 0
+    model.train()
+    for step in range(1, config.steps + 1):
+        xs, ms, ys = [], [], []
+        for _ in range(config.batch_size):
+            pos = rng.random() < config.positive_fraction
+            v, m, y = make_sample(cache.pick(rng), renderer, rng, config.crop, pos, config.train_families)
+            xs.append(torch.from_numpy(v).permute(2, 0, 1))
+            ms.append(torch.from_numpy(m)[None])
+            ys.append(y)
+        x = torch.stack(xs).float() / 255.0
+        m = torch.stack(ms).float()
+        y = torch.tensor(ys)
+        out = model(x)
+        loss = F.binary_cross_entropy_with_logits(out["logit"], y)
+        # watermark cells are rare: weight them up so "no mark anywhere" is not a cheap optimum
+        cell_t = _cell_targets(m)
+        loss = loss + config.cell_weight * F.binary_cross_entropy_with_logits(
+            out["cells"], cell_t, pos_weight=torch.tensor(config.cell_pos_weight))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if progress and (step % 25 == 0 or step == config.steps):
+            progress(step, config.steps, float(np.mean(losses[-25:])))
+        if deadline and time.perf_counter() > deadline:
+            break
+    train_s = time.perf_counter() - t0
+    vimgs, vlabels = build_validation_set(list(val_paths or paths), renderer, config.val_families,
+                                          config.val_samples, config.crop, config.seed)
+    t1 = time.perf_counter()
+    scores = score_images(model, vimgs)
+    score_s = time.perf_counter() - t1
+    thr = best_accuracy_threshold(scores, vlabels)
+    report = {
+        "steps": step,
+        "train_seconds": round(train_s, 2),
+        "final_loss": float(np.mean(losses[-25:])),
+        "val": detection_metrics(scores, vlabels, 0.5),
+        "val_best_threshold": detection_metrics(scores, vlabels, thr),
+        "val_images_per_s": round(len(vimgs) / max(score_s, 1e-9), 2),
+        "unreadable_training_images": len(cache.unreadable),
+        "config": asdict(config),
+    }
+    report["_val_scores"] = scores.tolist()
+    report["_val_labels"] = vlabels.astype(int).tolist()
+    return model, report
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def detector_to_bytes(model: WatermarkDetector, **extra) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"config": model.config, "state_dict": model.state_dict(), "extra": extra}, buf)
+    return buf.getvalue()
+
+
+def detector_from_bytes(data: bytes) -> tuple[WatermarkDetector, dict]:
+    ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    model = WatermarkDetector(**ck["config"])
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    return model, ck.get("extra", {})
+
+
+def save_detector(model: WatermarkDetector, path: str | os.PathLike, **extra) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(detector_to_bytes(model, **extra))
+    os.replace(tmp, path)
+    return path

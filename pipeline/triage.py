@@ -1,0 +1,226 @@
+"""``unmark triage``: sort every image into clean / watermarked / uncertain with the detector.
+
+Cold start: when no detector is promoted, one is trained (self-supervised) on the current pool,
+validated and calibrated on held-out watermark styles, registered and promoted. Later runs reuse
+the promoted detector; ``retrain_detector=True`` trains a new one on the pool minus images already
+judged watermarked. Every image whose score came from another detector version (or none) is
+(re-)scored in batches; unreadable images become failure rows and the batch goes on. Clean images
+get their stable split.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import or_, select
+
+from model.detector import (
+    Calibration,
+    DetectorTrainConfig,
+    calibrate,
+    detection_metrics,
+    detector_from_bytes,
+    detector_to_bytes,
+    roc_auc,
+    score_images,
+    train_detector,
+)
+from pipeline.config import Settings
+from pipeline.images import BadImage, open_image
+from storage import BlobStore, Catalog
+from storage import queries as q
+from storage.models import Image
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+
+class NoTrainingImages(RuntimeError):
+    """The catalog holds no usable images to train a detector on."""
+
+
+class LoadedDetector:
+    def __init__(self, model, version: str, calibration: Calibration, scales: Sequence[int]):  # noqa: ANN001
+        self.model, self.version, self.calibration, self.scales = model, version, calibration, tuple(scales)
+
+    def score(self, images: Sequence) -> np.ndarray:
+        return score_images(self.model, images, scales=self.scales)
+
+
+def load_promoted_detector(catalog: Catalog, blobs: BlobStore) -> LoadedDetector | None:
+    """The promoted detector with its calibration, or None when there is none yet."""
+    with catalog.session() as s:
+        m = q.promoted_model(s, "detector")
+        if m is None:
+            return None
+        version, key, cfg = m.version, m.checkpoint_key, dict(m.config)
+    model, _ = detector_from_bytes(blobs.get(key))
+    cal = Calibration(**cfg["calibration"])
+    return LoadedDetector(model, version, cal, cfg.get("scales", (384, 768)))
+
+
+def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_watermarked: bool) -> list[str]:
+    """Local files of the pool to train on: one image per dedup group, no failures, and (on a
+    retrain) none already judged watermarked. Remote blobs are copied to ``tmp``."""
+    with catalog.session() as s:
+        stmt = select(Image.blob_key).where(Image.status != "failed",
+                                            or_(Image.dedup_role.is_(None), Image.dedup_role == "canonical"))
+        if exclude_watermarked:
+            stmt = stmt.where(or_(Image.label.is_(None), Image.label != "watermarked"))
+        keys = list(s.scalars(stmt.order_by(Image.id)))
+    paths = []
+    for k in keys:
+        if blobs.is_local:
+            paths.append(str(blobs.local_path(k)))
+        else:
+            p = tmp / k.replace("/", "_")
+            p.write_bytes(blobs.get(k))
+            paths.append(str(p))
+    return paths
+
+
+def train_and_register(
+    catalog: Catalog, blobs: BlobStore, settings: Settings, exclude_watermarked: bool = False,
+    progress: Progress | None = None,
+) -> LoadedDetector:
+    """Train a detector on the pool, calibrate it on held-out styles, register and promote it."""
+    from model.watermarks import FAMILIES, WatermarkRenderer
+
+    holdout = tuple(f for f in settings.detector_holdout_families.split(",") if f)
+    train_fams = tuple(f for f in FAMILIES if f not in holdout) or FAMILIES
+    val_fams = holdout or FAMILIES
+    with tempfile.TemporaryDirectory(prefix="unmark-detector-") as tmp:
+        paths = _training_paths(catalog, blobs, Path(tmp), exclude_watermarked)
+        if not paths:
+            raise NoTrainingImages("triage needs a detector, and there are no readable images to train one on; "
+                                   "scrape or import images first")
+        rng = np.random.default_rng(0)
+        order = rng.permutation(len(paths))
+        n_val = max(1, len(paths) // 5) if len(paths) >= 5 else len(paths)
+        val_paths = [paths[i] for i in order[:n_val]]
+        train_paths = [paths[i] for i in order[n_val:]] or val_paths
+        cfg = DetectorTrainConfig(
+            steps=settings.detector_steps, crop=settings.detector_crop, batch_size=settings.detector_batch_size,
+            train_families=train_fams, val_families=val_fams, val_samples=settings.detector_val_samples,
+            max_minutes=settings.detector_max_minutes,
+        )
+        renderer = WatermarkRenderer(seed=0)
+        cb = (lambda step, total, loss: progress("detector", step, total)) if progress else None
+        model, report = train_detector(train_paths, renderer, cfg, val_paths=val_paths, progress=cb)
+    scores = np.asarray(report.pop("_val_scores"))
+    labels = np.asarray(report.pop("_val_labels"), bool)
+    cal = calibrate(scores, labels, settings.triage_target_precision)
+    version = "detector-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    metrics = {
+        **{k: v for k, v in report.items() if k != "config"},
+        "roc_auc": roc_auc(scores, labels),
+        "at_calibration": {"clean_precision": cal.clean_precision, "clean_recall": cal.clean_recall,
+                           "watermarked_precision": cal.watermarked_precision,
+                           "watermarked_recall": cal.watermarked_recall,
+                           "uncertain_fraction": cal.uncertain_fraction},
+        "at_high_threshold": detection_metrics(scores, labels, cal.high),
+        "train_images": len(train_paths),
+        "val_images": len(val_paths),
+        "val_families": list(val_fams),
+    }
+    config = {"widths": model.config["widths"], "scales": [384, 768], "calibration": cal.__dict__,
+              "train": report["config"], "train_families": list(train_fams), "val_families": list(val_fams)}
+    _, key = blobs.put(detector_to_bytes(model, version=version))
+    with catalog.write() as s:
+        q.register_model(s, version, "detector", key, config, metrics)
+        q.promote_model(s, version)
+    log.info("detector %s: val ROC-AUC %.3f, thresholds low %.3f high %.3f", version, metrics["roc_auc"], cal.low, cal.high)
+    return LoadedDetector(model, version, cal, config["scales"])
+
+
+def _decode(blobs: BlobStore, key: str, max_pixels: int):  # noqa: ANN202
+    im = open_image(blobs.get(key), max_pixels)
+    return im.convert("RGB")
+
+
+def score_chunk(
+    catalog: Catalog, blobs: BlobStore, settings: Settings, detector: LoadedDetector, ids: Sequence[int],
+) -> dict[str, int]:
+    """Score one chunk of image ids and write label, score, detector version, status and split."""
+    with catalog.session() as s:
+        rows = list(s.execute(select(Image.id, Image.sha256, Image.blob_key).where(Image.id.in_(list(ids)))))
+    decoded, good, bad = [], [], []
+    for iid, sha, key in rows:
+        try:
+            decoded.append(_decode(blobs, key, settings.max_image_pixels))
+            good.append((iid, sha))
+        except (BadImage, OSError, ValueError) as exc:
+            bad.append((iid, sha, exc))
+    scores = detector.score(decoded) if decoded else np.array([])
+    counts = {"clean": 0, "watermarked": 0, "uncertain": 0, "failed": len(bad)}
+    with catalog.write() as s:
+        for (iid, sha), score in zip(good, scores):
+            label = detector.calibration.label(float(score))
+            img = s.get(Image, iid)
+            img.label, img.watermark_score, img.detector_version = label, float(score), detector.version
+            if not (img.status == "cleaned" and label == "watermarked"):
+                img.status = label
+            if label == "clean" and img.split is None:
+                img.split = q.split_for(sha)
+            counts[label] += 1
+        for iid, sha, exc in bad:
+            img = s.get(Image, iid)
+            img.status, img.detector_version = "failed", detector.version
+            q.record_failure(s, "triage", sha, exc)
+    return counts
+
+
+def images_to_score(catalog: Catalog, version: str) -> list[int]:
+    with catalog.session() as s:
+        stmt = select(Image.id).where(
+            Image.status != "failed",
+            or_(Image.detector_version.is_(None), Image.detector_version != version),
+        ).order_by(Image.id)
+        return list(s.scalars(stmt))
+
+
+def triage(
+    catalog: Catalog, blobs: BlobStore, settings: Settings, retrain_detector: bool = False,
+    progress: Progress | None = None,
+    score_chunks: Callable[[LoadedDetector, list[list[int]]], Iterable[dict[str, int]]] | None = None,
+) -> dict:
+    """Label every image not yet scored by the promoted detector; train one first when needed.
+    ``score_chunks(detector, chunks)`` replaces the in-process ``score_chunk`` loop (it yields one
+    count dict per chunk, in order): the flows pass one that scores the chunks on Dask workers."""
+    t0 = time.perf_counter()
+    trained = None
+    detector = None if retrain_detector else load_promoted_detector(catalog, blobs)
+    if detector is None:
+        detector = train_and_register(catalog, blobs, settings, exclude_watermarked=retrain_detector,
+                                      progress=progress)
+        trained = detector.version
+    ids = images_to_score(catalog, detector.version)
+    totals = {"clean": 0, "watermarked": 0, "uncertain": 0, "failed": 0}
+    bs = settings.triage_batch_size
+    t1 = time.perf_counter()
+    chunks = [ids[i : i + bs] for i in range(0, len(ids), bs)]
+    scored = (score_chunks(detector, chunks) if score_chunks is not None
+              else (score_chunk(catalog, blobs, settings, detector, c) for c in chunks))
+    done = 0
+    for chunk, counts in zip(chunks, scored, strict=True):
+        for k, v in counts.items():
+            totals[k] += v
+        done += len(chunk)
+        if progress:
+            progress("triage", done, len(ids))
+    score_s = time.perf_counter() - t1
+    return {
+        "detector": detector.version,
+        "trained_detector": trained,
+        "scored": len(ids),
+        **totals,
+        "thresholds": {"low": detector.calibration.low, "high": detector.calibration.high},
+        "images_per_s": round(len(ids) / score_s, 2) if ids and score_s > 0 else None,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }

@@ -1,0 +1,186 @@
+"""Triage: cold start on a tiny pool, calibration, any image mode, failures, re-scoring."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from model.detector import (
+    Calibration,
+    WatermarkDetector,
+    calibrate,
+    detector_from_bytes,
+    detector_to_bytes,
+    roc_auc,
+    score_images,
+)
+from pipeline import triage as triage_step
+from pipeline.cli import app
+from pipeline.importer import import_paths
+from storage import queries as q
+from storage.models import Image, Model
+
+
+def _photos():
+    from skimage import data
+
+    return [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+
+
+@pytest.fixture
+def tiny_settings(settings):
+    settings.detector_steps = 8
+    settings.detector_crop = 64
+    settings.detector_batch_size = 4
+    settings.detector_val_samples = 12
+    settings.triage_batch_size = 3
+    return settings
+
+
+@pytest.fixture
+def pool(tmp_path, tiny_settings, catalog, blobs):
+    """A tiny pool: photos in several modes and sizes plus an unreadable blob row."""
+    d = tmp_path / "pool"
+    d.mkdir()
+    ph = _photos()
+    PILImage.fromarray(ph[0]).save(d / "rgb.jpg")
+    PILImage.fromarray(ph[1]).convert("L").save(d / "grey.png")
+    PILImage.fromarray(ph[2]).convert("RGBA").save(d / "rgba.png")
+    PILImage.fromarray(ph[3]).convert("P", palette=PILImage.ADAPTIVE).save(d / "palette.png")
+    g16 = (np.asarray(PILImage.fromarray(ph[0]).convert("L"), np.uint16) * 257)
+    PILImage.fromarray(g16).save(d / "sixteen.png")  # 16-bit greyscale PNG
+    PILImage.fromarray(ph[1]).convert("CMYK").save(d / "cmyk.jpg")
+    PILImage.fromarray(ph[2][:70]).save(d / "wide.png")  # 600x70: extreme aspect ratio
+    stats = import_paths([d], catalog, blobs, tiny_settings)
+    assert stats.failed == 0
+    # a row whose blob decodes to garbage (e.g. damaged after fetch): must become a failure
+    sha, key = blobs.put(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with catalog.write() as s:
+        q.add_images(s, [dict(sha256=sha, blob_key=key, mime="image/png", width=10, height=10, bytes=1)])
+    return sha
+
+
+def test_cold_start_trains_registers_and_labels_everything(tiny_settings, catalog, blobs, pool):
+    res = triage_step.triage(catalog, blobs, tiny_settings)
+    assert res["trained_detector"] == res["detector"]
+    assert res["scored"] == 8 and res["failed"] == 1
+    assert res["clean"] + res["watermarked"] + res["uncertain"] == 7
+    with catalog.session() as s:
+        m = q.promoted_model(s, "detector")
+        assert m.version == res["detector"] and m.kind == "detector"
+        assert set(m.config["calibration"]) >= {"low", "high", "target_precision"}
+        assert "roc_auc" in m.metrics and m.metrics["val_families"] == ["tiled", "badge"]
+        assert blobs.exists(m.checkpoint_key)
+        for img in s.query(Image):
+            if img.sha256 == pool:
+                assert img.status == "failed"
+            else:
+                assert img.label in ("clean", "watermarked", "uncertain") and img.status == img.label
+                assert 0.0 <= img.watermark_score <= 1.0 and img.detector_version == m.version
+                assert (img.split is not None) == (img.label == "clean")
+        assert [f.subject for f in q.failures(s, "triage")] == [pool]
+
+
+def test_rerun_reuses_detector_and_retrain_rescored(tiny_settings, catalog, blobs, pool):
+    first = triage_step.triage(catalog, blobs, tiny_settings)
+    again = triage_step.triage(catalog, blobs, tiny_settings)
+    assert again["trained_detector"] is None and again["scored"] == 0 and again["detector"] == first["detector"]
+    re = triage_step.triage(catalog, blobs, tiny_settings, retrain_detector=True)
+    assert re["trained_detector"] and re["detector"] != first["detector"] and re["scored"] == 7
+    with catalog.session() as s:
+        assert q.promoted_model(s, "detector").version == re["detector"]
+        assert s.query(Model).filter_by(kind="detector").count() == 2
+        assert {i.detector_version for i in s.query(Image).filter(Image.status != "failed")} == {re["detector"]}
+
+
+def test_cli_cold_start_on_empty_catalog_is_a_clear_error(settings):
+    r = CliRunner().invoke(app, ["triage"], env={"UNMARK_HOME": str(settings.home)})
+    assert r.exit_code == 2 and "no readable images" in r.output
+
+
+def test_cli_triage_json(tiny_settings, pool, monkeypatch):
+    for k, v in {"DETECTOR_STEPS": "4", "DETECTOR_CROP": "64", "DETECTOR_VAL_SAMPLES": "8",
+                 "DETECTOR_BATCH_SIZE": "2"}.items():
+        monkeypatch.setenv("UNMARK_" + k, v)
+    r = CliRunner().invoke(app, ["triage", "--json"], env={"UNMARK_HOME": str(tiny_settings.home)})
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["scored"] == 8 and out["failed"] == 1
+
+
+def test_calibration_hits_target_precision():
+    rng = np.random.default_rng(0)
+    n = 4000
+    y = rng.random(n) < 0.4
+    scores = np.clip(np.where(y, rng.normal(0.75, 0.15, n), rng.normal(0.3, 0.15, n)), 0, 1)
+    cal = calibrate(scores, y, 0.98)
+    clean = scores < cal.low
+    wm = scores >= cal.high
+    assert (~y[clean]).mean() >= 0.98 and y[wm].mean() >= 0.98
+    assert cal.low <= cal.high and 0 < cal.uncertain_fraction < 0.6
+    # the thresholds are the widest that meet the target: one step further breaks it
+    looser = scores < np.min(scores[scores >= cal.low]) + 1e-12
+    assert (~y[looser]).mean() < 0.98 or looser.sum() == clean.sum()
+    assert cal.label(0.0) == "clean" and cal.label(1.0) == "watermarked"
+    # a perfectly separable set has no uncertain band needed
+    perfect = calibrate(np.r_[np.zeros(10), np.ones(10)], np.r_[np.zeros(10), np.ones(10)].astype(bool))
+    assert perfect.clean_recall == 1.0 and perfect.watermarked_recall == 1.0
+
+
+def test_roc_auc_known_values():
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1], bool)) == 1.0
+    assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1], bool)) == 0.0
+    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1], bool)) == 0.5
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    s, y = rng.random(300).round(2), rng.random(300) < 0.5
+    assert abs(roc_auc(s, y) - roc_auc_score(y, s)) < 1e-12
+
+
+def test_detector_scores_any_size_and_round_trips():
+    model = WatermarkDetector()
+    imgs = [np.zeros((17, 300, 3), np.uint8), np.full((1000, 40, 3), 200, np.uint8),
+            PILImage.new("RGB", (1600, 1200), (10, 20, 30)), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)]
+    s = score_images(model, imgs)
+    assert s.shape == (4,) and np.all((s >= 0) & (s <= 1))
+    clone, extra = detector_from_bytes(detector_to_bytes(model, version="v"))
+    assert extra == {"version": "v"}
+    np.testing.assert_allclose(score_images(clone, imgs), s, rtol=1e-5)
+
+
+def test_trained_detector_separates_marked_from_clean():
+    """A few hundred steps on two photos must beat chance clearly on held-out crops (could fail)."""
+    import tempfile
+
+    from model.detector import DetectorTrainConfig, train_detector
+    from model.watermarks import WatermarkRenderer
+
+    d = tempfile.mkdtemp()
+    paths = []
+    for i, arr in enumerate(_photos()):
+        p = f"{d}/{i}.png"
+        PILImage.fromarray(arr).save(p)
+        paths.append(p)
+    cfg = DetectorTrainConfig(steps=300, crop=96, batch_size=8, val_samples=40, lr=3e-3,
+                              train_families=("text", "logo"), val_families=("text", "logo"))
+    _, report = train_detector(paths[:3], WatermarkRenderer(seed=0), cfg, val_paths=paths[3:])
+    assert report["val"]["roc_auc"] > 0.7, report["val"]
+
+
+def test_label_band():
+    cal = Calibration(0.3, 0.7, 0.98, 1, 1, 1, 1, 0)
+    assert [cal.label(x) for x in (0.1, 0.3, 0.5, 0.7, 0.9)] == ["clean", "uncertain", "uncertain", "watermarked",
+                                                                  "watermarked"]
+
+
+def test_bytes_decode_helper_handles_modes(blobs):
+    buf = io.BytesIO()
+    PILImage.new("LA", (40, 30)).save(buf, "PNG")
+    _, key = blobs.put(buf.getvalue())
+    assert triage_step._decode(blobs, key, 10**8).mode == "RGB"
