@@ -474,27 +474,29 @@ class WatermarkRenderer:
         H, W = layer.shape[:2]
         sprite = self._pick_text(rng)
         angle = float(rng.uniform(20, 45) * rng.choice([-1, 1]))
-        width = W * rng.uniform(0.18, 0.4)
+        # lines of similar height whatever the phrase's length; gaps bounded so the grid is dense
+        aspect = sprite.coverage.shape[1] / sprite.coverage.shape[0]
+        width = min(min(H, W) * rng.uniform(0.05, 0.14) * aspect, W * 0.45)
         text_style = str(rng.choice(TEXT_STYLES, p=[0.55, 0.2, 0.15, 0.1]))
         colour = self._pick_colour(rng, clean)
         opacity = float(rng.uniform(0.3, 0.8))
         tile = self._text_layer(sprite, width, 0.0, rng, colour, text_style) * opacity
-        th, tw = tile.shape[:2]
-        step_x = max(1, int(tw * rng.uniform(1.1, 1.5)))
-        step_y = max(1, int(th * rng.uniform(1.6, 2.6)))
-        # a canvas that still covers the image after rotation, in staggered rows (brick pattern):
-        # one cell holds the tile, a row repeats the cell, the next row is shifted by half a cell
-        side = int(math.hypot(H, W)) + 2 * max(step_x, step_y)
+        x, y, tw, th = cv2.boundingRect((tile[..., 3] > 0.01).view(np.uint8))  # spacing from the ink
+        tile = tile[y : y + th, x : x + tw]
+        step_x = tw + max(1, int(min(tw * rng.uniform(0.1, 0.6), W * 0.2)))
+        step_y = th + max(1, int(min(th * rng.uniform(0.5, 1.6), H * 0.2)))
+        # One period of a brick pattern: a cell holding the tile, and below it the same cell
+        # shifted by half a step. Sampling it rotated with wrap-around borders paves the whole
+        # image at any size, for the cost of one warp.
         cell = np.zeros((step_y, step_x, 4), np.float32)
         cell[:th, :tw] = tile[:step_y, :step_x]
-        row = np.tile(cell, (1, side // step_x + 2, 1))
-        pair = np.concatenate([row, np.roll(row, step_x // 2, axis=1)], axis=0)
-        ox, oy = int(rng.integers(step_x)), int(rng.integers(step_y))
-        canvas = np.tile(pair, (side // (2 * step_y) + 2, 1, 1))[oy : oy + side, ox : ox + side]
-        m = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
-        m[0, 2] += W / 2 - side / 2
-        m[1, 2] += H / 2 - side / 2
-        grid = cv2.warpAffine(canvas, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        unit = np.concatenate([cell, np.roll(cell, step_x // 2, axis=1)], axis=0)
+        ox, oy = rng.uniform(0, step_x), rng.uniform(0, 2 * step_y)
+        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        m = np.array([[c, -s, ox - c * W / 2 + s * H / 2],  # image pixel -> pattern coordinates
+                      [s, c, oy - s * W / 2 - c * H / 2]], np.float64)
+        grid = cv2.warpAffine(unit, m, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_WRAP)
         _over(layer, grid, 0, 0)
         style.update(script=sprite.script, phrase=sprite.phrase, font=sprite.font.path, text_style=text_style,
                      angle=round(angle, 1), opacity=round(opacity, 3), colour=_rgb(colour),
