@@ -24,7 +24,9 @@ from pipeline.images import ALLOWED_FORMATS, BadImage, sniff_format
 # The reduced image keeps at least this many pixels on its short side. pHash resizes to 32x32
 # anyway; 32 lets a JPEG decode at 1/8 scale, and separated distinct photos best (bench/dedup.py).
 REDUCED_SIDE = 32
-HASH_IMPL = f"imagehash-{imagehash.__version__}/phash64+dhash64/draft{REDUCED_SIDE}"
+WINDOW_KEEP = 0.9  # crop windows (see hash_windows)
+N_WINDOWS = 8
+HASH_IMPL = f"imagehash-{imagehash.__version__}/phash64+dhash64/draft{REDUCED_SIDE}+win{N_WINDOWS}"
 
 
 def to_signed(v: int) -> int:
@@ -70,10 +72,6 @@ def reduced_gray(data: bytes, max_pixels: int = 64_000_000, side: int = REDUCED_
 # unrelated photo), so each image also gets the codes of eight 90 % windows: 10 % trimmed off the
 # left, right, top or bottom, and the four 90 % x 90 % corners. A crop of one image then lands
 # near a window of the other (see bench/dedup.py for what this did to recall and precision).
-WINDOW_KEEP = 0.9
-N_WINDOWS = 8
-
-
 def window_boxes(w: int, h: int, keep: float = WINDOW_KEEP) -> list[tuple[int, int, int, int]]:
     """The full frame, then the N_WINDOWS crop windows, as Pillow boxes."""
     cw, ch = max(1, round(w * keep)), max(1, round(h * keep))
@@ -93,12 +91,16 @@ def hash_windows(im: Image.Image) -> np.ndarray:
     """(1 + N_WINDOWS, 2) uint64 codes (pHash, dHash) of the full frame and each window of a
     grayscale image. Row 0 equals ``imagehash.phash(im)`` / ``imagehash.dhash(im)`` bit for bit:
     the same resizes and the same scipy DCT, batched over the windows."""
-    crops = [im.crop(b) for b in window_boxes(*im.size)]
-    p = np.stack([np.asarray(c.resize((32, 32), Image.LANCZOS)) for c in crops])
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(p, axis=1), axis=2)[:, :8, :8].reshape(len(crops), 64)
+    # resize(box=…) reads the window straight from the image: no crop copies (the full-frame box
+    # is the plain resize imagehash does)
+    boxes = window_boxes(*im.size)
+    p = np.frombuffer(b"".join(im.resize((32, 32), Image.LANCZOS, box=b).tobytes() for b in boxes), np.uint8)
+    p = p.reshape(len(boxes), 32, 32)
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(p, axis=1), axis=2)[:, :8, :8].reshape(len(boxes), 64)
     ph = dct > np.median(dct, axis=1, keepdims=True)
-    d = np.stack([np.asarray(c.resize((9, 8), Image.LANCZOS)) for c in crops])
-    dh = (d[:, :, 1:] > d[:, :, :-1]).reshape(len(crops), 64)
+    d = np.frombuffer(b"".join(im.resize((9, 8), Image.LANCZOS, box=b).tobytes() for b in boxes), np.uint8)
+    d = d.reshape(len(boxes), 8, 9)
+    dh = (d[:, :, 1:] > d[:, :, :-1]).reshape(len(boxes), 64)
     return np.stack([_bits_to_uint64(ph), _bits_to_uint64(dh)], axis=1)
 
 
