@@ -15,6 +15,25 @@ def prefect_harness():
         yield
 
 
+# Steps sized for tests (a detector of a few steps on 64 px crops): the flows read UNMARK_*.
+SMALL_STEPS_ENV = {
+    "UNMARK_DETECTOR_STEPS": "8",
+    "UNMARK_DETECTOR_CROP": "64",
+    "UNMARK_DETECTOR_BATCH_SIZE": "4",
+    "UNMARK_DETECTOR_VAL_SAMPLES": "12",
+    "UNMARK_TRIAGE_BATCH_SIZE": "8",
+    "UNMARK_DEDUP_WORKERS": "1",
+}
+
+
+@pytest.fixture
+def small_steps(monkeypatch):
+    """The environment that makes the flows' steps test-sized in this process."""
+    for key, value in SMALL_STEPS_ENV.items():
+        monkeypatch.setenv(key, value)
+    return dict(SMALL_STEPS_ENV)
+
+
 @pytest.fixture(scope="session")
 def tiny_site(tmp_path_factory):
     """The demo's site at 128 px from three photos: ``(manifest, base_url)``."""

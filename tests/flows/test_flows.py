@@ -83,10 +83,9 @@ def test_artifacts_and_progress_reach_the_api(settings, catalog):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="pipeline.scrape/dedup/triage have not landed yet (issues 3, 4, 7)")
-def test_ingest_on_a_tiny_site_then_rerun_is_idempotent(settings, tiny_site):
+def test_ingest_on_a_tiny_site_then_rerun_is_idempotent(settings, tiny_site, small_steps):
     manifest, url = tiny_site
-    out = ingest(seeds=[url], allow_private_hosts=True, max_pages=50, home=str(settings.home))
+    out = ingest(seeds=[url + "index.html"], allow_private_hosts=True, max_pages=50, home=str(settings.home))
     assert out["seeds"] == 1 and out["batches"] == 1
     with open_workspace(settings) as (catalog, _):
         stats = summaries.catalog_counts(catalog)
@@ -103,7 +102,7 @@ def test_ingest_on_a_tiny_site_then_rerun_is_idempotent(settings, tiny_site):
     assert sum(r["count"] for r in table if r["kind"].startswith("failure:")) == sum(stats["failures"].values())
     assert latest_artifact("ingest-progress").data == 100.0
 
-    again = ingest(seeds=[url], allow_private_hosts=True, max_pages=50, home=str(settings.home))
+    again = ingest(seeds=[url + "index.html"], allow_private_hosts=True, max_pages=50, home=str(settings.home))
     assert again["catalog"]["images"] == stats["images"]
     with open_workspace(settings) as (catalog, _), catalog.session() as s:
         assert [(r["sha256"], r["label"]) for r in q.list_images(s)] == [(r["sha256"], r["label"]) for r in rows]
@@ -111,7 +110,7 @@ def test_ingest_on_a_tiny_site_then_rerun_is_idempotent(settings, tiny_site):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="pipeline scrape/dedup/triage/train/clean/report have not landed yet")
-def test_nightly_with_tiny_training_cleans_the_watermarked_pool(settings, tiny_site):
+def test_nightly_with_tiny_training_cleans_the_watermarked_pool(settings, tiny_site, small_steps):
     _, url = tiny_site
     out = nightly(seeds=[url], allow_private_hosts=True, max_pages=50, train_profile="tiny", perceptual="off",
                   device="cpu", home=str(settings.home))
