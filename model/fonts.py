@@ -168,12 +168,14 @@ def _preference(face: FontFace, hint: str) -> tuple:
     return (avoid, made_for, known, len(name), face.path, face.index)
 
 
+@functools.lru_cache(maxsize=8)
 def find_script_fonts(fonts_dir: str | os.PathLike | None = None, scripts: tuple[Script, ...] = SCRIPTS,
                       per_script: int = 3) -> ScriptFonts:
     """Up to ``per_script`` faces for each script that cover every one of its phrases.
 
-    Faces from ``fonts_dir`` are tried first. Different files are preferred over faces of one
-    file so a script gets some variety (sans/serif, regular/bold).
+    Faces from ``fonts_dir`` are tried first. Different families are preferred so a script gets
+    some variety (sans/serif, regular/bold). The answer is cached per process (the fonts on a
+    machine do not change under a running job); treat it as read-only.
     """
     result = ScriptFonts()
     raqm = features.check("raqm")

@@ -81,9 +81,11 @@ def test_arabic_and_hindi_are_shaped(script_fonts):
         assert shaped.shape != basic.shape or not np.array_equal(shaped, basic), name
 
 
-def test_scripts_without_fonts_are_skipped_with_one_warning(monkeypatch, caplog, script_fonts):
+def test_scripts_without_fonts_are_skipped_with_one_warning(monkeypatch, caplog, request, script_fonts):
     latin_only = script_fonts.fonts["english"][:1]  # a Latin-only face (Noto Sans or DejaVu Sans)
     monkeypatch.setattr(fonts, "_fc_faces", lambda lang: list(latin_only))
+    find_script_fonts.cache_clear()
+    request.addfinalizer(find_script_fonts.cache_clear)
     with caplog.at_level(logging.WARNING, logger="model.watermarks"):
         renderer = WatermarkRenderer(seed=0, families=["text"])
     assert {"chinese", "japanese", "korean", "hindi"}.isdisjoint(renderer.available_scripts())
