@@ -159,7 +159,7 @@ def _walk(soup: BeautifulSoup, page_url: str, robots_names: tuple[str, ...], max
             return
         u = normalize_url(urljoin(base, raw.strip()))
         if u and u not in images:
-            images[u] = ImageRef(u, (alt or "").strip() or None, found_by)
+            images[u] = ImageRef(u, (alt or "").strip()[:2000] or None, found_by)
 
     # og:image:alt / twitter:image:alt usually come after the image tag they describe
     meta_alt: dict[str, str] = {}

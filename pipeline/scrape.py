@@ -256,6 +256,12 @@ class Crawl:
     # --- worker side -----------------------------------------------------------------
 
     def _fetch_page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
+        try:
+            return self._fetch_page_unguarded(url, depth, validators)
+        except Exception as exc:  # one hostile page must never end the crawl; it becomes a failure row
+            return PageResult(url=url, depth=depth, error=exc)
+
+    def _fetch_page_unguarded(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
         s = self.settings
         out = PageResult(url=url, depth=depth)
         headers = {}

@@ -94,6 +94,7 @@ class Site:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each keep-alive response waits ~40 ms (delayed ACK)
 
             def do_GET(self) -> None:  # noqa: N802
                 req = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, time.monotonic(), self)
