@@ -111,7 +111,8 @@ PROFILES: dict[str, TrainConfig] = {
     "seed": TrainConfig(profile="seed"),
     # The best this 2-core CPU trains in 30 minutes (cpu-training-lessons.md): clipped gradients,
     # a mask head whose hardened mask copies clean pixels exactly, small crops for more steps,
-    # the schedule over wall time. VGG is off: the ImageNet weights are not on this machine, and
+    # the schedule over wall time, and a quarter of the seed's width (0.89 M parameters: a step
+    # costs ~1/4, and in 30 shared-CPU minutes the step count limits more than the width). VGG is off: the ImageNet weights are not on this machine, and
     # random VGG features would cost about half of every step for a texture term of unproven
     # value; at a fixed budget, steps are worth more.
     "quick-cpu": TrainConfig(
@@ -123,12 +124,12 @@ PROFILES: dict[str, TrainConfig] = {
         eval_samples_per_image=2,
         val_limit=24,
         epochs=1000,
-        steps_per_epoch=150,
+        steps_per_epoch=100,
         schedule="wall",
         pct_start=0.05,
         max_minutes=30,
         grad_clip=1.0,
-        base=24,
+        base=16,
         depth=4,
         mask_head=True,
         mask_guided=True,

@@ -1,0 +1,162 @@
+"""Quality benchmark: train the ``quick-cpu`` profile on ``../shared/corpus/voc150`` with both
+pairings, then score each model on the SWCNN protocol (``../shared/benchmarks/swcnn``, never
+trained or tuned on) next to the paper's numbers.
+
+    python bench/quality.py                      # both pairings side by side, 30 min each
+    python bench/quality.py --minutes 20 --sequential --threads 2
+
+Each pairing trains in its own process (``--threads`` torch threads each; side by side by
+default, so two 1-thread runs share the 2 cores). Runs live in ``data/bench/quality/<pairing>``
+and resume if the benchmark is interrupted. Writes ``bench/results/quality.json`` (``profile``,
+``pairing``, ``train_minutes``, and ``input_psnr`` / ``psnr`` / ``ssim`` keyed by α for the better
+pairing; every run under ``runs``) and appends a section to ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import BENCH, machine, write_results
+
+ROOT = BENCH.parent
+SHARED = ROOT.parent / "shared"
+CORPUS = SHARED / "corpus" / "voc150"
+SWCNN = SHARED / "benchmarks" / "swcnn"
+RUNS = ROOT / "data" / "bench" / "quality"
+PAIRINGS = ("supervised", "self-supervised")
+
+
+def worker(pairing: str, minutes: float, threads: int, profile: str) -> None:
+    """Train one pairing and score it on the SWCNN protocol; writes ``result.json`` in its run."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from model.data import split_paths
+    from model.evaluate import swcnn_protocol
+    from model.network import load_checkpoint
+    from model.train import profile_config, train
+
+    run = RUNS / pairing
+    paths = sorted(p for p in CORPUS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    tr, va, te = split_paths(paths)
+    config = profile_config(profile, pairing=pairing, max_minutes=minutes)
+    load0 = os.getloadavg()[0]
+    summary = train(tr, va, te, config, run, resume=True, log=lambda m: print(f"[{pairing}] {m}", flush=True))
+    model, _ = load_checkpoint(run / "best.pt")
+    t0 = time.perf_counter()
+    swcnn = swcnn_protocol(model, SWCNN / "images", SWCNN / "logos", harden_mask=config.harden_mask,
+                           progress=lambda m: print(f"[{pairing}] swcnn {m}", flush=True))
+    history = json.loads((run / "history.json").read_text())
+    result = {
+        "pairing": pairing,
+        "profile": profile,
+        "train_minutes": summary["train_minutes"],
+        "epochs": summary["epochs"],
+        "steps": summary["steps"],
+        "s_per_step_median": sorted(h["s_per_step"] for h in history)[len(history) // 2] if history else None,
+        "threads": threads,
+        "load_at_start": load0,
+        "load_at_end": os.getloadavg()[0],
+        "parameters": summary["parameters"],
+        "perceptual": summary["perceptual"],
+        "test_split": summary["test"],
+        "swcnn": swcnn,
+        "swcnn_seconds": round(time.perf_counter() - t0, 1),
+        "images": {"train": len(tr), "val": len(va), "test": len(te)},
+    }
+    (run / "result.json").write_text(json.dumps(result, indent=2))
+
+
+def _mean_psnr(r: dict) -> float:
+    vals = [v["psnr"] for v in r["swcnn"]["alpha"].values()]
+    return sum(vals) / len(vals)
+
+
+def report(results: dict[str, dict], args: argparse.Namespace, wall_s: float) -> None:
+    from model.evaluate import SWCNN_PAPER_PSNR, SWCNN_PAPER_SSIM
+
+    best = max(results.values(), key=_mean_psnr)
+    alphas = list(best["swcnn"]["alpha"])
+    figures = {
+        "profile": best["profile"],
+        "pairing": best["pairing"],
+        "train_minutes": best["train_minutes"],
+        "input_psnr": {a: best["swcnn"]["alpha"][a]["input_psnr"] for a in alphas},
+        "psnr": {a: best["swcnn"]["alpha"][a]["psnr"] for a in alphas},
+        "ssim": {a: best["swcnn"]["alpha"][a]["ssim"] for a in alphas},
+        "input_ssim": {a: best["swcnn"]["alpha"][a]["input_ssim"] for a in alphas},
+        "paper_swcnn_psnr": SWCNN_PAPER_PSNR,
+        "minutes_cap": args.minutes,
+        "side_by_side": not args.sequential,
+        "threads_per_run": args.threads,
+        "wall_s": round(wall_s, 1),
+        "runs": results,
+    }
+    lines = [
+        f"`quick-cpu` trained on voc150 ({best['images']['train']} train / {best['images']['val']} val / "
+        f"{best['images']['test']} test photos) for at most {args.minutes} min per pairing, "
+        + ("both pairings side by side" if not args.sequential else "one pairing after the other")
+        + f", {args.threads} torch thread(s) each, on a CPU shared with other engineers' jobs. Scored on the SWCNN "
+        "protocol (27 photos × 12 logos per α; logos never seen in training). PSNR dB / SSIM.",
+        "",
+        "| α | input | " + " | ".join(results) + " | paper SWCNN (trained on these logos) |",
+        "| --- | --- | " + " | ".join("---" for _ in results) + " | --- |",
+    ]
+    for a in alphas:
+        inp = best["swcnn"]["alpha"][a]
+        cells = [f"{r['swcnn']['alpha'][a]['psnr']:.2f} / {r['swcnn']['alpha'][a]['ssim']:.4f}" for r in results.values()]
+        paper = f"{SWCNN_PAPER_PSNR[a]:.2f}" + (f" / {SWCNN_PAPER_SSIM[a]:.4f}" if a in SWCNN_PAPER_SSIM else "")
+        lines.append(f"| {a} | {inp['input_psnr']:.2f} / {inp['input_ssim']:.4f} | " + " | ".join(cells) + f" | {paper} |")
+    lines += ["", "| run | train min | epochs | steps | median s/step | load avg start→end | synthetic test split PSNR "
+              "model / input / inpaint | SWCNN scoring s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        t = r["test_split"]
+        lines.append(f"| {name} | {r['train_minutes']:.1f} | {r['epochs']} | {r['steps']} | {r['s_per_step_median']} | "
+                     f"{r['load_at_start']:.1f}→{r['load_at_end']:.1f} | {t['model']['psnr']:.2f} / "
+                     f"{t['input']['psnr']:.2f} / {t['inpaint']['psnr']:.2f} | {r['swcnn_seconds']} |")
+    write_results("quality", figures, "\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0, help="wall-time cap per pairing (training + test split)")
+    ap.add_argument("--pairings", default=",".join(PAIRINGS))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    ap.add_argument("--sequential", action="store_true", help="one pairing after the other")
+    ap.add_argument("--profile", default="quick-cpu")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.minutes, args.threads, args.profile)
+        return
+    for need in (CORPUS, SWCNN / "images", SWCNN / "logos"):
+        if not need.is_dir():
+            sys.exit(f"missing {need}: this benchmark needs ../shared/corpus/voc150 and ../shared/benchmarks/swcnn")
+    pairings = [p.strip() for p in args.pairings.split(",") if p.strip()]
+    print(f"machine: {machine()}", flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": str(args.threads)}
+    t0 = time.perf_counter()
+    cmd = lambda p: [sys.executable, str(Path(__file__).resolve()), "--worker", p, "--minutes", str(args.minutes),  # noqa: E731
+                     "--threads", str(args.threads), "--profile", args.profile]
+    procs = []
+    for p in pairings:
+        procs.append((p, subprocess.Popen(cmd(p), cwd=ROOT, env=env)))
+        if args.sequential:
+            procs[-1][1].wait()
+    for p, proc in procs:
+        if proc.wait() != 0:
+            sys.exit(f"{p} run failed with exit code {proc.returncode}")
+    results = {p: json.loads((RUNS / p / "result.json").read_text()) for p in pairings}
+    report(results, args, time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()

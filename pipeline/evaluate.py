@@ -1,0 +1,64 @@
+"""``unmark evaluate``: score a registered remover on a public benchmark protocol.
+
+Only ``swcnn`` exists (``model.evaluate.swcnn_protocol``, the test of Tian et al. 2024). The model
+is the promoted remover unless a version is named; its checkpoint comes from the blob store and its
+evaluation settings (the hardened mask) from the config it was registered with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from model.evaluate import SWCNN_ALPHAS, SWCNN_PAPER_PSNR, resolve_device, swcnn_protocol
+from model.network import load_checkpoint
+from pipeline.config import Settings
+from storage import BlobStore, Catalog
+from storage import queries as q
+
+PROTOCOLS = ("swcnn",)
+
+
+class NoModel(LookupError):
+    """No remover to evaluate: none promoted, or the named version is unknown."""
+
+
+def parse_alphas(text: str | None) -> tuple[float, ...]:
+    """``"0.3,0.5"`` -> ``(0.3, 0.5)``; each in (0, 1]."""
+    if not text:
+        return SWCNN_ALPHAS
+    alphas = tuple(float(a) for a in text.split(",") if a.strip())
+    bad = [a for a in alphas if not 0 < a <= 1]
+    if bad or not alphas:
+        raise ValueError(f"opacities must lie in (0, 1], got {text!r}")
+    return alphas
+
+
+def evaluate(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    images: str | Path,
+    logos: str | Path,
+    protocol: str = "swcnn",
+    alphas: Sequence[float] = SWCNN_ALPHAS,
+    model_version: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """``{"protocol", "model", "images", "logos", "alpha": {"0.3": {"input_psnr", "psnr",
+    "input_ssim", "ssim", "paper_psnr"}, ...}, "seconds"}`` for the chosen remover."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: {', '.join(PROTOCOLS)}")
+    with catalog.session() as s:
+        m = q.get_model(s, model_version) if model_version else q.promoted_model(s, "remover")
+        if m is None or m.kind != "remover":
+            raise NoModel(f"no remover {model_version!r} in the catalog" if model_version
+                          else "no promoted remover: run `unmark train` first")
+        version, key, config = m.version, m.checkpoint_key, dict(m.config or {})
+    device = resolve_device(settings.device)
+    model, _ = load_checkpoint(blobs.get(key), map_location=device)
+    result = swcnn_protocol(model, images, logos, alphas=alphas, device=device,
+                            harden_mask=bool(config.get("harden_mask", False)), progress=progress)
+    for a, row in result["alpha"].items():
+        row["paper_psnr"] = SWCNN_PAPER_PSNR.get(a)
+    return {"protocol": protocol, "model": version, **{k: v for k, v in result.items() if k != "protocol"}}

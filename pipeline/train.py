@@ -1,0 +1,254 @@
+"""``unmark train``: a remover trained on the clean pool, scored on its test split, registered in the
+catalog, and promoted only when it beats the promoted remover on the same test samples.
+
+The clean pool's split is the catalog's (``images.split``, stable by content hash); images that
+have none yet get ``split_for(sha256)`` written back, so a later run sees the same split. A run
+killed mid-way is resumed by the next ``train_remover`` with the same profile, pairing, cap and
+pool: its ``training_runs`` row is still ``running`` and nobody holds its run folder's lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from model import train as trainer
+from model.network import load_checkpoint
+from pipeline.config import Settings
+from storage import BlobStore, Catalog
+from storage import queries as q
+from storage.models import Image, TrainingRun, utcnow
+
+SPLITS = ("train", "val", "test")
+
+
+class NotEnoughImages(ValueError):
+    """The clean pool lacks images in a split; carries the counts."""
+
+    def __init__(self, counts: dict[str, int]):
+        super().__init__(
+            "training needs at least one clean image in each split, the clean pool has "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + " (import or scrape more images, then run dedup and triage)"
+        )
+        self.counts = counts
+
+
+def resolve_config(settings: Settings, profile: str, pairing: str, max_minutes: float | None) -> trainer.TrainConfig:
+    """The profile, with the pairing, the cap and the settings that apply.
+
+    The VGG weights choice: a profile records its own (``quick-cpu`` and ``tiny``: off, with the
+    reason); ``UNMARK_PERCEPTUAL`` set explicitly overrides it. ``seed`` takes the settings' value,
+    so by default it asks for ImageNet weights and stops with the loss's error when they are absent.
+    """
+    overrides: dict = {"pairing": pairing, "device": settings.device}
+    if max_minutes is not None:
+        if max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+        overrides["max_minutes"] = float(max_minutes)
+    config = trainer.profile_config(profile, **overrides)
+    if "perceptual" in settings.model_fields_set or profile == "seed":
+        reason = "UNMARK_PERCEPTUAL" if "perceptual" in settings.model_fields_set else "settings default"
+        loss = dict(config.loss)
+        if settings.perceptual != "off" and not loss.get("perceptual"):
+            loss["perceptual"] = trainer.PROFILES["seed"].loss["perceptual"]
+        config = dataclasses.replace(config, perceptual=settings.perceptual, perceptual_reason=reason, loss=loss)
+    return config
+
+
+def _blob_path(blobs: BlobStore, key: str, cache: Path) -> Path:
+    if blobs.is_local:
+        return blobs.local_path(key)
+    path = cache / key  # object stores: a local copy the data loader can open
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(blobs.get(key))
+        tmp.replace(path)
+    return path
+
+
+def pool_splits(catalog: Catalog, blobs: BlobStore, settings: Settings) -> dict[str, list[Path]]:
+    """Image files of the clean pool per split; assigns the stable split where it is missing."""
+    with catalog.session() as s:
+        pool = [(im.id, im.sha256, im.blob_key, im.split) for im in q.clean_pool(s)]
+    missing = [(i, q.split_for(sha)) for i, sha, _, split in pool if split not in SPLITS]
+    if missing:
+        with catalog.write() as s:
+            for split in SPLITS:
+                ids = [i for i, sp in missing if sp == split]
+                for k in range(0, len(ids), 500):
+                    s.execute(update(Image).where(Image.id.in_(ids[k : k + 500])).values(split=split))
+    assigned = dict(missing)
+    cache = settings.home / "cache" / "blobs"
+    out: dict[str, list[Path]] = {sp: [] for sp in SPLITS}
+    for i, _, key, split in pool:
+        out[split if split in SPLITS else assigned[i]].append(_blob_path(blobs, key, cache))
+    return out
+
+
+def _fingerprint(splits: dict[str, list[Path]]) -> str:
+    h = hashlib.sha256()
+    for sp in SPLITS:
+        for p in sorted(str(x) for x in splits[sp]):
+            h.update(f"{sp}:{Path(p).name}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _resumable_run(catalog: Catalog, params: dict) -> tuple[int, str, Path] | None:
+    """``(id, version, run_dir)`` of an interrupted run with these parameters: still ``running``
+    in the catalog, a checkpoint on disk, and no live process holding its folder."""
+    with catalog.session() as s:
+        runs = s.execute(select(TrainingRun.id, TrainingRun.model_version, TrainingRun.run_dir, TrainingRun.params)
+                         .where(TrainingRun.status == "running", TrainingRun.kind == "remover")
+                         .order_by(TrainingRun.id.desc())).all()
+    for run_id, version, run_dir, run_params in runs:
+        if run_params == params and run_dir and (Path(run_dir) / "last.pt").exists() \
+                and not trainer.run_is_locked(Path(run_dir)):
+            return run_id, version, Path(run_dir)
+    return None
+
+
+def _new_version(settings: Settings, profile: str, pairing: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    base = f"remover-{stamp}-{profile}-{'ss' if pairing == 'self-supervised' else 'sup'}"
+    version, n = base, 1
+    while (settings.runs_dir / version).exists():
+        n += 1
+        version = f"{base}-{n}"
+    return version
+
+
+def _metrics(summary: dict) -> dict:
+    test = summary["test"]
+    return {
+        "psnr": test["model"]["psnr"],
+        "ssim": test["model"]["ssim"],
+        "masked_psnr": test["model"]["masked_psnr"],
+        "input_psnr": test["input"]["psnr"],
+        "input_ssim": test["input"]["ssim"],
+        "inpaint_psnr": test["inpaint"]["psnr"],
+        "inpaint_ssim": test["inpaint"]["ssim"],
+        "test_samples": test["n"],
+        "best_val_psnr": summary["best_val_psnr"],
+        "test": test,
+    }
+
+
+def train_remover(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    profile: str = "quick-cpu",
+    pairing: str = "supervised",
+    max_minutes: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train a remover on the clean pool (train/val), evaluate it on the test split against the
+    input and inpainting, register it (checkpoint blob, config, metrics, a ``training_runs`` row)
+    and promote it when its test PSNR beats the promoted remover's on the same samples.
+
+    Returns ``{"version", "promoted", "previous", "metrics", "run_dir", ...}``.
+    """
+    config = resolve_config(settings, profile, pairing, max_minutes)
+    splits = pool_splits(catalog, blobs, settings)
+    counts = {sp: len(v) for sp, v in splits.items()}
+    if min(counts.values()) == 0:
+        raise NotEnoughImages(counts)
+    params = {"profile": profile, "pairing": pairing, "max_minutes": config.max_minutes,
+              "perceptual": config.perceptual, "pool": _fingerprint(splits), "images": counts}
+    if config.max_minutes is None:
+        params["epochs"] = config.epochs  # planned epochs (a capped run's count depends on speed)
+
+    resumable = _resumable_run(catalog, params)
+    if resumable is not None:
+        run_id, version, run_dir = resumable
+    else:
+        version = _new_version(settings, profile, pairing)
+        run_dir = settings.runs_dir / version
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with catalog.write() as s:
+            row = TrainingRun(model_version=version, kind="remover", params=params, status="running",
+                              run_dir=str(run_dir))
+            s.add(row)
+            s.flush()
+            run_id = row.id
+
+    def record_epoch(history: list[dict]) -> None:
+        with catalog.write() as s:
+            s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(history=list(history)))
+
+    try:
+        summary = trainer.train(splits["train"], splits["val"], splits["test"], config, run_dir, resume=True,
+                                log=log, on_epoch=record_epoch)
+    except BaseException as exc:
+        with catalog.write() as s:
+            s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
+                status="failed" if isinstance(exc, Exception) else "running",  # a Ctrl-C run stays resumable
+                error=f"{type(exc).__name__}: {exc}"[:4000], finished_at=utcnow()))
+        raise
+
+    metrics = _metrics(summary)
+    previous = _challenge_promoted(catalog, blobs, config, splits["test"])
+    promote = previous is None or metrics["psnr"] > previous["psnr"]
+    _, key = blobs.put((run_dir / "best.pt").read_bytes())
+    resolved = json.loads((run_dir / "config.json").read_text())
+    with catalog.write() as s:
+        q.register_model(s, version, "remover", key, config=resolved, metrics=metrics)
+        if promote:
+            q.promote_model(s, version)
+        s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
+            status="completed", history=json.loads((run_dir / "history.json").read_text())
+            if (run_dir / "history.json").exists() else [],
+            timings={"train_minutes": summary["train_minutes"], "epochs": summary["epochs"],
+                     "steps": summary["steps"], "stopped_by": summary["stopped_by"],
+                     "test_eval_s": summary["test"]["seconds"]},
+            finished_at=utcnow(), error=None))
+    decision = (f"promoted (test PSNR {metrics['psnr']:.2f} dB"
+                + (f" > {previous['psnr']:.2f} dB of {previous['version']})" if previous else ", first remover)")
+                if promote else
+                f"not promoted (test PSNR {metrics['psnr']:.2f} dB <= {previous['psnr']:.2f} dB of "
+                f"{previous['version']} on the same samples)")
+    line = (f"- {datetime.now(UTC):%Y-%m-%d %H:%M:%S UTC} {version}: {profile}/{pairing}, "
+            f"{summary['epochs']} epochs in {summary['train_minutes']:.1f} min, perceptual={config.perceptual}; "
+            f"{decision}\n")
+    with open(settings.runs_dir / "CHANGELOG.md", "a") as fh:
+        fh.write(line)
+    with open(run_dir / "changelog.md", "a") as fh:
+        fh.write(line)
+    return {
+        "version": version,
+        "promoted": promote,
+        "previous": previous,
+        "profile": profile,
+        "pairing": pairing,
+        "perceptual": config.perceptual,
+        "metrics": {k: v for k, v in metrics.items() if k != "test"},
+        "test": summary["test"],
+        "epochs": summary["epochs"],
+        "steps": summary["steps"],
+        "stopped_by": summary["stopped_by"],
+        "train_minutes": summary["train_minutes"],
+        "images": counts,
+        "checkpoint": key,
+        "run_dir": str(run_dir),
+    }
+
+
+def _challenge_promoted(catalog: Catalog, blobs: BlobStore, config: trainer.TrainConfig, test_paths: list[Path]) -> dict | None:
+    """The promoted remover's test PSNR on this run's test samples (None when there is none)."""
+    with catalog.session() as s:
+        m = q.promoted_model(s, "remover")
+        if m is None:
+            return None
+        version, key, its_config = m.version, m.checkpoint_key, m.config or {}
+    model, _ = load_checkpoint(blobs.get(key))
+    harden = bool(its_config.get("harden_mask", False))
+    scores = trainer.score_on_test(model, trainer.fixed_test_set(test_paths, config), config, harden_mask=harden)
+    return {"version": version, "psnr": scores["model"]["psnr"], "ssim": scores["model"]["ssim"]}
