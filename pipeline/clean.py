@@ -1,0 +1,473 @@
+"""``unmark clean``: run the promoted remover over the watermarked pool and record every result.
+
+What gets cleaned (DESIGN.md, "Life of an image"):
+- the watermarked pool (watermarked images whose dedup group has no clean member) not yet cleaned
+  by this model version: each is decoded in DataLoader workers (EXIF orientation applied; grey,
+  palette and 16-bit images become RGB; RGBA keeps its alpha, re-attached after cleaning the RGB),
+  cleaned by the tiled engine (``model.infer``), encoded as PNG or JPEG q95
+  (``settings.output_format``; images with alpha are always PNG), stored as a blob, and described
+  by a ``cleanings`` row;
+- watermarked images whose group does have a clean member (real pairs): that clean copy is the
+  asset (``source='duplicate'``; no output is computed for it). With
+  ``settings.clean_score_real_pairs`` the model is still run on them, to measure it against real
+  ground truth: PSNR/SSIM of its output (and of the input, the baseline) against the clean copy,
+  resized to match, go into the row's metrics; its output is kept as ``metrics["model_output"]``.
+
+Metrics per model cleaning: pixels are "changed" where any channel moved by more than
+``settings.clean_changed_threshold`` levels; ``changed_fraction``; PSNR and SSIM of output vs input
+outside the changed region (PSNR capped at 100 dB where the untouched region is bit-identical;
+SSIM over pixels whose 7×7 window holds no changed pixel); in ``metrics``: mean absolute residual,
+predicted mask area (mask-head models), detector score before/after (when a detector is promoted,
+also in ``score_before``/``score_after``), and timings.
+
+Each chunk of images is committed in one transaction after its blobs are written, so a run killed
+at any point loses at most the chunk in flight and a re-run does only what is missing; an image
+that cannot be decoded or cleaned becomes a ``failures`` row (stage ``clean``) and the rest go on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from scipy.ndimage import binary_dilation
+from sqlalchemy import exists, select, update
+from torch.utils.data import DataLoader, Dataset
+
+from model.infer import Cleaner, resolve_device
+from model.metrics import psnr, ssim_map
+from model.network import load_checkpoint
+from pipeline.config import Settings
+from pipeline.images import open_image
+from storage import BlobStore, Catalog, claims
+from storage import queries as q
+from storage.db import insert_ignore
+from storage.models import Claim, Cleaning, Image
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+STAGE = "clean"
+PSNR_CAP = 100.0
+SSIM_WINDOW = 7
+
+
+class NoRemover(RuntimeError):
+    """There is no remover to clean with: none promoted, or the version asked for is unknown."""
+
+
+# --- what to clean -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    image_id: int
+    sha256: str
+    blob_key: str
+    clean_key: str | None = None  # real pair: the clean copy's blob (the asset)
+    clean_sha: str | None = None
+    score_before: float | None = None  # the triage score, when it came from the promoted detector
+
+
+@dataclass
+class Decoded:
+    item: WorkItem
+    rgb: np.ndarray | None = None  # HxWx3 uint8
+    alpha: np.ndarray | None = None  # HxW uint8, when the source had transparency
+    clean: np.ndarray | None = None  # real pairs: the clean copy resized to rgb's size
+    error: BaseException | None = None
+
+
+@dataclass
+class Remover:
+    version: str
+    model: torch.nn.Module
+    config: dict = field(default_factory=dict)
+
+
+def load_remover(catalog: Catalog, blobs: BlobStore, model_version: str | None = None) -> Remover:
+    """The promoted remover (or ``model_version``), its network loaded from the checkpoint blob."""
+    with catalog.session() as s:
+        m = q.get_model(s, model_version) if model_version else q.promoted_model(s, "remover")
+        if m is None:
+            raise NoRemover(f"no remover {model_version!r} in the catalog" if model_version
+                            else "no promoted remover: run `unmark train` first")
+        if m.kind != "remover":
+            raise NoRemover(f"model {m.version!r} is a {m.kind}, not a remover")
+        if not m.checkpoint_key:
+            raise NoRemover(f"remover {m.version!r} has no checkpoint blob")
+        version, key, config = m.version, m.checkpoint_key, dict(m.config or {})
+    model, _ = load_checkpoint(blobs.get(key))
+    return Remover(version, model, config)
+
+
+def work_items(catalog: Catalog, version: str, detector_version: str | None) -> tuple[list[WorkItem], list[WorkItem]]:
+    """(watermarked-pool images to clean, real-pair images to record) for ``version``."""
+    def before(im: Image) -> float | None:
+        return im.watermark_score if detector_version and im.detector_version == detector_version else None
+
+    with catalog.session() as s:
+        pool = [WorkItem(im.id, im.sha256, im.blob_key, score_before=before(im))
+                for im in q.images_without_cleaning(s, version)]
+        done = set(s.scalars(select(Cleaning.image_id).where(Cleaning.model_version == version)))
+        pairs = [WorkItem(wm.id, wm.sha256, wm.blob_key, cl.blob_key, cl.sha256, before(wm))
+                 for wm, cl in q.real_pairs(s) if wm.id not in done]
+    return pool, pairs
+
+
+# --- decoding (in DataLoader workers) -----------------------------------------------------------
+
+
+def decode_rgba(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Untrusted bytes → (RGB uint8 HxWx3, alpha HxW or None), through ``pipeline.images``."""
+    im = open_image(data, max_pixels)
+    arr = np.asarray(im)
+    if im.mode == "RGBA":
+        return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
+    return arr, None
+
+
+class BlobImages(Dataset):
+    """Decodes work items from the blob store; a failure is returned, not raised, so one bad image
+    never stops the loader. The blob store is opened lazily in each worker process."""
+
+    def __init__(self, items: Sequence[WorkItem], blob_root: str, storage_options: dict, max_pixels: int,
+                 with_clean: bool = True):
+        self.items = list(items)
+        self.blob_root, self.storage_options, self.max_pixels = blob_root, storage_options, max_pixels
+        self.with_clean = with_clean
+        self._blobs: BlobStore | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Decoded:
+        item = self.items[i]
+        if self._blobs is None:
+            self._blobs = BlobStore(self.blob_root, self.storage_options)
+        try:
+            rgb, alpha = decode_rgba(self._blobs.get(item.blob_key), self.max_pixels)
+            clean = None
+            if item.clean_key and self.with_clean:
+                c, _ = decode_rgba(self._blobs.get(item.clean_key), self.max_pixels)
+                if c.shape != rgb.shape:
+                    c = np.asarray(PILImage.fromarray(c).resize((rgb.shape[1], rgb.shape[0]), PILImage.LANCZOS))
+                clean = c
+            return Decoded(item, rgb, alpha, clean)
+        except Exception as exc:  # noqa: BLE001 - any decode error is this image's failure row
+            return Decoded(item, error=exc)
+
+
+def _one(x: Decoded) -> Decoded:  # DataLoader collate for batch_size=None (top level: picklable)
+    return x
+
+
+def iter_decoded(items: Sequence[WorkItem], settings: Settings, with_clean: bool = True) -> Iterator[Decoded]:
+    """Decoded items in order, decoded by ``settings.num_workers`` processes (0 = in-process)."""
+    ds = BlobImages(items, settings.blob_root, settings.blob_storage_options(), settings.max_image_pixels, with_clean)
+    workers = max(0, min(settings.num_workers, len(items)))
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_one,
+                        prefetch_factor=2 if workers else None)
+    yield from loader
+
+
+# --- output and metrics --------------------------------------------------------------------------
+
+
+def encode_output(rgb: np.ndarray, alpha: np.ndarray | None, output_format: str) -> bytes:
+    """PNG (lossless) or JPEG quality 95; an image with alpha is always PNG (JPEG has no alpha)."""
+    fmt = output_format.lower()
+    if fmt not in ("png", "jpeg", "jpg"):
+        raise ValueError(f"output_format must be png or jpeg, not {output_format!r}")
+    buf = io.BytesIO()
+    if alpha is not None:
+        PILImage.fromarray(np.dstack([rgb, alpha]), "RGBA").save(buf, "PNG")
+    elif fmt == "png":
+        PILImage.fromarray(rgb, "RGB").save(buf, "PNG")
+    else:
+        PILImage.fromarray(rgb, "RGB").save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _finite(x: float | None, cap: float = PSNR_CAP) -> float | None:
+    if x is None or math.isnan(x):
+        return None
+    return min(float(x), cap)
+
+
+def _ssim_where(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float | None:
+    """Mean SSIM (uint8 images) over the pixels in ``where`` (None if empty or the image is tiny)."""
+    if min(a.shape[:2]) < SSIM_WINDOW or not where.any():
+        return None
+    return float(ssim_map(a, b, data_range=255, win_size=SSIM_WINDOW)[where].mean())
+
+
+def cleaning_metrics(inp: np.ndarray, out: np.ndarray, mask: np.ndarray | None, threshold: int) -> dict[str, Any]:
+    """Fidelity of a cleaning with no ground truth: how much changed, and how faithfully the rest
+    was kept (``psnr_vs_input``/``ssim_vs_input`` outside the changed region)."""
+    diff = np.abs(out.astype(np.int16) - inp.astype(np.int16)).max(axis=2)
+    changed = diff > threshold
+    keep = ~changed
+    keep_ssim = ~binary_dilation(changed, iterations=SSIM_WINDOW // 2) if changed.any() else keep
+    m: dict[str, Any] = {
+        "changed_fraction": float(changed.mean()),
+        "psnr_vs_input": _finite(psnr(inp, out, mask=keep, data_range=255)) if keep.any() else None,
+        "ssim_vs_input": _ssim_where(inp, out, keep_ssim),
+        "mean_residual": float(np.abs(out.astype(np.float32) - inp.astype(np.float32)).mean() / 255.0),
+        "max_residual": int(diff.max()),
+    }
+    if mask is not None:
+        m["mask_area"] = float((mask > 0.5).mean())
+        m["mask_mean"] = float(mask.mean())
+    return m
+
+
+def versus_clean(inp: np.ndarray, out: np.ndarray, clean: np.ndarray) -> dict[str, float | None]:
+    """Real ground truth: output and input (the baseline) against the clean copy."""
+    ok = min(inp.shape[:2]) >= SSIM_WINDOW
+    from model.metrics import ssim
+
+    return {
+        "psnr": _finite(psnr(out, clean, data_range=255)),
+        "ssim": float(ssim(out, clean, data_range=255)) if ok else None,
+        "input_psnr": _finite(psnr(inp, clean, data_range=255)),
+        "input_ssim": float(ssim(inp, clean, data_range=255)) if ok else None,
+    }
+
+
+# --- the step ------------------------------------------------------------------------------------
+
+
+def engine_options(settings: Settings, device: torch.device) -> dict[str, Any]:
+    """Tile, overlap and batch for the device, unless the settings name them."""
+    cuda = device.type == "cuda"
+    return {
+        "tile": settings.clean_tile or (512 if cuda else 256),
+        "overlap": settings.clean_overlap if settings.clean_overlap is not None else (64 if cuda else 32),
+        "batch_size": settings.clean_batch_size or (16 if cuda else 1),
+        "precision": settings.clean_precision,
+    }
+
+
+def _detector(catalog: Catalog, blobs: BlobStore):  # noqa: ANN202
+    """The promoted watermark detector (``pipeline.triage``), or None when there is none."""
+    try:
+        from pipeline.triage import load_promoted_detector
+    except ImportError:  # pragma: no cover - triage not installed
+        return None
+    try:
+        return load_promoted_detector(catalog, blobs)
+    except Exception as exc:  # noqa: BLE001 - scores are optional; cleaning goes on without them
+        log.warning("detector unavailable, cleaning without scores: %s", exc)
+        return None
+
+
+def _record_duplicates(catalog: Catalog, version: str, items: Sequence[WorkItem]) -> None:
+    rows = [dict(image_id=it.image_id, model_version=version, output_key=it.clean_key, source="duplicate",
+                 score_before=it.score_before, metrics={"clean_copy": it.clean_sha}, runtime_s=0.0)
+            for it in items]
+    _commit(catalog, rows, [])
+
+
+def _commit(catalog: Catalog, rows: list[dict], failed: list[tuple[WorkItem, BaseException]],
+            claim: tuple[str, str] | None = None) -> int:
+    """One transaction per chunk: the cleanings, the status change, the failures. With ``claim``
+    (stage, worker) the chunk's claims are completed in the same transaction and only the images
+    this worker still held are recorded: one whose lease ran out and that another worker took
+    over is that worker's to record (so each image is cleaned exactly once). Returns how many
+    results were dropped that way."""
+    lost = 0
+    with catalog.write() as s:
+        if claim is not None:
+            held = set(claims.complete(s, *claim, [r["image_id"] for r in rows] + [it.image_id for it, _ in failed]))
+            kept_rows = [r for r in rows if r["image_id"] in held]
+            kept_failed = [(it, exc) for it, exc in failed if it.image_id in held]
+            lost = len(rows) + len(failed) - len(kept_rows) - len(kept_failed)
+            rows[:], failed[:] = kept_rows, kept_failed
+        if rows:
+            insert_ignore(s, Cleaning, rows, ["image_id", "model_version"])
+            ids = [r["image_id"] for r in rows]
+            s.execute(update(Image).where(Image.id.in_(ids), Image.label == "watermarked").values(status="cleaned"))
+            shas = dict(s.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids))).all())
+            for i in ids:
+                q.clear_failure(s, STAGE, shas[i])
+        for item, exc in failed:
+            q.record_failure(s, STAGE, item.sha256, exc)
+    return lost
+
+
+def _enqueue(catalog: Catalog, stage: str, version: str, items: Sequence[WorkItem]) -> None:
+    """Work units for ``items``; those a past run completed with a failure (no cleaning row) are
+    opened again, so every run retries failures, as the step did before claims."""
+    ids = [it.image_id for it in items]
+    cleaned = exists().where(Cleaning.image_id == Claim.image_id, Cleaning.model_version == version)
+    with catalog.write() as s:
+        claims.enqueue(s, stage, ids)
+        claims.reopen(s, stage, ids, unless=cleaned)
+
+
+def _claimed_batches(catalog: Catalog, stage: str, worker: str, settings: Settings,
+                     limit: int | None) -> Iterator[list[int]]:
+    """Batches of image ids claimed for ``worker`` until the stage has nothing left: no free
+    claim, none held by another worker. While others hold claims it waits and tries again, so the
+    images of a worker that died come back when its lease runs out, and a run ends only when the
+    pool is done (or ``limit`` images were claimed)."""
+    taken = 0
+    while limit is None or taken < limit:
+        n = settings.claim_batch if limit is None else min(settings.claim_batch, limit - taken)
+        ids = claims.claim(catalog, stage, worker, n, settings.claim_lease_s)
+        if ids:
+            taken += len(ids)
+            yield ids
+            continue
+        with catalog.session() as s:
+            if claims.progress(s, stage)["held"] == 0:
+                return
+        time.sleep(min(5.0, max(0.2, settings.claim_lease_s / 20)))
+
+
+def clean(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    model_version: str | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Clean every watermarked image the remover (promoted, or ``model_version``) has not cleaned
+    yet; returns counts, timings and the model version."""
+    t0 = time.perf_counter()
+    remover = load_remover(catalog, blobs, model_version)
+    dev = resolve_device(device if device != "auto" else settings.device)
+    detector = _detector(catalog, blobs)
+    pool, pairs = work_items(catalog, remover.version, detector.version if detector else None)
+    if limit is not None:
+        pool, pairs = pool[:limit], pairs[: max(0, limit - len(pool))]
+
+    summary: dict[str, Any] = {"model": remover.version, "device": str(dev), "todo": len(pool) + len(pairs),
+                               "cleaned": 0, "duplicates": len(pairs), "failed": 0,
+                               "detector": detector.version if detector else None}
+    if not settings.clean_score_real_pairs and pairs:
+        _record_duplicates(catalog, remover.version, pairs)
+        pairs = []
+    items = pool + pairs
+    if not items:
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        return summary
+
+    opts = engine_options(settings, dev)
+    cleaner = Cleaner(remover.model, device=dev, **opts)
+    summary.update({"tile": opts["tile"], "overlap": opts["overlap"], "precision": cleaner.precision})
+    compute_s = 0.0
+    done = 0
+    chunk: list[Decoded] = []
+    # Several workers (processes, machines) may clean one catalog at once: each image is claimed
+    # (storage/claims.py) before it is cleaned, and recorded only while the claim is held.
+    stage, worker = f"{STAGE}:{remover.version}", claims.worker_id(STAGE)
+    by_id = {it.image_id: it for it in items}
+    _enqueue(catalog, stage, remover.version, items)
+    summary.update({"worker": worker, "claimed": 0, "lost": 0})
+
+    def flush() -> None:
+        nonlocal compute_s, done
+        rows, failed = _clean_chunk(chunk, cleaner, detector, blobs, settings, remover.version)
+        summary["lost"] += _commit(catalog, rows, failed, (stage, worker))
+        compute_s += sum(r["runtime_s"] for r in rows)
+        summary["cleaned"] += sum(1 for r in rows if r["source"] == "model")
+        summary["failed"] += len(failed)
+        done += len(chunk)
+        chunk.clear()
+        if progress:
+            progress("clean", done, len(items))
+
+    try:
+        for batch in _claimed_batches(catalog, stage, worker, settings, limit):
+            summary["claimed"] += len(batch)
+            if any(i not in by_id for i in batch):  # queued by another run: look them up
+                more_pool, more_pairs = work_items(catalog, remover.version, detector.version if detector else None)
+                by_id.update({it.image_id: it for it in more_pool + more_pairs})
+            gone = [i for i in batch if i not in by_id]  # cleaned or re-labelled meanwhile
+            if gone:
+                with catalog.write() as s:
+                    claims.complete(s, stage, worker, gone)
+            for dec in iter_decoded([by_id[i] for i in batch if i in by_id], settings):
+                chunk.append(dec)
+                if len(chunk) >= settings.clean_chunk_images:
+                    flush()
+                    claims.renew(catalog, stage, worker, batch, settings.claim_lease_s)
+            if chunk:
+                flush()
+    finally:
+        claims.release(catalog, stage, worker)  # whatever an error left unfinished, others may take
+    summary["compute_s"] = round(compute_s, 2)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    n = summary["cleaned"] + (summary["duplicates"] if settings.clean_score_real_pairs else 0)
+    summary["images_per_s"] = round(n / summary["seconds"], 3) if n and summary["seconds"] > 0 else None
+    return summary
+
+
+def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: BlobStore,  # noqa: ANN001
+                 settings: Settings, version: str) -> tuple[list[dict], list[tuple[WorkItem, BaseException]]]:
+    failed = [(d.item, d.error) for d in chunk if d.error is not None]
+    good = [d for d in chunk if d.error is None]
+    results: list = []
+    if good:
+        try:
+            results = cleaner.clean([d.rgb for d in good])
+        except Exception:  # noqa: BLE001 - isolate the image that broke the batch
+            results = []
+            for d in good:
+                try:
+                    results.append(cleaner.clean([d.rgb])[0])
+                except Exception as exc:  # noqa: BLE001
+                    results.append(exc)
+    scores_after: list[float | None] = [None] * len(good)
+    scores_before: list[float | None] = [d.item.score_before for d in good]
+    if detector is not None and good:
+        ok = [k for k, r in enumerate(results) if not isinstance(r, BaseException)]
+        try:
+            after = detector.score([results[k].image for k in ok]) if ok else []
+            for k, sc in zip(ok, after, strict=True):
+                scores_after[k] = float(sc)
+            missing = [k for k in ok if scores_before[k] is None]
+            if missing:
+                for k, sc in zip(missing, detector.score([good[k].rgb for k in missing]), strict=True):
+                    scores_before[k] = float(sc)
+        except Exception as exc:  # noqa: BLE001 - scores are optional
+            log.warning("detector scoring failed: %s", exc)
+
+    rows = []
+    for k, (d, res) in enumerate(zip(good, results, strict=True)):
+        if isinstance(res, BaseException):
+            failed.append((d.item, res))
+            continue
+        try:
+            t = time.perf_counter()
+            m = cleaning_metrics(d.rgb, res.image, res.mask, settings.clean_changed_threshold)
+            m["score_before"], m["score_after"] = scores_before[k], scores_after[k]
+            _, out_key = blobs.put(encode_output(res.image, d.alpha, settings.output_format))
+            row = dict(image_id=d.item.image_id, model_version=version, source="model", output_key=out_key,
+                       psnr_vs_input=m["psnr_vs_input"], ssim_vs_input=m["ssim_vs_input"],
+                       changed_fraction=m["changed_fraction"], score_before=scores_before[k],
+                       score_after=scores_after[k])
+            if d.item.clean_key:  # real pair: the clean copy is the asset; the model is measured
+                m.update({"vs_clean": versus_clean(d.rgb, res.image, d.clean), "model_output": out_key,
+                          "clean_copy": d.item.clean_sha})
+                row.update(source="duplicate", output_key=d.item.clean_key)
+            m["inference_s"] = round(res.seconds, 4)
+            m["width"], m["height"] = int(d.rgb.shape[1]), int(d.rgb.shape[0])
+            m["alpha"] = d.alpha is not None
+            row["runtime_s"] = res.seconds + (time.perf_counter() - t)
+            row["metrics"] = m
+            rows.append(row)
+        except Exception as exc:  # noqa: BLE001 - this image's failure; the chunk goes on
+            failed.append((d.item, exc))
+    return rows, failed
