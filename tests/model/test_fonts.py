@@ -98,3 +98,18 @@ def test_scripts_without_fonts_are_skipped_with_one_warning(monkeypatch, caplog,
     img = np.full((96, 96, 3), 60, np.uint8)
     for _ in range(20):
         assert renderer.render(img, rng).style["script"] in renderer.available_scripts()
+
+
+def test_fonts_dir_comes_first_and_matplotlib_is_the_fallback(tmp_path, monkeypatch, script_fonts):
+    latin = script_fonts.fonts["english"][0]
+    own = tmp_path / ("mine" + latin.path[latin.path.rfind("."):])
+    own.write_bytes(open(latin.path, "rb").read())
+    assert find_script_fonts(fonts_dir=str(tmp_path)).fonts["english"][0].path == str(own)
+    # without fontconfig every font matplotlib knows is checked for coverage
+    monkeypatch.setattr(fonts, "_fc_faces", lambda lang: None)
+    fallback = find_script_fonts(per_script=1)
+    find_script_fonts.cache_clear()
+    assert set(fallback.fonts) == set(script_fonts.fonts)
+    for name, faces in fallback.fonts.items():
+        phrases = next(s.phrases for s in SCRIPTS if s.name == name)
+        assert all(covers(faces[0], p) for p in phrases)
