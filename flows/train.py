@@ -40,7 +40,7 @@ def train_task(settings: Settings, profile: str, pairing: str, max_minutes: floa
         progress = artifacts.Progress("train-progress", 100, f"training the remover ({profile}, {pairing})")
         with progress.watch(lambda: summaries.training_percent(catalog, since, max_minutes)):
             summary = train.train_remover(catalog, blobs, settings, profile=profile, pairing=pairing,
-                                          max_minutes=max_minutes)
+                                          max_minutes=max_minutes, log=get_run_logger().info)
     return small(summary)
 
 
@@ -63,7 +63,7 @@ def train(
     weights in the torch cache). Publishes a markdown training report; returns the summary."""
     settings = flow_settings(home, perceptual=perceptual)
     get_run_logger().info("train: profile=%s pairing=%s max_minutes=%s perceptual=%s",
-                          profile, pairing, max_minutes, settings.perceptual)
+                          profile, pairing, max_minutes, perceptual or "the profile's choice")
     summary = train_task(settings, profile, pairing, max_minutes)
     training_report(settings, model_version_of(summary))
-    return {"profile": profile, "pairing": pairing, "perceptual": settings.perceptual, **summary}
+    return {"profile": profile, "pairing": pairing, **summary}  # the summary records the perceptual choice

@@ -319,6 +319,31 @@ def report(as_json: JsonOpt = False) -> None:
     emit({"report": str(path)}, as_json, "report")
 
 
+@app.command()
+def demo(
+    minutes: Annotated[float, typer.Option(min=3.0, help="whole-run budget; training's cap shrinks to fit")] = 12.0,
+    perceptual: Annotated[str, typer.Option(help="perceptual loss: off | random (no ImageNet weights offline)")] = "off",
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole pipeline on a local sample site: build and serve it on 127.0.0.1, then ingest,
+    quick-cpu training and cleaning in Prefect's embedded mode, with a progress display."""
+    from pipeline.demo import demo_environment
+
+    if perceptual not in ("off", "random", "imagenet"):
+        err.print(f"[red]error:[/red] --perceptual must be off, random or imagenet, not {perceptual!r}")
+        raise typer.Exit(2)
+    settings = _settings()
+    demo_environment(settings.home)  # before Prefect is imported
+    settings = _settings()  # the demo's defaults (detector budget) apply
+    # The CLI sits above the layers: it is the one place in pipeline/ that starts a flow.
+    from flows.demo import run_demo
+
+    result = run_demo(settings, minutes=minutes, perceptual=perceptual,
+                      console=Console(stderr=True) if as_json else console)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

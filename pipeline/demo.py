@@ -324,3 +324,32 @@ def serve_site(root: str | Path, port: int = 0) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# --- the demo's environment -------------------------------------------------------------------
+
+# The demo runs Prefect embedded, quietly, with the detector's cold start sized for its budget.
+# Each value is a default: anything the user exported wins.
+DEMO_ENV = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",  # the progress display shows what happens
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "MPLBACKEND": "Agg",
+    "UNMARK_DETECTOR_MAX_MINUTES": "1.5",
+}
+
+
+def demo_environment(home: Path) -> dict[str, str]:
+    """Set the demo's environment in this process (before Prefect is imported): no telemetry,
+    ``PREFECT_HOME`` in ``home/prefect``, embedded mode (``PREFECT_API_URL`` unset), and the
+    defaults above. Returns what it set."""
+    import os
+
+    wanted = {**DEMO_ENV, "PREFECT_HOME": str(Path(home).resolve() / "prefect")}
+    applied = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(applied)
+    if os.environ.pop("PREFECT_API_URL", None):
+        applied["PREFECT_API_URL"] = "(unset: the demo runs Prefect embedded)"
+    return applied

@@ -164,3 +164,41 @@ def training_percent(catalog, since: datetime, max_minutes: float | None) -> flo
 def _aware(dt: datetime) -> datetime:
     # SQLite hands datetimes back without a zone; the catalog stores UTC.
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def demo_snapshot(catalog, since: datetime) -> dict[str, Any]:  # noqa: ANN001
+    """Where a pipeline run stands, for a live display: pages and images so far, how many are
+    triaged, the training run started after ``since`` (epochs, last validation PSNR, share of
+    its time cap used) and the cleanings made since then out of the watermarked pool."""
+    with catalog.session() as s:
+        stats = q.catalog_stats(s)
+        images = sum(stats["images"].values())
+        snap: dict[str, Any] = {
+            "pages": stats["pages"],
+            "images": images,
+            "triaged": images - stats["images"].get("fetched", 0),
+            "failures": sum(stats["failures"].values()),
+            "detector": q.promoted_model(s, "detector") is not None,
+            "watermarked_pool": len(q.watermarked_pool(s)),
+            "cleaned": q.count_cleanings(s, since=since),
+            "train": None,
+        }
+        run = q.latest_training_run(s)
+        if run is not None and _aware(run.started_at) >= since:
+            history = [h for h in (run.history or []) if isinstance(h, dict)]
+            cap = (run.params or {}).get("max_minutes")
+            elapsed = ((_aware(run.finished_at) if run.finished_at else datetime.now(UTC)) - _aware(run.started_at))
+            snap["train"] = {
+                "status": run.status,
+                "epochs": len(history),
+                "val_psnr": next((h[k] for h in reversed(history) for k in ("val_psnr", "psnr") if k in h), None),
+                "minutes": elapsed.total_seconds() / 60.0,
+                "max_minutes": cap,
+            }
+    return snap
+
+
+def failure_rows(catalog) -> list[dict[str, Any]]:  # noqa: ANN001
+    """Failures per stage and reason, most frequent first."""
+    with catalog.session() as s:
+        return q.failure_counts(s)
