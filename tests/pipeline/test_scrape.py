@@ -446,3 +446,23 @@ def test_sitemap_and_file_of_urls(site, catalog, blobs, fast, tmp_path):
     summary = scrape([str(seeds)], catalog, blobs, fast, allow_private_hosts=True)
     assert summary["images_new"] == 1
     assert set(sightings(catalog)) == {"/img/a.png", "/img/b.png", "/img/c.png"}
+
+
+def test_depth_and_page_limits(site, catalog, blobs, fast):
+    for i in range(5):
+        site.page(f"/d{i}.html", f"<img src='/img/{i}.png'><a href='/d{i + 1}.html'>next</a>")
+        site.static(f"/img/{i}.png", png_bytes(i), "image/png")
+    summary = run(site, catalog, blobs, fast, path="/d0.html", max_depth=2)
+    assert summary["pages_fetched"] == 3 and "/d3.html" not in site.paths()
+    assert set(sightings(catalog)) == {"/img/0.png", "/img/1.png", "/img/2.png"}
+    summary = run(site, catalog, blobs, fast, path="/d0.html", max_depth=10, max_pages=4)
+    assert summary["pages_fetched"] + summary["pages_not_modified"] == 4 and "/d4.html" not in site.paths()
+
+
+def test_cli_rejects_a_bad_seed(unmark_env):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "scrape", "not-a-url-or-file"], env=unmark_env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "not an http(s) URL" in out.stdout + out.stderr
