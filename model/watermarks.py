@@ -7,9 +7,10 @@ Families (pick with ``family=`` or restrict with ``families=``):
              running past the image edge;
 - ``tiled``  the stock-photo grid: one phrase repeated in staggered diagonal rows over the whole
              image;
-- ``logo``   multi-colour logo-like marks pasted whole (procedural emblems, plus any RGBA PNGs in
-             ``logo_dir``), half of them with one flat alpha, as photo agencies and the SWCNN
-             benchmark do;
+- ``logo``   logo-like marks pasted whole: multi-colour procedural emblems, white or two-colour
+             wordmarks (an icon beside an invented brand name, as platforms stamp them), plus any
+             RGBA PNGs in ``logo_dir``; half of them with one flat alpha, as photo agencies and
+             the SWCNN benchmark do;
 - ``badge``  a filled pill / box / circle carrying a phrase, usually in a corner or along an edge;
 - ``shape``  lines, rectangles and circles (outlined or filled).
 
@@ -17,8 +18,10 @@ Any family may get a spatially varying alpha (a linear or radial ramp) and, now 
 brightness/contrast change of the picture under the mark.
 
 Speed: every phrase is rasterised once per renderer (a bank of coverage bitmaps; procedural logos
-likewise); a render only scales, rotates, styles, colours and composites those bitmaps, which
-costs about a millisecond at 256 px.
+likewise); a render only scales, rotates, styles, colours and composites those bitmaps (a tiled
+grid is one wrap-around warp of a single brick-pattern period), which costs 2–6 ms at 256 px.
+Work and memory grow with the image (a few float32 planes of its size): render at the size you
+train or detect at.
 
 Compositing is exact: pixels are premultiplied RGBA layers composed with "over", and the
 composite is ``clean·(1−A) + colour·A``. A pixel belongs to the mask when the 8-bit composite
@@ -141,23 +144,23 @@ def _pad(a: np.ndarray, p: int) -> np.ndarray:
 
 
 def _styled_text(cov: np.ndarray, colour: np.ndarray, style: str, rng: np.random.Generator,
-                 height: float) -> tuple[np.ndarray, int]:
-    """Premultiplied RGBA of a text coverage map in a style; returns (layer, padding added)."""
+                 height: float) -> np.ndarray:
+    """Premultiplied RGBA of a text coverage map in a style (padded for outline/shadow/emboss)."""
     k = max(1, int(round(height * rng.uniform(0.04, 0.1))))  # effect size follows the glyph size
     if style == "plain":
-        return _colourise(cov, colour), 0
+        return _colourise(cov, colour)
     pad = 3 * k + 2
     cov = _pad(cov, pad)
     fill = _colourise(cov, colour)
     if style == "outline":
         ring = cv2.dilate(cov, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
         edge = _contrasting(colour)
-        return fill + _colourise(ring, edge) * (1.0 - cov[..., None]), pad
+        return fill + _colourise(ring, edge) * (1.0 - cov[..., None])
     if style == "shadow":
         dx, dy = int(rng.integers(1, 2 * k + 2)), int(rng.integers(1, 2 * k + 2))
         shadow = np.roll(cov, (dy, dx), axis=(0, 1))
         shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.5, k / 2)) * rng.uniform(0.5, 0.9)
-        return fill + _colourise(shadow, _contrasting(colour)) * (1.0 - cov[..., None]), pad
+        return fill + _colourise(shadow, _contrasting(colour)) * (1.0 - cov[..., None])
     # emboss: the glyphs as relief, light on one edge and dark on the other (a bevelled mark);
     # with a faint fill of the colour now and then.
     soft = cv2.GaussianBlur(cov, (0, 0), max(0.7, k / 2))
@@ -170,7 +173,7 @@ def _styled_text(cov: np.ndarray, colour: np.ndarray, style: str, rng: np.random
     if rng.random() < 0.5:
         faint = cov * rng.uniform(0.15, 0.4)
         layer = layer + _colourise(faint, colour) * (1.0 - layer[..., 3:4])
-    return layer, pad
+    return layer
 
 
 def _contrasting(colour: np.ndarray) -> np.ndarray:
@@ -363,8 +366,8 @@ class WatermarkRenderer:
 
     def render(self, clean: np.ndarray, rng: np.random.Generator, family: str | None = None,
                postprocess: bool = True) -> Watermarked:
-        """Watermark ``clean`` (HxWx3 uint8) with a mark of ``family`` (or one drawn from this
-        renderer's families)."""
+        """Watermark ``clean`` (HxWx3 uint8) with a mark of ``family`` (any of ``FAMILIES``), or
+        one drawn from this renderer's families. ``postprocess`` re-encodes the composite."""
         if clean.ndim != 3 or clean.shape[2] != 3 or clean.dtype != np.uint8:
             raise ValueError(f"clean must be HxWx3 uint8, got {clean.shape} {clean.dtype}")
         if family is None:
@@ -428,8 +431,8 @@ class WatermarkRenderer:
         return sprites[int(rng.integers(len(sprites)))]
 
     def _pick_colour(self, rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
-        """Half the time the colour that contrasts with the background under the mark (white on
-        dark, black on light), otherwise any palette colour."""
+        """Half the time the colour that contrasts with the picture (white on a dark one, black on
+        a light one, by mean luma), otherwise any palette colour, slightly jittered."""
         if rng.random() < 0.5:
             return np.ones(3, np.float32) if _luma(background) < 0.5 else np.zeros(3, np.float32)
         colour = PALETTE[int(rng.integers(len(PALETTE)))].copy()
@@ -450,8 +453,7 @@ class WatermarkRenderer:
         cov = sprite.coverage.astype(np.float32) / 255.0
         scale = width / cov.shape[1]
         cov = _warp(cov, scale, angle)
-        layer, _ = _styled_text(cov, colour, text_style, rng, BANK_FONT_PX * scale)
-        return layer
+        return _styled_text(cov, colour, text_style, rng, BANK_FONT_PX * scale)
 
     def _draw_text(self, layer: np.ndarray, clean: np.ndarray, rng: np.random.Generator, style: dict) -> None:
         H, W = layer.shape[:2]
