@@ -4,6 +4,9 @@ randomness, augmentations that keep image and mask aligned, stable splits."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -100,6 +103,33 @@ def test_validation_items_are_fixed_per_index(photos, renderer):
     assert not torch.equal(a[0]["input"], a[1]["input"])
     c = WatermarkPairs(photos, size=64, train=False, seed=4, renderer=renderer)
     assert not torch.equal(a[0]["input"], c[0]["input"])
+
+
+_DIGEST = """
+import hashlib, sys
+from model.data import WatermarkPairs
+ds = WatermarkPairs(sys.argv[1:], size=64, train=False, seed=3, pairing="self-supervised")
+h = hashlib.sha256()
+for i in range(len(ds)):
+    for k, t in sorted(ds[i].items()):
+        h.update(t.numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_validation_items_are_the_same_in_another_process(photos):
+    """A new process (another hash seed, fresh font discovery and logo bank) gives the same set."""
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    out = subprocess.run([sys.executable, "-c", _DIGEST, *photos], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr
+    ds = WatermarkPairs(photos, size=64, train=False, seed=3, pairing="self-supervised")
+    h = hashlib.sha256()
+    for i in range(len(ds)):
+        for _, t in sorted(ds[i].items()):
+            h.update(t.numpy().tobytes())
+    assert out.stdout.strip() == h.hexdigest()
 
 
 def test_training_items_change_every_draw_but_repeat_under_a_seed(photos, renderer):
