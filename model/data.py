@@ -142,6 +142,9 @@ class WatermarkPairs(Dataset):
     Items are dicts of float32 tensors in [0, 1]: ``input`` (3,H,W), ``target`` (3,H,W),
     ``mask`` (1,H,W), ``clean`` (3,H,W), with H = W = ``size``. ``len`` is
     ``len(paths) * samples_per_image``. See the module docstring for what happens to a sample.
+
+    ``renderer`` defaults to ``WatermarkRenderer(seed=seed)``; pass one built with a fixed seed
+    (its logo bank depends on it) for a validation set that is the same in every run.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], size: int = 256, pairing: str = "supervised",
