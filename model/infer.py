@@ -136,6 +136,13 @@ def axis_window(tile: int, start: int, length: int, overlap: int) -> np.ndarray:
     return w
 
 
+def _axis_cover(tile: int, start: int, length: int, overlap: int) -> np.ndarray:
+    """The tile's 1-D window placed on the whole axis (zeros elsewhere)."""
+    out = np.zeros(length, dtype=np.float64)
+    out[start : start + tile] = axis_window(tile, start, length, overlap)
+    return out
+
+
 def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     """Pad HxWxC to (h, w) by reflection (edge replication where the image is too small)."""
     ph, pw = h - arr.shape[0], w - arr.shape[1]
@@ -184,9 +191,13 @@ class Cleaner:
     # --- planning ------------------------------------------------------------------------
     def plan(self, height: int, width: int) -> tuple[int, int, list[tuple[int, int]]]:
         """Tile height, tile width and the (y, x) starts covering a ``height``×``width`` image."""
+        th, tw, ys, xs = self._plan_axes(height, width)
+        return th, tw, [(y, x) for y in ys for x in xs]
+
+    def _plan_axes(self, height: int, width: int) -> tuple[int, int, list[int], list[int]]:
         th, ys = axis_tiles(height, self.tile, self.overlap, self.multiple, self.even_tiles)
         tw, xs = axis_tiles(width, self.tile, self.overlap, self.multiple, self.even_tiles)
-        return th, tw, [(y, x) for y in ys for x in xs]
+        return th, tw, ys, xs
 
     # --- running -------------------------------------------------------------------------
     def clean(self, images: Sequence[np.ndarray]) -> list[CleanResult]:
@@ -199,41 +210,44 @@ class Cleaner:
         t0 = time.perf_counter()
         dev = self.device
         padded: list[np.ndarray] = []
-        acc: list[torch.Tensor] = []
-        wsum: list[torch.Tensor] = []
+        acc: list[torch.Tensor | None] = []
         macc: list[torch.Tensor | None] = []
+        norms: list[tuple[np.ndarray, np.ndarray]] = []
         buckets: dict[tuple[int, int], list[_Tile]] = {}
         area = np.zeros(len(images))
         for i, im in enumerate(images):
             h, w = im.shape[:2]
-            th, tw, starts = self.plan(h, w)
+            th, tw, ys, xs = self._plan_axes(h, w)
             padded.append(_pad_to(im, max(h, th), max(w, tw)))
             ph, pw = padded[-1].shape[:2]
             acc.append(torch.zeros(3, ph, pw, device=dev))
-            wsum.append(torch.zeros(1, ph, pw, device=dev))
             macc.append(None)
-            area[i] = len(starts) * th * tw
-            buckets.setdefault((th, tw), []).extend(_Tile(i, y, x, th, tw) for y, x in starts)
+            # The tiles are the grid ys × xs and the window is separable, so the sum of the
+            # windows is the outer product of two 1-D sums: no full-size weight map is needed.
+            norms.append((sum(_axis_cover(th, y, ph, self.overlap) for y in ys),
+                          sum(_axis_cover(tw, x, pw, self.overlap) for x in xs)))
+            area[i] = len(ys) * len(xs) * th * tw
+            buckets.setdefault((th, tw), []).extend(_Tile(i, y, x, th, tw) for y in ys for x in xs)
 
         windows: dict[tuple, torch.Tensor] = {}
         with torch.inference_mode():
             for tiles in buckets.values():
                 for b in range(0, len(tiles), self.batch_size):
-                    self._run_batch(tiles[b : b + self.batch_size], padded, acc, wsum, macc, windows)
-
-        results = []
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        elapsed = time.perf_counter() - t0
-        for i, im in enumerate(images):
-            h, w = im.shape[:2]
-            norm = wsum[i][:, :h, :w].clamp_min(1e-8)
-            out = (acc[i][:, :h, :w] / norm).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-            mask = None
-            if macc[i] is not None:
-                mask = (macc[i][:, :h, :w] / norm)[0].float().cpu().numpy()
-            results.append(CleanResult(out.permute(1, 2, 0).cpu().numpy(), mask, elapsed * area[i] / area.sum()))
-            acc[i] = wsum[i] = macc[i] = None  # free as we go
+                    self._run_batch(tiles[b : b + self.batch_size], padded, acc, macc, windows)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            elapsed = time.perf_counter() - t0
+            results = []
+            for i, im in enumerate(images):
+                h, w = im.shape[:2]
+                ny, nx = norms[i]
+                inv = torch.from_numpy(1.0 / np.maximum(np.outer(ny[:h], nx[:w]), 1e-8)).to(dev, torch.float32)
+                out = (acc[i][:, :h, :w] * inv).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+                mask = None
+                if macc[i] is not None:
+                    mask = (macc[i][0, :h, :w] * inv).float().cpu().numpy()
+                results.append(CleanResult(out.permute(1, 2, 0).cpu().numpy(), mask, elapsed * area[i] / area.sum()))
+                acc[i] = macc[i] = None  # free as we go
         return results
 
     def clean_stream(self, batches: Iterable[Sequence[np.ndarray]]) -> Iterator[list[CleanResult]]:
@@ -249,7 +263,7 @@ class Cleaner:
             cache[key] = torch.from_numpy(np.outer(wy, wx)).to(self.device)[None]
         return cache[key]
 
-    def _run_batch(self, tiles, padded, acc, wsum, macc, windows) -> None:  # noqa: ANN001
+    def _run_batch(self, tiles, padded, acc, macc, windows) -> None:  # noqa: ANN001
         dev = self.device
         crops = np.stack([padded[t.image][t.y : t.y + t.h, t.x : t.x + t.w] for t in tiles])
         x = torch.from_numpy(crops)
@@ -272,8 +286,7 @@ class Cleaner:
             win = self._window(t, ph, pw, windows)
             ys, xs = slice(t.y, t.y + t.h), slice(t.x, t.x + t.w)
             acc[t.image][:, ys, xs] += image[k] * win
-            wsum[t.image][:, ys, xs] += win
             if probs is not None:
                 if macc[t.image] is None:
-                    macc[t.image] = torch.zeros_like(wsum[t.image])
+                    macc[t.image] = torch.zeros(1, ph, pw, device=dev)
                 macc[t.image][:, ys, xs] += probs[k] * win
