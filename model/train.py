@@ -8,6 +8,7 @@ synthetic pairs (``model.data.WatermarkPairs``), and leaves in ``run_dir``:
 - ``best.pt``       the model with the best validation PSNR (a plain ``load_checkpoint`` file)
 - ``history.csv`` / ``history.json``  one row per epoch: every loss term, val PSNR/SSIM, lr, time
 - ``summary.json``  the regression report: test-split metrics against the input and inpainting
+- ``curves.png`` / ``lr.png``  loss terms, val PSNR/SSIM and the learning rate per epoch
 - ``changelog.md``  one dated line per event (started, resumed, finished)
 
 Schedules. ``onecycle`` is torch's ``OneCycleLR`` over ``epochs + 2`` epochs (the seed's: the run
@@ -39,6 +40,7 @@ from model.data import WatermarkPairs
 from model.evaluate import evaluate_pairs, resolve_device
 from model.losses import RemovalLoss
 from model.network import UNet, count_parameters, load_checkpoint, save_checkpoint
+from model.plots import lr_schedule, training_curves
 
 PERCEPTUAL_CHOICES = ("imagenet", "random", "off")
 
@@ -114,7 +116,9 @@ PROFILES: dict[str, TrainConfig] = {
     # the schedule over wall time, and a quarter of the seed's width (0.89 M parameters: a step
     # costs ~1/4, and in 30 shared-CPU minutes the step count limits more than the width). VGG is off: the ImageNet weights are not on this machine, and
     # random VGG features would cost about half of every step for a texture term of unproven
-    # value; at a fixed budget, steps are worth more.
+    # value; at a fixed budget, steps are worth more. No separate mark bank: the renderer keeps
+    # its text rasters in a bank already and a whole batch of 128 px samples costs ~50 ms of CPU,
+    # under 2 % of a step here.
     "quick-cpu": TrainConfig(
         profile="quick-cpu",
         size=128,
@@ -503,6 +507,9 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
         "checkpoint": str(run_dir / "best.pt"),
         "run_dir": str(run_dir),
     }
+    if state["history"]:
+        summary["plots"] = [str(training_curves(state["history"], run_dir / "curves.png")),
+                            str(lr_schedule(state["history"], run_dir / "lr.png"))]
     _write_json(run_dir / "summary.json", summary)
     _changelog(run_dir, f"finished after {state['epoch']} epochs / {state['step']} steps ({state['stopped_by']}); "
                         f"test PSNR {test['model']['psnr']:.2f} dB (input {test['input']['psnr']:.2f}, "

@@ -96,7 +96,8 @@ def test_profiles_are_what_the_issue_asks_for():
 def test_tiny_run_writes_every_file_and_beats_nothing_silently(photos, tmp_path):
     run = tmp_path / "run"
     summary = train(photos[:3], photos[3:4], photos[4:6], tiny(), run, log=None)
-    for name in ("config.json", "last.pt", "best.pt", "history.csv", "history.json", "summary.json", "changelog.md"):
+    for name in ("config.json", "last.pt", "best.pt", "history.csv", "history.json", "summary.json", "changelog.md",
+                 "curves.png", "lr.png"):
         assert (run / name).is_file(), name
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
