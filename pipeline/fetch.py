@@ -110,9 +110,10 @@ class HostGate:
 class Fetcher:
     """GETs for the scraper. Thread-safe; one per scrape run."""
 
-    def __init__(self, settings, allow_private_hosts: bool = False, resolver: Resolver | None = None):  # noqa: ANN001
+    def __init__(self, settings, allow_private_hosts: bool = False, resolver: Resolver | None = None,  # noqa: ANN001
+                 dns_cache_s: float = 300.0):
         self.settings = settings
-        self.guard = AddressGuard(allow_private_hosts, resolver)
+        self.guard = AddressGuard(allow_private_hosts, resolver, ttl_s=dns_cache_s)
         self.gate = HostGate(settings.per_host_concurrency, settings.per_host_delay_s)
         self.session = requests.Session()
         self.session.trust_env = False  # an environment proxy would bypass the address check

@@ -466,3 +466,45 @@ def test_cli_rejects_a_bad_seed(unmark_env):
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "scrape", "not-a-url-or-file"], env=unmark_env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "not an http(s) URL" in out.stdout + out.stderr
+
+
+def test_fetcher_chunked_gzip_bomb_and_dns_rebinding(site, fast):
+    import gzip
+
+    from pipeline.fetch import Fetcher, FetchError
+
+    body = png_bytes(1)
+    bomb = gzip.compress(b"\0" * (30 * 1024 * 1024))  # 30 kB on the wire, 30 MB decoded
+
+    def chunked(data, gz):
+        def route(req):
+            h = req.handler
+            h.send_response(200)
+            h.send_header("Transfer-Encoding", "chunked")
+            if gz:
+                h.send_header("Content-Encoding", "gzip")
+            h.end_headers()
+            for i in range(0, len(data), 4096):
+                part = data[i:i + 4096]
+                h.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+            h.wfile.write(b"0\r\n\r\n")
+        return route
+
+    site.routes["/chunked.png"] = chunked(body, False)
+    site.routes["/gz.png"] = chunked(gzip.compress(body), True)
+    site.routes["/bomb.png"] = chunked(bomb, True)
+    fetcher = Fetcher(fast, allow_private_hosts=True)
+    assert fetcher.get(site.url("/chunked.png"), fast.max_image_bytes).body == body
+    assert fetcher.get(site.url("/gz.png"), fast.max_image_bytes).body == body
+    with pytest.raises(FetchError) as exc:
+        fetcher.get(site.url("/bomb.png"), fast.max_image_bytes)
+    assert exc.value.reason == "too-large"  # the cap counts decoded bytes
+
+    # DNS rebinding: the name passes the check, then resolves to 10.0.0.1 when the connection
+    # opens. The connection re-checks (no cache here) and refuses before any packet is sent.
+    answers = iter([["127.0.0.1"], ["10.0.0.1"]])
+    rebinding = Fetcher(fast, allow_private_hosts=True, resolver=lambda host, port: next(answers), dns_cache_s=0)
+    with pytest.raises(FetchError) as exc:
+        rebinding.get(f"http://rebind.test:{site.port}/chunked.png", fast.max_image_bytes)
+    assert exc.value.reason == "refused-address" and "10.0.0.1" in str(exc.value)
+    assert site.requests_for("/chunked.png") and all(r.headers["host"] != f"rebind.test:{site.port}" for r in site.log)
