@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from model.data import WatermarkPairs
 from model.evaluate import evaluate_pairs, resolve_device
 from model.losses import RemovalLoss
-from model.network import UNet, count_parameters, load_checkpoint, save_checkpoint
+from model.network import UNet, count_parameters, load_checkpoint, native_bf16, save_checkpoint
 from model.plots import lr_schedule, training_curves
 
 PERCEPTUAL_CHOICES = ("imagenet", "random", "off")
@@ -286,11 +286,18 @@ def build_network(config: TrainConfig) -> UNet:
     return UNet(base=config.base, depth=config.depth, mask_head=config.mask_head, mask_guided=config.mask_guided)
 
 
+def cpu_bf16(device: torch.device, config: TrainConfig) -> bool:
+    """bf16 autocast on this CPU: asked for, and the CPU does bf16 natively (emulated bf16 is
+    slower than float32)."""
+    return device.type == "cpu" and config.cpu_bf16 and native_bf16(device)
+
+
 def autocast_for(device: torch.device, config: TrainConfig):  # noqa: ANN201
-    """bf16 autocast on the CPU (when ``cpu_bf16``), fp16 autocast on CUDA, nothing elsewhere."""
+    """fp16 autocast (with the grad scaler) on CUDA, bf16 autocast on a CPU that does bf16
+    natively, nothing elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
-    if device.type == "cpu" and config.cpu_bf16:
+    if cpu_bf16(device, config):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -399,6 +406,7 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
                             f"({config.perceptual_reason})")
     n_params = count_parameters(model)
     resolved = {**config.to_dict(), "steps_per_epoch": steps_per_epoch, "device": str(device),
+                "precision": "fp16-amp" if device.type == "cuda" else "bf16" if cpu_bf16(device, config) else "fp32",
                 "parameters": n_params, "schedule": "wall" if wall else "onecycle",
                 "images": {"train": len(train_paths), "val": len(val_paths), "test": len(test_paths)}}
     _write_json(run_dir / "config.json", resolved)
@@ -451,7 +459,7 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
             state["step"] += 1
         train_s = time.perf_counter() - epoch_t0
         val = evaluate_pairs(model, val_ds, device=device, batch_size=config.batch_size, baselines=False,
-                             harden_mask=config.harden_mask, amp=config.cpu_bf16 and device.type == "cpu",
+                             harden_mask=config.harden_mask, amp=cpu_bf16(device, config),
                              limit=config.val_limit)
         state["epoch"] += 1
         epoch_s = time.perf_counter() - epoch_t0
