@@ -3,7 +3,7 @@ before/after its speed-up.
 
     python bench/train.py [--threads 1] [--steps 2] [--profiles seed,quick-cpu,tiny]
 
-What it measures, all on the CPU, median of `--steps` timed repetitions after one warm-up:
+What it measures, all on the CPU, median of `--steps` interleaved rounds after one warm-up:
 - per profile (`model.train.PROFILES`), at the profile's crop and batch, with its network and
   loss: one full training step (forward, loss, backward, AdamW step) in channels-last float32
   and under bf16 autocast; the network alone (forward + backward of a mean); each loss term
@@ -35,15 +35,18 @@ from model.network import UNet, count_parameters, native_bf16
 from model.train import PROFILES
 
 
-def timed(fn, steps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
+def compare(fns: dict, steps: int) -> dict[str, float]:
+    """Median seconds of each function: one warm-up each, then `steps` rounds that run every
+    function once in turn, so a change in the machine's load hits all of them alike."""
+    for fn in fns.values():
         fn()
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def batch(b: int, size: int, seed: int = 0):
@@ -84,25 +87,27 @@ def bench_profile(name: str, steps: int) -> dict:
     x, target, mask = batch(cfg.batch_size, cfg.size)
     res = {"size": cfg.size, "batch": cfg.batch_size, "params": count_parameters(model), "cpu_bf16": cfg.cpu_bf16,
            "loss": {k: v for k, v in weights.items() if v}, "vgg": vgg, "note": note}
-    res["step_s_fp32"] = timed(step_fn(model, loss_fn, opt, x, target, mask, bf16=False), steps)
-    res["step_s_bf16"] = timed(step_fn(model, loss_fn, opt, x, target, mask, bf16=True), steps)
-    res["step_s"] = res["step_s_bf16"] if cfg.cpu_bf16 else res["step_s_fp32"]
 
     def network():
         out = model(x)
         (out["image"].float().mean() + out.get("mask_logits", torch.zeros(())).float().mean()).backward()
-    res["network_s_fp32"] = timed(network, steps)
 
     pred = target.clone().requires_grad_(True)
     logits = torch.zeros_like(mask).requires_grad_(True)
-    res["terms_s"] = {}
+    terms = {}
     for term in [t for t in TERMS if weights[t]]:
         only = RemovalLoss(**{t: float(t == term) for t in TERMS}, vgg=vgg if term == "perceptual" else "off")
 
         def one(only=only):
             total, _ = only(pred, target, mask, logits)
             total.backward()
-        res["terms_s"][term] = timed(one, steps)
+        terms[term] = one
+    t = compare({"step_s_fp32": step_fn(model, loss_fn, opt, x, target, mask, bf16=False),
+                 "step_s_bf16": step_fn(model, loss_fn, opt, x, target, mask, bf16=True),
+                 "network_s_fp32": network, **{f"term:{k}": f for k, f in terms.items()}}, steps)
+    res.update({k: v for k, v in t.items() if not k.startswith("term:")})
+    res["step_s"] = res["step_s_bf16"] if cfg.cpu_bf16 else res["step_s_fp32"]
+    res["terms_s"] = {k[5:]: v for k, v in t.items() if k.startswith("term:")}
     res["terms_total_s"] = sum(res["terms_s"].values())
     return res
 
@@ -115,21 +120,25 @@ def bench_full_128x8(steps: int) -> dict:
     x, target, mask = batch(8, 128)
     auto = native_bf16("cpu")
     out = {"native_bf16": auto, "vgg": vgg, "note": note}
-    out["step_s_fp32"] = timed(step_fn(model, loss_fn, opt, x, target, mask, bf16=False), steps)
-    out["step_s_bf16"] = timed(step_fn(model, loss_fn, opt, x, target, mask, bf16=True), steps)
+    out.update(compare({"step_s_fp32": step_fn(model, loss_fn, opt, x, target, mask, bf16=False),
+                        "step_s_bf16": step_fn(model, loss_fn, opt, x, target, mask, bf16=True)}, steps))
     out["step_s"] = out["step_s_bf16"] if auto else out["step_s_fp32"]
     return out
 
 
 def bench_perceptual(steps: int, size: int = 256, b: int = 8) -> dict:
     vgg, note = vgg_for("imagenet")
-    pl = PerceptualLoss(vgg)
+    pl = PerceptualLoss(vgg)  # the same seeded / ImageNet weights in both instances
+    pl_nchw = PerceptualLoss(vgg, channels_last=False, bf16=False)
+    unfrozen = PerceptualLoss(vgg, channels_last=False)
+    unfrozen.features.requires_grad_(True)  # as if the net were not frozen: weight gradients too
     _, target, _ = batch(b, size)
     pred0 = (target + 0.05 * torch.randn_like(target)).clamp(0, 1)
     values, grads = {}, {}
 
-    def run(name, f):
+    def run(name, f, bf16=None):
         def go():
+            pl.bf16 = bf16
             p = pred0.clone().requires_grad_(True)
             v = f(p, target)
             v.backward()
@@ -137,18 +146,15 @@ def bench_perceptual(steps: int, size: int = 256, b: int = 8) -> dict:
         return go
 
     res = {"size": size, "batch": b, "vgg": vgg, "note": note, "native_bf16": native_bf16("cpu")}
-    res["naive_s"] = timed(run("naive", pl.naive), steps)
-    pl.features.requires_grad_(True)  # as if the net were not frozen: weight gradients computed too
-    res["naive_unfrozen_s"] = timed(run("unfrozen", pl.naive), steps)
-    pl.features.requires_grad_(False)
-    pl.bf16 = False
-    res["fast_fp32_s"] = timed(run("fast_fp32", pl), steps)
-    pl.bf16 = True
-    res["fast_bf16_s"] = timed(run("fast_bf16", pl), steps)
+    res.update(compare({"naive_s": run("naive", pl.naive),
+                        "naive_unfrozen_s": run("unfrozen", unfrozen.naive),
+                        "fast_nchw_fp32_s": run("fast_nchw_fp32", pl_nchw),
+                        "fast_fp32_s": run("fast_fp32", pl, bf16=False),
+                        "fast_bf16_s": run("fast_bf16", pl, bf16=True)}, steps))
     pl.bf16 = None
     res["fast_auto_s"] = res["fast_bf16_s"] if res["native_bf16"] else res["fast_fp32_s"]
     res["values"] = values
-    for k in ("fast_fp32", "fast_bf16"):
+    for k in ("fast_nchw_fp32", "fast_fp32", "fast_bf16"):
         res[f"{k}_rel_diff"] = abs(values[k] - values["naive"]) / abs(values["naive"])
         res[f"{k}_grad_cos"] = float(torch.nn.functional.cosine_similarity(
             grads[k].flatten(), grads["naive"].flatten(), dim=0))
@@ -158,7 +164,7 @@ def bench_perceptual(steps: int, size: int = 256, b: int = 8) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a shared machine's noise down)")
-    ap.add_argument("--steps", type=int, default=2, help="timed repetitions per measurement (after 1 warm-up)")
+    ap.add_argument("--steps", type=int, default=3, help="timed rounds per measurement (after 1 warm-up)")
     ap.add_argument("--profiles", default=",".join(PROFILES))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -192,7 +198,7 @@ def main() -> None:
             for name, p in profiles.items()]
     notes = sorted({n for n in [full["note"], perc["note"], *(p["note"] for p in profiles.values())] if n})
     body = f"""
-Threads: {args.threads}; median of {args.steps} timed repetitions after one warm-up; native bf16 on this CPU:
+Threads: {args.threads}; median of {args.steps} interleaved timed rounds after one warm-up; native bf16 on this CPU:
 {native_bf16('cpu')}; load average {load0:.2f} at start, {figures['load_avg_end']:.2f} at end (other engineers'
 jobs share the 2 cores, so absolute times are inflated; ratios within the run are comparable). {' '.join(notes)}
 
@@ -202,7 +208,8 @@ jobs share the 2 cores, so absolute times are inflated; ratios within the run ar
 | same step, float32 / bf16 autocast | {full['step_s_fp32']:.2f} / {full['step_s_bf16']:.2f} |
 | perceptual term fwd+bwd, 256×8, naive: one fp32 NCHW pass over cat(pred, target) (`perceptual_before_s`) | {perc['naive_s']:.2f} |
 | naive with unfrozen VGG weights (weight gradients too) | {perc['naive_unfrozen_s']:.2f} |
-| fast: target under no_grad, channels-last, fp32 | {perc['fast_fp32_s']:.2f} |
+| fast: target under no_grad (no graph, no backward through it), NCHW, fp32 | {perc['fast_nchw_fp32_s']:.2f} |
+| fast: the same, channels-last | {perc['fast_fp32_s']:.2f} |
 | fast, bf16 autocast | {perc['fast_bf16_s']:.2f} |
 | fast as chosen on this CPU (`perceptual_after_s`) | {perc['fast_auto_s']:.2f} |
 

@@ -102,10 +102,12 @@ class PerceptualLoss(nn.Module):
     The feature L1 itself is taken in float32.
     """
 
-    def __init__(self, vgg: str = "imagenet", seed: int = 0, bf16: bool | None = None):
+    def __init__(self, vgg: str = "imagenet", seed: int = 0, bf16: bool | None = None, channels_last: bool = True):
         super().__init__()
         self.features, self.source = load_vgg16_features(vgg, seed)
-        self.features.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        if channels_last:
+            self.features.to(memory_format=torch.channels_last)
         self.bf16 = bf16  # None: use it where it is fast (see native_bf16)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -116,7 +118,8 @@ class PerceptualLoss(nn.Module):
         return self
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        x = ((x.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = (x.float() - self.mean) / self.std
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         use_bf16 = native_bf16(x.device) if self.bf16 is None else self.bf16
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             return self.features(x)
