@@ -424,9 +424,10 @@ class WatermarkRenderer:
 
     # -- families
 
-    def _pick_text(self, rng: np.random.Generator) -> TextSprite:
-        scripts = self.available_scripts()
-        script = scripts[int(rng.integers(len(scripts)))]
+    def _pick_text(self, rng: np.random.Generator, script: str | None = None) -> TextSprite:
+        if script is None:
+            scripts = self.available_scripts()
+            script = scripts[int(rng.integers(len(scripts)))]
         sprites = self.text_sprites(script)
         return sprites[int(rng.integers(len(sprites)))]
 
@@ -448,9 +449,9 @@ class WatermarkRenderer:
             return int(rng.integers(-(w // 2), W - w // 2 + 1)), int(rng.integers(-(h // 2), H - h // 2 + 1))
         return int(rng.integers(min(0, W - w), max(W - w, 0) + 1)), int(rng.integers(min(0, H - h), max(H - h, 0) + 1))
 
-    def _text_layer(self, sprite: TextSprite, width: float, angle: float, rng: np.random.Generator,
+    def _text_layer(self, coverage: np.ndarray, width: float, angle: float, rng: np.random.Generator,
                     colour: np.ndarray, text_style: str) -> np.ndarray:
-        cov = sprite.coverage.astype(np.float32) / 255.0
+        cov = coverage.astype(np.float32) / 255.0
         scale = width / cov.shape[1]
         cov = _warp(cov, scale, angle)
         return _styled_text(cov, colour, text_style, rng, BANK_FONT_PX * scale)
@@ -458,17 +459,26 @@ class WatermarkRenderer:
     def _draw_text(self, layer: np.ndarray, clean: np.ndarray, rng: np.random.Generator, style: dict) -> None:
         H, W = layer.shape[:2]
         sprite = self._pick_text(rng)
-        aspect = sprite.coverage.shape[1] / sprite.coverage.shape[0]
+        cov = sprite.coverage
+        phrase = sprite.phrase
+        if rng.random() < 0.2:  # a smaller second line, as in "© Agency / www.agency.com"
+            same = rng.random() < 0.5 or "english" not in self.script_fonts.fonts
+            second = self._pick_text(rng, sprite.script if same else "english")
+            cov = _two_lines(cov, second.coverage, rng.uniform(0.4, 0.75))
+            phrase = f"{phrase}\n{second.phrase}"
+        aspect = cov.shape[1] / cov.shape[0]
         # width as a fraction of the image, capped so the glyphs stay below ~60% of the height
         width = min(W * rng.uniform(0.3, 0.95), H * 0.6 * aspect) * rng.uniform(0.7, 1.0)
+        # and above ~10 px (3% of the height on large images): smaller text is unreadable noise
+        width = min(max(width, max(10.0, 0.03 * H) * aspect), 1.2 * W)
         angle = 0.0 if rng.random() < 0.4 else float(rng.uniform(-45, 45))
         text_style = str(rng.choice(TEXT_STYLES, p=[0.4, 0.25, 0.2, 0.15]))
         colour = self._pick_colour(rng, clean)
         opacity = float(rng.uniform(0.3, 1.0))
-        mark = self._text_layer(sprite, width, angle, rng, colour, text_style) * opacity
+        mark = self._text_layer(cov, width, angle, rng, colour, text_style) * opacity
         x, y = self._place((H, W), mark.shape[:2], rng, spill=0.25)
         _over(layer, mark, x, y)
-        style.update(script=sprite.script, phrase=sprite.phrase, font=sprite.font.path, text_style=text_style,
+        style.update(script=sprite.script, phrase=phrase, font=sprite.font.path, text_style=text_style,
                      angle=round(angle, 1), opacity=round(opacity, 3), colour=_rgb(colour), position=(x, y),
                      size=mark.shape[:2])
 
@@ -482,7 +492,7 @@ class WatermarkRenderer:
         text_style = str(rng.choice(TEXT_STYLES, p=[0.55, 0.2, 0.15, 0.1]))
         colour = self._pick_colour(rng, clean)
         opacity = float(rng.uniform(0.3, 0.8))
-        tile = self._text_layer(sprite, width, 0.0, rng, colour, text_style) * opacity
+        tile = self._text_layer(sprite.coverage, width, 0.0, rng, colour, text_style) * opacity
         x, y, tw, th = cv2.boundingRect((tile[..., 3] > 0.01).view(np.uint8))  # spacing from the ink
         tile = tile[y : y + th, x : x + tw]
         step_x = tw + max(1, int(min(tw * rng.uniform(0.1, 0.6), W * 0.2)))
@@ -660,6 +670,19 @@ def rasterise(text: str, face: FontFace, px: int = BANK_FONT_PX) -> np.ndarray:
     img = Image.new("L", (right - left + 2 * m, bottom - top + 2 * m), 0)
     ImageDraw.Draw(img).text((m - left, m - top), text, font=font, fill=255)
     return np.asarray(img)
+
+
+def _two_lines(first: np.ndarray, second: np.ndarray, rel: float) -> np.ndarray:
+    """Two coverage bitmaps stacked and centred, the second scaled to ``rel`` of the first's height."""
+    h2 = max(4, int(first.shape[0] * rel))
+    w2 = max(4, int(second.shape[1] * h2 / second.shape[0]))
+    second = cv2.resize(second, (w2, h2), interpolation=cv2.INTER_AREA)
+    w = max(first.shape[1], w2)
+    out = np.zeros((first.shape[0] + h2, w), np.uint8)
+    x1, x2 = (w - first.shape[1]) // 2, (w - w2) // 2
+    out[: first.shape[0], x1 : x1 + first.shape[1]] = first
+    out[first.shape[0] :, x2 : x2 + w2] = second
+    return out
 
 
 def channel_max(img: np.ndarray) -> np.ndarray:
