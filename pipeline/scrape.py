@@ -16,10 +16,11 @@ started again ends with the same rows as an uninterrupted run.
 
 from __future__ import annotations
 
+import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -226,6 +227,10 @@ class Crawl:
         self.seen_pages: set[str] = set()
         self.frontier: deque[tuple[str, int, bool]] = deque()  # (url, depth, counts toward max_pages)
         self.pages_started = 0
+        self.pages_in_flight = 0
+        self.futures: dict[Future, str] = {}  # in flight: future -> "page" | "image"
+        self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self._pool: ThreadPoolExecutor | None = None
         self.image_state: dict[str, str | int | None] = {}  # url -> sha256 | image id | None (failed) | "" pending
         self.waiters: dict[str, list[tuple[str, ImageRef]]] = {}
         self.pending_pages: dict[str, _PendingPage] = {}
@@ -336,28 +341,26 @@ class Crawl:
             self.sites.add(site_of(url))
             path = urlsplit(url).path.lower()
             self.enqueue(url, 0, counted=not (path.endswith(".xml") or "sitemap" in path))
-        futures: dict[Future, tuple[str, str]] = {}
         page_window = max(2, self.settings.global_concurrency)
         with ThreadPoolExecutor(max_workers=max(1, self.settings.global_concurrency),
                                 thread_name_prefix="unmark-scrape") as pool:
+            self._pool = pool
             try:
                 while True:
-                    in_flight_pages = sum(1 for kind, _ in futures.values() if kind == "page")
-                    while self.frontier and in_flight_pages < page_window:
+                    while self.frontier and self.pages_in_flight < page_window:
                         url, depth, counted = self.frontier.popleft()
                         if counted and self.pages_started >= self.max_pages:
                             continue
                         self.pages_started += counted
-                        fut = pool.submit(self._fetch_page, url, depth, self._validators(url))
-                        futures[fut] = ("page", url)
-                        in_flight_pages += 1
-                    if not futures:
+                        self.pages_in_flight += 1
+                        self._submit("page", self._fetch_page, url, depth, self._validators(url))
+                    if not self.futures:
                         break
-                    done, _ = wait(list(futures), timeout=FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        kind, _ = futures.pop(fut)
+                    for fut in self._completed(FLUSH_EVERY_S):
+                        kind = self.futures.pop(fut)
                         if kind == "page":
-                            self._on_page(fut.result(), pool, futures)
+                            self.pages_in_flight -= 1
+                            self._on_page(fut.result())
                         else:
                             self._on_image(fut.result())
                     self._drain_robots_failures()
@@ -366,12 +369,29 @@ class Crawl:
                         self._report_progress(started)
             finally:
                 # a crash or Ctrl-C still commits what finished; pending pages stay incomplete
-                for fut in futures:
+                for fut in self.futures:
                     fut.cancel()
                 self._drain_robots_failures()
                 self.writer.flush()
                 self.fetcher.close()
         return self._summary(started)
+
+    def _submit(self, kind: str, fn: Callable, *args) -> None:
+        fut = self._pool.submit(fn, *args)
+        self.futures[fut] = kind
+        fut.add_done_callback(self._done.put)  # O(1) per completion, unlike wait() over every future
+
+    def _completed(self, timeout: float) -> list[Future]:
+        """Futures that finished: waits up to ``timeout`` for the first, then takes what is ready."""
+        try:
+            out = [self._done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                return out
 
     def _validators(self, url: str) -> tuple[str | None, str | None]:
         with self.catalog.session() as s:
@@ -397,7 +417,7 @@ class Crawl:
             if site_of(link) in self.sites:
                 self.enqueue(link, page.depth + 1)
 
-    def _on_page(self, page: PageResult, pool: ThreadPoolExecutor, futures: dict) -> None:
+    def _on_page(self, page: PageResult) -> None:
         st, w = self.stats, self.writer
         now = utcnow()
         if page.final_url and page.final_url != page.url:
@@ -420,7 +440,8 @@ class Crawl:
                 url = normalize_url(loc)
                 if url:
                     self.sites.add(site_of(url))
-                    self.enqueue(url, page.depth if kind == "urlset" else page.depth, counted=kind == "urlset")
+                    # listed pages are seeds (depth of the sitemap); listed sitemaps are not pages
+                    self.enqueue(url, page.depth, counted=kind == "urlset")
             return
         if page.not_modified:
             st["pages_not_modified"] += 1
@@ -437,13 +458,13 @@ class Crawl:
         w.page(page.url, status=page.status, depth=page.depth, fetched_at=now, error=None,
                opted_out=page.opted_out, outlinks=links, etag=None, last_modified=None)
         self._follow(page, links)
-        outstanding = self._images_of(page, pool, futures)
+        outstanding = self._images_of(page)
         if outstanding:
             self.pending_pages[page.url] = _PendingPage(outstanding, page.etag, page.last_modified)
         else:
             w.completed[page.url] = (page.etag, page.last_modified)
 
-    def _images_of(self, page: PageResult, pool: ThreadPoolExecutor, futures: dict) -> int:
+    def _images_of(self, page: PageResult) -> int:
         """Sightings for known images, downloads for new URLs; returns how many are awaited."""
         st, w = self.stats, self.writer
         st["images_found"] += len(page.images)
@@ -470,7 +491,7 @@ class Crawl:
                         w.cleared.append((IMAGE_STAGE, ref.url))  # retried; a new failure re-records it
                     self.image_state[ref.url] = ""
                     self.waiters[ref.url] = []
-                    futures[pool.submit(self._fetch_image, ref.url)] = ("image", ref.url)
+                    self._submit("image", self._fetch_image, ref.url)
                     state = ""
             if state == "":
                 self.waiters[ref.url].append((page.url, ref))
