@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, case, false, func, select, update
+from sqlalchemy import ColumnElement, and_, case, false, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.db import Catalog, chunked, insert_ignore
@@ -56,6 +56,25 @@ def enqueue(session: Session, stage: str, image_ids: Iterable[int]) -> int:
             ["stage", "image_id"],
         )
     return len(ids)
+
+
+def reopen(session: Session, stage: str, image_ids: Iterable[int], unless: ColumnElement[bool] | None = None) -> int:
+    """Make done rows among ``image_ids`` claimable again, with a fresh attempt count: work that
+    ended without a result (a failure) and that a new run should retry. ``unless`` is an SQL
+    condition on ``Claim`` (say, "a result row exists"), checked in the same statement, so a row
+    that another worker completes with a result meanwhile is never reopened. Returns how many."""
+    ids = sorted(set(image_ids))
+    n = 0
+    for part in chunked(ids, 500):
+        cond = [Claim.stage == stage, Claim.image_id.in_(part), Claim.done_at.is_not(None)]
+        if unless is not None:
+            cond.append(~unless)
+        res = session.execute(
+            update(Claim).where(*cond).values(done_at=None, worker=None, expires_at=FREE, attempts=0)
+            .execution_options(synchronize_session=False)
+        )
+        n += res.rowcount
+    return n
 
 
 def claim(
@@ -136,6 +155,54 @@ def release(catalog: Catalog, stage: str, worker: str, image_ids: Sequence[int] 
             update(Claim)
             .where(*cond)
             .values(worker=None, expires_at=FREE, attempts=case((Claim.attempts > 0, Claim.attempts - 1), else_=0))
+        )
+        return res.rowcount
+
+
+def _local_pid(worker: str, host: str) -> int | None:
+    """The process id in a ``worker_id`` made on ``host``; None for other machines."""
+    try:
+        whost, pid, _ = worker.rsplit("@", 1)[-1].rsplit(":", 2)
+        return int(pid) if whost == host else None
+    except ValueError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process that its parent has not reaped yet is a zombie: dead for us
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def free_dead_local(catalog: Catalog, stage: str) -> int:
+    """Free at once the live leases of workers on this machine whose process has exited (a
+    killed run, re-run by hand), instead of waiting for them to expire; returns how many rows.
+    Workers on other machines are left to their leases. (Two containers that share a hostname
+    but not a process namespace would see each other as dead: the cost is work done twice, never
+    recorded twice, since ``complete()`` keeps only the holder's results.)"""
+    host = socket.gethostname()
+    with catalog.session() as s:
+        now = db_now(s)
+        workers = s.scalars(
+            select(Claim.worker).distinct()
+            .where(Claim.stage == stage, Claim.done_at.is_(None), Claim.expires_at > now, Claim.worker.is_not(None))
+        ).all()
+    dead = [w for w in workers if (pid := _local_pid(w, host)) is not None and pid != os.getpid() and not _alive(pid)]
+    if not dead:
+        return 0
+    with catalog.write() as s:
+        res = s.execute(
+            update(Claim)
+            .where(Claim.stage == stage, Claim.worker.in_(dead), Claim.done_at.is_(None))
+            .values(worker=None, expires_at=FREE)
         )
         return res.rowcount
 

@@ -170,3 +170,20 @@ def test_killed_claimer_work_comes_back_after_expiry_and_is_done_once(catalog):
         assert s.query(Cleaning).count() == 40
         attempts = dict(s.execute(select(Claim.image_id, Claim.attempts)).all())
         assert all(attempts[i] == 2 for i in first) and all(attempts[i] == 1 for i in ids[10:])
+
+
+def test_dead_local_holder_is_freed_at_once(catalog):
+    """A claimer on this machine that was killed (its pid is gone) does not make a re-run wait for
+    its lease; a live one, or one on another machine, keeps its claims."""
+    ids = _images(catalog, 6)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a pid that is certainly dead now
+    host = claims.socket.gethostname()
+    dead, live, remote = f"clean@{host}:{proc.pid}:dead", claims.worker_id("live"), f"clean@elsewhere:{proc.pid}:x"
+    assert claims.claim(catalog, STAGE, dead, limit=2) == ids[:2]
+    assert claims.claim(catalog, STAGE, live, limit=2) == ids[2:4]
+    assert claims.claim(catalog, STAGE, remote, limit=2) == ids[4:]
+    assert claims.free_dead_local(catalog, STAGE) == 2
+    assert claims.claim(catalog, STAGE, live, limit=10) == ids[:2]
+    with catalog.session() as s:
+        assert claims.holders(s, STAGE) == {live: 4, remote: 2}
