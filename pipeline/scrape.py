@@ -228,6 +228,7 @@ class Crawl:
         self.frontier: deque[tuple[str, int, bool]] = deque()  # (url, depth, counts toward max_pages)
         self.pages_started = 0
         self.pages_in_flight = 0
+        self.retrying: set[str] = set()  # image URLs with a failure row from an earlier run
         self.futures: dict[Future, str] = {}  # in flight: future -> "page" | "image"
         self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self._pool: ThreadPoolExecutor | None = None
@@ -488,7 +489,7 @@ class Crawl:
                     continue
                 else:
                     if ref.url in failed:
-                        w.cleared.append((IMAGE_STAGE, ref.url))  # retried; a new failure re-records it
+                        self.retrying.add(ref.url)  # its failure row goes once it succeeds
                     self.image_state[ref.url] = ""
                     self.waiters[ref.url] = []
                     self._submit("image", self._fetch_image, ref.url)
@@ -514,6 +515,8 @@ class Crawl:
             st["bytes"] += res.row["bytes"]
             self.image_state[res.url] = res.sha256
             w.images[res.sha256] = res.row
+            if res.url in self.retrying:
+                w.cleared.append((IMAGE_STAGE, res.url))
             for page_url, ref in waiters:
                 w.sightings.append((page_url, res.sha256, ref))
         for page_url, _ in waiters:

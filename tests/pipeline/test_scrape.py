@@ -508,3 +508,31 @@ def test_fetcher_chunked_gzip_bomb_and_dns_rebinding(site, fast):
         rebinding.get(f"http://rebind.test:{site.port}/chunked.png", fast.max_image_bytes)
     assert exc.value.reason == "refused-address" and "10.0.0.1" in str(exc.value)
     assert site.requests_for("/chunked.png") and all(r.headers["host"] != f"rebind.test:{site.port}" for r in site.log)
+
+
+def test_rerun_retries_transient_failures_only(site, catalog, blobs, fast):
+    state = {"up": False}
+
+    def sometimes(req):
+        if state["up"]:
+            req.send(200, png_bytes(3), {}, "image/png")
+        else:
+            req.send(503, b"down")
+
+    site.routes["/img/flaky.png"] = sometimes
+    site.static("/img/tiny.png", png_bytes(4, 10, 10), "image/png")
+    site.routes["/"] = lambda req: req.send(200, b"<img src='/img/flaky.png'><img src='/img/tiny.png'>")
+    settings = fast.model_copy(update={"max_retries": 0})
+
+    run(site, catalog, blobs, settings)
+    assert failures(catalog) == {"/img/flaky.png": "http-503", "/img/tiny.png": "too-small"}
+    run(site, catalog, blobs, settings)  # still down: the same row, one more attempt
+    with catalog.session() as s:
+        assert s.scalar(select(Failure.attempts).where(Failure.subject == site.url("/img/flaky.png"))) == 2
+    assert len(site.requests_for("/img/tiny.png")) == 1  # judged bytes are not fetched again
+
+    state["up"] = True
+    summary = run(site, catalog, blobs, settings)
+    assert summary["images_new"] == 1 and summary["images_skipped_failed"] == 1
+    assert failures(catalog) == {"/img/tiny.png": "too-small"}
+    assert set(sightings(catalog)) == {"/img/flaky.png"}
