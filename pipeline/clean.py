@@ -327,6 +327,8 @@ def _claimed_batches(catalog: Catalog, stage: str, worker: str, settings: Settin
             taken += len(ids)
             yield ids
             continue
+        if claims.free_dead_local(catalog, stage):
+            continue  # a killed run on this machine held them: free now, no need to wait
         with catalog.session() as s:
             if claims.progress(s, stage)["held"] == 0:
                 return
