@@ -614,7 +614,7 @@ class WatermarkRenderer:
                 p2 = (int(rng.integers(-W // 4, W + W // 4)), int(rng.integers(-H // 4, H + H // 4)))
                 cv2.line(cov, p1, p2, 255, thick, cv2.LINE_AA)
             elif kind == "rectangle":
-                p2 = (p1[0] + int(rng.integers(W // 8, W // 2)), p1[1] + int(rng.integers(H // 8, H // 2)))
+                p2 = (p1[0] + int(rng.integers(W // 8, W // 2 + 1)), p1[1] + int(rng.integers(H // 8, H // 2 + 1)))
                 cv2.rectangle(cov, p1, p2, 255, t, cv2.LINE_AA)
             else:
                 r = int(min(H, W) * rng.uniform(0.08, 0.35))

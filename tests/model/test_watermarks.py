@@ -173,3 +173,13 @@ def test_flat_alpha_logos_have_one_opacity_unless_ramped(renderer):
             flat += 1
             assert at_opacity.mean() > 0.9, w.style
     assert flat >= 3 and ramps >= 2
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (12, 12), (24, 160), (160, 24)])
+def test_any_image_shape_renders(renderer, shape):
+    img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    for fam in FAMILIES:
+        for seed in range(4):
+            w = renderer.render(img, np.random.default_rng(seed), family=fam)
+            assert w.composite.shape == img.shape and w.mask.shape == shape
+            assert np.array_equal(w.raw[~w.mask], img[~w.mask])
