@@ -8,9 +8,10 @@ brightened, rotated, re-encoded or watermarked copies of one photo):
    process pool, a chunk of images per task; an unreadable image is marked ``failed`` and
    recorded in ``failures``, and the run goes on;
 2. match each newly hashed image against every hashed image (``pipeline.hashindex``): two images
-   are near duplicates when the Hamming distance between their 128-bit (pHash ‖ dHash) codes is
-   at most ``settings.dedup_threshold`` (chosen from the precision/recall curve, see
-   ``bench/dedup.py`` and ``bench/RESULTS.md``);
+   are near duplicates when the Hamming distance between their 128-bit (pHash ‖ dHash) codes, or
+   between one's code and the code of one of the other's eight 90 % crop windows (so that crops
+   match; ``pipeline.perceptual``), is at most ``settings.dedup_threshold`` (chosen from the
+   precision/recall curve, see ``bench/dedup.py`` and ``bench/RESULTS.md``);
 3. join matches with union-find, starting from the groups already stored, so a new image that
    matches two groups merges them; pick each changed group's canonical image (highest
    resolution, then larger file, then first seen) and point every member at it.

@@ -84,11 +84,14 @@ class BruteForceIndex:
         rows, ids, dists = [], [], []
         step = max(1, block // max(1, len(self._ids)))
         for s in range(0, len(qs), step):
-            d = hamming(self._codes[None, :, :], qs[s : s + step, None, :])  # (q, n)
+            block_q = qs[s : s + step]
+            d = np.bitwise_count(block_q[:, 0, None] ^ self._cols[0][None, :])  # (q, n) uint8
+            for w in range(1, self.words):
+                d += np.bitwise_count(block_q[:, w, None] ^ self._cols[w][None, :])
             r, c = np.nonzero(d <= radius)
             rows.append(r + s)
             ids.append(self._ids[c])
-            dists.append(d[r, c])
+            dists.append(d[r, c].astype(np.int32))
         if not rows:
             return (np.empty(0, np.int64),) * 2 + (np.empty(0, np.int32),)
         return np.concatenate(rows), np.concatenate(ids), np.concatenate(dists)
