@@ -54,13 +54,21 @@ _TARGETS = {"target": "image", "clean": "image"}
 
 
 def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB with its EXIF orientation applied. With ``min_side``,
-    JPEGs are decoded at the smallest DCT scale that keeps both sides >= ``min_side``."""
+    """An image file as HxWx3 uint8 RGB with its EXIF orientation applied; transparency is
+    flattened onto white and 16-bit samples scaled to 8. With ``min_side``, JPEGs are decoded at
+    the smallest DCT scale that keeps both sides >= ``min_side``."""
     with Image.open(path) as im:
         if min_side:
             im.draft("RGB", (min_side, min_side))
         im.load()
         ImageOps.exif_transpose(im, in_place=True)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return np.repeat((np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)[..., None], 3, -1)
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            flat.alpha_composite(rgba)
+            return np.asarray(flat.convert("RGB"))
         return np.asarray(im.convert("RGB"))
 
 

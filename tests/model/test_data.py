@@ -253,3 +253,22 @@ def test_split_paths_fills_every_split_for_tiny_sets(tmp_path):
         paths.append(str(p))
     train, val, test = split_paths(paths)
     assert len(train) == len(val) == len(test) == 1
+
+
+def test_load_rgb_orientation_transparency_and_depth(tmp_path):
+    img = Image.fromarray(_photo(0, 40, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the file is stored landscape, shown portrait
+    img.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    assert load_rgb(tmp_path / "rot.jpg").shape == (60, 40, 3)
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[:5] = (255, 0, 0, 255)  # top half opaque red, bottom half transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = load_rgb(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and tuple(out[0, 0]) == (255, 0, 0) and tuple(out[9, 9]) == (255, 255, 255)
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "deep.png")
+    assert tuple(load_rgb(tmp_path / "deep.png")[0, 0]) == (156, 156, 156)
+    big = tmp_path / "big.jpg"
+    Image.fromarray(_photo(1, 1200, 1600)).save(big)
+    assert min(load_rgb(big, min_side=256).shape[:2]) >= 256
+    assert load_rgb(big, min_side=256).shape[0] < 1200  # decoded at a reduced DCT scale
