@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -159,7 +160,12 @@ class Cleaner:
     shape or a dict with ``image`` and optionally ``mask_logits`` (B,1,H,W). H and W are padded to
     ``model.size_multiple`` (1 when the model has none). ``tile``/``overlap`` in pixels;
     ``batch_size`` tiles per forward (default 16 on CUDA, 2 on CPU); ``even_tiles`` (default: on the
-    CPU) shrinks tiles to spread them evenly instead of keeping every tile ``tile`` wide."""
+    CPU) shrinks tiles to spread them evenly instead of keeping every tile ``tile`` wide.
+
+    ``harden_mask`` (mask-head networks; as ``model.evaluate.predict`` does at evaluation): the
+    output becomes ``x·(1−m) + y·m`` with the hard, one-pixel-dilated mask ``m = dilate(p > 0.5)``
+    of the blended probabilities, so pixels the mask calls clean are copied exactly; ``y`` is the
+    raw prediction (the network's ``raw_image`` output, or for a mask-guided U-Net input + head)."""
 
     def __init__(
         self,
@@ -171,6 +177,7 @@ class Cleaner:
         precision: str = "auto",
         channels_last: bool = True,
         even_tiles: bool | None = None,
+        harden_mask: bool = False,
     ):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -184,6 +191,7 @@ class Cleaner:
         self.batch_size = batch_size or (16 if self.device.type == "cuda" else 2)
         self.even_tiles = (self.device.type != "cuda") if even_tiles is None else even_tiles
         self.channels_last = channels_last
+        self.harden_mask = harden_mask
         self.model = model.eval().to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -242,10 +250,16 @@ class Cleaner:
                 h, w = im.shape[:2]
                 ny, nx = norms[i]
                 inv = torch.from_numpy(1.0 / np.maximum(np.outer(ny[:h], nx[:w]), 1e-8)).to(dev, torch.float32)
-                out = (acc[i][:, :h, :w] * inv).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+                out = (acc[i][:, :h, :w] * inv).clamp_(0, 1)
                 mask = None
                 if macc[i] is not None:
-                    mask = (macc[i][0, :h, :w] * inv).float().cpu().numpy()
+                    prob = macc[i][0, :h, :w] * inv
+                    if self.harden_mask:
+                        hard = F.max_pool2d((prob > 0.5).float()[None, None], 3, stride=1, padding=1)[0]
+                        x = torch.from_numpy(im).to(dev).permute(2, 0, 1).float().div_(255)
+                        out = x * (1 - hard) + out * hard
+                    mask = prob.float().cpu().numpy()
+                out = out.mul_(255).round_().to(torch.uint8)
                 results.append(CleanResult(out.permute(1, 2, 0).cpu().numpy(), mask, elapsed * area[i] / area.sum()))
                 acc[i] = macc[i] = None  # free as we go
         return results
@@ -272,13 +286,27 @@ class Cleaner:
         x = x.permute(0, 3, 1, 2).float().div_(255)  # (B,3,h,w)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.precision == "fp32":
-            out = self.model(x)
-        else:
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            with torch.autocast(device_type=dev.type, dtype=dtype):
+        residual: list[torch.Tensor] = []
+        hook = None
+        if self.harden_mask and getattr(self.model, "mask_guided", False) and hasattr(self.model, "head"):
+            # a mask-guided U-Net returns the soft blend; its raw prediction is input + head output
+            hook = self.model.head.register_forward_hook(lambda _m, _i, o: residual.append(o))
+        try:
+            if self.precision == "fp32":
                 out = self.model(x)
+            else:
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+                with torch.autocast(device_type=dev.type, dtype=dtype):
+                    out = self.model(x)
+        finally:
+            if hook is not None:
+                hook.remove()
         image, mask_logits = (out["image"], out.get("mask_logits")) if isinstance(out, dict) else (out, None)
+        if self.harden_mask and mask_logits is not None:
+            if isinstance(out, dict) and "raw_image" in out:
+                image = out["raw_image"]
+            elif residual:
+                image = x + residual[0].float()
         image = image.float()
         probs = torch.sigmoid(mask_logits.float()) if mask_logits is not None else None
         for k, t in enumerate(tiles):

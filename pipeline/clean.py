@@ -4,7 +4,8 @@ What gets cleaned (DESIGN.md, "Life of an image"):
 - the watermarked pool (watermarked images whose dedup group has no clean member) not yet cleaned
   by this model version: each is decoded in DataLoader workers (EXIF orientation applied; grey,
   palette and 16-bit images become RGB; RGBA keeps its alpha, re-attached after cleaning the RGB),
-  cleaned by the tiled engine (``model.infer``), encoded as PNG or JPEG q95
+  cleaned by the tiled engine (``model.infer``; with the hardened mask when the model was
+  evaluated that way, ``config["harden_mask"]``), encoded as PNG or JPEG q95
   (``settings.output_format``; images with alpha are always PNG), stored as a blob, and described
   by a ``cleanings`` row;
 - watermarked images whose group does have a clean member (real pairs): that clean copy is the
@@ -366,8 +367,11 @@ def clean(
         return summary
 
     opts = engine_options(settings, dev)
-    cleaner = Cleaner(remover.model, device=dev, **opts)
-    summary.update({"tile": opts["tile"], "overlap": opts["overlap"], "precision": cleaner.precision})
+    # the same output rule the model was evaluated (and promoted) with
+    harden = bool(remover.config.get("harden_mask", False))
+    cleaner = Cleaner(remover.model, device=dev, harden_mask=harden, **opts)
+    summary.update({"tile": opts["tile"], "overlap": opts["overlap"], "precision": cleaner.precision,
+                    "harden_mask": harden})
     compute_s = 0.0
     done = 0
     chunk: list[Decoded] = []

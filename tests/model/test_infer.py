@@ -170,3 +170,44 @@ def test_rejects_wrong_inputs():
     with pytest.raises(ValueError):
         Cleaner(Identity(), device="cpu", tile=8)  # below the size multiple
     assert c.clean([]) == []
+
+
+class RawAndMask(nn.Module):
+    """Raw prediction = the inverted input; mask = a fixed rectangle (logits ±10)."""
+
+    size_multiple = 1
+
+    def forward(self, x):
+        logits = torch.full_like(x[:, :1], -10.0)
+        logits[..., 10:20, 15:40] = 10.0
+        return {"image": x * 0.5, "raw_image": 1 - x, "mask_logits": logits}
+
+
+def test_hardened_mask_copies_clean_pixels_exactly():
+    img = _gradient(48, 64)
+    res = Cleaner(RawAndMask(), device="cpu", tile=64, overlap=0, precision="fp32", harden_mask=True).clean([img])[0]
+    hard = np.zeros((48, 64), bool)
+    hard[9:21, 14:41] = True  # the rectangle dilated by one pixel
+    np.testing.assert_array_equal(res.image[~hard], img[~hard])
+    np.testing.assert_array_equal(res.image[hard], 255 - img[hard])
+    soft = Cleaner(RawAndMask(), device="cpu", tile=64, overlap=0, precision="fp32").clean([img])[0]
+    assert np.abs(soft.image.astype(int) - (img // 2)).max() <= 1  # without hardening: the model's image
+
+
+def test_hardened_unet_matches_the_evaluation_predict():
+    from model.evaluate import predict
+    from model.network import UNet
+
+    torch.manual_seed(0)
+    net = UNet(base=4, depth=2, mask_guided=True).eval()
+    with torch.no_grad():
+        net.head.weight.normal_(std=0.5)
+        net.mask_out.weight.normal_(std=0.5)
+    img = _gradient(32, 48)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():  # centre the mask logits so that about half the pixels are "marked"
+        net.mask_out.bias -= net(x)["mask_logits"].median()
+    ref = (predict(net, x, harden_mask=True)["image"][0].permute(1, 2, 0).numpy() * 255).round().astype(int)
+    got = Cleaner(net, device="cpu", tile=64, overlap=0, precision="fp32", harden_mask=True).clean([img])[0]
+    assert 0 < (got.mask > 0.5).mean() < 1  # the mask really splits the image
+    assert np.abs(got.image.astype(int) - ref).max() <= 1
