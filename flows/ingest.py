@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger, task
@@ -15,6 +15,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import AnyHttpUrl, Field
 
 from flows import artifacts
+from flows.mapped import run_dedup_and_triage
 from flows.runtime import chunks, flow_settings, merge_counts, small, task_runner
 from pipeline import summaries
 from pipeline.config import Settings
@@ -92,8 +93,10 @@ def ingest(
     retrain_detector: bool = False,
     hosts_per_batch: Annotated[int, Field(ge=1, le=1000)] = 4,
     home: str | None = None,
+    task_runner: Literal["thread", "dask"] | None = None,
 ) -> dict:
     """Scrape ``seeds`` (and the seeds file) in host batches, then dedup and triage the catalog.
+    ``task_runner="dask"`` (default: ``UNMARK_TASK_RUNNER``) hashes and scores on Dask workers.
     ``max_pages`` bounds the whole run (shared between batches by their number of seeds).
     ``allow_private_hosts`` permits loopback only (tests and the demo). Returns counts."""
     log = get_run_logger()
@@ -117,10 +120,15 @@ def ingest(
         progress = artifacts.Progress("ingest-progress", 2, "ingest: dedup, triage (no seeds)")
         log.warning("ingest: no seeds given and no %s in %s; deduplicating and triaging the catalog as it is",
                     SEEDS_FILE, settings.home)
-    deduped = dedup_task(settings)
-    progress.advance()
-    triaged = triage_task(settings, retrain_detector)
-    progress.advance()
+    if (task_runner or settings.task_runner) == "dask":
+        both = run_dedup_and_triage(settings, retrain_detector, "dask")
+        deduped, triaged = both["dedup"], both["triage"]
+        progress.advance(2)
+    else:
+        deduped = dedup_task(settings)
+        progress.advance()
+        triaged = triage_task(settings, retrain_detector)
+        progress.advance()
     summary = {"seeds": len(urls), "batches": len(batches), "scrape": merge_counts(scraped),
                "dedup": deduped, "triage": triaged}
     summary["catalog"] = ingest_report(settings, summary)

@@ -28,8 +28,33 @@ def quiet_prefect_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def task_runner() -> ThreadPoolTaskRunner:
-    return ThreadPoolTaskRunner(max_workers=MAX_TASK_THREADS)
+def task_runner(kind: str = "thread", settings: Settings | None = None):  # noqa: ANN201
+    """The runner for a flow's mapped tasks. ``thread``: a bounded thread pool in the flow's
+    process. ``dask`` (prefect-dask): the Dask scheduler at ``settings.dask_address``, or else a
+    local cluster of ``settings.dask_workers`` processes (one thread each), every socket on
+    127.0.0.1 and no dashboard."""
+    if kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=MAX_TASK_THREADS)
+    if kind != "dask":
+        raise ValueError(f"task runner must be thread or dask, not {kind!r}")
+    from prefect_dask import DaskTaskRunner
+
+    if settings is not None and settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": settings.dask_workers if settings is not None else 2,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            # The scheduler's HTTP server cannot be switched off; keep it on loopback, on a free
+            # port (the default 8787 clashes between parallel runs), without the dashboard pages.
+            "dashboard_address": "127.0.0.1:0",
+            "scheduler_kwargs": {"dashboard": False},
+            "worker_dashboard_address": None,
+        },
+    )
 
 
 def flow_settings(home: str | None = None, **overrides: Any) -> Settings:
