@@ -4,7 +4,7 @@ the demo runs it in Prefect's embedded mode."""
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
 from pydantic import AnyHttpUrl, Field
@@ -42,15 +42,17 @@ def nightly(
     clean_reserve_minutes: Annotated[float, Field(ge=0)] = 1.5,
     device: Device = "auto",
     home: str | None = None,
+    task_runner: Literal["thread", "dask"] | None = None,
 ) -> dict:
     """``ingest`` then ``clean``. With ``train_profile`` a remover is trained in between; with
     ``finish_within_minutes`` its time cap shrinks so that the whole run fits, keeping
-    ``clean_reserve_minutes`` for cleaning. Returns the three flows' summaries."""
+    ``clean_reserve_minutes`` for cleaning. ``task_runner="dask"``: hashing and triage scoring on
+    Dask (see ``ingest``). Returns the three flows' summaries."""
     log = get_run_logger()
     start = time.monotonic()
     out: dict = {"ingest": ingest(seeds=seeds, seeds_file=seeds_file, max_pages=max_pages, max_depth=max_depth,
                                   allow_private_hosts=allow_private_hosts, retrain_detector=retrain_detector,
-                                  home=home)}
+                                  home=home, task_runner=task_runner)}
     if train_profile:
         minutes = train_minutes(time.monotonic() - start, finish_within_minutes, clean_reserve_minutes,
                                 train_max_minutes)
