@@ -58,8 +58,17 @@ def nightly(
                                 train_max_minutes)
         log.info("nightly: training %s for at most %s minutes", train_profile,
                  "unbounded" if minutes is None else f"{minutes:.1f}")
-        out["train"] = train(profile=train_profile, pairing=pairing, max_minutes=minutes, perceptual=perceptual,
-                             home=home)
+        state = train(profile=train_profile, pairing=pairing, max_minutes=minutes, perceptual=perceptual,
+                      home=home, return_state=True)
+        result = state.result(raise_on_failure=False)
+        if state.is_completed():
+            out["train"] = result
+        elif type(result).__name__ == "NotEnoughImages":
+            # Too few clean images to retrain is a finding, not a reason to leave the pool uncleaned.
+            log.warning("nightly: no retraining: %s; cleaning with the promoted remover", result)
+            out["train"] = {"skipped": str(result)}
+        else:
+            raise result if isinstance(result, BaseException) else RuntimeError(f"train ended {state.name}")
     out["clean"] = clean(device=device, home=home)
     out["minutes"] = round((time.monotonic() - start) / 60.0, 2)
     return out

@@ -347,9 +347,11 @@ def demo_environment(home: Path) -> dict[str, str]:
     defaults above. Returns what it set."""
     import os
 
-    wanted = {**DEMO_ENV, "PREFECT_HOME": str(Path(home).resolve() / "prefect")}
+    prefect_home = Path(home).resolve() / "prefect"
+    wanted = {**DEMO_ENV, "PREFECT_HOME": str(prefect_home)}
     applied = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(applied)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
     if os.environ.pop("PREFECT_API_URL", None):
         applied["PREFECT_API_URL"] = "(unset: the demo runs Prefect embedded)"
     return applied

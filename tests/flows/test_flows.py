@@ -109,7 +109,6 @@ def test_ingest_on_a_tiny_site_then_rerun_is_idempotent(settings, tiny_site, sma
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="pipeline scrape/dedup/triage/train/clean/report have not landed yet")
 def test_nightly_with_tiny_training_cleans_the_watermarked_pool(settings, tiny_site, small_steps):
     _, url = tiny_site
     out = nightly(seeds=[url], allow_private_hosts=True, max_pages=50, train_profile="tiny", perceptual="off",
