@@ -64,6 +64,10 @@ class NoRemover(RuntimeError):
     """There is no remover to clean with: none promoted, or the version asked for is unknown."""
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device asked for (``cuda``) is not present on this machine."""
+
+
 # --- what to clean -------------------------------------------------------------------------------
 
 
@@ -350,6 +354,8 @@ def clean(
     t0 = time.perf_counter()
     remover = load_remover(catalog, blobs, model_version)
     dev = resolve_device(device if device != "auto" else settings.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"device {device!r} asked for, but CUDA is not available here (use --device cpu or auto)")
     detector = _detector(catalog, blobs)
     pool, pairs = work_items(catalog, remover.version, detector.version if detector else None)
     if limit is not None:

@@ -303,7 +303,7 @@ def clean(
         try:
             result = clean_step.clean(cat, blobs, settings, model_version=model, device=device, limit=limit,
                                       progress=progress)
-        except clean_step.NoRemover as exc:
+        except (clean_step.NoRemover, clean_step.DeviceUnavailable) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
     emit(result, as_json, "clean")

@@ -279,6 +279,9 @@ def test_cli_clean_and_missing_remover(small_settings, catalog, blobs, pool, tmp
     assert out["cleaned"] == 6 and out["failed"] == 1 and out["device"] == "cpu"
     listed = json.loads(runner.invoke(app, ["catalog", "images", "--status", "cleaned", "--format", "json"]).stdout)
     assert len(listed) == 7 and all(r["output"] for r in listed)
+    if not torch.cuda.is_available():  # asking for a GPU that is not there is a clear error
+        r = runner.invoke(app, ["clean", "--device", "cuda"])
+        assert r.exit_code == 2 and "CUDA is not available" in r.output
 
 
 def test_resume_after_kill_9(small_settings, catalog, blobs, tmp_path, unmark_env):
