@@ -135,17 +135,20 @@ def evaluate_pairs(
     harden_mask: bool = False,
     amp: bool = False,
     limit: int | None = None,
-    baselines: bool = True,
+    baselines: Sequence[str] = ("input", "inpaint"),
 ) -> dict:
     """Score ``model`` on a fixed synthetic split (items as ``model.data.WatermarkPairs`` gives:
     ``input``, ``clean``, ``mask`` tensors) against the input itself and Telea inpainting.
 
     Returns ``{"n": n, "model": {...}, "input": {...}, "inpaint": {...}, "seconds": s}``, each
     method with mean ``psnr``, ``ssim`` and ``masked_psnr`` (inside the true mask) vs ``clean``;
-    ``baselines=False`` scores the model only (the per-epoch validation).
+    ``baselines`` names the baselines scored (``("input",)`` for the cheap per-epoch validation).
     """
     device = torch.device(device) if isinstance(device, str) else device
-    methods = ("model", "input", "inpaint") if baselines else ("model",)
+    unknown = set(baselines) - {"input", "inpaint"}
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}: input, inpaint")
+    methods = ("model", *baselines)
     sums: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "ssim": [], "masked_psnr": []} for m in methods}
     t0 = time.perf_counter()
     batch: list[dict] = []
@@ -160,8 +163,9 @@ def evaluate_pairs(
             inp = it["input"].permute(1, 2, 0).numpy().astype(np.float32)
             mask = it["mask"][0].numpy() > 0.5
             scored = {"model": out}
-            if baselines:
+            if "input" in baselines:
                 scored["input"] = inp
+            if "inpaint" in baselines:
                 scored["inpaint"] = inpaint_telea(_as_u8(inp), mask).astype(np.float32) / 255.0
             for name, img in scored.items():
                 for k, v in _scores(img, clean, mask).items():

@@ -348,7 +348,7 @@ def score_on_test(model: torch.nn.Module, dataset: WatermarkPairs, config: Train
     """``evaluate_pairs`` with the baselines, in fp32, as every run's final evaluation does it."""
     device = next(model.parameters()).device
     harden = config.harden_mask if harden_mask is None else harden_mask
-    return evaluate_pairs(model, dataset, device=device, batch_size=config.batch_size, baselines=True,
+    return evaluate_pairs(model, dataset, device=device, batch_size=config.batch_size,
                           harden_mask=harden, amp=False)
 
 
@@ -458,7 +458,7 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
             n_steps += 1
             state["step"] += 1
         train_s = time.perf_counter() - epoch_t0
-        val = evaluate_pairs(model, val_ds, device=device, batch_size=config.batch_size, baselines=False,
+        val = evaluate_pairs(model, val_ds, device=device, batch_size=config.batch_size, baselines=("input",),
                              harden_mask=config.harden_mask, amp=cpu_bf16(device, config),
                              limit=config.val_limit)
         state["epoch"] += 1
@@ -468,7 +468,7 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
                "lr": optimizer.param_groups[0]["lr"],
                **{k: v / max(n_steps, 1) for k, v in terms.items()},
                "val_psnr": val["model"]["psnr"], "val_ssim": val["model"]["ssim"],
-               "val_masked_psnr": val["model"]["masked_psnr"],
+               "val_masked_psnr": val["model"]["masked_psnr"], "val_input_psnr": val["input"]["psnr"],
                "train_s": round(train_s, 2), "val_s": round(epoch_s - train_s, 2),
                "s_per_step": round(train_s / max(n_steps, 1), 4), "elapsed_s": round(state["elapsed_s"], 1)}
         state["history"].append(row)

@@ -123,8 +123,10 @@ def test_evaluate_pairs_orders_oracle_inpaint_and_input():
     assert r["inpaint"]["psnr"] > r["input"]["psnr"]  # inpainting with the true mask helps
     assert r["inpaint"]["masked_psnr"] > r["input"]["masked_psnr"]
     assert r["input"]["ssim"] < 1.0
-    only = evaluate_pairs(oracle, items, baselines=False)
-    assert set(only) >= {"model"} and "input" not in only
+    only = evaluate_pairs(oracle, items, baselines=("input",))
+    assert only["input"] == r["input"] and "inpaint" not in only
+    with pytest.raises(ValueError, match="unknown baselines"):
+        evaluate_pairs(oracle, items, baselines=("median",))
 
 
 def test_inpaint_telea_fills_only_the_mask():
