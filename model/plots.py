@@ -40,7 +40,7 @@ def _save(fig: Figure, path) -> Path:
 
 def _grid(n: int, cols: int, w: float = 2.4, h: float = 2.4) -> tuple[Figure, np.ndarray]:
     rows = max(1, -(-n // cols))
-    fig = Figure(figsize=(w * cols, h * rows))
+    fig = Figure(figsize=(w * cols, h * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
     for ax in axes:
         ax.axis("off")
