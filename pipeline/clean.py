@@ -254,7 +254,7 @@ def engine_options(settings: Settings, device: torch.device) -> dict[str, Any]:
     """Tile, overlap and batch for the device, unless the settings name them."""
     cuda = device.type == "cuda"
     return {
-        "tile": settings.clean_tile or (512 if cuda else 256),
+        "tile": settings.clean_tile or (512 if cuda else 320),
         "overlap": settings.clean_overlap if settings.clean_overlap is not None else (64 if cuda else 32),
         "batch_size": settings.clean_batch_size or (16 if cuda else 1),
         "precision": settings.clean_precision,

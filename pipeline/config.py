@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     output_format: str = Field(default="png", description="png | jpeg")
 
     # --- cleaning (pipeline/clean.py, model/infer.py) ----------------------------------
-    # Tiles: None = by device (CUDA 512/64; CPU 256/32, where smaller tiles measured faster per
+    # Tiles: None = by device (CUDA 512/64; CPU 320/32, where smaller tiles measured faster per
     # pixel; see bench/infer.py). Any size works: memory depends on the tile, not the image.
     clean_tile: int | None = None
     clean_overlap: int | None = None
