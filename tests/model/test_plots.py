@@ -24,12 +24,11 @@ def scene():
     return clean, marked, mask
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["mask-head", "plain"])
-def model(request, scene):
+def _trained(scene, mask_head: bool) -> UNet:
     """A tiny U-Net after a few real training steps (so every layer, the heads included, is live)."""
     torch.manual_seed(0)
     clean, marked, mask = scene
-    net = UNet(base=8, depth=3, mask_head=request.param)
+    net = UNet(base=8, depth=3, mask_head=mask_head)
     loss_fn = RemovalLoss(vgg="off")
     x = torch.tensor(marked / 255.0, dtype=torch.float32).permute(2, 0, 1)[None]
     y = torch.tensor(clean / 255.0, dtype=torch.float32).permute(2, 0, 1)[None]
@@ -42,6 +41,11 @@ def model(request, scene):
         total.backward()
         opt.step()
     return net.eval()
+
+
+@pytest.fixture(scope="module")
+def model(scene):
+    return _trained(scene, mask_head=True)
 
 
 def _assert_real_png(path, min_w=150, min_h=100):
@@ -85,3 +89,8 @@ def test_network_figures(tmp_path, scene, model, figure):
 
 def test_first_layer_kernels(tmp_path, model):
     _assert_real_png(plots.first_layer_kernels(model, tmp_path / "kernels.png"))
+
+
+def test_saliency_without_a_mask_head(tmp_path, scene):
+    _, marked, _ = scene
+    _assert_real_png(plots.gradient_saliency(_trained(scene, mask_head=False), marked, tmp_path / "sal.png"))
