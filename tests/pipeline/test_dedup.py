@@ -376,3 +376,20 @@ def test_cli_dedup_json(tmp_path, photos, settings, unmark_env):
     summary = json.loads(out.stdout)
     assert summary["hashed"] == 3 and summary["groups"] == 1 and summary["duplicates"] == 2
     assert summary["hash_impl"] == HASH_IMPL
+
+
+def test_regroup_compares_everything_again_with_a_new_threshold(tmp_path, photos, catalog, blobs, settings):
+    _write_set(tmp_path / "s", photos, ["coffee", "rocket"], kinds={"png", "crop10-corner", "rot3"})
+    import_paths([tmp_path / "s"], catalog, blobs, settings)
+    assert dedup(catalog, blobs, settings)["groups"] == 2
+    settings.dedup_threshold = 0
+    assert dedup(catalog, blobs, settings)["changed"] == 0  # incremental: stored groups stay
+    summary = dedup(catalog, blobs, settings, regroup=True)
+    assert summary["hashed"] == 0 and summary["changed"] > 0
+    groups = _groups_by_file(catalog)
+    assert len(set(groups.values())) > 2
+    for name in ("coffee", "rocket"):  # rotation moves the codes far more than 0 bits
+        assert groups[f"{name}-rot3.jpg"] != groups[f"{name}-base.jpg"]
+    settings.dedup_threshold = 22
+    back = dedup(catalog, blobs, settings, regroup=True)
+    assert back["groups"] == 2 and back["duplicates"] == 6 and back["hashed"] == 0
