@@ -22,6 +22,10 @@ from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, XMLParsedAsHTMLWar
 from bs4.builder import ParserRejectedMarkup
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".avif")
+# Links to these are not pages: not worth a download to find out.
+NOT_PAGES = (".pdf", ".zip", ".gz", ".tgz", ".tar", ".7z", ".rar", ".mp3", ".mp4", ".m4v", ".avi", ".mov", ".webm",
+             ".wav", ".ogg", ".exe", ".dmg", ".iso", ".apk", ".css", ".js", ".json", ".woff", ".woff2", ".ttf",
+             ".otf", ".svg", ".ico", ".doc", ".docx", ".xls", ".xlsx", ".ppt", ".pptx")
 LAZY_SRC = ("data-src", "data-lazy-src", "data-original", "data-lazy")
 LAZY_SRCSET = ("data-srcset", "data-lazy-srcset")
 META_IMAGE = {
@@ -206,7 +210,7 @@ def _walk(soup: BeautifulSoup, page_url: str, robots_names: tuple[str, ...], max
                 pass
             elif looks_like_image_url(target):
                 add_image(target, "href", _text(attrs.get("title")) or tag.get_text(" ", strip=True)[:500])
-            elif len(links) < max_links:
+            elif len(links) < max_links and not urlsplit(target).path.lower().endswith(NOT_PAGES):
                 links.setdefault(target, None)
         elif name == "style" and tag.string:
             for m in CSS_URL.finditer(tag.string):

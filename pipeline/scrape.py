@@ -292,8 +292,8 @@ class Crawl:
         out.sitemap = sitemap_locs(body)
         if out.sitemap is not None:
             return out
-        if sniff_format(body[:16]) is not None:
-            out.error = FetchError(url, "not-html", "the page's bytes are an image")
+        if sniff_format(body[:16]) is not None or b"\x00" in body[:1024]:
+            out.error = FetchError(url, "not-html", "the page's bytes are binary, not HTML")
             return out
         try:
             found = extract(body, resp.url, content_charset(resp.headers.get("Content-Type")),

@@ -162,7 +162,9 @@ def test_opt_outs_headers_and_meta(site, catalog, blobs, fast):
 
 def test_hostile_pages_deep_nesting_many_links_and_charsets(site, catalog, blobs, fast):
     deep = "<html><body>" + "<div>" * 5000 + "<img src='/img/deep.png'>" + "</div>" * 5000 + "</body></html>"
-    site.page("/", "<a href='/deep.html'>d</a><a href='/links.html'>l</a><a href='/latin.html'>x</a><a href='/sjis.html'>y</a>")
+    site.page("/", "<a href='/deep.html'>d</a><a href='/links.html'>l</a><a href='/latin.html'>x</a>"
+                   "<a href='/sjis.html'>y</a><a href='/binary'>z</a>")
+    site.static("/binary", b"PK\x03\x04" + b"\x00" * 2000, "text/html")  # a zip served as HTML
     site.page("/deep.html", deep)
     site.page("/links.html", "".join(f"<a href='/l/{i}.html'>{i}</a>" for i in range(10_000)) + "<img src='/img/l.png'>")
     site.static("/latin.html", "<img src='/img/c.png' alt='Café crème'>".encode("cp1252"),
@@ -180,6 +182,7 @@ def test_hostile_pages_deep_nesting_many_links_and_charsets(site, catalog, blobs
     assert set(got) == {"/img/deep.png", "/img/l.png", "/img/c.png", "/img/n.png"}
     assert got["/img/c.png"][1] == "Café crème" and got["/img/n.png"][1] == "猫の写真"
     assert summary["pages_fetched"] + summary["pages_failed"] == 8  # max_pages bounds the 10,000 links
+    assert failures(catalog, PAGE_STAGE)["/binary"] == "not-html"
     with catalog.session() as s:
         links = s.scalar(select(Page.outlinks).where(Page.url == site.url("/links.html")))
     assert len(links) == 10_000

@@ -163,7 +163,8 @@ def test_extract_handles_deep_nesting_many_links_and_charsets():
 def test_extract_skips_unfetchable_schemes_and_honours_base():
     html = b"""<html><head><base href="https://cdn.test/assets/"></head><body>
     <img src="data:image/png;base64,iVBORw0KGgo="><img src="javascript:alert(1)">
-    <img src="rel.png"><img src="/abs.png"><a href="page.html">p</a><a href="#top">t</a></body></html>"""
+    <img src="rel.png"><img src="/abs.png"><a href="page.html">p</a><a href="#top">t</a>
+    <a href="/doc.pdf">pdf</a><a href="/style.css">css</a></body></html>"""
     found = extract(html, "http://s.test/dir/index.html")
     assert [i.url for i in found.images] == ["https://cdn.test/assets/rel.png", "https://cdn.test/abs.png"]
     assert found.links == ["https://cdn.test/assets/page.html"]
