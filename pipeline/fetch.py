@@ -199,6 +199,8 @@ class Fetcher:
             raise FetchError(url, exc.reason, str(exc)) from exc
         except requests.Timeout as exc:
             raise FetchError(url, "timeout", str(exc)) from exc
+        except requests.exceptions.SSLError as exc:  # a bad certificate does not get better on retry
+            raise FetchError(url, "tls", str(exc)) from exc
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise FetchError(url, "connection", str(exc)) from exc
         except requests.RequestException as exc:

@@ -539,3 +539,55 @@ def test_rerun_retries_transient_failures_only(site, catalog, blobs, fast):
     assert summary["images_new"] == 1 and summary["images_skipped_failed"] == 1
     assert failures(catalog) == {"/img/tiny.png": "too-small"}
     assert set(sightings(catalog)) == {"/img/flaky.png"}
+
+
+def test_https_through_the_pinned_address_verifies_the_name(tmp_path, fast):
+    """TLS over the pinned connection: SNI and certificate checks use the host name, the socket
+    goes to the checked address; a certificate for another name is refused."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from pipeline.fetch import Fetcher, FetchError
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "secure.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("secure.test")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem = tmp_path / "cert.pem"
+    key_pem = tmp_path / "key.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    site = Site()
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_pem, key_pem)
+        snis = []
+        ctx.sni_callback = lambda sock, server_name, _ctx: snis.append(server_name)
+        site.server.socket = ctx.wrap_socket(site.server.socket, server_side=True)
+        site.static("/a.png", png_bytes(1), "image/png")
+
+        def resolver(host, port):
+            return ["127.0.0.1"]
+
+        fetcher = Fetcher(fast, allow_private_hosts=True, resolver=resolver)
+        fetcher.session.verify = str(cert_pem)
+        resp = fetcher.get(f"https://secure.test:{site.port}/a.png", fast.max_image_bytes)
+        assert resp.status == 200 and resp.body == png_bytes(1)
+        assert snis == ["secure.test"] and site.log[0].headers["host"] == f"secure.test:{site.port}"
+        with pytest.raises(FetchError) as exc:  # same address, a name the certificate does not carry
+            fetcher.get(f"https://other.test:{site.port}/a.png", fast.max_image_bytes)
+        assert exc.value.reason == "tls" and "certificate" in str(exc.value).lower()
+        assert snis == ["secure.test", "other.test"]  # one handshake for it: a TLS failure is not retried
+    finally:
+        site.close()
