@@ -6,8 +6,9 @@ trained or tuned on) next to the paper's numbers.
     python bench/quality.py --minutes 20 --sequential --threads 2
 
 Each pairing trains in its own process (``--threads`` torch threads each; side by side by
-default, so two 1-thread runs share the 2 cores). Runs live in ``data/bench/quality/<pairing>``
-and resume if the benchmark is interrupted. Writes ``bench/results/quality.json`` (``profile``,
+default, so two 1-thread runs share the 2 cores). Runs live in
+``data/bench/quality/<profile>-<minutes>min-<pairing>`` and resume if the benchmark is
+interrupted (``--fresh`` starts them over). Writes ``bench/results/quality.json`` (``profile``,
 ``pairing``, ``train_minutes``, and ``input_psnr`` / ``psnr`` / ``ssim`` keyed by α for the better
 pairing; every run under ``runs``) and appends a section to ``bench/RESULTS.md``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +34,11 @@ RUNS = ROOT / "data" / "bench" / "quality"
 PAIRINGS = ("supervised", "self-supervised")
 
 
-def worker(pairing: str, minutes: float, threads: int, profile: str) -> None:
+def run_dir(profile: str, minutes: float, pairing: str) -> Path:
+    return RUNS / f"{profile}-{minutes:g}min-{pairing}"
+
+
+def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool) -> None:
     """Train one pairing and score it on the SWCNN protocol; writes ``result.json`` in its run."""
     import torch
 
@@ -42,7 +48,7 @@ def worker(pairing: str, minutes: float, threads: int, profile: str) -> None:
     from model.network import load_checkpoint
     from model.train import profile_config, train
 
-    run = RUNS / pairing
+    run = run_dir(profile, minutes, pairing)
     paths = sorted(p for p in CORPUS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     tr, va, te = split_paths(paths)
     config = profile_config(profile, pairing=pairing, max_minutes=minutes)
@@ -50,7 +56,7 @@ def worker(pairing: str, minutes: float, threads: int, profile: str) -> None:
     summary = train(tr, va, te, config, run, resume=True, log=lambda m: print(f"[{pairing}] {m}", flush=True))
     model, _ = load_checkpoint(run / "best.pt")
     t0 = time.perf_counter()
-    swcnn = swcnn_protocol(model, SWCNN / "images", SWCNN / "logos", harden_mask=config.harden_mask,
+    swcnn = swcnn_protocol(model, SWCNN / "images", SWCNN / "logos", harden_mask=config.harden_mask, amp=amp,
                            progress=lambda m: print(f"[{pairing}] swcnn {m}", flush=True))
     history = json.loads((run / "history.json").read_text())
     result = {
@@ -68,6 +74,7 @@ def worker(pairing: str, minutes: float, threads: int, profile: str) -> None:
         "test_split": summary["test"],
         "swcnn": swcnn,
         "swcnn_seconds": round(time.perf_counter() - t0, 1),
+        "swcnn_precision": "bf16" if amp else "fp32",
         "images": {"train": len(tr), "val": len(va), "test": len(te)},
     }
     (run / "result.json").write_text(json.dumps(result, indent=2))
@@ -95,6 +102,7 @@ def report(results: dict[str, dict], args: argparse.Namespace, wall_s: float) ->
         "minutes_cap": args.minutes,
         "side_by_side": not args.sequential,
         "threads_per_run": args.threads,
+        "swcnn_precision": "bf16" if args.amp else "fp32",
         "wall_s": round(wall_s, 1),
         "runs": results,
     }
@@ -103,7 +111,8 @@ def report(results: dict[str, dict], args: argparse.Namespace, wall_s: float) ->
         f"{best['images']['test']} test photos) for at most {args.minutes} min per pairing, "
         + ("both pairings side by side" if not args.sequential else "one pairing after the other")
         + f", {args.threads} torch thread(s) each, on a CPU shared with other engineers' jobs. Scored on the SWCNN "
-        "protocol (27 photos × 12 logos per α; logos never seen in training). PSNR dB / SSIM.",
+        f"protocol (27 photos × 12 logos per α; logos never seen in training; model run in "
+        f"{'bf16' if args.amp else 'fp32'}). PSNR dB / SSIM.",
         "",
         "| α | input | " + " | ".join(results) + " | paper SWCNN (trained on these logos) |",
         "| --- | --- | " + " | ".join("---" for _ in results) + " | --- |",
@@ -131,10 +140,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     ap.add_argument("--sequential", action="store_true", help="one pairing after the other")
     ap.add_argument("--profile", default="quick-cpu")
+    ap.add_argument("--amp", action="store_true", help="score the SWCNN protocol under bf16 autocast (faster)")
+    ap.add_argument("--fresh", action="store_true", help="delete earlier runs with these settings first")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.minutes, args.threads, args.profile)
+        worker(args.worker, args.minutes, args.threads, args.profile, args.amp)
         return
     for need in (CORPUS, SWCNN / "images", SWCNN / "logos"):
         if not need.is_dir():
@@ -145,7 +156,10 @@ def main() -> None:
            "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
     cmd = lambda p: [sys.executable, str(Path(__file__).resolve()), "--worker", p, "--minutes", str(args.minutes),  # noqa: E731
-                     "--threads", str(args.threads), "--profile", args.profile]
+                     "--threads", str(args.threads), "--profile", args.profile] + (["--amp"] if args.amp else [])
+    if args.fresh:
+        for p in pairings:
+            shutil.rmtree(run_dir(args.profile, args.minutes, p), ignore_errors=True)
     procs = []
     for p in pairings:
         procs.append((p, subprocess.Popen(cmd(p), cwd=ROOT, env=env)))
@@ -154,7 +168,7 @@ def main() -> None:
     for p, proc in procs:
         if proc.wait() != 0:
             sys.exit(f"{p} run failed with exit code {proc.returncode}")
-    results = {p: json.loads((RUNS / p / "result.json").read_text()) for p in pairings}
+    results = {p: json.loads((run_dir(args.profile, args.minutes, p) / "result.json").read_text()) for p in pairings}
     report(results, args, time.perf_counter() - t0)
 
 
