@@ -49,15 +49,17 @@ def clean(
     home: str | None = None,
 ) -> dict:
     """Clean the watermarked pool with ``model_version`` (default: the promoted remover) and
-    write the HTML report. Without any remover it cleans nothing and says so."""
+    write the HTML report. Without any remover it cleans nothing, says so, and still writes the
+    report (counts, triage, failures)."""
     log = get_run_logger()
     settings = flow_settings(home)
     with open_workspace(settings) as (catalog, _):
         version = model_version or summaries.promoted_version(catalog)
     if version is None:
         log.warning("clean: no promoted remover yet; run the train flow first (nothing cleaned)")
-        return {"model_version": None, "skipped": "no promoted remover"}
-    summary = {"model_version": version, **clean_task(settings, version, device)}
+        summary = {"model_version": None, "skipped": "no promoted remover"}
+    else:
+        summary = {"model_version": version, **clean_task(settings, version, device)}
     if write_report:
         summary["report"] = report_task(settings)
     return summary

@@ -35,7 +35,7 @@ from pipeline.workspace import open_workspace
 class LiveDisplay:
     """Progress bars for each stage, refreshed every second from the catalog in a thread."""
 
-    def __init__(self, console: Console, settings: Settings, since: datetime, minutes: float):
+    def __init__(self, console: Console, settings: Settings, since: datetime, minutes: float, profile: str):
         self.settings, self.since, self.minutes = settings, since, minutes
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}", justify="left"), BarColumn(bar_width=30),
@@ -45,7 +45,8 @@ class LiveDisplay:
         self.budget = p.add_task(f"demo (budget {minutes:.0f} min)", total=minutes * 60)
         self.ingest = p.add_task("ingest: scrape, dedup", total=None)
         self.triage = p.add_task("triage: detector cold start, scoring", total=None, start=False)
-        self.train = p.add_task("train: quick-cpu remover", total=100, start=False)
+        self.profile = profile
+        self.train = p.add_task(f"train: {profile} remover", total=100, start=False)
         self.clean = p.add_task("clean: watermarked pool", total=None, start=False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="demo-display", daemon=True)
@@ -95,7 +96,7 @@ class LiveDisplay:
                 min(99.0, 100.0 * train["minutes"] / cap) if cap else 50.0)
             psnr = f", val PSNR {train['val_psnr']:.2f} dB" if train["val_psnr"] is not None else ""
             p.update(self.train, completed=share,
-                     description=f"train: quick-cpu, epoch {train['epochs']}{psnr}"
+                     description=f"train: {self.profile}, epoch {train['epochs']}{psnr}"
                      + (f" (cap {cap:.1f} min)" if cap else ""))
         if train and train["status"] == "completed":
             p.start_task(self.clean)
@@ -121,8 +122,16 @@ def summary_table(catalog, result: dict, manifest: dict, minutes: float) -> Tabl
                                         for r in summaries.failure_rows(catalog)) or "none")
     triage = (result.get("ingest") or {}).get("triage") or {}
     if triage:
-        table.add_row("detector", f"{triage.get('detector')} (thresholds {triage.get('thresholds')})")
-    if train:
+        auc = summaries.model_metric(catalog, triage.get("detector"), "roc_auc")
+        table.add_row("detector", f"{triage.get('detector')}: held-out-style ROC-AUC {_num(auc)}, "
+                                  f"thresholds {_num((triage.get('thresholds') or {}).get('low'))} / "
+                                  f"{_num((triage.get('thresholds') or {}).get('high'))}; labelled "
+                                  f"clean {triage.get('clean')}, watermarked {triage.get('watermarked')}, "
+                                  f"uncertain {triage.get('uncertain')}")
+    if train.get("skipped"):
+        table.add_row("remover", f"not trained: {train['skipped']} (a longer --minutes gives the detector "
+                                 "more time; see README, Troubleshooting)")
+    elif train:
         psnr = test.get("psnr")
         base = test.get("input_psnr")
         table.add_row("remover", f"{train.get('version')}: {train.get('epochs')} epochs in "
@@ -144,10 +153,12 @@ def _num(v: Any) -> str:
 
 
 def run_demo(settings: Settings, minutes: float = 12.0, perceptual: str = "off",
-             console: Console | None = None) -> dict[str, Any]:
-    """Build and serve the sample site, run ``nightly`` on it (ingest, ``quick-cpu`` training
+             console: Console | None = None, profile: str = "quick-cpu", photos: list[str] | None = None,
+             max_side: int = 640) -> dict[str, Any]:
+    """Build and serve the sample site, run ``nightly`` on it (ingest, ``profile`` training
     capped so that the run ends within ``minutes``, clean, report) and print the summary.
-    Returns the flow's summary plus the site manifest, the report path and the wall time."""
+    Returns the flow's summary plus the site manifest, the report path and the wall time.
+    ``profile``, ``photos`` and ``max_side`` exist for the tests (a smaller site, ``tiny``)."""
     console = console or Console()
     start, since = time.monotonic(), datetime.now(UTC)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -155,16 +166,16 @@ def run_demo(settings: Settings, minutes: float = 12.0, perceptual: str = "off",
                   f"(catalog {settings.catalog_url}); Prefect embedded, home {_prefect_home()}")
     console.print(f"perceptual loss: [bold]{perceptual}[/bold] (no ImageNet VGG16 weights offline; "
                   "`--perceptual random` uses random VGG features, slower per step)")
-    manifest = build_site(settings.home / "demo-site")
+    manifest = build_site(settings.home / "demo-site", max_side=max_side, photos=photos)
     console.print(f"sample site: {manifest.as_dict()} in {manifest.root}")
     with serve_site(manifest.root) as url:
         console.print(f"serving it at {url}")
-        with LiveDisplay(console, settings, since, minutes):
+        with LiveDisplay(console, settings, since, minutes, profile):
             result = nightly(
                 seeds=[url + "index.html"], allow_private_hosts=True, max_pages=100, max_depth=3,
-                train_profile="quick-cpu", perceptual=perceptual,
+                train_profile=profile, perceptual=perceptual,
                 finish_within_minutes=max(1.0, minutes - (time.monotonic() - start) / 60.0),
-                clean_reserve_minutes=1.5, device="auto", home=str(settings.home),
+                clean_reserve_minutes=2.0, device="auto", home=str(settings.home),
             )
     wall = (time.monotonic() - start) / 60.0
     with open_workspace(settings) as (catalog, _):

@@ -72,8 +72,17 @@ def dedup_task(settings: Settings) -> dict:
 def triage_task(settings: Settings, retrain_detector: bool) -> dict:
     from pipeline import triage
 
+    progress = artifacts.Progress("triage-progress", 100, "triage: detector training (cold start), then scoring")
+
+    def report(stage: str, done: int, total: int) -> None:
+        # The detector's training is the first half of the bar, scoring the second.
+        share = done / total if total else 1.0
+        progress.set(50.0 * share if stage == "detector" else 50.0 + 50.0 * share)
+
     with open_workspace(settings) as (catalog, blobs):
-        return small(triage.triage(catalog, blobs, settings, retrain_detector=retrain_detector))
+        out = small(triage.triage(catalog, blobs, settings, retrain_detector=retrain_detector, progress=report))
+    progress.set(100.0)
+    return out
 
 
 @task(name="ingest-report", cache_policy=NO_CACHE)

@@ -333,7 +333,7 @@ def demo(
         err.print(f"[red]error:[/red] --perceptual must be off, random or imagenet, not {perceptual!r}")
         raise typer.Exit(2)
     settings = _settings()
-    demo_environment(settings.home)  # before Prefect is imported
+    demo_environment(settings.home, minutes)  # before Prefect is imported
     settings = _settings()  # the demo's defaults (detector budget) apply
     # The CLI sits above the layers: it is the one place in pipeline/ that starts a flow.
     from flows.demo import run_demo

@@ -202,3 +202,12 @@ def failure_rows(catalog) -> list[dict[str, Any]]:  # noqa: ANN001
     """Failures per stage and reason, most frequent first."""
     with catalog.session() as s:
         return q.failure_counts(s)
+
+
+def model_metric(catalog, version: str | None, key: str) -> Any:  # noqa: ANN001
+    """One top-level metric of a registered model (None when absent)."""
+    if not version:
+        return None
+    with catalog.session() as s:
+        m = q.get_model(s, version)
+        return (m.metrics or {}).get(key) if m else None
