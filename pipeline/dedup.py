@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from pipeline.config import Settings
 from pipeline.hashindex import make_index
@@ -179,12 +179,16 @@ def _write_hashes(catalog: Catalog, results: list[tuple[int, np.ndarray]]) -> No
     if not results:
         return
     ids = [i for i, _ in results]
+    images, windows = Image.__table__, WindowHash.__table__
+    # Core statements, not ORM bulk operations: the ORM's per-row bookkeeping cost more than the
+    # SQL here (eight window rows per image)
     with catalog.write() as s:
-        s.execute(update(Image), [{"id": i, "phash": int(c[0, 0]), "dhash": int(c[0, 1]), "hash_impl": HASH_IMPL}
-                                  for i, c in results])
-        s.execute(delete(WindowHash).where(WindowHash.image_id.in_(ids)))
-        s.execute(insert(WindowHash), [{"image_id": i, "window": w, "phash": int(c[w, 0]), "dhash": int(c[w, 1])}
-                                       for i, c in results for w in range(1, len(c))])
+        s.execute(update(images).where(images.c.id == bindparam("b_id")),
+                  [{"b_id": i, "phash": int(c[0, 0]), "dhash": int(c[0, 1]), "hash_impl": HASH_IMPL}
+                   for i, c in results])
+        s.execute(delete(windows).where(windows.c.image_id.in_(ids)))
+        s.execute(insert(windows), [{"image_id": i, "window": w, "phash": int(c[w, 0]), "dhash": int(c[w, 1])}
+                                    for i, c in results for w in range(1, len(c))])
 
 
 def find_pairs(full_ids: np.ndarray, full: np.ndarray, win_ids: np.ndarray, win: np.ndarray,

@@ -85,13 +85,17 @@ class BruteForceIndex:
         step = max(1, block // max(1, len(self._ids)))
         for s in range(0, len(qs), step):
             block_q = qs[s : s + step]
-            d = np.bitwise_count(block_q[:, 0, None] ^ self._cols[0][None, :])  # (q, n) uint8
+            # the first word alone must be within the radius: filter on it (q, n) and finish the
+            # distance on the few survivors only
+            d0 = np.bitwise_count(block_q[:, 0, None] ^ self._cols[0][None, :])
+            r, c = np.nonzero(d0 <= radius)
+            d = d0[r, c].astype(np.int32)
             for w in range(1, self.words):
-                d += np.bitwise_count(block_q[:, w, None] ^ self._cols[w][None, :])
-            r, c = np.nonzero(d <= radius)
-            rows.append(r + s)
-            ids.append(self._ids[c])
-            dists.append(d[r, c].astype(np.int32))
+                d += np.bitwise_count(block_q[r, w] ^ self._cols[w][c])
+            keep = d <= radius
+            rows.append(r[keep] + s)
+            ids.append(self._ids[c[keep]])
+            dists.append(d[keep])
         if not rows:
             return (np.empty(0, np.int64),) * 2 + (np.empty(0, np.int32),)
         return np.concatenate(rows), np.concatenate(ids), np.concatenate(dists)
