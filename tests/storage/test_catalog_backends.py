@@ -172,3 +172,43 @@ def test_migrated_schema_matches_the_models(catalog):
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(ctx, Base.metadata)
     assert diff == []
+
+
+def test_lookup_and_report_queries(catalog):
+    """image_ids_by_url, failure_classes, failure_counts, worst_cleanings, latest_training_run,
+    count_cleanings."""
+    from datetime import timedelta
+
+    from storage.models import TrainingRun, utcnow
+
+    with catalog.write() as s:
+        ids = q.add_images(s, [_img(_sha(i)) for i in range(3)])
+        a, b, c = (ids[_sha(i)] for i in range(3))
+        q.add_sightings(s, [{"image_id": a, "page_id": None, "image_url": "http://127.0.0.1/a.png", "alt": None,
+                             "found_by": "img"},
+                            {"image_id": b, "page_id": None, "image_url": "http://127.0.0.1/b.png", "alt": None,
+                             "found_by": "srcset"}])
+        for subject, exc in [("u1", TimeoutError("t")), ("u2", ValueError("v")), ("u3", ValueError("w"))]:
+            q.record_failure(s, "scrape", subject, exc)
+        q.record_failure(s, "clean", "x", RuntimeError("r"))
+        s.add_all([Cleaning(image_id=a, model_version="r-1", output_key="ka", psnr_vs_input=31.0),
+                   Cleaning(image_id=b, model_version="r-1", output_key="kb", psnr_vs_input=22.0),
+                   Cleaning(image_id=c, model_version="r-1", output_key="kc", source="duplicate")])
+        s.add(TrainingRun(model_version="r-0", status="completed", started_at=utcnow() - timedelta(hours=1)))
+        s.add(TrainingRun(model_version="r-1", status="completed"))
+    with catalog.session() as s:
+        assert q.image_ids_by_url(s, ["http://127.0.0.1/a.png", "http://127.0.0.1/b.png", "nope"]) == {
+            "http://127.0.0.1/a.png": a, "http://127.0.0.1/b.png": b}
+        assert q.failure_classes(s, "scrape", ["u1", "u2", "zz"]) == {"u1": "TimeoutError", "u2": "ValueError"}
+        assert q.failure_counts(s) == [{"stage": "scrape", "reason": "ValueError", "count": 2},
+                                       {"stage": "clean", "reason": "RuntimeError", "count": 1},
+                                       {"stage": "scrape", "reason": "TimeoutError", "count": 1}]
+        assert q.failure_counts(s, ["clean"]) == [{"stage": "clean", "reason": "RuntimeError", "count": 1}]
+        worst = q.worst_cleanings(s, "r-1", limit=1)
+        assert [(w["image_id"], w["url"], w["output"]) for w in worst] == [(b, "http://127.0.0.1/b.png", "kb")]
+        assert len(q.worst_cleanings(s)) == 2  # model cleanings with a PSNR only
+        assert q.latest_training_run(s).model_version == "r-1"
+        assert q.latest_training_run(s, "r-0").model_version == "r-0"
+        assert q.count_cleanings(s, "r-1") == 3 and q.count_cleanings(s, "r-2") == 0
+        assert q.count_cleanings(s, since=utcnow() - timedelta(minutes=5)) == 3
+        assert q.count_cleanings(s, since=utcnow() + timedelta(minutes=5)) == 0
