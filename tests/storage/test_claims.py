@@ -187,3 +187,21 @@ def test_dead_local_holder_is_freed_at_once(catalog):
     assert claims.claim(catalog, STAGE, live, limit=10) == ids[:2]
     with catalog.session() as s:
         assert claims.holders(s, STAGE) == {live: 4, remote: 2}
+
+
+def test_reopen_retries_failures_but_never_completed_results(catalog):
+    """A new run reopens work that ended without a result (a failure), never work whose result
+    exists, even when that result lands between the run's look-up and its reopen."""
+    from sqlalchemy import exists
+
+    ids = _images(catalog, 3)
+    assert claims.claim(catalog, STAGE, "w", limit=3) == ids
+    with catalog.write() as s:
+        assert claims.complete(s, STAGE, "w", ids) == ids
+        s.add(Cleaning(image_id=ids[0], model_version="r-test", output_key="out"))  # ids[1:] failed
+    has_result = exists().where(Cleaning.image_id == Claim.image_id, Cleaning.model_version == "r-test")
+    with catalog.write() as s:
+        assert claims.reopen(s, STAGE, ids, unless=has_result) == 2
+    assert claims.claim(catalog, STAGE, "w2", limit=5) == ids[1:]
+    with catalog.session() as s:
+        assert claims.progress(s, STAGE) == {"total": 3, "done": 1, "held": 2, "free": 0, "given_up": 0}
