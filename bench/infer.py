@@ -10,7 +10,7 @@ and the seam check below means something).
 - ``naive``: the whole image in one fp32 forward pass (padded to the size multiple).
 - ``engine``: ``model.infer.Cleaner`` with the settings the clean step uses on this device
   (``pipeline.clean.engine_options``); also once with bf16 forced, to record why ``auto`` picks
-  what it picks on this CPU.
+  what it picks on this CPU, and once with ``torch.compile`` (its compilation timed apart).
 - CPU: images/s at 1024×768 and 4000×3000, peak RSS of each. Images/s are per CPU-second of the
   measuring process (``time.process_time``) with one torch thread by default, so a busy shared
   machine does not skew one side against the other; wall-clock rates are recorded next to them. Naive at 4000×3000 needs many GB
@@ -80,7 +80,7 @@ def _naive(net, img, device="cpu"):
     return np.ascontiguousarray(y.permute(1, 2, 0).cpu().numpy())
 
 
-def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str) -> dict:
+def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, compile: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -103,9 +103,13 @@ def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str) -> d
         opts = engine_options(load_settings(), dev)
         if precision != "auto":
             opts["precision"] = precision
+        opts["compile"] = compile
         cleaner = Cleaner(net, device=dev, **opts)
-        out.update(tile=opts["tile"], overlap=opts["overlap"], batch_size=opts["batch_size"], precision=cleaner.precision)
-        cleaner.clean([warm])
+        out.update(tile=opts["tile"], overlap=opts["overlap"], batch_size=opts["batch_size"], precision=cleaner.precision,
+                   compile=compile)
+        t = time.perf_counter()
+        cleaner.clean([warm])  # with compile: the compilation (one tile shape)
+        out["warmup_s"] = time.perf_counter() - t
         t, c = time.perf_counter(), time.process_time()
         results = cleaner.clean(imgs)
         dt, cpu = time.perf_counter() - t, time.process_time() - c
@@ -183,7 +187,7 @@ def _machine() -> dict:
     from model.infer import cpu_has_fast_bf16
 
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "native_bf16": cpu_has_fast_bf16(), "cuda": torch.cuda.is_available(), "load_avg_start": os.getloadavg()}
+            "native_bf16": cpu_has_fast_bf16(), "cuda": torch.cuda.is_available()}
 
 
 def main() -> None:
@@ -192,6 +196,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=3, help="images timed at 1024x768 (1 at 4000x3000)")
     ap.add_argument("--naive-large", action="store_true", help="also run naive fp32 at 4000x3000 (needs many GB)")
     ap.add_argument("--gpu", action="store_true", help="GPU numbers at 512x512 and 2048x2048 (needs CUDA)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (minutes)")
     ap.add_argument("--no-record", action="store_true", help="print only; do not write results")
     if sys.argv[1:2] == ["--child"]:  # one measurement, in its own process
         c = argparse.ArgumentParser()
@@ -201,16 +206,18 @@ def main() -> None:
         c.add_argument("--n", type=int, default=1)
         c.add_argument("--threads", type=int, default=1)
         c.add_argument("--precision", default="auto")
+        c.add_argument("--compile", action="store_true")
         ca = c.parse_args(sys.argv[2:])
         if ca.mode == "gpu":
             res = gpu_worker([(512, 512), (2048, 2048)], ca.n)
         else:
-            res = worker(ca.mode, ca.w, ca.h, ca.n, ca.threads, ca.precision)
+            res = worker(ca.mode, ca.w, ca.h, ca.n, ca.threads, ca.precision, ca.compile)
         print(json.dumps(res))
         return
     a = ap.parse_args()
 
     t0 = time.time()
+    load_start = os.getloadavg()
     th = ["--threads", str(a.threads)]
     runs: dict[str, dict] = {}
 
@@ -224,6 +231,8 @@ def main() -> None:
     measure("naive_1024x768", "naive", "--w", "1024", "--h", "768", "--n", n)
     measure("engine_1024x768", "seam", "--w", "1024", "--h", "768", "--n", n)
     measure("engine_bf16_1024x768", "engine", "--w", "1024", "--h", "768", "--n", "1", "--precision", "bf16")
+    if not a.no_compile:
+        measure("engine_compiled_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--compile")
     measure("naive_2048x1536", "naive", "--w", "2048", "--h", "1536", "--n", "1")
     measure("engine_4000x3000", "engine", "--w", "4000", "--h", "3000", "--n", "1")
     if a.naive_large:
@@ -256,12 +265,16 @@ def main() -> None:
         "naive_peak_rss_mb_4000x3000": get("naive_4000x3000", "peak_rss_mb"),
         "naive_peak_rss_mb_4000x3000_estimated": est,
         "engine_bf16_img_per_s_1024x768": get("engine_bf16_1024x768", "img_per_s"),
+        "engine_compiled_img_per_s_1024x768": get("engine_compiled_1024x768", "img_per_s"),
+        "ratio_compiled": (get("engine_compiled_1024x768", "img_per_s") / naive_s
+                           if naive_s and get("engine_compiled_1024x768", "img_per_s") else None),
+        "compile_wall_s": get("engine_compiled_1024x768", "warmup_s"),
         "seam_max_abs": get("engine_1024x768", "seam_max_abs"),
         "seam_mean_abs": get("engine_1024x768", "seam_mean_abs"),
         "engine": {k: get("engine_1024x768", k) for k in ("tile", "overlap", "batch_size", "precision")},
         "gpu": runs.get("gpu"),
         "threads": a.threads,
-        "machine": {**_machine(), "load_avg_end": os.getloadavg()},
+        "machine": {**_machine(), "load_avg_start": load_start, "load_avg_end": os.getloadavg()},
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": round(time.time() - t0, 1),
         "runs": runs,
@@ -303,6 +316,9 @@ def _append_results(r: dict, cmd: str) -> None:
         f"{' (estimated ' + _f(r['naive_peak_rss_mb_4000x3000_estimated'], 0) + ', linear in pixels)' if r['naive_peak_rss_mb_4000x3000'] is None else ''}"
         f" | {_f(r['peak_rss_mb_4000x3000'], 0)} |",
         "",
+        f"Engine with `torch.compile` (fixed {e['tile']}² tiles, `UNMARK_CLEAN_COMPILE=1`) at 1024×768: "
+        f"{_f(r['engine_compiled_img_per_s_1024x768'])} images/s (ratio {_f(r['ratio_compiled'], 2)}× over naive), "
+        f"after a compilation of {_f(r['compile_wall_s'], 0)} s wall. "
         f"Engine forced to bf16 at 1024×768: {_f(r['engine_bf16_img_per_s_1024x768'])} images/s. Seams: tiled vs "
         f"whole-image output at 1024×768 differ by at most {r['seam_max_abs']} and on average "
         f"{_f(r['seam_mean_abs'], 3)} levels (0–255).",

@@ -165,7 +165,14 @@ class Cleaner:
     ``harden_mask`` (mask-head networks; as ``model.evaluate.predict`` does at evaluation): the
     output becomes ``x·(1−m) + y·m`` with the hard, one-pixel-dilated mask ``m = dilate(p > 0.5)``
     of the blended probabilities, so pixels the mask calls clean are copied exactly; ``y`` is the
-    raw prediction (the network's ``raw_image`` output, or for a mask-guided U-Net input + head)."""
+    raw prediction (the network's ``raw_image`` output, or for a mask-guided U-Net input + head,
+    read by a forward hook on ``model.head`` that ``close()`` removes).
+
+    ``compile``: run the network through ``torch.compile``. Every forward then has one shape
+    (``batch_size``×3×``tile``×``tile``: tiles are not shrunk, small images are padded up to a
+    tile, a short last batch is padded), since each new shape costs a compilation of minutes.
+    Measured about 1.7× less CPU per tile for the seed network: worth it for large pools, not for
+    a handful of images."""
 
     def __init__(
         self,
@@ -178,6 +185,7 @@ class Cleaner:
         channels_last: bool = True,
         even_tiles: bool | None = None,
         harden_mask: bool = False,
+        compile: bool = False,
     ):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -189,12 +197,31 @@ class Cleaner:
         self.tile = tile
         self.overlap = overlap
         self.batch_size = batch_size or (16 if self.device.type == "cuda" else 2)
-        self.even_tiles = (self.device.type != "cuda") if even_tiles is None else even_tiles
+        self.even_tiles = (self.device.type != "cuda" and not compile) if even_tiles is None else even_tiles
+        if compile and self.even_tiles:
+            raise ValueError("compile needs fixed tiles (even_tiles=False)")
         self.channels_last = channels_last
         self.harden_mask = harden_mask
         self.model = model.eval().to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._raw: dict[str, torch.Tensor] = {}
+        self._hook = None
+        if harden_mask and getattr(self.model, "mask_guided", False) and hasattr(self.model, "head"):
+            # a mask-guided U-Net returns the soft blend; its raw prediction is input + head output
+            self._hook = self.model.head.register_forward_hook(self._keep_residual)
+        self.compiled = compile
+        self.tile = max(self.multiple, tile // self.multiple * self.multiple)
+        self._net = torch.compile(self.model, dynamic=False) if compile else self.model
+
+    def _keep_residual(self, _module, _inputs, output) -> None:  # noqa: ANN001
+        self._raw["residual"] = output
+
+    def close(self) -> None:
+        """Remove the hook this cleaner put on the model (``harden_mask``)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     # --- planning ------------------------------------------------------------------------
     def plan(self, height: int, width: int) -> tuple[int, int, list[tuple[int, int]]]:
@@ -205,6 +232,8 @@ class Cleaner:
     def _plan_axes(self, height: int, width: int) -> tuple[int, int, list[int], list[int]]:
         th, ys = axis_tiles(height, self.tile, self.overlap, self.multiple, self.even_tiles)
         tw, xs = axis_tiles(width, self.tile, self.overlap, self.multiple, self.even_tiles)
+        if self.compiled:  # one shape for every forward: small sides are padded up to the tile
+            th, tw = max(th, self.tile), max(tw, self.tile)
         return th, tw, ys, xs
 
     # --- running -------------------------------------------------------------------------
@@ -280,33 +309,28 @@ class Cleaner:
     def _run_batch(self, tiles, padded, acc, macc, windows) -> None:  # noqa: ANN001
         dev = self.device
         crops = np.stack([padded[t.image][t.y : t.y + t.h, t.x : t.x + t.w] for t in tiles])
+        if self.compiled and len(tiles) < self.batch_size:  # keep the compiled shape
+            crops = np.concatenate([crops, np.zeros((self.batch_size - len(tiles), *crops.shape[1:]), crops.dtype)])
         x = torch.from_numpy(crops)
         if dev.type == "cuda":
             x = x.pin_memory().to(dev, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255)  # (B,3,h,w)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        residual: list[torch.Tensor] = []
-        hook = None
-        if self.harden_mask and getattr(self.model, "mask_guided", False) and hasattr(self.model, "head"):
-            # a mask-guided U-Net returns the soft blend; its raw prediction is input + head output
-            hook = self.model.head.register_forward_hook(lambda _m, _i, o: residual.append(o))
-        try:
-            if self.precision == "fp32":
-                out = self.model(x)
-            else:
-                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-                with torch.autocast(device_type=dev.type, dtype=dtype):
-                    out = self.model(x)
-        finally:
-            if hook is not None:
-                hook.remove()
+        self._raw.clear()
+        if self.precision == "fp32":
+            out = self._net(x)
+        else:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(device_type=dev.type, dtype=dtype):
+                out = self._net(x)
+        residual = self._raw.pop("residual", None)
         image, mask_logits = (out["image"], out.get("mask_logits")) if isinstance(out, dict) else (out, None)
         if self.harden_mask and mask_logits is not None:
             if isinstance(out, dict) and "raw_image" in out:
                 image = out["raw_image"]
-            elif residual:
-                image = x + residual[0].float()
+            elif residual is not None:
+                image = x + residual.float()
         image = image.float()
         probs = torch.sigmoid(mask_logits.float()) if mask_logits is not None else None
         for k, t in enumerate(tiles):

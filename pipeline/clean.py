@@ -258,6 +258,7 @@ def engine_options(settings: Settings, device: torch.device) -> dict[str, Any]:
         "overlap": settings.clean_overlap if settings.clean_overlap is not None else (64 if cuda else 32),
         "batch_size": settings.clean_batch_size or (16 if cuda else 1),
         "precision": settings.clean_precision,
+        "compile": settings.clean_compile,
     }
 
 

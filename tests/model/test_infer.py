@@ -211,3 +211,29 @@ def test_hardened_unet_matches_the_evaluation_predict():
     got = Cleaner(net, device="cpu", tile=64, overlap=0, precision="fp32", harden_mask=True).clean([img])[0]
     assert 0 < (got.mask > 0.5).mean() < 1  # the mask really splits the image
     assert np.abs(got.image.astype(int) - ref).max() <= 1
+
+
+def test_compiled_engine_keeps_one_shape_and_the_answer():
+    """torch.compile path: fixed tiles, small images padded up to a tile, short batches padded;
+    the result equals the eager engine's."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = FixedConv()
+    shapes = []
+    hook = model.convs[0].register_forward_pre_hook(lambda _m, a: shapes.append(tuple(a[0].shape)))
+    imgs = [_gradient(70, 90), _gradient(20, 30), np.full((33, 47, 3), 77, np.uint8)]
+    compiled = Cleaner(model, device="cpu", tile=32, overlap=8, batch_size=3, precision="fp32", compile=True)
+    got = compiled.clean(imgs)
+    hook.remove()
+    eager = Cleaner(model, device="cpu", tile=32, overlap=8, batch_size=3, precision="fp32", even_tiles=False).clean(imgs)
+    assert [g.image.shape for g in got] == [im.shape for im in imgs]
+    for a, b in zip(got, eager, strict=True):
+        # small images are padded to a whole tile (reflection), so the last 3 px (the receptive
+        # radius) see other context than the eager engine's; everything else is the same answer
+        assert np.abs(a.image[:-3, :-3].astype(int) - b.image[:-3, :-3].astype(int)).max() <= 1
+    assert np.abs(got[0].image.astype(int) - eager[0].image.astype(int)).max() <= 1  # larger than a tile
+    # the hook runs once per traced shape at most; every shape it saw is the one compiled shape
+    assert set(shapes) <= {(3, 3, 32, 32)}
+    with pytest.raises(ValueError):
+        Cleaner(model, device="cpu", tile=32, compile=True, even_tiles=True)
