@@ -132,7 +132,7 @@ class MultiIndexHash:
         self._ids = np.concatenate([self._ids, ids])
         self._cols = [np.concatenate([col, codes[:, w]]) for w, col in enumerate(self._cols)]
         if len(self._ids) - self._built > max(1024, self._built // 8):
-            self._build()
+            self.build()
 
     def _chunk(self, words, j: int) -> np.ndarray:  # noqa: ANN001
         """Substring ``j`` of a code (a (w,) array) or of every code (the list of word columns)."""
@@ -140,7 +140,8 @@ class MultiIndexHash:
         mask = np.uint64((1 << self.chunk_bits) - 1)
         return ((words[word] >> np.uint64(k * self.chunk_bits)) & mask).astype(np.int64)
 
-    def _build(self) -> None:
+    def build(self) -> None:
+        """(Re)build the bucket tables over every code added so far."""
         n_buckets = 1 << self.chunk_bits
         self._order, self._offsets, self._sorted_cols = [], [], []
         for j in range(self.m):
@@ -219,5 +220,5 @@ def make_index(codes, ids, words: int = 2, kind: str = "auto") -> BruteForceInde
     index: BruteForceIndex | MultiIndexHash = BruteForceIndex(words) if kind == "brute" else MultiIndexHash(words)
     index.add(codes, ids)
     if isinstance(index, MultiIndexHash) and index._built < len(index):
-        index._build()
+        index.build()  # every code in the tables, none waiting in the brute-force tail
     return index
