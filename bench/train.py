@@ -157,7 +157,7 @@ def bench_perceptual(steps: int, size: int = 256, b: int = 8) -> dict:
     for k in ("fast_nchw_fp32", "fast_fp32", "fast_bf16"):
         res[f"{k}_rel_diff"] = abs(values[k] - values["naive"]) / abs(values["naive"])
         res[f"{k}_grad_cos"] = float(torch.nn.functional.cosine_similarity(
-            grads[k].flatten(), grads["naive"].flatten(), dim=0))
+            grads[k].double().flatten(), grads["naive"].double().flatten(), dim=0))
     return res
 
 
