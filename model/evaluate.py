@@ -257,6 +257,8 @@ def swcnn_protocol(
     image_paths = _numbered(Path(images_dir), ".jpg")
     logo_paths = _numbered(Path(logos_dir), ".png")
     cleans = [swcnn_read_image(p) for p in image_paths]
+    if model is not None:  # channels-last: ~25 % faster convolutions on the CPU, same numbers
+        model = model.to(device=device, memory_format=torch.channels_last)
     t0 = time.perf_counter()
     out: dict = {"protocol": "swcnn", "images": len(cleans), "logos": len(logo_paths), "alpha": {}}
     for alpha in alphas:
@@ -272,7 +274,7 @@ def swcnn_protocol(
                 if score_ssim:
                     acc["input_ssim"].append(ssim(marked, clean))
                 if model is not None:
-                    x = to_tensor([marked_u8[:, :, ::-1]], device)
+                    x = to_tensor([marked_u8[:, :, ::-1]], device).contiguous(memory_format=torch.channels_last)
                     y = to_numpy(predict(model, x, harden_mask=harden_mask, amp=amp)["image"])[0][:, :, ::-1]
                     acc["psnr"].append(psnr(y, clean))
                     if score_ssim:
