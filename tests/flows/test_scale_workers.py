@@ -214,11 +214,14 @@ def test_two_workers_one_killed_every_image_cleaned_exactly_once(tmp_path, pg_ur
         cat = open_catalog(settings)
         stage = "clean:remover-scale"
 
-        def both_cleaning() -> dict | None:
+        def both_cleaning() -> bool:
+            """Both runs have recorded cleanings and both hold a batch now."""
             with cat.session() as s:
                 held = claims.holders(s, stage)
-                done = claims.progress(s, stage)["done"]
-            return held if len(held) >= 2 and done >= 2 else None
+                done_by = dict(s.execute(select(Claim.worker, func.count())
+                                         .where(Claim.stage == stage, Claim.done_at.is_not(None))
+                                         .group_by(Claim.worker)).all())
+            return len(held) >= 2 and set(held) <= set(done_by)
 
         wait_for(both_cleaning, 240, "both workers to be cleaning:\n" + procs.log("worker-a") + procs.log("worker-b"),
                  every=0.2)
