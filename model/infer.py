@@ -171,8 +171,9 @@ class Cleaner:
     ``compile``: run the network through ``torch.compile``. Every forward then has one shape
     (``batch_size``×3×``tile``×``tile``: tiles are not shrunk, small images are padded up to a
     tile, a short last batch is padded), since each new shape costs a compilation of minutes.
-    Measured about 1.7× less CPU per tile for the seed network: worth it for large pools, not for
-    a handful of images."""
+    On a CPU without native bf16 it made a 320² tile of the seed network ~1.3× cheaper, which the
+    extra pixels of fixed tiles ate up at 1024×768 (bench/RESULTS.md); compilation takes minutes.
+    Off by default; try it for large pools on the machine that will run them."""
 
     def __init__(
         self,

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     clean_overlap: int | None = None
     clean_batch_size: int | None = None  # tiles per forward pass; None = by device
     clean_precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16")
-    clean_compile: bool = False  # torch.compile the remover (minutes to compile; pays off on large pools)
+    clean_compile: bool = False  # torch.compile the remover (minutes to compile; see bench/RESULTS.md "infer")
     clean_chunk_images: int = 8  # images decoded, cleaned and committed together
     num_workers: int = 2  # DataLoader processes decoding images for the cleaner (0 = in-process)
     clean_changed_threshold: int = 8  # |output − input| above this (0–255, any channel) = changed
