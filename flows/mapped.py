@@ -67,18 +67,43 @@ def _mapped_scorer(settings: Settings):  # noqa: ANN202
     return score_chunks
 
 
-@flow(name="dedup-triage", validate_parameters=False)
-def dedup_and_triage(settings: Settings, retrain_detector: bool = False) -> dict:
-    """Dedup, then triage, with hashing and scoring mapped onto this flow's task runner."""
-    from pipeline import dedup, triage
+def _dedup(settings: Settings, regroup: bool = False) -> dict:
+    from pipeline import dedup
 
     with open_workspace(settings) as (catalog, blobs):
-        deduped = dedup.dedup(catalog, blobs, settings, hasher=_mapped_hasher)
-        triaged = triage.triage(catalog, blobs, settings, retrain_detector=retrain_detector,
-                                score_chunks=_mapped_scorer(settings))
-    return {"dedup": small(deduped), "triage": small(triaged)}
+        return small(dedup.dedup(catalog, blobs, settings, regroup=regroup, hasher=_mapped_hasher))
+
+
+def _triage(settings: Settings, retrain_detector: bool = False) -> dict:
+    from pipeline import triage
+
+    with open_workspace(settings) as (catalog, blobs):
+        return small(triage.triage(catalog, blobs, settings, retrain_detector=retrain_detector,
+                                   score_chunks=_mapped_scorer(settings)))
+
+
+@flow(name="dedup-mapped", validate_parameters=False)
+def dedup_mapped(settings: Settings, regroup: bool = False) -> dict:
+    """``unmark dedup`` with the hashing mapped onto this flow's task runner."""
+    return _dedup(settings, regroup)
+
+
+@flow(name="triage-mapped", validate_parameters=False)
+def triage_mapped(settings: Settings, retrain_detector: bool = False) -> dict:
+    """``unmark triage`` with the scoring mapped onto this flow's task runner."""
+    return _triage(settings, retrain_detector)
+
+
+@flow(name="dedup-triage", validate_parameters=False)
+def dedup_and_triage(settings: Settings, retrain_detector: bool = False) -> dict:
+    """Dedup, then triage, on one task runner (one Dask cluster for both)."""
+    return {"dedup": _dedup(settings), "triage": _triage(settings, retrain_detector)}
+
+
+def run_mapped(which, settings: Settings, *args, kind: str = "dask") -> dict:  # noqa: ANN001
+    """One of the flows above, run on the ``kind`` task runner (``dask`` or ``thread``)."""
+    return which.with_options(task_runner=task_runner(kind, settings))(settings, *args)
 
 
 def run_dedup_and_triage(settings: Settings, retrain_detector: bool, kind: str = "dask") -> dict:
-    """``dedup_and_triage`` as a subflow on the ``kind`` task runner (``dask`` or ``thread``)."""
-    return dedup_and_triage.with_options(task_runner=task_runner(kind, settings))(settings, retrain_detector)
+    return run_mapped(dedup_and_triage, settings, retrain_detector, kind=kind)

@@ -104,16 +104,47 @@ def scrape(
     emit(summary, as_json, "scrape")
 
 
+TaskRunnerOpt = Annotated[str | None, typer.Option(
+    "--task-runner", help="thread: in this process (default, or UNMARK_TASK_RUNNER) | dask: hashing / scoring "
+                          "on Dask (prefect-dask; a local cluster on 127.0.0.1, or UNMARK_DASK_ADDRESS)")]
+
+
+def _runner(settings: Settings, task_runner: str | None) -> str:
+    kind = task_runner or settings.task_runner
+    if kind not in ("thread", "dask"):
+        err.print(f"[red]error:[/red] --task-runner must be thread or dask, not {kind!r}")
+        raise typer.Exit(2)
+    return kind
+
+
+def _run_mapped(step: str, settings: Settings, *args: Any) -> dict:
+    """``flows.mapped``'s flow for ``step`` on the Dask task runner. Like ``demo``, this starts a
+    flow from the CLI, which sits above the layers."""
+    import os
+
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # before Prefect is imported
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows import mapped
+
+    which = {"dedup": mapped.dedup_mapped, "triage": mapped.triage_mapped}[step]
+    return mapped.run_mapped(which, settings, *args, kind="dask")
+
+
 @app.command()
 def dedup(
     regroup: Annotated[bool, typer.Option(help="forget stored groups and compare every pair again")] = False,
+    task_runner: TaskRunnerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Hash new images and fold near duplicates into groups (one canonical image each)."""
     from pipeline.dedup import dedup as run_dedup
 
     settings, cat, blobs = _open()
+    if _runner(settings, task_runner) == "dask":
+        emit(_run_mapped("dedup", settings, regroup), as_json, "dedup")
+        return
     emit(run_dedup(cat, blobs, settings, regroup=regroup), as_json, "dedup")
+
 
 
 @catalog_app.command("stats")
@@ -174,6 +205,7 @@ def catalog_export(
 def triage(
     retrain_detector: Annotated[bool, typer.Option("--retrain-detector",
                                                    help="train a new detector (pool minus images judged watermarked)")] = False,
+    task_runner: TaskRunnerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Label every image clean / watermarked / uncertain with the promoted detector (trained on first use)."""
@@ -182,6 +214,14 @@ def triage(
     from pipeline import triage as triage_step
 
     settings, cat, blobs = _open()
+    if _runner(settings, task_runner) == "dask":
+        try:
+            result = _run_mapped("triage", settings, retrain_detector)
+        except triage_step.NoTrainingImages as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        emit(result, as_json, "triage")
+        return
     with Progress(console=err, transient=True, disable=as_json) as bar:
         tasks: dict[str, Any] = {}
 

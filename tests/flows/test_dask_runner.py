@@ -20,7 +20,7 @@ from storage import BlobStore, open_catalog
 from storage import queries as q
 from storage.models import Failure, Image, WindowHash
 
-pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 TINY = {"detector_steps": 6, "detector_crop": 64, "detector_batch_size": 4, "detector_val_samples": 8,
         "triage_batch_size": 3, "dedup_chunk_size": 4, "dask_workers": 2}
@@ -60,6 +60,7 @@ def _snapshot(settings) -> dict:
     return {"images": images, "windows": windows, "failures": failures}
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_dask_runner_gives_the_thread_runners_catalog(tmp_path):
     base = load_settings(home=tmp_path / "base", **TINY)
     cat, blobs = open_catalog(base), BlobStore.from_settings(base)
@@ -101,3 +102,30 @@ def test_local_cluster_listens_on_loopback_only(tmp_path):
                      for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
     assert not any(addr.port == 8787 for addr in listening)
+
+
+def test_cli_dedup_task_runner_dask_matches_the_plain_step(tmp_path):
+    """`unmark dedup --task-runner dask` (a subprocess: Prefect's embedded server, a local Dask
+    cluster) writes what `unmark dedup` writes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    base = load_settings(home=tmp_path / "base")
+    cat, blobs = open_catalog(base), BlobStore.from_settings(base)
+    assert import_paths([_pool(tmp_path / "pool")], cat, blobs, base).added == 12
+    cat.dispose()
+    out = {}
+    for kind in ("thread", "dask"):
+        home = tmp_path / kind
+        shutil.copytree(tmp_path / "base", home)
+        env = {**os.environ, "UNMARK_HOME": str(home), "UNMARK_DEDUP_CHUNK_SIZE": "4"}
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "dedup", "--task-runner", kind, "--json"],
+                           env=env, capture_output=True, text=True, timeout=400)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[kind] = json.loads(r.stdout[r.stdout.index("{"):])
+    assert out["dask"]["hashed"] == out["thread"]["hashed"] == 12
+    assert out["dask"]["groups"] == out["thread"]["groups"] >= 4
+    snaps = {kind: _snapshot(load_settings(home=tmp_path / kind)) for kind in out}
+    assert snaps["dask"] == snaps["thread"]
