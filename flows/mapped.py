@@ -5,7 +5,8 @@
 body and hands them a ``hasher`` / ``score_chunks`` that map the chunks onto the flow's task
 runner, so matching, grouping and detector training stay where they were and only the per-image
 work moves. ``ingest(task_runner="dask")`` runs it with ``runtime.task_runner("dask")``: a local
-cluster on 127.0.0.1, or the scheduler at ``UNMARK_DASK_ADDRESS`` (workers on other machines).
+cluster on 127.0.0.1, or the scheduler at ``UNMARK_DASK_ADDRESS`` (workers on other machines);
+``unmark dedup|triage --task-runner dask`` run ``dedup_mapped`` / ``triage_mapped`` the same way.
 The thread runner keeps ingest's plain ``dedup`` and ``triage`` tasks, and both give the same
 catalog (``tests/flows/test_dask_runner.py``).
 """
