@@ -168,7 +168,7 @@ def test_resume_after_kill_continues_from_the_last_epoch(photos, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(run), *map(str, photos[:5])], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 400  # a shared, loaded CPU: start-up alone can take a minute
         while time.time() < deadline:
             if (run / "history.json").exists() and len(json.loads((run / "history.json").read_text())) >= 3:
                 break
@@ -176,7 +176,7 @@ def test_resume_after_kill_continues_from_the_last_epoch(photos, tmp_path):
                 pytest.fail(f"training subprocess ended early: {proc.stderr.read().decode()[-2000:]}")
             time.sleep(0.2)
         else:
-            pytest.fail("no third epoch within 120 s")
+            pytest.fail("no third epoch within 400 s")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -185,7 +185,7 @@ def test_resume_after_kill_continues_from_the_last_epoch(photos, tmp_path):
     _, extra = load_checkpoint(run / "last.pt")
     done = extra["state"]["epoch"]
     before = json.loads(extra["history_json"])
-    assert done >= 3 and [h["epoch"] for h in before] == list(range(1, done + 1))
+    assert done >= 2 and [h["epoch"] for h in before] == list(range(1, done + 1))  # history.json leads last.pt
     assert not (run / "summary.json").exists()
 
     cfg = profile_config("tiny", epochs=done + 2, steps_per_epoch=2)
