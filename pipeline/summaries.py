@@ -211,3 +211,12 @@ def model_metric(catalog, version: str | None, key: str) -> Any:  # noqa: ANN001
     with catalog.session() as s:
         m = q.get_model(s, version)
         return (m.metrics or {}).get(key) if m else None
+
+
+def pool_sizes(catalog) -> dict[str, int]:  # noqa: ANN001
+    """Clean-pool images per split and the watermarked pool's size: what training and cleaning
+    would get now."""
+    with catalog.session() as s:
+        sizes = {split: len(q.clean_pool(s, split)) for split in ("train", "val", "test")}
+        sizes["watermarked"] = len(q.watermarked_pool(s))
+    return sizes
