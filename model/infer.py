@@ -18,11 +18,19 @@ Precision: on CUDA, autocast (bf16 where supported, else fp16) and channels-last
 bf16 autocast + channels-last where the CPU has native bf16 (AVX-512 BF16 / AMX), which measured
 about 3× faster than fp32 for the seed network; fp32 otherwise. ``precision=`` overrides.
 
-This module imports nothing of ours: it takes an ``nn.Module`` and numpy arrays.
+Backend: in fp32 on the CPU a U-Net runs as ``model.fused.FusedUNet`` (an inference-only copy with
+BatchNorm folded, activations fused into the oneDNN convolutions, gate and head projections
+merged; channels-last), which measured ~1.3× faster per pixel than the plain channels-last model
+and as fast as ``torch.jit.trace`` + ``freeze`` without a trace per tile shape (bench/RESULTS.md
+"infer"). ``backend="auto"`` picks it after checking it against the plain model on a small probe
+input, and falls back to the plain model for networks it does not know. ``backend=`` overrides.
+
+This module imports nothing outside ``model``: it takes an ``nn.Module`` and numpy arrays.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,7 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.fused import NotFusable, fuse_unet
+
+log = logging.getLogger(__name__)
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "eager", "fused")
+PROBE_TOLERANCE = 1e-4  # max |fused − plain| on a [0, 1] probe image; float rounding is ~1e-6
 
 
 @dataclass
@@ -168,6 +182,11 @@ class Cleaner:
     raw prediction (the network's ``raw_image`` output, or for a mask-guided U-Net input + head,
     read by a forward hook on ``model.head`` that ``close()`` removes).
 
+    ``backend``: ``eager`` runs ``model`` itself; ``fused`` an inference-only copy
+    (``model.fused.fuse_unet``; CPU and fp32 only); ``auto`` (default) the fused copy where it
+    applies (CPU, fp32, a U-Net it knows, no ``compile``) and agrees with the model on a probe
+    input, else eager. ``self.backend`` says which runs.
+
     ``compile``: run the network through ``torch.compile``. Every forward then has one shape
     (``batch_size``×3×``tile``×``tile``: tiles are not shrunk, small images are padded up to a
     tile, a short last batch is padded), since each new shape costs a compilation of minutes.
@@ -187,6 +206,7 @@ class Cleaner:
         even_tiles: bool | None = None,
         harden_mask: bool = False,
         compile: bool = False,
+        backend: str = "auto",
     ):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -204,16 +224,56 @@ class Cleaner:
         self.channels_last = channels_last
         self.harden_mask = harden_mask
         self.model = model.eval().to(self.device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self._raw: dict[str, torch.Tensor] = {}
         self._hook = None
+        self.compiled = compile
+        self.tile = max(self.multiple, tile // self.multiple * self.multiple)
+        self.backend, fused = self._pick_backend(backend)
+        if fused is not None:  # a fused mask-guided U-Net returns ``raw_image`` itself: no hook
+            self.channels_last = True
+            self._net = fused
+            return
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if harden_mask and getattr(self.model, "mask_guided", False) and hasattr(self.model, "head"):
             # a mask-guided U-Net returns the soft blend; its raw prediction is input + head output
             self._hook = self.model.head.register_forward_hook(self._keep_residual)
-        self.compiled = compile
-        self.tile = max(self.multiple, tile // self.multiple * self.multiple)
         self._net = torch.compile(self.model, dynamic=False) if compile else self.model
+
+    def _pick_backend(self, backend: str) -> tuple[str, nn.Module | None]:
+        """The backend that runs, and the fused copy when it is ``fused``."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        if backend == "eager":
+            return "eager", None
+        usable = self.device.type == "cpu" and self.precision == "fp32" and not self.compiled
+        if backend == "fused" and not usable:
+            raise ValueError("the fused backend runs on the CPU in fp32 without compile")
+        if not usable:
+            return "eager", None
+        try:
+            fused = fuse_unet(self.model)
+            err = self._probe_error(fused)
+        except NotFusable as exc:
+            if backend == "fused":
+                raise
+            log.info("fused backend not used: %s", exc)
+            return "eager", None
+        if err > PROBE_TOLERANCE:
+            if backend == "fused":
+                raise NotFusable(f"fused copy differs from the model by {err:.2e} on the probe input")
+            log.warning("fused copy differs from the model by %.2e on a probe input; running eager", err)
+            return "eager", None
+        return "fused", fused
+
+    def _probe_error(self, fused: nn.Module) -> float:
+        """Max |fused − model| over every output on a small seeded [0, 1] image."""
+        side = 2 * self.multiple
+        x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(self.device)
+        with torch.inference_mode():
+            a, b = self.model(x), fused(x.contiguous(memory_format=torch.channels_last))
+        a = a if isinstance(a, dict) else {"image": a}
+        return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k in b)
 
     def _keep_residual(self, _module, _inputs, output) -> None:  # noqa: ANN001
         self._raw["residual"] = output

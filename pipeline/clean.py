@@ -254,11 +254,12 @@ def engine_options(settings: Settings, device: torch.device) -> dict[str, Any]:
     """Tile, overlap and batch for the device, unless the settings name them."""
     cuda = device.type == "cuda"
     return {
-        "tile": settings.clean_tile or (512 if cuda else 320),
+        "tile": settings.clean_tile or 512,
         "overlap": settings.clean_overlap if settings.clean_overlap is not None else (64 if cuda else 32),
         "batch_size": settings.clean_batch_size or (16 if cuda else 1),
         "precision": settings.clean_precision,
         "compile": settings.clean_compile,
+        "backend": settings.clean_backend,
     }
 
 
@@ -378,6 +379,7 @@ def clean(
     harden = bool(remover.config.get("harden_mask", False))
     cleaner = Cleaner(remover.model, device=dev, harden_mask=harden, **opts)
     summary.update({"tile": opts["tile"], "overlap": opts["overlap"], "precision": cleaner.precision,
+                    "backend": cleaner.backend,
                     "harden_mask": harden})
     compute_s = 0.0
     done = 0

@@ -76,13 +76,15 @@ class Settings(BaseSettings):
     output_format: str = Field(default="png", description="png | jpeg")
 
     # --- cleaning (pipeline/clean.py, model/infer.py) ----------------------------------
-    # Tiles: None = by device (CUDA 512/64; CPU 320/32, where smaller tiles measured faster per
-    # pixel; see bench/infer.py). Any size works: memory depends on the tile, not the image.
+    # Tiles: None = by device (CUDA 512/64; CPU 512/32: with the fused CPU backend, fewer overlap
+    # pixels beat smaller tiles; see bench/RESULTS.md "infer"). Any size works: memory depends on
+    # the tile, not the image.
     clean_tile: int | None = None
     clean_overlap: int | None = None
     clean_batch_size: int | None = None  # tiles per forward pass; None = by device
     clean_precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16")
     clean_compile: bool = False  # torch.compile the remover (minutes to compile; see bench/RESULTS.md "infer")
+    clean_backend: str = Field(default="auto", description="auto | eager | fused (CPU fp32: BatchNorm folded, fused activations)")
     clean_chunk_images: int = 8  # images decoded, cleaned and committed together
     num_workers: int = 2  # DataLoader processes decoding images for the cleaner (0 = in-process)
     clean_changed_threshold: int = 8  # |output − input| above this (0–255, any channel) = changed
