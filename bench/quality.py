@@ -68,6 +68,7 @@ def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool) 
         "s_per_step_median": sorted(h["s_per_step"] for h in history)[len(history) // 2] if history else None,
         "threads": threads,
         "load_at_start": load0,
+        "load_during_training": [h.get("load_avg") for h in history],
         "load_at_end": os.getloadavg()[0],
         "parameters": summary["parameters"],
         "perceptual": summary["perceptual"],

@@ -25,6 +25,7 @@ import dataclasses
 import fcntl
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -470,7 +471,9 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
                "val_psnr": val["model"]["psnr"], "val_ssim": val["model"]["ssim"],
                "val_masked_psnr": val["model"]["masked_psnr"], "val_input_psnr": val["input"]["psnr"],
                "train_s": round(train_s, 2), "val_s": round(epoch_s - train_s, 2),
-               "s_per_step": round(train_s / max(n_steps, 1), 4), "elapsed_s": round(state["elapsed_s"], 1)}
+               "s_per_step": round(train_s / max(n_steps, 1), 4), "elapsed_s": round(state["elapsed_s"], 1),
+               # the machine's 1-minute load: on a shared CPU it explains s_per_step
+               "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
         state["history"].append(row)
         if row["val_psnr"] is not None and row["val_psnr"] > state["best_psnr"]:
             state["best_psnr"], state["best_epoch"] = row["val_psnr"], state["epoch"]

@@ -102,7 +102,7 @@ def test_tiny_run_writes_every_file_and_beats_nothing_silently(photos, tmp_path)
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     for key in ("lr", "total", "l1", "lab", "ssim", "edge", "mask_bce", "mask_dice", "val_psnr", "val_ssim",
-                "val_input_psnr"):
+                "val_input_psnr", "load_avg"):
         assert key in history[0], key
     assert "perceptual" not in history[0]  # off: not computed
     csv_head = (run / "history.csv").read_text().splitlines()[0].split(",")
