@@ -70,6 +70,17 @@ class Row:
 # --- hashing in a process pool -------------------------------------------------------------
 
 
+def _read_blob(store: BlobStore, key: str) -> bytes:
+    """A blob's bytes; a local store's straight from the file (fsspec's ``cat_file`` costs
+    ~0.15 ms per call, a tenth of a JPEG's hashing)."""
+    if not store.is_local:
+        return store.get(key)
+    try:
+        return store.local_path(key).read_bytes()
+    except FileNotFoundError as exc:
+        raise BlobError(key, "not found") from exc
+
+
 def _hash_chunk(blob_root: str, storage_options: dict, max_pixels: int,
                 jobs: Sequence[tuple[int, str]]) -> list[tuple[int, np.ndarray | None, str | None, str | None]]:
     """Worker: ``(id, codes, error class, message)`` for each ``(id, blob key)``; ``codes`` is
@@ -78,7 +89,7 @@ def _hash_chunk(blob_root: str, storage_options: dict, max_pixels: int,
     out = []
     for image_id, key in jobs:
         try:
-            out.append((image_id, hash_image(store.get(key), max_pixels), None, None))
+            out.append((image_id, hash_image(_read_blob(store, key), max_pixels), None, None))
         except (BadImage, BlobError, OSError) as exc:
             out.append((image_id, None, type(exc).__name__, str(exc)))
     return out
