@@ -409,6 +409,7 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
     resolved = {**config.to_dict(), "steps_per_epoch": steps_per_epoch, "device": str(device),
                 "precision": "fp16-amp" if device.type == "cuda" else "bf16" if cpu_bf16(device, config) else "fp32",
                 "parameters": n_params, "schedule": "wall" if wall else "onecycle",
+                "loss_resolved": dict(getattr(loss_fn, "config", {})),  # weights and the VGG source used
                 "images": {"train": len(train_paths), "val": len(val_paths), "test": len(test_paths)}}
     _write_json(run_dir / "config.json", resolved)
 

@@ -109,6 +109,7 @@ def test_tiny_run_writes_every_file_and_beats_nothing_silently(photos, tmp_path)
     assert "val_psnr" in csv_head and "lr" in csv_head
     config = json.loads((run / "config.json").read_text())
     assert config["perceptual"] == "off" and config["perceptual_reason"]
+    assert config["loss_resolved"]["vgg_source"] == "off"
     assert config["parameters"] == summary["parameters"] > 0
     assert summary["epochs"] == 2 and summary["steps"] == 4 and summary["stopped_by"] == "epochs"
     test = summary["test"]
