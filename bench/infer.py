@@ -9,8 +9,12 @@ and the seam check below means something).
 
 - ``naive``: the whole image in one fp32 forward pass (padded to the size multiple).
 - ``engine``: ``model.infer.Cleaner`` with the settings the clean step uses on this device
-  (``pipeline.clean.engine_options``); also once with bf16 forced, to record why ``auto`` picks
-  what it picks on this CPU, and once with ``torch.compile`` (its compilation timed apart).
+  (``pipeline.clean.engine_options``: on this CPU the fused fp32 backend, 512 tiles); also with
+  the plain (eager) model at the same tiles and at the previous default (320 tiles), fused at
+  other tile sizes, with bf16 forced (why ``auto`` picks what it picks on this CPU), and with
+  ``torch.compile`` (its compilation timed apart).
+- ``jit``: one engine-sized tile through the plain channels-last model, the fused copy, and
+  ``torch.jit.trace`` + ``freeze`` (+ ``optimize_for_inference``), with the trace time.
 - CPU: images/s at 1024×768 and 4000×3000, peak RSS of each. Images/s are per CPU-second of the
   measuring process (``time.process_time``) with one torch thread by default, so a busy shared
   machine does not skew one side against the other; wall-clock rates are recorded next to them. Naive at 4000×3000 needs many GB
@@ -80,7 +84,45 @@ def _naive(net, img, device="cpu"):
     return np.ascontiguousarray(y.permute(1, 2, 0).cpu().numpy())
 
 
-def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, compile: bool = False) -> dict:
+def jit_worker(w: int, h: int, n: int, threads: int) -> dict:
+    """CPU seconds per ``w``×``h`` tile: plain channels-last model, fused copy, jit trace+freeze,
+    jit trace+freeze+optimize_for_inference; trace/freeze CPU seconds and max |Δ| vs plain."""
+    import warnings
+
+    import torch
+
+    from model.fused import fuse_unet
+
+    warnings.filterwarnings("ignore")  # torch.jit's deprecation and tracer warnings
+    torch.set_num_threads(threads)
+    net = _network()
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    out: dict = {"mode": "jit", "size": f"{w}x{h}", "threads": threads, "tiles_timed": n}
+    with torch.inference_mode():
+        ref = net(x)["image"]
+        plain = _network().to(memory_format=torch.channels_last)
+        paths = {"eager_channels_last": (plain, 0.0), "fused": (fuse_unet(net), 0.0)}
+        for opt in (False, True):
+            c = time.process_time()
+            frozen = torch.jit.freeze(torch.jit.trace(_network().to(memory_format=torch.channels_last), x, strict=False))
+            if opt:
+                frozen = torch.jit.optimize_for_inference(frozen)
+            frozen(x)  # the first call runs the graph passes
+            paths["jit_optimized" if opt else "jit_frozen"] = (frozen, time.process_time() - c)
+        for name, (f, prep) in paths.items():
+            f(x)
+            c = time.process_time()
+            for _ in range(n):
+                y = f(x)["image"]
+            out[f"{name}_s_per_tile"] = (time.process_time() - c) / n
+            out[f"{name}_prepare_cpu_s"] = prep
+            out[f"{name}_max_abs_diff"] = float((y - ref).abs().max())
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, compile: bool = False,
+           backend: str = "auto", tile: int | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -104,9 +146,13 @@ def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, comp
         if precision != "auto":
             opts["precision"] = precision
         opts["compile"] = compile
+        opts["backend"] = backend
+        opts["tile"] = tile or opts["tile"]
         cleaner = Cleaner(net, device=dev, **opts)
+        th, tw, starts = cleaner.plan(h, w)
         out.update(tile=opts["tile"], overlap=opts["overlap"], batch_size=opts["batch_size"], precision=cleaner.precision,
-                   compile=compile)
+                   compile=compile, backend=cleaner.backend, tiles=len(starts), tile_shape=f"{tw}x{th}",
+                   tile_pixels_per_pixel=len(starts) * th * tw / (h * w))
         t = time.perf_counter()
         cleaner.clean([warm])  # with compile: the compilation (one tile shape)
         out["warmup_s"] = time.perf_counter() - t
@@ -198,6 +244,7 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="GPU numbers at 512x512 and 2048x2048 (needs CUDA)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (minutes)")
     ap.add_argument("--no-record", action="store_true", help="print only; do not write results")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the tile-size sweep and the jit comparison")
     if sys.argv[1:2] == ["--child"]:  # one measurement, in its own process
         c = argparse.ArgumentParser()
         c.add_argument("mode")
@@ -207,11 +254,15 @@ def main() -> None:
         c.add_argument("--threads", type=int, default=1)
         c.add_argument("--precision", default="auto")
         c.add_argument("--compile", action="store_true")
+        c.add_argument("--backend", default="auto")
+        c.add_argument("--tile", type=int, default=None)
         ca = c.parse_args(sys.argv[2:])
         if ca.mode == "gpu":
             res = gpu_worker([(512, 512), (2048, 2048)], ca.n)
+        elif ca.mode == "jit":
+            res = jit_worker(ca.w, ca.h, ca.n, ca.threads)
         else:
-            res = worker(ca.mode, ca.w, ca.h, ca.n, ca.threads, ca.precision, ca.compile)
+            res = worker(ca.mode, ca.w, ca.h, ca.n, ca.threads, ca.precision, ca.compile, ca.backend, ca.tile)
         print(json.dumps(res))
         return
     a = ap.parse_args()
@@ -230,6 +281,13 @@ def main() -> None:
     n = str(a.images)
     measure("naive_1024x768", "naive", "--w", "1024", "--h", "768", "--n", n)
     measure("engine_1024x768", "seam", "--w", "1024", "--h", "768", "--n", n)
+    measure("engine_eager_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "eager")
+    measure("engine_eager_tile320_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "eager",
+            "--tile", "320")
+    if not a.no_sweep:
+        for t in (320, 768, 1024):
+            measure(f"engine_tile{t}_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--tile", str(t))
+        measure("jit_tile", "jit", "--w", "368", "--h", "400", "--n", "3")
     measure("engine_bf16_1024x768", "engine", "--w", "1024", "--h", "768", "--n", "1", "--precision", "bf16")
     if not a.no_compile:
         measure("engine_compiled_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--compile")
@@ -271,7 +329,20 @@ def main() -> None:
         "compile_wall_s": get("engine_compiled_1024x768", "warmup_s"),
         "seam_max_abs": get("engine_1024x768", "seam_max_abs"),
         "seam_mean_abs": get("engine_1024x768", "seam_mean_abs"),
-        "engine": {k: get("engine_1024x768", k) for k in ("tile", "overlap", "batch_size", "precision")},
+        "engine": {k: get("engine_1024x768", k) for k in ("tile", "overlap", "batch_size", "precision", "backend",
+                                                           "tiles", "tile_shape", "tile_pixels_per_pixel")},
+        "engine_eager_img_per_s_1024x768": get("engine_eager_1024x768", "img_per_s"),
+        "ratio_eager": (get("engine_eager_1024x768", "img_per_s") / naive_s
+                        if naive_s and get("engine_eager_1024x768", "img_per_s") else None),
+        "engine_eager_tile320_img_per_s_1024x768": get("engine_eager_tile320_1024x768", "img_per_s"),
+        "ratio_previous_default": (get("engine_eager_tile320_1024x768", "img_per_s") / naive_s
+                                   if naive_s and get("engine_eager_tile320_1024x768", "img_per_s") else None),
+        "tile_sweep_img_per_s_1024x768": {
+            str(get(k, "tile")): {"img_per_s": get(k, "img_per_s"), "tiles": get(k, "tiles"),
+                                  "tile_pixels_per_pixel": get(k, "tile_pixels_per_pixel")}
+            for k in ("engine_tile320_1024x768", "engine_1024x768", "engine_tile768_1024x768",
+                      "engine_tile1024_1024x768") if k in runs and "error" not in runs[k]},
+        "jit": runs.get("jit_tile"),
         "gpu": runs.get("gpu"),
         "threads": a.threads,
         "machine": {**_machine(), "load_avg_start": load_start, "load_avg_end": os.getloadavg()},
@@ -301,7 +372,9 @@ def _append_results(r: dict, cmd: str) -> None:
         f"{m['native_bf16']}, CUDA: {m['cuda']} · {r['threads']} torch thread(s) per measurement · load average "
         f"{m['load_avg_start'][0]:.1f} at start, {m['load_avg_end'][0]:.1f} at end (other engineers' jobs share "
         "the 2 cores, so absolute times are inflated; both sides ran in the same run). Seed-size U-Net, "
-        f"untrained. Engine: tile {e['tile']}, overlap {e['overlap']}, batch {e['batch_size']}, {e['precision']}.\n",
+        f"untrained. Engine: backend {e.get('backend')}, tile {e['tile']} ({e.get('tiles')} tiles of {e.get('tile_shape')} at "
+        f"1024×768, {_f(e.get('tile_pixels_per_pixel'), 2)} network pixels per image pixel), overlap {e['overlap']}, "
+        f"batch {e['batch_size']}, {e['precision']}.\n",
         "Rates are images per CPU-second of the measuring process (one torch thread), which the other "
         "load does not change; wall-clock rates in parentheses.\n",
         "| | naive fp32 full image | engine |",
@@ -322,7 +395,23 @@ def _append_results(r: dict, cmd: str) -> None:
         f"Engine forced to bf16 at 1024×768: {_f(r['engine_bf16_img_per_s_1024x768'])} images/s. Seams: tiled vs "
         f"whole-image output at 1024×768 differ by at most {r['seam_max_abs']} and on average "
         f"{_f(r['seam_mean_abs'], 3)} levels (0–255).",
+        "",
+        f"Same run, 1024×768: the plain (eager, channels-last) model at the same tiles "
+        f"{_f(r.get('engine_eager_img_per_s_1024x768'))} images/s (ratio {_f(r.get('ratio_eager'), 2)}×); the previous "
+        f"default (eager, 320 tiles) {_f(r.get('engine_eager_tile320_img_per_s_1024x768'))} images/s "
+        f"(ratio {_f(r.get('ratio_previous_default'), 2)}×).",
     ]
+    sweep = r.get("tile_sweep_img_per_s_1024x768") or {}
+    if sweep:
+        lines.append("Fused engine by tile size at 1024×768: " + "; ".join(
+            f"tile {t}: {_f(v['img_per_s'])} images/s ({v['tiles']} tiles, {_f(v['tile_pixels_per_pixel'], 2)} px/px)"
+            for t, v in sorted(sweep.items(), key=lambda kv: int(kv[0]))) + ".")
+    j = r.get("jit") or {}
+    if j and "error" not in j:
+        names = ("eager_channels_last", "fused", "jit_frozen", "jit_optimized")
+        lines.append(f"One {j['size']} tile, CPU s (prepare CPU s, max |Δ| vs plain): " + "; ".join(
+            f"{k} {_f(j.get(k + '_s_per_tile'))} ({_f(j.get(k + '_prepare_cpu_s'), 1)}, "
+            f"{j.get(k + '_max_abs_diff', 0):.1e})" for k in names) + ".")
     if r.get("gpu"):
         g = r["gpu"]
         lines.append(f"GPU: {json.dumps(g)}")
