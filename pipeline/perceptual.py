@@ -8,7 +8,7 @@ Decoding dominates the cost, so images are decoded reduced: a JPEG in the DCT do
 1/8 scale, straight to grayscale), every other format with the same power-of-two box reduction,
 so a PNG and a JPEG of one photo take the same path to the hash. JPEG goes through OpenCV's
 decoder and 8-bit RGB/grey PNG through libspng (``pyspng``): the same pixels as Pillow's decode
-(``tests/pipeline/test_dedup_index.py`` checks it) at less CPU; Pillow still reads every header
+(``tests/pipeline/test_dedup_decode.py`` checks it) at less CPU; Pillow still reads every header
 (format allowlist, pixel limit, EXIF orientation) and decodes everything else.
 """
 
@@ -24,7 +24,7 @@ import imagehash
 import numpy as np
 import pyspng
 import scipy.fftpack
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pipeline.images import ALLOWED_FORMATS, BadImage, sniff_format
 
@@ -101,6 +101,22 @@ def _png_pixels(data: bytes) -> np.ndarray | None:
         raise BadImage("corrupt", f"PNG: {exc}") from exc
 
 
+def _fast_gray(data: bytes, im: Image.Image, side: int) -> Image.Image | None:
+    """What Pillow's path in ``reduced_gray`` gives before the box reduction (draft-mode decode,
+    EXIF orientation, grayscale), decoded by OpenCV (JPEG) or libspng (PNG); None where the file
+    is for Pillow."""
+    if im.format == "JPEG":
+        arr = _jpeg_gray(data, im, side)
+        if arr is None:
+            return None
+        gray, transpose = Image.fromarray(arr), _ORIENTATION.get(im.getexif().get(ExifTags.Base.Orientation, 1))
+        return gray.transpose(transpose) if transpose is not None else gray
+    if im.format == "PNG":
+        arr = _png_pixels(data)
+        return None if arr is None else Image.fromarray(arr).convert("L")  # Pillow's RGB->L weights
+    return None
+
+
 def reduced_gray(data: bytes, max_pixels: int = 64_000_000, side: int = REDUCED_SIDE) -> Image.Image:
     """Decode ``data`` to a grayscale image whose short side is REDUCED_SIDE..2*REDUCED_SIDE-1
     (or the original size when smaller), EXIF orientation applied. Raises ``BadImage``."""
@@ -113,18 +129,8 @@ def reduced_gray(data: bytes, max_pixels: int = 64_000_000, side: int = REDUCED_
             w, h = im.size
             if w * h > max_pixels:
                 raise BadImage("too-many-pixels", f"{w}x{h} exceeds {max_pixels} pixels")
-            arr = None
-            if im.format == "JPEG":
-                arr = _jpeg_gray(data, im, side)
-                transpose = _ORIENTATION.get(im.getexif().get(0x0112, 1)) if arr is not None else None
-            elif im.format == "PNG":
-                arr = _png_pixels(data)
-                transpose = None
-            if arr is not None:
-                gray = Image.fromarray(arr).convert("L")  # convert: Pillow's RGB->L weights, a no-op for L
-                if transpose is not None:
-                    gray = gray.transpose(transpose)
-            else:
+            gray = _fast_gray(data, im, side)
+            if gray is None:
                 if im.format == "JPEG":
                     im.draft("L", (side, side))
                 gray = ImageOps.exif_transpose(im).convert("L")
