@@ -160,8 +160,9 @@ def summary_table(catalog, result: dict, manifest: dict, minutes: float) -> Tabl
         table.add_row("test split (synthetic)", f"PSNR {_num(psnr)} dB vs input {_num(base)} dB; "
                                                 f"SSIM {_num(test.get('ssim'))}")
     if clean:
-        table.add_row("cleaned", ", ".join(f"{k} {_num(v)}" for k, v in clean.items()
-                                           if k not in ("report", "model_version") and not isinstance(v, dict | list)))
+        table.add_row("cleaned", ", ".join(f"{k} {_num(clean[k])}" for k in
+                                           ("cleaned", "duplicates", "failed", "images_per_s", "device", "skipped")
+                                           if k in clean))
     table.add_row("wall time", f"{minutes:.1f} min")
     if clean.get("report"):
         table.add_row("report", str(clean["report"]))
