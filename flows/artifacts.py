@@ -80,7 +80,7 @@ class Progress:
         thread.start()
         try:
             yield self
-            self.set(100.0)
         finally:
             stop.set()
             thread.join(timeout=every_s + 5)
+        self.set(100.0)  # after the watcher stopped, so that no late poll overwrites it
