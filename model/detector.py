@@ -355,7 +355,7 @@ def train_detector(
         for _ in range(config.batch_size):
             pos = rng.random() < config.positive_fraction
             v, m, y = make_sample(cache.pick(rng), renderer, rng, config.crop, pos, config.train_families)
-            xs.append(torch.from_numpy(v).permute(2, 0, 1))
+            xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
             ms.append(torch.from_numpy(m)[None])
             ys.append(y)
         x = torch.stack(xs).float() / 255.0
