@@ -3,6 +3,7 @@ and prints a human summary, or JSON with ``--json``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Annotated, Any
@@ -42,6 +43,22 @@ def emit(data: Any, as_json: bool, title: str = "") -> None:
     for k, v in _flatten(data):
         table.add_row(k, str(v))
     console.print(table)
+
+
+@contextlib.contextmanager
+def stage_progress(disabled: bool = False):  # noqa: ANN201
+    """A rich progress display on stderr with one bar per stage; yields ``progress(stage, done, total)``."""
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True, disable=disabled) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield progress
 
 
 def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202
@@ -209,7 +226,6 @@ def triage(
     as_json: JsonOpt = False,
 ) -> None:
     """Label every image clean / watermarked / uncertain with the promoted detector (trained on first use)."""
-    from rich.progress import Progress
 
     from pipeline import triage as triage_step
 
@@ -222,14 +238,7 @@ def triage(
             raise typer.Exit(2) from exc
         emit(result, as_json, "triage")
         return
-    with Progress(console=err, transient=True, disable=as_json) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with stage_progress(disabled=as_json) as progress:
         try:
             result = triage_step.triage(cat, blobs, settings, retrain_detector=retrain_detector, progress=progress)
         except triage_step.NoTrainingImages as exc:
@@ -327,19 +336,11 @@ def clean(
     as_json: JsonOpt = False,
 ) -> None:
     """Clean the watermarked pool with the promoted remover (tiled, batched inference)."""
-    from rich.progress import Progress
 
     from pipeline import clean as clean_step
 
     settings, cat, blobs = _open()
-    with Progress(console=err, transient=True, disable=as_json) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with stage_progress(disabled=as_json) as progress:
         try:
             result = clean_step.clean(cat, blobs, settings, model_version=model, device=device, limit=limit,
                                       progress=progress)
