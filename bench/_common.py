@@ -34,7 +34,11 @@ def command() -> str:
 
 
 def write_results(name: str, figures: dict, markdown_body: str) -> None:
-    """Write ``bench/results/<name>.json`` and append a dated section to ``bench/RESULTS.md``."""
+    """Write ``bench/results/<name>.json`` and append a dated section to ``bench/RESULTS.md``
+    (``UNMARK_BENCH_DRY=1``: print the section instead; for exploratory runs)."""
+    if os.environ.get("UNMARK_BENCH_DRY"):
+        print(f"[dry run: not recorded] {name}: {json.dumps(figures, default=str)}")
+        return
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     figures = {**figures, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
                "command": command()}
