@@ -1,6 +1,9 @@
 """The scraper's HTTP stage: polite, bounded, SSRF-safe GETs.
 
-One pooled ``requests.Session`` on the pinned transport (``pipeline.ssrf``); redirects followed by
+One pooled ``requests.Session`` on the pinned transport (``pipeline.ssrf``) holds the transport
+settings (headers, ``verify``, the mounted adapter); each GET goes straight to that adapter's pinned
+urllib3 pool, skipping requests' per-request machinery (cookies, hooks, request preparation: about
+0.3 ms of CPU a request, most of a small image's cost under the GIL). Redirects followed by
 hand (at most ``max_redirects``) with the address check and the caller's robots check on every
 hop; retries with exponential backoff on 429/5xx and connection errors, honouring Retry-After;
 connect/read timeouts plus a wall-clock deadline per download; bodies streamed with a byte cap
@@ -11,17 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.client
+import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-from requests.structures import CaseInsensitiveDict
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
+from urllib3 import Timeout
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationValueError,
+    NewConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.util import make_headers, parse_url
 
 from pipeline.ssrf import AddressGuard, HostRefused, PinnedAdapter, Resolver
 
@@ -45,7 +58,7 @@ class FetchError(Exception):
 class Response:
     url: str  # after redirects
     status: int
-    headers: CaseInsensitiveDict
+    headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
     body: bytes = b""
     redirects: list[str] = field(default_factory=list)
     attempts: int = 1
@@ -118,11 +131,12 @@ class Fetcher:
         self.session = requests.Session()
         self.session.trust_env = False  # an environment proxy would bypass the address check
         self.session.headers.update({"User-Agent": settings.user_agent, "Accept-Encoding": "gzip, deflate"})
-        adapter = PinnedAdapter(
+        self.adapter = PinnedAdapter(
             self.guard, pool_connections=64, pool_maxsize=max(settings.global_concurrency, 1), max_retries=0,
         )
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session.mount("http://", self.adapter)
+        self.session.mount("https://", self.adapter)
+        self.timeout = Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s)
 
     def close(self) -> None:
         self.session.close()
@@ -191,35 +205,34 @@ class Fetcher:
         s = self.settings
         deadline = time.monotonic() + s.download_deadline_s
         try:
-            r = self.session.get(
-                url, headers=headers, stream=True, allow_redirects=False,
-                timeout=(s.connect_timeout_s, s.read_timeout_s),
-            )
+            r = self._urlopen(url, headers)
         except HostRefused as exc:  # raised at connect time by the pinned transport
             raise FetchError(url, exc.reason, str(exc)) from exc
-        except requests.Timeout as exc:
-            raise FetchError(url, "timeout", str(exc)) from exc
-        except requests.exceptions.SSLError as exc:  # a bad certificate does not get better on retry
-            raise FetchError(url, "tls", str(exc)) from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        except NewConnectionError as exc:  # a subclass of ConnectTimeoutError, but no timeout
             raise FetchError(url, "connection", str(exc)) from exc
-        except requests.RequestException as exc:
+        except (ConnectTimeoutError, ReadTimeoutError, TimeoutError) as exc:
+            raise FetchError(url, "timeout", str(exc)) from exc
+        except SSLError as exc:  # a bad certificate does not get better on retry
+            raise FetchError(url, "tls", str(exc)) from exc
+        except LocationValueError as exc:
             raise FetchError(url, "bad-url", str(exc)) from exc
+        except (Urllib3Error, http.client.HTTPException, OSError) as exc:
+            raise FetchError(url, "connection", str(exc)) from exc
         reusable = False  # True once the connection can go back to the pool (body fully read)
         try:
-            resp = Response(url=url, status=r.status_code, headers=r.headers,
-                            robots_tags=r.raw.headers.getlist("X-Robots-Tag"))
-            if not 200 <= r.status_code < 300:
+            resp = Response(url=url, status=r.status, headers=r.headers,
+                            robots_tags=r.headers.getlist("X-Robots-Tag"))
+            if not 200 <= r.status < 300:
                 # error and redirect bodies are not read; an empty one leaves the connection clean
-                reusable = r.status_code == 304 or r.headers.get("Content-Length") == "0"
+                reusable = r.status == 304 or r.headers.get("Content-Length") == "0"
                 return resp
             declared = r.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
-                raise FetchError(url, "too-large", f"Content-Length {declared} > cap {max_bytes}", r.status_code)
+                raise FetchError(url, "too-large", f"Content-Length {declared} > cap {max_bytes}", r.status)
             buf = bytearray()
             while True:
                 try:
-                    chunk = r.raw.read1(CHUNK, decode_content=True)
+                    chunk = r.read1(CHUNK, decode_content=True)
                 except ReadTimeoutError as exc:
                     raise FetchError(url, "timeout", f"read timed out after {s.read_timeout_s}s") from exc
                 except (Urllib3Error, OSError) as exc:
@@ -228,14 +241,38 @@ class Fetcher:
                     break
                 buf += chunk
                 if len(buf) > max_bytes:
-                    raise FetchError(url, "too-large", f"body passed the cap of {max_bytes} bytes", r.status_code)
+                    raise FetchError(url, "too-large", f"body passed the cap of {max_bytes} bytes", r.status)
                 if time.monotonic() > deadline:
                     raise FetchError(url, "deadline", f"download took longer than {s.download_deadline_s}s")
             resp.body = bytes(buf)
             reusable = True
             return resp
         finally:
-            if reusable:
-                r.raw.release_conn()
-            else:
+            if not reusable:
                 r.close()  # drops the connection instead of reading the rest of a body we refused
+            r.release_conn()
+
+    def _urlopen(self, url: str, headers: dict[str, str] | None):  # noqa: ANN202
+        """One GET on the session's pinned pool, as ``requests`` would send it: the session's
+        headers and TLS verification, Basic auth from the URL's user info, no redirects, no retries,
+        the body left unread."""
+        u = parse_url(url)
+        if u.scheme not in ("http", "https") or not u.host:
+            raise LocationValueError(f"not an http(s) URL: {url!r}")
+        verify = self.session.verify
+        if verify is False:
+            tls = {"cert_reqs": "CERT_NONE"}
+        elif isinstance(verify, str):
+            tls = {"cert_reqs": "CERT_REQUIRED", ("ca_cert_dir" if os.path.isdir(verify) else "ca_certs"): verify}
+        else:
+            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH}
+        pool = self.adapter.poolmanager.connection_from_host(u.host, u.port, u.scheme, pool_kwargs=tls)
+        sent = dict(self.session.headers)
+        if u.auth:
+            user, _, password = u.auth.partition(":")
+            sent.update(make_headers(basic_auth=f"{unquote(user)}:{unquote(password)}"))
+        if headers:
+            sent.update(headers)
+        return pool.urlopen("GET", u.request_uri, headers=sent, redirect=False, retries=False,
+                            preload_content=False, decode_content=False, timeout=self.timeout,
+                            assert_same_host=False)

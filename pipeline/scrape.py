@@ -7,7 +7,8 @@ Stages (one module each): ``fetch`` (HTTP: SSRF guard, retries, caps, per-host p
 thread pool does the network and the hashing; the calling thread is the catalog's one writer and
 commits rows in batches.
 
-Idempotent and resumable: each image's blob is written before its row; a page gets its
+Idempotent and resumable: each image's blob is written (atomically) before its row, and made
+durable by one ``BlobStore.sync`` before the transaction that holds the row; a page gets its
 validators (ETag / Last-Modified) only in the transaction that holds its last sighting, so a page
 with validators is complete, and a re-run re-fetches it conditionally (a 304 re-uses the stored
 links) while image URLs already sighted are not downloaded again. A run killed at any point and
@@ -137,8 +138,9 @@ class _PendingPage:
 class _Writer:
     """Rows waiting for the next write transaction (the crawl thread is the only caller)."""
 
-    def __init__(self, catalog: Catalog, batch_size: int):
+    def __init__(self, catalog: Catalog, blobs: BlobStore, batch_size: int):
         self.catalog = catalog
+        self.blobs = blobs
         self.batch_size = batch_size
         self.pages: dict[str, dict] = {}
         self.images: dict[str, dict] = {}
@@ -167,10 +169,14 @@ class _Writer:
         self.last_flush = time.monotonic()
         if not self.size():
             return
+        if self.images:
+            self.blobs.sync()  # the workers' blobs are durable before any row names them
         with self.catalog.write() as s:
-            for url, fields in self.pages.items():
-                host = fields.pop("host", None) or host_key(url)
-                self.page_ids[url] = q.upsert_page(s, url, host, **fields)
+            if self.pages:
+                self.page_ids.update(q.upsert_pages(s, [
+                    {"url": url, **fields, "host": fields.get("host") or host_key(url)}
+                    for url, fields in self.pages.items()
+                ]))
             if self.images:
                 rows = list(self.images.values())
                 known = set(q.image_ids_by_sha(s, [r["sha256"] for r in rows]))
@@ -181,11 +187,9 @@ class _Writer:
             shas = [ref for _, ref, _ in self.sightings if isinstance(ref, str) and ref not in ids]
             if shas:
                 ids.update(q.image_ids_by_sha(s, shas))
-            missing = [p for p, _, _ in self.sightings if p not in self.page_ids]
-            for p in dict.fromkeys(missing):
-                row = q.get_page(s, p)
-                if row is not None:
-                    self.page_ids[p] = row.id
+            missing = list(dict.fromkeys(p for p, _, _ in self.sightings if p not in self.page_ids))
+            if missing:
+                self.page_ids.update(q.page_ids_by_url(s, missing))
             q.add_sightings(s, [
                 {"image_id": ids[ref] if isinstance(ref, str) else ref, "page_id": self.page_ids[p],
                  "image_url": r.url, "alt": r.alt, "found_by": r.found_by}
@@ -193,11 +197,15 @@ class _Writer:
             ])
             for stage, subject, reason, message in self.failures:
                 q.record_failure(s, stage, subject, message, error_class=reason)
+            by_stage: dict[str, list[str]] = {}
             for stage, subject in self.cleared:
-                q.clear_failure(s, stage, subject)
-            for url, (etag, last_modified) in self.completed.items():
+                by_stage.setdefault(stage, []).append(subject)
+            for stage, subjects in by_stage.items():
+                q.clear_failures(s, stage, subjects)
+            if self.completed:
                 # the page's last sighting is in this transaction (or an earlier one): complete
-                q.upsert_page(s, url, host_key(url), etag=etag, last_modified=last_modified)
+                q.upsert_pages(s, [{"url": url, "host": host_key(url), "etag": etag, "last_modified": last_modified}
+                                   for url, (etag, last_modified) in self.completed.items()])
         self.pages.clear()
         self.images.clear()
         self.sightings.clear()
@@ -221,7 +229,7 @@ class Crawl:
         self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
         self.token = agent_token(settings.user_agent)
         self.robots = RobotsPolicy(settings.user_agent, self._fetch_robots, self._robots_failed)
-        self.writer = _Writer(catalog, settings.write_batch_size)
+        self.writer = _Writer(catalog, blobs, settings.write_batch_size)
         self.progress = progress
         self.sites: set[str] = set()
         self.seen_pages: set[str] = set()
@@ -236,6 +244,9 @@ class Crawl:
         self.waiters: dict[str, list[tuple[str, ImageRef]]] = {}
         self.pending_pages: dict[str, _PendingPage] = {}
         self.robots_failures: list[tuple[str, BaseException]] = []
+        self.memory = {"validators": True, "sightings": True, "image_failures": True}  # set by run()
+        self._known: dict[str, int] = {}  # image URL -> image id, for the page batch in hand
+        self._failed: dict[str, str] = {}  # image URL -> failure class, for the page batch in hand
         self.stats: dict = {
             "seeds": 0, "pages_fetched": 0, "pages_not_modified": 0, "pages_failed": 0, "pages_opted_out": 0,
             "pages_disallowed": 0, "sitemaps": 0, "images_found": 0, "images_fetched": 0, "images_new": 0,
@@ -318,7 +329,8 @@ class Crawl:
             if opted:
                 raise FetchError(url, "opted-out", f"X-Robots-Tag {opted}")
             info = inspect_image(resp.body, max_pixels=s.max_image_pixels, min_side=s.min_image_side)
-            sha, key = self.blobs.put(resp.body)  # blob first: a row never points at a missing blob
+            # blob first: a row never points at a missing blob (the writer syncs before it commits)
+            sha, key = self.blobs.put(resp.body, durable=False)
         except (FetchError, BadImage) as exc:
             return ImageResult(url, error=exc)
         except Exception as exc:  # one bad URL must never end the crawl; it becomes a failure row
@@ -338,6 +350,9 @@ class Crawl:
     def run(self, seeds: list[str]) -> dict:
         started = time.monotonic()
         self.stats["seeds"] = len(seeds)
+        with self.catalog.session() as s:
+            # what earlier runs left; this run's own pages and image URLs are remembered in memory
+            self.memory = q.scrape_memory(s, IMAGE_STAGE)
         for url in seeds:
             self.sites.add(site_of(url))
             path = urlsplit(url).path.lower()
@@ -348,22 +363,28 @@ class Crawl:
             self._pool = pool
             try:
                 while True:
-                    while self.frontier and self.pages_in_flight < page_window:
+                    batch: list[tuple[str, int]] = []
+                    while self.frontier and self.pages_in_flight + len(batch) < page_window:
                         url, depth, counted = self.frontier.popleft()
                         if counted and self.pages_started >= self.max_pages:
                             continue
                         self.pages_started += counted
-                        self.pages_in_flight += 1
-                        self._submit("page", self._fetch_page, url, depth, self._validators(url))
+                        batch.append((url, depth))
+                    if batch:
+                        validators = self._validators([url for url, _ in batch])
+                        for url, depth in batch:
+                            self.pages_in_flight += 1
+                            self._submit("page", self._fetch_page, url, depth, validators.get(url, (None, None)))
                     if not self.futures:
                         break
-                    for fut in self._completed(FLUSH_EVERY_S):
-                        kind = self.futures.pop(fut)
+                    done = [(self.futures.pop(fut), fut.result()) for fut in self._completed(FLUSH_EVERY_S)]
+                    self._prefetch_image_state([res for kind, res in done if kind == "page"])
+                    for kind, res in done:
                         if kind == "page":
                             self.pages_in_flight -= 1
-                            self._on_page(fut.result())
+                            self._on_page(res)
                         else:
-                            self._on_image(fut.result())
+                            self._on_image(res)
                     self._drain_robots_failures()
                     if self.writer.due():
                         self.writer.flush()
@@ -394,12 +415,25 @@ class Crawl:
             except queue.Empty:
                 return out
 
-    def _validators(self, url: str) -> tuple[str | None, str | None]:
+    def _validators(self, urls: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        """The stored ETag / Last-Modified of those ``urls`` that have any (one query)."""
+        if not self.memory["validators"]:
+            return {}
         with self.catalog.session() as s:
-            page = q.get_page(s, url)
-            if page is None or not (page.etag or page.last_modified):
-                return None, None
-            return page.etag, page.last_modified
+            return q.page_validators(s, urls)
+
+    def _prefetch_image_state(self, pages: list[PageResult]) -> None:
+        """What the catalog knows of the image URLs these pages show that this run has not met:
+        one query for the batch of pages instead of one per page (``_images_of`` reads it)."""
+        fresh = list(dict.fromkeys(r.url for p in pages if p.error is None for r in p.images
+                                   if r.url not in self.image_state))
+        self._known, self._failed = {}, {}
+        if fresh and (self.memory["sightings"] or self.memory["image_failures"]):
+            with self.catalog.session() as s:
+                if self.memory["sightings"]:
+                    self._known = q.image_ids_by_url(s, fresh)
+                if self.memory["image_failures"]:
+                    self._failed = q.failure_classes(s, IMAGE_STAGE, [u for u in fresh if u not in self._known])
 
     def _fail(self, stage: str, subject: str, exc: Exception) -> None:
         reason = getattr(exc, "reason", None) or type(exc).__name__
@@ -469,13 +503,7 @@ class Crawl:
         """Sightings for known images, downloads for new URLs; returns how many are awaited."""
         st, w = self.stats, self.writer
         st["images_found"] += len(page.images)
-        fresh = [r.url for r in page.images if r.url not in self.image_state]
-        known: dict[str, int] = {}
-        failed: dict[str, str] = {}
-        if fresh:
-            with self.catalog.session() as s:
-                known = q.image_ids_by_url(s, fresh)
-                failed = q.failure_classes(s, IMAGE_STAGE, [u for u in fresh if u not in known])
+        known, failed = self._known, self._failed  # filled by _prefetch_image_state for this batch
         outstanding = 0
         for ref in page.images:
             state = self.image_state.get(ref.url, "?")

@@ -152,13 +152,16 @@ def open_catalog(settings: Any = None, *, url: str | None = None, migrate_schema
     return cat
 
 
+def dialect_insert(session: Session):  # noqa: ANN201
+    """The ``insert`` construct of the session's dialect (it has ``on_conflict_do_*``)."""
+    return {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[session.get_bind().dialect.name]
+
+
 def insert_ignore(session: Session, model: type, rows: Sequence[dict], conflict_cols: Iterable[str]) -> None:
     """Batched ``INSERT … ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL)."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    ins = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
-    stmt = ins(model).on_conflict_do_nothing(index_elements=list(conflict_cols))
+    stmt = dialect_insert(session)(model).on_conflict_do_nothing(index_elements=list(conflict_cols))
     session.execute(stmt, list(rows))
 
 
@@ -166,10 +169,8 @@ def upsert(session: Session, model: type, row: dict, conflict_cols: Iterable[str
     """One ``INSERT … ON CONFLICT (…) DO UPDATE SET …`` (SQLite and PostgreSQL); returns the row's
     primary key. Atomic, so concurrent writers of the same row (several workers on PostgreSQL)
     neither collide on the unique key nor lose each other's increments."""
-    dialect = session.get_bind().dialect.name
-    ins = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
     pk = model.__table__.primary_key.columns.values()[0]
-    stmt = ins(model).values(**row)
+    stmt = dialect_insert(session)(model).values(**row)
     stmt = stmt.on_conflict_do_update(index_elements=list(conflict_cols), set_=update).returning(pk)
     return session.execute(stmt).scalar_one()
 

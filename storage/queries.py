@@ -9,10 +9,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from storage.db import insert_ignore, upsert
+from storage.db import dialect_insert, insert_ignore, upsert
 from storage.models import Cleaning, Failure, Image, Model, Page, Sighting, TrainingRun, utcnow
 
 # --- writes -----------------------------------------------------------------------------
@@ -49,6 +49,14 @@ def record_failure(session: Session, stage: str, subject: str, error: BaseExcept
 
 def clear_failure(session: Session, stage: str, subject: str) -> None:
     session.query(Failure).filter(Failure.stage == stage, Failure.subject == str(subject)).delete()
+
+
+def clear_failures(session: Session, stage: str, subjects: Sequence[str]) -> None:
+    """``clear_failure`` for many subjects of one stage: one DELETE per 500."""
+    subjects = list(dict.fromkeys(str(x) for x in subjects))
+    for i in range(0, len(subjects), 500):
+        part = subjects[i : i + 500]
+        session.execute(delete(Failure).where(Failure.stage == stage, Failure.subject.in_(part)))
 
 
 def add_images(session: Session, rows: Sequence[dict]) -> dict[str, int]:
@@ -89,6 +97,56 @@ def upsert_page(session: Session, url: str, host: str, **fields: Any) -> int:
     page_id = upsert(session, Page, {"url": url, "host": host, **fields}, ["url"], {"host": host, **fields})
     _expire(session, Page, lambda p: p.id == page_id)
     return page_id
+
+
+def upsert_pages(session: Session, rows: Sequence[dict]) -> dict[str, int]:
+    """``upsert_page`` for many rows (each with ``url``, ``host`` and the fields to set), one
+    executemany per set of field names; rows for the same URL apply in order. Returns
+    ``{url: page id}``."""
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append({k: _text(v) for k, v in row.items()})
+    session.flush()
+    for cols, part in groups.items():
+        stmt = dialect_insert(session)(Page.__table__)
+        stmt = stmt.on_conflict_do_update(index_elements=["url"],
+                                          set_={c: stmt.excluded[c] for c in cols if c != "url"})
+        for i in range(0, len(part), 500):
+            session.execute(stmt, part[i : i + 500])
+    urls = list(dict.fromkeys(r["url"] for r in rows))
+    _expire(session, Page, lambda p: p.url in urls)
+    return page_ids_by_url(session, urls)
+
+
+def page_ids_by_url(session: Session, urls: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(urls), 500):
+        part = [_text(u) for u in urls[i : i + 500]]
+        out.update(dict(session.execute(select(Page.url, Page.id).where(Page.url.in_(part))).all()))
+    return out
+
+
+def page_validators(session: Session, urls: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+    """``{url: (etag, last_modified)}`` for the pages among ``urls`` that have either validator."""
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for i in range(0, len(urls), 500):
+        part = [_text(u) for u in urls[i : i + 500]]
+        rows = session.execute(select(Page.url, Page.etag, Page.last_modified).where(
+            Page.url.in_(part), (Page.etag.is_not(None)) | (Page.last_modified.is_not(None))))
+        out.update({url: (etag, lm) for url, etag, lm in rows})
+    return out
+
+
+def scrape_memory(session: Session, image_stage: str) -> dict[str, bool]:
+    """Whether the catalog holds anything a crawl must look up before fetching: pages with
+    validators, sightings (image URLs met before), failures of ``image_stage``. Three LIMIT 1
+    queries; a crawl on a catalog with none of them skips its per-URL look-ups."""
+    return {
+        "validators": session.scalar(select(Page.id).where(
+            (Page.etag.is_not(None)) | (Page.last_modified.is_not(None))).limit(1)) is not None,
+        "sightings": session.scalar(select(Sighting.id).limit(1)) is not None,
+        "image_failures": session.scalar(select(Failure.id).where(Failure.stage == image_stage).limit(1)) is not None,
+    }
 
 
 def _expire(session: Session, model: type, match) -> None:  # noqa: ANN001

@@ -29,6 +29,20 @@ def test_put_get_exists_keys(tmp_path):
     assert sorted(bs.keys()) == sorted([key, blob_key(sha256_bytes(b"def"))])
 
 
+def test_deferred_durability_and_wrong_size_blobs(tmp_path):
+    """``durable=False`` puts are complete files at once and counted until ``sync()``; a blob of
+    the wrong size under a final key (emptied by a power cut before a sync) is written again."""
+    bs = BlobStore(tmp_path / "blobs")
+    keys = [bs.put(bytes([i]) * 100, durable=False)[1] for i in range(3)]
+    assert [bs.get(k) for k in keys] == [bytes([i]) * 100 for i in range(3)]
+    assert bs.put(bytes([0]) * 100, durable=False)[1] == keys[0]  # known: not written, not counted
+    assert bs.sync() == 3 and bs.sync() == 0
+    bs.local_path(keys[1]).write_bytes(b"")
+    bs.put(bytes([1]) * 100)
+    assert bs.get(keys[1]) == bytes([1]) * 100
+    assert not list(bs.local_path(keys[1]).parent.glob(".tmp-*"))
+
+
 def test_bad_keys_refused(tmp_path):
     bs = BlobStore(tmp_path / "blobs")
     with pytest.raises(BlobError):

@@ -87,6 +87,33 @@ def test_pages_failures_groups_and_counts(catalog):
         assert q.catalog_stats(s)["cleanings"] == 1
 
 
+def test_batched_page_upserts_validators_and_failure_clearing(catalog):
+    """The scraper's batched writes: ``upsert_pages`` matches ``upsert_page`` row for row (rows
+    with different field sets, updates of known URLs, NUL text, more than one chunk)."""
+    urls = [f"http://127.0.0.1/p{i}" for i in range(620)]
+    with catalog.write() as s:
+        assert q.scrape_memory(s, "scrape.image") == {"validators": False, "sightings": False, "image_failures": False}
+        first = q.upsert_page(s, urls[0], "127.0.0.1", status=500, error="boom", depth=3)
+        ids = q.upsert_pages(s, [{"url": u, "host": "127.0.0.1", "status": 200, "error": None, "outlinks": [u]}
+                                 for u in urls[:600]] + [{"url": urls[600], "host": "127.0.0.1", "error": "a\x00b"}])
+        assert ids[urls[0]] == first and len(set(ids.values())) == 601
+        ids2 = q.upsert_pages(s, [{"url": u, "host": "127.0.0.1", "etag": f'"{i}"', "last_modified": None}
+                                  for i, u in enumerate(urls[:3])] + [{"url": urls[619], "host": "127.0.0.1"}])
+        assert all(ids2[u] == ids[u] for u in urls[:3]) and urls[619] in ids2
+        for u in urls[:5]:
+            q.record_failure(s, "scrape.page", u, "boom")
+        q.record_failure(s, "scrape.image", urls[0], "boom")
+        q.clear_failures(s, "scrape.page", urls[1:4] + urls[1:2])
+    with catalog.session() as s:
+        page = q.get_page(s, urls[0])
+        assert (page.status, page.error, page.depth, page.outlinks, page.etag) == (200, None, 3, [urls[0]], '"0"')
+        assert q.get_page(s, urls[600]).error == "a\ufffdb" and q.get_page(s, urls[619]).depth == 0
+        assert q.page_validators(s, urls) == {urls[0]: ('"0"', None), urls[1]: ('"1"', None), urls[2]: ('"2"', None)}
+        assert q.page_ids_by_url(s, urls[:2] + ["http://127.0.0.1/none"]) == {u: ids[u] for u in urls[:2]}
+        assert sorted(f.subject for f in q.failures(s, "scrape.page")) == [urls[0], urls[4]]
+        assert q.scrape_memory(s, "scrape.image") == {"validators": True, "sightings": False, "image_failures": True}
+
+
 def test_clean_pool_by_split(catalog):
     with catalog.write() as s:
         ids = q.add_images(s, [_img(_sha(i), width=64 + i) for i in range(6)])
