@@ -32,14 +32,30 @@ CORPUS = SHARED / "corpus" / "voc150"
 SWCNN = SHARED / "benchmarks" / "swcnn"
 RUNS = ROOT / "data" / "bench" / "quality"
 PAIRINGS = ("supervised", "self-supervised")
+# Output variants of the network: the profile as it is, or with the mask head and the
+# mask-guided blend switched off (``plain``: the network's image output is the result).
+VARIANTS = {
+    "profile": {},
+    "plain": {"mask_head": False, "mask_guided": False, "harden_mask": False},
+}
 
 
-def run_dir(profile: str, minutes: float, pairing: str) -> Path:
-    return RUNS / f"{profile}-{minutes:g}min-{pairing}"
+def run_dir(profile: str, minutes: float, pairing: str, variant: str = "profile") -> Path:
+    return RUNS / (f"{profile}-{minutes:g}min-{pairing}" + ("" if variant == "profile" else f"-{variant}"))
 
 
-def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool) -> None:
-    """Train one pairing and score it on the SWCNN protocol; writes ``result.json`` in its run."""
+def variant_overrides(profile: str, variant: str) -> dict:
+    from model.train import PROFILES
+
+    over = dict(VARIANTS[variant])
+    if over.get("mask_head") is False:
+        over["loss"] = {k: v for k, v in PROFILES[profile].loss.items() if not k.startswith("mask_")}
+    return over
+
+
+def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool, variant: str = "profile") -> None:
+    """Train one pairing (in one output variant) and score it on the SWCNN protocol; writes
+    ``result.json`` in its run."""
     import torch
 
     torch.set_num_threads(threads)
@@ -48,10 +64,10 @@ def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool) 
     from model.network import load_checkpoint
     from model.train import profile_config, train
 
-    run = run_dir(profile, minutes, pairing)
+    run = run_dir(profile, minutes, pairing, variant)
     paths = sorted(p for p in CORPUS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     tr, va, te = split_paths(paths)
-    config = profile_config(profile, pairing=pairing, max_minutes=minutes)
+    config = profile_config(profile, pairing=pairing, max_minutes=minutes, **variant_overrides(profile, variant))
     load0 = os.getloadavg()[0]
     summary = train(tr, va, te, config, run, resume=True, log=lambda m: print(f"[{pairing}] {m}", flush=True))
     model, _ = load_checkpoint(run / "best.pt")
@@ -62,6 +78,9 @@ def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool) 
     result = {
         "pairing": pairing,
         "profile": profile,
+        "variant": variant,
+        "mask_head": config.mask_head,
+        "mask_guided": config.mask_guided,
         "train_minutes": summary["train_minutes"],
         "epochs": summary["epochs"],
         "steps": summary["steps"],
@@ -94,6 +113,7 @@ def report(results: dict[str, dict], args: argparse.Namespace, wall_s: float) ->
     figures = {
         "profile": best["profile"],
         "pairing": best["pairing"],
+        "variant": best.get("variant", "profile"),
         "train_minutes": best["train_minutes"],
         "input_psnr": {a: best["swcnn"]["alpha"][a]["input_psnr"] for a in alphas},
         "psnr": {a: best["swcnn"]["alpha"][a]["psnr"] for a in alphas},
@@ -139,7 +159,10 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-time cap per pairing (training + test split)")
     ap.add_argument("--pairings", default=",".join(PAIRINGS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training process")
-    ap.add_argument("--sequential", action="store_true", help="one pairing after the other")
+    ap.add_argument("--variants", default="profile",
+                    help="comma list of output variants: profile (as the profile says) and/or plain (no mask head, "
+                    "no mask-guided blend); each pairing × variant trains in its own process")
+    ap.add_argument("--sequential", action="store_true", help="one run after the other")
     ap.add_argument("--profile", default="quick-cpu")
     ap.add_argument("--amp", action="store_true", help="score the SWCNN protocol under bf16 autocast (measured 2.6x slower than fp32 "
                     "for batch-1 inference on this CPU, so off by default)")
@@ -147,30 +170,38 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.minutes, args.threads, args.profile, args.amp)
+        pairing, _, variant = args.worker.partition(":")
+        worker(pairing, args.minutes, args.threads, args.profile, args.amp, variant or "profile")
         return
     for need in (CORPUS, SWCNN / "images", SWCNN / "logos"):
         if not need.is_dir():
             sys.exit(f"missing {need}: this benchmark needs ../shared/corpus/voc150 and ../shared/benchmarks/swcnn")
     pairings = [p.strip() for p in args.pairings.split(",") if p.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
+    specs = [(p, v) for p in pairings for v in variants]
+    name = lambda p, v: p if v == "profile" else f"{p}/{v}"  # noqa: E731
     print(f"machine: {machine()}", flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
-    cmd = lambda p: [sys.executable, str(Path(__file__).resolve()), "--worker", p, "--minutes", str(args.minutes),  # noqa: E731
+    cmd = lambda p, v: [sys.executable, str(Path(__file__).resolve()), "--worker", f"{p}:{v}", "--minutes", str(args.minutes),  # noqa: E731
                      "--threads", str(args.threads), "--profile", args.profile] + (["--amp"] if args.amp else [])
     if args.fresh:
-        for p in pairings:
-            shutil.rmtree(run_dir(args.profile, args.minutes, p), ignore_errors=True)
+        for p, v in specs:
+            shutil.rmtree(run_dir(args.profile, args.minutes, p, v), ignore_errors=True)
     procs = []
-    for p in pairings:
-        procs.append((p, subprocess.Popen(cmd(p), cwd=ROOT, env=env)))
+    for p, v in specs:
+        procs.append((name(p, v), subprocess.Popen(cmd(p, v), cwd=ROOT, env=env)))
         if args.sequential:
             procs[-1][1].wait()
-    for p, proc in procs:
+    for n, proc in procs:
         if proc.wait() != 0:
-            sys.exit(f"{p} run failed with exit code {proc.returncode}")
-    results = {p: json.loads((run_dir(args.profile, args.minutes, p) / "result.json").read_text()) for p in pairings}
+            sys.exit(f"{n} run failed with exit code {proc.returncode}")
+    results = {name(p, v): json.loads((run_dir(args.profile, args.minutes, p, v) / "result.json").read_text())
+               for p, v in specs}
     report(results, args, time.perf_counter() - t0)
 
 

@@ -86,7 +86,8 @@ def main() -> None:
     images, labels = [], []
     for p in test_paths:
         clean = np.asarray(Image.open(p).convert("RGB"))
-        images.append(clean)
+        # clean images get the same odds of re-encoding artefacts as marked ones (render's default)
+        images.append(renderer.postprocess(clean, rng)[0])
         labels.append(False)
         fam = str(rng.choice(holdout))
         images.append(renderer.render(clean, rng, family=fam).composite)

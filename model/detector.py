@@ -278,34 +278,66 @@ class _ImageCache:
         raise ValueError("none of the detector's training images could be read")
 
 
-def random_view(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """A random rescale + crop of ``img`` to ``crop``×``crop`` (reflect-padded if smaller)."""
+def _rescale(img: np.ndarray, long_side: int, min_side: int) -> np.ndarray:
+    """``img`` resized so its longer side is ``long_side`` (shorter side at least ``min_side``)."""
     h, w = img.shape[:2]
-    scale = rng.uniform(0.35, 1.0) * max(crop / min(h, w), 1.0) if min(h, w) > crop else crop / min(h, w)
-    nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
-    im = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-    y = int(rng.integers(0, nh - crop + 1))
-    x = int(rng.integers(0, nw - crop + 1))
-    out = im[y : y + crop, x : x + crop]
-    if rng.random() < 0.5:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
+    s = max(long_side / max(h, w), min_side / min(h, w))
+    if abs(s - 1.0) < 1e-3:
+        return img
+    return np.asarray(Image.fromarray(img).resize((max(min_side, round(w * s)), max(min_side, round(h * s))),
+                                                  Image.BILINEAR))
+
+
+def _window(shape: tuple[int, int], crop: int, rng: np.random.Generator,
+            mask: np.ndarray | None = None) -> tuple[int, int]:
+    """Top-left of a ``crop`` window: anywhere, or (when ``mask`` is given) one containing a
+    random mask pixel, so positive views usually show their mark."""
+    H, W = shape
+    if mask is not None and mask.any():
+        ys, xs = np.nonzero(mask)
+        k = int(rng.integers(len(ys)))
+        y0 = int(rng.integers(max(0, ys[k] - crop + 1), min(ys[k], H - crop) + 1))
+        x0 = int(rng.integers(max(0, xs[k] - crop + 1), min(xs[k], W - crop) + 1))
+        return y0, x0
+    return int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))
+
+
+def random_view(img: np.ndarray, crop: int, rng: np.random.Generator, max_long: int = 768) -> np.ndarray:
+    """The image at a random scoring scale (long side between ``crop`` and ``max_long``), so a
+    view sees what :func:`score_images` sees."""
+    h, w = img.shape[:2]
+    long_side = int(rng.integers(crop, max(crop, min(max(h, w), max_long)) + 1))
+    return _rescale(img, long_side, crop)
 
 
 def make_sample(
     img: np.ndarray, renderer, rng: np.random.Generator, crop: int, positive: bool,  # noqa: ANN001
-    families: Sequence[str] | None,
+    families: Sequence[str] | None, max_long: int = 768, window: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(view uint8, mask bool, label): a clean view, or the same kind of view with a rendered mark."""
-    view = random_view(img, crop, rng)
-    if not positive:
-        return view, np.zeros(view.shape[:2], bool), 0.0
-    family = None if not families else str(rng.choice(list(families)))
-    wm = renderer.render(view, rng, family=family)
-    mask = np.asarray(wm.mask, dtype=bool)
-    if mask.sum() < 4:  # the mark fell off the crop: it is a negative after all
-        return view, np.zeros(view.shape[:2], bool), 0.0
-    return np.asarray(wm.composite), mask, 1.0
+    """(view uint8, mask bool, label): a ``crop``×``crop`` window of the image at a random scoring
+    scale, clean, or with a mark rendered on the whole rescaled image first (marks are sized
+    relative to the picture, as on real images, not to the window). ``window=False`` returns the
+    whole rescaled image instead (validation: what triage scores).
+
+    Both kinds then get the renderer's re-encoding artefacts with the same odds: applying them to
+    positives only would teach the detector to find JPEG blocks and blur instead of watermarks."""
+    view = random_view(img, crop, rng, max_long)
+    mask = np.zeros(view.shape[:2], bool)
+    if positive:
+        family = None if not families else str(rng.choice(list(families)))
+        wm = renderer.render(view, rng, family=family, postprocess=False)
+        view, mask = np.asarray(wm.composite), np.asarray(wm.mask, dtype=bool)
+    if window:
+        y0, x0 = _window(view.shape[:2], crop, rng, mask if rng.random() < 0.85 else None)
+        view = np.ascontiguousarray(view[y0 : y0 + crop, x0 : x0 + crop])
+        mask = np.ascontiguousarray(mask[y0 : y0 + crop, x0 : x0 + crop])
+    if rng.random() < 0.5:
+        view, mask = np.ascontiguousarray(view[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+    view, _ = renderer.postprocess(view, rng)
+    label = 1.0 if mask.sum() >= 24 else 0.0  # a sliver at the edge is not a visible mark
+    if not label:
+        mask[:] = False
+    return view, mask, label
 
 
 def _cell_targets(masks: torch.Tensor) -> torch.Tensor:
@@ -321,7 +353,7 @@ def build_validation_set(
     cache = _ImageCache(paths)
     for i in range(n):
         positive = i % 2 == 1
-        view, _, y = make_sample(cache.pick(rng), renderer, rng, crop * 2, positive, families)
+        view, _, y = make_sample(cache.pick(rng), renderer, rng, crop, positive, families, window=False)
         imgs.append(view)
         labels.append(y)
     return imgs, np.asarray(labels, dtype=bool)

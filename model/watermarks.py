@@ -382,7 +382,7 @@ class WatermarkRenderer:
                 break
         out.raw = out.composite
         if postprocess:
-            out.composite, out.style["post"] = self._reencode(out.composite, rng)
+            out.composite, out.style["post"] = self.postprocess(out.composite, rng)
         return out
 
     def _draw_once(self, clean: np.ndarray, rng: np.random.Generator, family: str) -> Watermarked:
@@ -413,7 +413,9 @@ class WatermarkRenderer:
             alpha[box] = np.where(m, lay[..., 3], 0.0)
         return Watermarked(composite=composite, mask=mask, alpha=alpha, family=family, style=style)
 
-    def _reencode(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    def postprocess(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+        """Re-encoding artefacts (blur, JPEG, noise) drawn as :meth:`render` draws them. Apply it to
+        clean images too wherever a classifier sees both, or the artefacts become the label."""
         applied = []
         for p, t in self._post:
             if rng.random() < p:
