@@ -34,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from model.train import one_cycle_factor
+
 CELL = 16  # input pixels per output cell
 log = logging.getLogger(__name__)
 
@@ -375,10 +377,12 @@ def train_detector(
     rng = np.random.default_rng(config.seed)
     model = WatermarkDetector(config.widths)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(config.steps, 2), pct_start=0.15)
+    # One cycle over whichever runs out first, the steps or the wall-time budget, so a run cut by
+    # ``max_minutes`` still ends annealed instead of stopping at a high learning rate.
+    done = 0.0  # fraction of the budget used
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: one_cycle_factor(done, 0.15, 25.0, 1e4))
     cache = _ImageCache(paths)
     t0 = time.perf_counter()
-    deadline = t0 + config.max_minutes * 60 if config.max_minutes else None
     losses: list[float] = []
     step = 0
     model.train()
@@ -403,11 +407,13 @@ def train_detector(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        elapsed = time.perf_counter() - t0
+        done = max(step / config.steps, elapsed / (config.max_minutes * 60) if config.max_minutes else 0.0)
         sched.step()
         losses.append(float(loss.detach()))
         if progress and (step % 25 == 0 or step == config.steps):
             progress(step, config.steps, float(np.mean(losses[-25:])))
-        if deadline and time.perf_counter() > deadline:
+        if done >= 1.0:
             break
     train_s = time.perf_counter() - t0
     vimgs, vlabels = build_validation_set(list(val_paths or paths), renderer, config.val_families,
