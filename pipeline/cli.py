@@ -4,6 +4,7 @@ and prints a human summary, or JSON with ``--json``."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import sys
 from typing import Annotated, Any
@@ -112,6 +113,7 @@ def scrape(
     from pipeline.scrape import scrape as run_scrape
 
     settings, cat, blobs = _open()
+    gc.freeze()  # the imported modules stay: the crawl's collections (and the one at exit) skip them
     try:
         summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
                              allow_private_hosts=allow_private_hosts)

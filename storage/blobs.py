@@ -87,6 +87,7 @@ class BlobStore:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self._unsynced: list[tuple[str, str]] = []  # (file, folder) put with durable=False
         self._unsynced_lock = threading.Lock()
+        self._folders: set[str] = set()  # folders this process made or found (set.add is atomic)
 
     @classmethod
     def from_settings(cls, settings) -> BlobStore:  # noqa: ANN001
@@ -129,14 +130,23 @@ class BlobStore:
             pass
         # (a blob of the wrong size, e.g. emptied by a power cut before it was synced, is rewritten)
         folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+        except FileNotFoundError:  # the folder was removed since
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
                 if durable:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
             if durable:
                 _fsync_path(folder)
