@@ -165,16 +165,21 @@ class FusedUNet(nn.Module):
             h = up(h)
             h = dec(gate(torch.cat([h, skip], 1)))
         heads = F.linear(h.permute(0, 2, 3, 1), self.head_w, self.head_b).permute(0, 3, 1, 2)  # (B, out(+1), H, W)
-        y = x + heads[:, : self.out_ch]
-        out = {"image": y}
-        if self.has_mask:
-            logits = heads[:, self.out_ch :]
-            out["mask_logits"] = logits
-            if self.mask_guided:
-                mask = torch.sigmoid(logits)
-                out["raw_image"] = y
-                out["image"] = x * (1 - mask) + y * mask
-        return out
+        logits = heads[:, self.out_ch :] if self.has_mask else None
+        return head_outputs(x, x + heads[:, : self.out_ch], logits, self.mask_guided)
+
+
+def head_outputs(x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None, mask_guided: bool) -> dict:
+    """The output dict of an inference copy: ``image`` (``y``, or for a mask-guided network the
+    blend x·(1−m) + y·m), ``mask_logits`` and, when blended, ``raw_image`` (``y``)."""
+    out = {"image": y}
+    if logits is not None:
+        out["mask_logits"] = logits
+        if mask_guided:
+            mask = torch.sigmoid(logits)
+            out["raw_image"] = y
+            out["image"] = x * (1 - mask) + y * mask
+    return out
 
 
 def _copy_up(up: nn.ConvTranspose2d) -> nn.ConvTranspose2d:

@@ -143,6 +143,20 @@ class UNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.mask_out = nn.Conv2d(ch, 1, 1) if mask_head else None
 
+    def features(self, x):
+        """The decoder's last feature map (B, base, H, W), which the heads read; no size check."""
+        skips = []
+        h = x
+        for enc in self.encoders:
+            h = enc(h)
+            skips.append(h)
+            h = self.pool(h)
+        h = self.attention(self.bottleneck(h))  # (B, 8·base, H/16, W/16)
+        for up, gate, dec, skip in zip(self.ups, self.gates, self.decoders, reversed(skips), strict=True):
+            h = up(h)  # (B, ch/2, 2h, 2w)
+            h = dec(torch.cat([h, gate(h, skip)], dim=1))
+        return h
+
     @property
     def mask_head(self) -> bool:
         return self.config["mask_head"]
@@ -156,16 +170,7 @@ class UNet(nn.Module):
         m = self.size_multiple
         if H % m or W % m:
             raise ValueError(f"UNet input {H}x{W} is not a multiple of {m}; pad it first")
-        skips = []
-        h = x
-        for enc in self.encoders:
-            h = enc(h)
-            skips.append(h)
-            h = self.pool(h)
-        h = self.attention(self.bottleneck(h))  # (B, 8·base, H/16, W/16)
-        for up, gate, dec, skip in zip(self.ups, self.gates, self.decoders, reversed(skips), strict=True):
-            h = up(h)  # (B, ch/2, 2h, 2w)
-            h = dec(torch.cat([h, gate(h, skip)], dim=1))
+        h = self.features(x)
         y = x + self.head(h)  # (B, out_ch, H, W)
         out = {"image": y}
         if self.mask_out is not None:
