@@ -429,6 +429,22 @@ def test_recrawl_is_conditional_and_skips_known_images(site, catalog, blobs, fas
     assert counts(catalog)["images"] == 4
 
 
+def test_rerun_without_validators_skips_known_and_judged_images_and_blobs_are_synced(site, catalog, blobs, fast):
+    """Pages without ETag / Last-Modified are fetched again, but their image URLs are not: a crawl
+    looks URLs up in the catalog whenever it holds sightings or image failures (and skips the
+    look-ups only on a catalog with neither). Every blob is synced before its row is committed."""
+    site.page("/", "<img src='/img/a.png'><img src='/img/tiny.png'>", etag=None)
+    site.static("/img/a.png", png_bytes(1), "image/png")
+    site.static("/img/tiny.png", png_bytes(2, 8, 8), "image/png")
+    first = run(site, catalog, blobs, fast)
+    assert first["images_new"] == 1 and first["images_too_small"] == 1
+    assert blobs.sync() == 0  # the writer synced every blob it committed a row for
+    n_log = len(site.log)
+    second = run(site, catalog, blobs, fast)
+    assert [r.path for r in site.log[n_log:] if r.path.startswith("/img/")] == []
+    assert second["images_known_url"] == 1 and second["images_skipped_failed"] == 1 and second["pages_fetched"] == 1, second
+
+
 def test_sitemap_and_file_of_urls(site, catalog, blobs, fast, tmp_path):
     site.static("/sitemap.xml", f"""<?xml version="1.0" encoding="UTF-8"?>
 <urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
