@@ -1,6 +1,6 @@
 """Inference speed and memory: naive full-image fp32 vs the tiled engine, in the same run.
 
-    python bench/infer.py [--threads 1] [--images 3] [--naive-large] [--gpu]
+    python bench/infer.py [--threads 1] [--images 3] [--naive-large] [--gpu] [--checkpoint PATH]
 
 Each measurement runs in its own subprocess (so its peak RSS is its own), on the seed-size U-Net
 (``model.network.UNet()``: base 32, depth 4, ~3.5 M parameters; untrained weights are fine for
@@ -9,7 +9,9 @@ and the seam check below means something).
 
 - ``naive``: the whole image in one fp32 forward pass (padded to the size multiple).
 - ``engine``: ``model.infer.Cleaner`` with the settings the clean step uses on this device
-  (``pipeline.clean.engine_options``: on this CPU the fused fp32 backend, 512 tiles); also with
+  (``pipeline.clean.engine_options``, backend ``auto``: on a VNNI CPU the int8 copy when its
+  probes pass, else the fused fp32 copy; 512 tiles); the fused and the int8 backends forced
+  (at 1024×768 and 4000×3000, each with its set-up CPU seconds: the int8 calibration); also with
   the plain (eager) model at the same tiles and at the previous default (320 tiles), fused at
   other tile sizes, with bf16 forced (why ``auto`` picks what it picks on this CPU), and with
   ``torch.compile`` (its compilation timed apart).
@@ -21,6 +23,10 @@ and the seam check below means something).
   (full-resolution feature maps), so it only runs with ``--naive-large``; otherwise its peak RSS is
   estimated by a straight line through naive at 1024×768 and 2048×1536 (RSS grows with pixels).
 - Seam check: the engine's tiled output vs the naive whole-image output at 1024×768 (uint8 levels).
+- Fidelity (``fidelity``): int8 engine output vs fused engine output (PSNR) on real photos
+  (``skimage.data`` astronaut, coffee, chelsea with a seeded rendered watermark), for the bench
+  network and, with ``--checkpoint``, a trained remover (also PSNR of input, fused and int8
+  output against the clean photo: the cleaning quality int8 must keep).
 - GPU (``--gpu``, when CUDA is present): images/s at 512×512 and 2048×2048 and the GPU busy fraction
   (CUDA kernel time / wall time, from the torch profiler).
 
@@ -121,6 +127,45 @@ def jit_worker(w: int, h: int, n: int, threads: int) -> dict:
     return out
 
 
+def _psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def fidelity_worker(threads: int, checkpoint: str | None) -> dict:
+    """int8 vs fused engine outputs on watermarked real photos (see the module docstring)."""
+    import numpy as np
+    import skimage.data as sd
+    import torch
+
+    from model.infer import Cleaner
+    from model.network import load_checkpoint
+    from model.watermarks import WatermarkRenderer
+
+    torch.set_num_threads(threads)
+    renderer, rng = WatermarkRenderer(seed=0), np.random.default_rng(0)
+    photos = {n: getattr(sd, n)() for n in ("astronaut", "coffee", "chelsea")}
+    marked = {n: renderer.render(img, rng, postprocess=False).composite for n, img in photos.items()}
+    nets = {"bench": (_network(), False)}
+    if checkpoint:
+        net, extra = load_checkpoint(checkpoint)
+        harden = bool(json.loads(extra.get("train_config", "{}")).get("harden_mask", False))
+        nets[checkpoint] = (net, harden)
+    out: dict = {"mode": "fidelity", "threads": threads}
+    for label, (net, harden) in nets.items():
+        opts = dict(device="cpu", tile=512, overlap=32, batch_size=1, precision="fp32", harden_mask=harden)
+        fused, int8 = Cleaner(net, backend="fused", **opts), Cleaner(net, backend="int8", **opts)
+        rows = {}
+        for name, img in marked.items():
+            a, b = fused.clean([img])[0].image, int8.clean([img])[0].image
+            rows[name] = {"int8_vs_fp32_db": _psnr(b, a), "input_vs_clean_db": _psnr(img, photos[name]),
+                          "fp32_vs_clean_db": _psnr(a, photos[name]), "int8_vs_clean_db": _psnr(b, photos[name])}
+        out[label] = {"config": dict(net.config), "harden_mask": harden, "photos": rows}
+    return out
+
+
 def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, compile: bool = False,
            backend: str = "auto", tile: int | None = None) -> dict:
     import torch
@@ -148,7 +193,9 @@ def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, comp
         opts["compile"] = compile
         opts["backend"] = backend
         opts["tile"] = tile or opts["tile"]
+        c = time.process_time()
         cleaner = Cleaner(net, device=dev, **opts)
+        out["setup_cpu_s"] = time.process_time() - c  # int8: the calibration and the probes
         th, tw, starts = cleaner.plan(h, w)
         out.update(tile=opts["tile"], overlap=opts["overlap"], batch_size=opts["batch_size"], precision=cleaner.precision,
                    compile=compile, backend=cleaner.backend, tiles=len(starts), tile_shape=f"{tw}x{th}",
@@ -245,6 +292,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (minutes)")
     ap.add_argument("--no-record", action="store_true", help="print only; do not write results")
     ap.add_argument("--no-sweep", action="store_true", help="skip the tile-size sweep and the jit comparison")
+    ap.add_argument("--checkpoint", default=None, help="also check int8 fidelity on this trained remover")
     if sys.argv[1:2] == ["--child"]:  # one measurement, in its own process
         c = argparse.ArgumentParser()
         c.add_argument("mode")
@@ -256,9 +304,12 @@ def main() -> None:
         c.add_argument("--compile", action="store_true")
         c.add_argument("--backend", default="auto")
         c.add_argument("--tile", type=int, default=None)
+        c.add_argument("--checkpoint", default=None)
         ca = c.parse_args(sys.argv[2:])
         if ca.mode == "gpu":
             res = gpu_worker([(512, 512), (2048, 2048)], ca.n)
+        elif ca.mode == "fidelity":
+            res = fidelity_worker(ca.threads, ca.checkpoint)
         elif ca.mode == "jit":
             res = jit_worker(ca.w, ca.h, ca.n, ca.threads)
         else:
@@ -281,6 +332,9 @@ def main() -> None:
     n = str(a.images)
     measure("naive_1024x768", "naive", "--w", "1024", "--h", "768", "--n", n)
     measure("engine_1024x768", "seam", "--w", "1024", "--h", "768", "--n", n)
+    measure("engine_fused_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "fused")
+    measure("engine_int8_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "int8")
+    measure("fidelity", "fidelity", *(["--checkpoint", a.checkpoint] if a.checkpoint else []))
     measure("engine_eager_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "eager")
     measure("engine_eager_tile320_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "eager",
             "--tile", "320")
@@ -293,6 +347,7 @@ def main() -> None:
         measure("engine_compiled_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--compile")
     measure("naive_2048x1536", "naive", "--w", "2048", "--h", "1536", "--n", "1")
     measure("engine_4000x3000", "engine", "--w", "4000", "--h", "3000", "--n", "1")
+    measure("engine_fused_4000x3000", "engine", "--w", "4000", "--h", "3000", "--n", "1", "--backend", "fused")
     if a.naive_large:
         measure("naive_4000x3000", "naive", "--w", "4000", "--h", "3000", "--n", "1")
     if a.gpu:
@@ -331,6 +386,16 @@ def main() -> None:
         "seam_mean_abs": get("engine_1024x768", "seam_mean_abs"),
         "engine": {k: get("engine_1024x768", k) for k in ("tile", "overlap", "batch_size", "precision", "backend",
                                                            "tiles", "tile_shape", "tile_pixels_per_pixel")},
+        "engine_fused_img_per_s_1024x768": get("engine_fused_1024x768", "img_per_s"),
+        "ratio_fused": (get("engine_fused_1024x768", "img_per_s") / naive_s
+                        if naive_s and get("engine_fused_1024x768", "img_per_s") else None),
+        "engine_int8_img_per_s_1024x768": get("engine_int8_1024x768", "img_per_s"),
+        "ratio_int8": (get("engine_int8_1024x768", "img_per_s") / naive_s
+                       if naive_s and get("engine_int8_1024x768", "img_per_s") else None),
+        "int8_setup_cpu_s": get("engine_int8_1024x768", "setup_cpu_s"),
+        "engine_fused_img_per_s_4000x3000": get("engine_fused_4000x3000", "img_per_s"),
+        "peak_rss_mb_fused_4000x3000": get("engine_fused_4000x3000", "peak_rss_mb"),
+        "fidelity": runs.get("fidelity"),
         "engine_eager_img_per_s_1024x768": get("engine_eager_1024x768", "img_per_s"),
         "ratio_eager": (get("engine_eager_1024x768", "img_per_s") / naive_s
                         if naive_s and get("engine_eager_1024x768", "img_per_s") else None),
@@ -401,6 +466,20 @@ def _append_results(r: dict, cmd: str) -> None:
         f"default (eager, 320 tiles) {_f(r.get('engine_eager_tile320_img_per_s_1024x768'))} images/s "
         f"(ratio {_f(r.get('ratio_previous_default'), 2)}×).",
     ]
+    lines.append(
+        f"Backends forced, same run: fused {_f(r.get('engine_fused_img_per_s_1024x768'))} images/s at 1024×768 "
+        f"(ratio {_f(r.get('ratio_fused'), 2)}×), {_f(r.get('engine_fused_img_per_s_4000x3000'))} at 4000×3000 "
+        f"(peak RSS {_f(r.get('peak_rss_mb_fused_4000x3000'), 0)} MB); int8 "
+        f"{_f(r.get('engine_int8_img_per_s_1024x768'))} images/s at 1024×768 (ratio {_f(r.get('ratio_int8'), 2)}×), "
+        f"after {_f(r.get('int8_setup_cpu_s'), 1)} CPU s of calibration and probes once per process.")
+    fid = r.get("fidelity") or {}
+    for label, v in fid.items():
+        if isinstance(v, dict) and "photos" in v:
+            lines.append(f"int8 fidelity, {'bench network' if label == 'bench' else label} "
+                         f"(base {v['config'].get('base')}, harden_mask {v['harden_mask']}): " + "; ".join(
+                             f"{n} {p['int8_vs_fp32_db']:.1f} dB from fp32, vs clean: input {p['input_vs_clean_db']:.3f} "
+                             f"fp32 {p['fp32_vs_clean_db']:.3f} int8 {p['int8_vs_clean_db']:.3f} dB"
+                             for n, p in v["photos"].items()) + ".")
     sweep = r.get("tile_sweep_img_per_s_1024x768") or {}
     if sweep:
         lines.append("Fused engine by tile size at 1024×768: " + "; ".join(

@@ -30,7 +30,7 @@ post-training static quantization, oneDNN int8 kernels, calibrated once per proc
 watermarked photos): it is used only when it agrees with the fused copy to ≥ 40 dB PSNR on a
 held-out probe photo and runs measurably faster on a probe tile on this machine; otherwise, or
 where it cannot be built, the fused copy runs and a log line says why. It measured 2.7× (seed
-size) and 1.75× (quick-cpu size) cheaper than fused per 512² tile, 56–67 dB from fp32.
+size) and 1.75× (quick-cpu size) cheaper than fused per 512² tile, 56–66 dB from fp32.
 
 This module imports nothing outside ``model``: it takes an ``nn.Module`` and numpy arrays.
 """
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "eager", "fused", "int8")
 PROBE_TOLERANCE = 1e-4  # max |fused − plain| on a [0, 1] probe image; float rounding is ~1e-6
-INT8_MIN_PSNR = 40.0  # dB, int8 vs fused output on the probe photo (measured 56–67 dB)
+INT8_MIN_PSNR = 40.0  # dB, int8 vs fused output on the probe photo (measured 56–66 dB)
 INT8_MIN_SPEEDUP = 1.2  # auto takes int8 only when a probe tile is at least this much cheaper
 INT8_MIN_BASE = 16  # narrower U-Nets are not worth a calibration (test-sized networks)
 
