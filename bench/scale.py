@@ -26,7 +26,6 @@ import argparse
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,21 @@ from pathlib import Path
 from _common import BENCH, write_results
 
 ROOT = BENCH.parent
-BIN = Path(sys.executable).parent
 CORPUS = Path("/work/shared/corpus/voc150")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-sys.path.insert(0, str(ROOT / "tests" / "servers"))  # the PostgreSQL server helper the tests use
+sys.path.insert(0, str(ROOT / "tests" / "servers"))  # the PostgreSQL and Prefect server helpers the tests use
+from prefectserver import (  # noqa: E402
+    Processes,
+    create_process_pool,
+    free_port,
+    prefect_bin,
+    prefect_env,
+    start_server,
+    wait_for,
+)
 
 
 def photos(n: int) -> list[bytes]:
@@ -128,16 +135,6 @@ def bench_hash(n: int, work: Path) -> dict:
 # --- cleaning with Prefect workers on PostgreSQL ---------------------------------------------------
 
 
-def _wait(predicate, timeout: float, what: str, every: float = 0.5):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _remover(path: Path) -> bytes:
     import torch
 
@@ -188,16 +185,13 @@ def clean_run(workers: int, n: int, pg, tmp: Path, env_base: dict, api: str) -> 
     version = f"remover-bench-{workers}"
     _fill_catalog(settings, n, version, _remover(tmp / "remover.pt"))
     env = {**env_base, "UNMARK_HOME": str(home), "UNMARK_CATALOG_URL": url}
-    procs = []
+    procs = Processes(tmp)
     try:
         for w in range(workers):
-            log = open(tmp / f"worker-{workers}-{w}.log", "wb")  # noqa: SIM115 - closed with the process
-            procs.append(subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "unmark-gpu", "--name",
-                                           f"bench-{workers}-{w}", "--limit", "1"], env=env, cwd=ROOT, stdout=log,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+            procs.start(f"worker-{workers}-{w}", [prefect_bin(), "worker", "start", "--pool", "unmark-gpu", "--name",
+                                                  f"bench-{workers}-{w}", "--limit", "1"], env)
         for w in range(workers):
-            _wait(lambda w=w: "started" in (tmp / f"worker-{workers}-{w}.log").read_text(errors="replace"), 120,
-                  f"worker {w}")
+            wait_for(lambda w=w: "started" in procs.log(f"worker-{workers}-{w}"), 120, f"worker {w}")
         import httpx
 
         dep = httpx.get(f"{api}/deployments/name/clean/after-ingest", timeout=10).json()
@@ -214,7 +208,7 @@ def clean_run(workers: int, n: int, pg, tmp: Path, env_base: dict, api: str) -> 
                 p = claims.progress(s, stage)
             return p["total"] == n and p["done"] == n
 
-        _wait(done, 1800, f"{workers} worker(s) to clean {n} images", every=1.0)
+        wait_for(done, 1800, f"{workers} worker(s) to clean {n} images", every=1.0)
         with cat.session() as s:
             first, last = s.execute(select(func.min(Claim.claimed_at), func.max(Claim.done_at))
                                     .where(Claim.stage == stage)).one()
@@ -225,57 +219,11 @@ def clean_run(workers: int, n: int, pg, tmp: Path, env_base: dict, api: str) -> 
         return {"workers": workers, "images": n, "cleaning_s": window, "images_per_s": n / window,
                 "end_to_end_s": last.timestamp() - t0, "images_per_worker": sorted(per_worker.values())}
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def start_prefect_server(work: Path):  # noqa: ANN201
-    """`prefect server start` on a free loopback port with its own PREFECT_HOME; this process and
-    every worker talk to it (no ephemeral server)."""
-    import httpx
-    from pgserver import free_port
-
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PREFECT_HOME": str(work / "prefect-home"), "PREFECT_API_URL": api}
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                               "--analytics-off"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{api}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        _wait(healthy, 300, "the Prefect server")
-    except BaseException:
-        stop(server)
-        raise
-    os.environ.update({"PREFECT_HOME": env["PREFECT_HOME"], "PREFECT_API_URL": api})
-    return server, api, env
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+        procs.stop_all()
 
 
 def bench_clean(n: int, work: Path, api: str, env: dict) -> dict:
-    import httpx
     from pgserver import PostgresServer, find_pg_bindir
-    from prefect.workers.process import ProcessWorker
 
     bindir = find_pg_bindir()
     if bindir is None:
@@ -285,11 +233,8 @@ def bench_clean(n: int, work: Path, api: str, env: dict) -> dict:
            "UNMARK_CLAIM_BATCH": "2", "UNMARK_CLEAN_CHUNK_IMAGES": "2", "UNMARK_NUM_WORKERS": "0",
            "UNMARK_CLEAN_TILE": "64", "UNMARK_CLEAN_OVERLAP": "16", "OMP_NUM_THREADS": "1"}
     try:
-        r = httpx.post(f"{api}/work_pools/", timeout=10, json={
-            "name": "unmark-gpu", "type": "process",
-            "base_job_template": ProcessWorker.get_default_base_job_template()})
-        r.raise_for_status()
-        r = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "after-ingest"], env=env,
+        create_process_pool(api, "unmark-gpu")
+        r = subprocess.run([prefect_bin(), "--no-prompt", "deploy", "--name", "after-ingest"], env=env,
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
         if r.returncode:
             raise RuntimeError(r.stdout + r.stderr)
@@ -307,7 +252,13 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only (no results JSON, no RESULTS.md)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="unmark-bench-scale-"))
-    server, api, env = start_prefect_server(work)
+    # `prefect server start` on a free loopback port with its own PREFECT_HOME; this process and
+    # every worker talk to it (no ephemeral server)
+    port = free_port()
+    env = prefect_env(work, port)
+    server = Processes(work)
+    api = start_server(server, env, port, timeout=300)
+    os.environ.update({"PREFECT_HOME": env["PREFECT_HOME"], "PREFECT_API_URL": api})
     try:
         hashed = bench_hash(args.hash_images, work)
         for r in hashed["runs"]:
@@ -324,7 +275,7 @@ def main() -> None:
             print(f"clean speed-up with 2 workers: {cleaned['speedup']:.2f}x (scaling efficiency "
                   f"{cleaned['speedup'] / 2:.0%})")
     finally:
-        stop(server)
+        server.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
     figures = {

@@ -7,16 +7,14 @@ started in its own process group and stopped by its PID."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from prefectserver import Processes, create_process_pool, free_port, prefect_env, start_server, wait_for
 from sqlalchemy import update
 
 from pipeline import summaries
@@ -31,74 +29,9 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Processes:
-    """Background processes, each in its own process group, stopped by PID at the end."""
-
-    def __init__(self, logs: Path):
-        self.logs = logs
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, args: list[str], env: dict) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append((name, proc))
-        return proc
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop_all(self) -> None:
-        # Workers first (SIGTERM is a graceful stop), then the server; SIGKILL after a grace period.
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        # The process groups may hold children (flow-run subprocesses, uvicorn): none may survive.
-        for _, proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def run(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.5):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def create_process_pool(api: str, name: str) -> None:
-    """What ``prefect work-pool create NAME --type process`` does, through the REST API. The CLI
-    first asks the server for Prefect's collection registry, which the server looks up on GitHub
-    (falling back to its bundled copy offline); that lookup alone would trip the network guard."""
-    from prefect.workers.process import ProcessWorker
-
-    resp = httpx.post(f"{api}/work_pools/", timeout=10, json={
-        "name": name, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template()})
-    assert resp.status_code == 201, resp.text
 
 
 def label_from_manifest(settings, manifest, site_url: str) -> None:  # noqa: ANN001
@@ -122,35 +55,14 @@ def flow_runs(api: str, deployment: str) -> list[dict]:
 @pytest.fixture
 def prefect_server(tmp_path, small_steps):
     port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = dict(os.environ)
-    env.update({
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-storage"),
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "UNMARK_HOME": str(tmp_path / "unmark-home"),
-        "UNMARK_ROOT": str(ROOT),
-        **small_steps,
-    })
+    env = prefect_env(tmp_path, port, PREFECT_WORKER_QUERY_SECONDS="2", UNMARK_HOME=str(tmp_path / "unmark-home"),
+                      **small_steps)
     procs = Processes(tmp_path)
     # A SIGTERM to pytest (a CI timeout) must still stop the servers: turn it into an interrupt
     # so that the finally below runs.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        procs.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                               "--analytics-off"], env)
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{api}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 120, f"the Prefect server on port {port}:\n{procs.log('server')[-2000:]}")
+        api = start_server(procs, env, port, timeout=120)
         yield api, env, procs
     finally:
         procs.stop_all()

@@ -10,19 +10,15 @@ Everything runs on loopback: PostgreSQL (tests/servers/pgserver.py), `prefect se
 from __future__ import annotations
 
 import io
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
-from pgserver import free_port
 from PIL import Image as PILImage
+from prefectserver import Processes, create_process_pool, free_port, prefect_env, start_server, wait_for
 from sqlalchemy import func, select, update
 
 from pipeline.config import load_settings
@@ -82,68 +78,6 @@ def _catalog_with_pool(settings, tmp_path: Path) -> list[int]:
     return ids
 
 
-class Procs:
-    """Background processes, each in its own session; everything they started is killed at the end."""
-
-    def __init__(self, logs: Path):
-        self.logs, self.procs = logs, {}
-
-    def start(self, name: str, args: list[str], env: dict) -> subprocess.Popen:
-        with open(self.logs / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def kill_tree(self, name: str) -> list[int]:
-        """SIGKILL a process and every descendant (its flow-run subprocess has its own session)."""
-        proc = self.procs[name]
-        try:
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait(10)
-        return [p.pid for p in tree]
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                try:
-                    kids = psutil.Process(proc.pid).children(recursive=True)
-                except psutil.NoSuchProcess:
-                    kids = []
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-                for k in kids:
-                    try:
-                        k.kill()
-                    except psutil.NoSuchProcess:
-                        pass
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.5):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _flow_runs(api: str) -> list[dict]:
     return httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
 
@@ -154,47 +88,23 @@ def test_two_workers_one_killed_every_image_cleaned_exactly_once(tmp_path, pg_ur
     ids = _catalog_with_pool(settings, tmp_path)
 
     port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-storage"),
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "UNMARK_ROOT": str(ROOT),
+    env = prefect_env(
+        tmp_path, port,
         # every worker: the same catalog (PostgreSQL) and blob store, small claims, a short lease
-        "UNMARK_HOME": str(home),
-        "UNMARK_CATALOG_URL": pg_url,
-        "UNMARK_CLAIM_BATCH": "2",
-        "UNMARK_CLAIM_LEASE_S": str(LEASE_S),
-        "UNMARK_CLEAN_CHUNK_IMAGES": "1",
-        "UNMARK_NUM_WORKERS": "0",
-        "UNMARK_CLEAN_TILE": "64",
-        "UNMARK_CLEAN_OVERLAP": "16",
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = Procs(tmp_path)
+        UNMARK_HOME=str(home),
+        UNMARK_CATALOG_URL=pg_url,
+        UNMARK_CLAIM_BATCH="2",
+        UNMARK_CLAIM_LEASE_S=str(LEASE_S),
+        UNMARK_CLEAN_CHUNK_IMAGES="1",
+        UNMARK_NUM_WORKERS="0",
+        UNMARK_CLEAN_TILE="64",
+        UNMARK_CLEAN_OVERLAP="16",
+        OMP_NUM_THREADS="1",
+    )
+    procs = Processes(tmp_path)
     try:
-        procs.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                               "--analytics-off"], env)
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{api}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 180, f"the Prefect server:\n{procs.log('server')}")
-        # `prefect work-pool create` would ask the server for Prefect's collection registry (a
-        # lookup on GitHub); the REST API creates the same pool without it.
-        from prefect.workers.process import ProcessWorker
-
-        r = httpx.post(f"{api}/work_pools/", timeout=10, json={
-            "name": POOL, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template()})
-        assert r.status_code == 201, r.text
+        api = start_server(procs, env, port)
+        create_process_pool(api, POOL)
         r = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "after-ingest"], env=env,
                            cwd=ROOT, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
