@@ -97,6 +97,7 @@ def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool, 
         "swcnn_precision": "bf16" if amp else "fp32",
         "images": {"train": len(tr), "val": len(va), "test": len(te)},
     }
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     (run / "result.json").write_text(json.dumps(result, indent=2))
 
 
@@ -143,13 +144,15 @@ def report(results: dict[str, dict], args: argparse.Namespace, wall_s: float) ->
         cells = [f"{r['swcnn']['alpha'][a]['psnr']:.2f} / {r['swcnn']['alpha'][a]['ssim']:.4f}" for r in results.values()]
         paper = f"{SWCNN_PAPER_PSNR[a]:.2f}" + (f" / {SWCNN_PAPER_SSIM[a]:.4f}" if a in SWCNN_PAPER_SSIM else "")
         lines.append(f"| {a} | {inp['input_psnr']:.2f} / {inp['input_ssim']:.4f} | " + " | ".join(cells) + f" | {paper} |")
-    lines += ["", "| run | train min | epochs | steps | median s/step | load avg start→end | synthetic test split PSNR "
-              "model / input / inpaint | SWCNN scoring s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| run | finished | train min | epochs | steps | median s/step | load avg start→end | synthetic test "
+              "split PSNR model / input / inpaint | masked PSNR model / input | SWCNN scoring s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         t = r["test_split"]
-        lines.append(f"| {name} | {r['train_minutes']:.1f} | {r['epochs']} | {r['steps']} | {r['s_per_step_median']} | "
-                     f"{r['load_at_start']:.1f}→{r['load_at_end']:.1f} | {t['model']['psnr']:.2f} / "
-                     f"{t['input']['psnr']:.2f} / {t['inpaint']['psnr']:.2f} | {r['swcnn_seconds']} |")
+        lines.append(f"| {name} | {r['finished']} | {r['train_minutes']:.1f} | {r['epochs']} | {r['steps']} | "
+                     f"{r['s_per_step_median']} | {r['load_at_start']:.1f}→{r['load_at_end']:.1f} | "
+                     f"{t['model']['psnr']:.2f} / {t['input']['psnr']:.2f} / {t['inpaint']['psnr']:.2f} | "
+                     f"{t['model']['masked_psnr']:.2f} / {t['input']['masked_psnr']:.2f} | {r['swcnn_seconds']} |")
     write_results("quality", figures, "\n".join(lines))
     print("\n".join(lines))
 
@@ -194,14 +197,21 @@ def main() -> None:
             shutil.rmtree(run_dir(args.profile, args.minutes, p, v), ignore_errors=True)
     procs = []
     for p, v in specs:
+        done = run_dir(args.profile, args.minutes, p, v) / "result.json"
+        if done.exists():  # finished earlier with the same settings (--fresh retrains it)
+            print(f"{name(p, v)}: reusing the finished run {done.parent}", flush=True)
+            continue
         procs.append((name(p, v), subprocess.Popen(cmd(p, v), cwd=ROOT, env=env)))
         if args.sequential:
             procs[-1][1].wait()
     for n, proc in procs:
         if proc.wait() != 0:
             sys.exit(f"{n} run failed with exit code {proc.returncode}")
-    results = {name(p, v): json.loads((run_dir(args.profile, args.minutes, p, v) / "result.json").read_text())
-               for p, v in specs}
+    results = {}
+    for p, v in specs:
+        path = run_dir(args.profile, args.minutes, p, v) / "result.json"
+        results[name(p, v)] = {"finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime)),
+                               **json.loads(path.read_text())}
     report(results, args, time.perf_counter() - t0)
 
 
