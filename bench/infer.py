@@ -482,7 +482,7 @@ def _append_results(r: dict, cmd: str) -> None:
                              for n, p in v["photos"].items()) + ".")
     sweep = r.get("tile_sweep_img_per_s_1024x768") or {}
     if sweep:
-        lines.append("Fused engine by tile size at 1024×768: " + "; ".join(
+        lines.append(f"Engine (backend {e.get('backend')}) by tile size at 1024×768: " + "; ".join(
             f"tile {t}: {_f(v['img_per_s'])} images/s ({v['tiles']} tiles, {_f(v['tile_pixels_per_pixel'], 2)} px/px)"
             for t, v in sorted(sweep.items(), key=lambda kv: int(kv[0]))) + ".")
     j = r.get("jit") or {}
