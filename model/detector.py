@@ -237,7 +237,6 @@ class DetectorTrainConfig:
     weight_decay: float = 1e-4
     cell_weight: float = 1.0
     cell_pos_weight: float = 4.0
-    positive_fraction: float = 0.5
     train_families: tuple[str, ...] | None = None  # None: every family the renderer has
     val_families: tuple[str, ...] | None = None  # held out for validation
     val_samples: int = 200
@@ -312,34 +311,50 @@ def random_view(img: np.ndarray, crop: int, rng: np.random.Generator, max_long: 
     return _rescale(img, long_side, crop)
 
 
-def make_sample(
-    img: np.ndarray, renderer, rng: np.random.Generator, crop: int, positive: bool,  # noqa: ANN001
-    families: Sequence[str] | None, max_long: int = 768, window: bool = True,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(view uint8, mask bool, label): a ``crop``×``crop`` window of the image at a random scoring
-    scale, clean, or with a mark rendered on the whole rescaled image first (marks are sized
-    relative to the picture, as on real images, not to the window). ``window=False`` returns the
-    whole rescaled image instead (validation: what triage scores).
+def make_pair(
+    img: np.ndarray, renderer, rng: np.random.Generator, crop: int,  # noqa: ANN001
+    families: Sequence[str] | None, max_long: int = 768,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(clean window, marked window, mask, label): one ``crop``×``crop`` window of the image at a
+    random scoring scale, as it is and with a mark rendered on the whole rescaled image first
+    (marks are sized relative to the picture, as on real images, not to the window). The two
+    differ only by the mark, so a batch of pairs teaches the mark, not the picture.
 
-    Both kinds then get the renderer's re-encoding artefacts with the same odds: applying them to
-    positives only would teach the detector to find JPEG blocks and blur instead of watermarks."""
+    Each then gets the renderer's re-encoding artefacts with the same odds, independently:
+    applying them to marked images only would teach the detector to find JPEG blocks and blur
+    instead of watermarks. ``label`` is 0 when the window shows no more than a sliver of the mark."""
     view = random_view(img, crop, rng, max_long)
-    mask = np.zeros(view.shape[:2], bool)
-    if positive:
-        family = None if not families else str(rng.choice(list(families)))
-        wm = renderer.render(view, rng, family=family, postprocess=False)
-        view, mask = np.asarray(wm.composite), np.asarray(wm.mask, dtype=bool)
-    if window:
-        y0, x0 = _window(view.shape[:2], crop, rng, mask if rng.random() < 0.85 else None)
-        view = np.ascontiguousarray(view[y0 : y0 + crop, x0 : x0 + crop])
-        mask = np.ascontiguousarray(mask[y0 : y0 + crop, x0 : x0 + crop])
+    family = None if not families else str(rng.choice(list(families)))
+    wm = renderer.render(view, rng, family=family, postprocess=False)
+    marked, mask = np.asarray(wm.composite), np.asarray(wm.mask, dtype=bool)
+    y0, x0 = _window(view.shape[:2], crop, rng, mask if rng.random() < 0.85 else None)
+    box = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+    clean, marked, mask = view[box], marked[box], mask[box]
     if rng.random() < 0.5:
-        view, mask = np.ascontiguousarray(view[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
-    view, _ = renderer.postprocess(view, rng)
+        clean, marked, mask = clean[:, ::-1], marked[:, ::-1], mask[:, ::-1]
+    clean, _ = renderer.postprocess(np.ascontiguousarray(clean), rng)
+    marked, _ = renderer.postprocess(np.ascontiguousarray(marked), rng)
+    mask = np.ascontiguousarray(mask)
     label = 1.0 if mask.sum() >= 24 else 0.0  # a sliver at the edge is not a visible mark
     if not label:
         mask[:] = False
-    return view, mask, label
+    return np.asarray(clean), np.asarray(marked), mask, label
+
+
+def make_image(
+    img: np.ndarray, renderer, rng: np.random.Generator, min_long: int, positive: bool,  # noqa: ANN001
+    families: Sequence[str] | None, max_long: int = 768,
+) -> tuple[np.ndarray, float]:
+    """(image uint8, label): the whole image at a random scoring scale, clean or marked, with
+    re-encoding artefacts at the same odds either way (validation: what triage scores)."""
+    view = random_view(img, min_long, rng, max_long)
+    label = 0.0
+    if positive:
+        family = None if not families else str(rng.choice(list(families)))
+        view = np.asarray(renderer.render(view, rng, family=family, postprocess=False).composite)
+        label = 1.0
+    view, _ = renderer.postprocess(view, rng)
+    return np.asarray(view), label
 
 
 def _cell_targets(masks: torch.Tensor) -> torch.Tensor:
@@ -355,7 +370,7 @@ def build_validation_set(
     cache = _ImageCache(paths)
     for i in range(n):
         positive = i % 2 == 1
-        view, _, y = make_sample(cache.pick(rng), renderer, rng, crop, positive, families, window=False)
+        view, y = make_image(cache.pick(rng), renderer, rng, crop, positive, families)
         imgs.append(view)
         labels.append(y)
     return imgs, np.asarray(labels, dtype=bool)
@@ -388,12 +403,12 @@ def train_detector(
     model.train()
     for step in range(1, config.steps + 1):
         xs, ms, ys = [], [], []
-        for _ in range(config.batch_size):
-            pos = rng.random() < config.positive_fraction
-            v, m, y = make_sample(cache.pick(rng), renderer, rng, config.crop, pos, config.train_families)
-            xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
-            ms.append(torch.from_numpy(m)[None])
-            ys.append(y)
+        for _ in range(max(1, config.batch_size // 2)):  # pairs: the same window clean and marked
+            clean, marked, m, y = make_pair(cache.pick(rng), renderer, rng, config.crop, config.train_families)
+            for v, mk, lab in ((clean, np.zeros_like(m), 0.0), (marked, m, y)):
+                xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
+                ms.append(torch.from_numpy(mk)[None])
+                ys.append(lab)
         x = torch.stack(xs).float() / 255.0
         m = torch.stack(ms).float()
         y = torch.tensor(ys)
