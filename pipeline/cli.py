@@ -109,11 +109,15 @@ def scrape(
     as_json: JsonOpt = False,
 ) -> None:
     """Crawl pages from the seeds and store every image found (robots.txt and opt-outs obeyed)."""
-    from pipeline.scrape import SeedError
-    from pipeline.scrape import scrape as run_scrape
+    gc.disable()  # start-up (imports, catalog) makes long-lived objects only: no collections
+    try:
+        from pipeline.scrape import SeedError
+        from pipeline.scrape import scrape as run_scrape
 
-    settings, cat, blobs = _open()
-    gc.freeze()  # the imported modules stay: the crawl's collections (and the one at exit) skip them
+        settings, cat, blobs = _open()
+    finally:
+        gc.freeze()  # the imported modules stay: the crawl's collections (and the one at exit) skip them
+        gc.enable()
     try:
         summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
                              allow_private_hosts=allow_private_hosts)
