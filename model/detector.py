@@ -342,18 +342,21 @@ def make_pair(
 
 
 def make_image(
-    img: np.ndarray, renderer, rng: np.random.Generator, min_long: int, positive: bool,  # noqa: ANN001
-    families: Sequence[str] | None, max_long: int = 768,
+    img: np.ndarray, renderer, rng: np.random.Generator, positive: bool,  # noqa: ANN001
+    families: Sequence[str] | None,
 ) -> tuple[np.ndarray, float]:
-    """(image uint8, label): the whole image at a random scoring scale, clean or marked, with
-    re-encoding artefacts at the same odds either way (validation: what triage scores)."""
-    view = random_view(img, min_long, rng, max_long)
+    """(image uint8, label): the whole image at its own size, as triage scores it, clean or with a
+    mark, with re-encoding artefacts at the same odds either way (validation and calibration; a
+    threshold picked on rescaled views ran low on full-size photos)."""
+    view = np.asarray(img)
+    if max(view.shape[:2]) > 768:  # the largest scale score_images looks at: nothing is lost
+        view = _rescale(view, 768, 1)
     label = 0.0
     if positive:
         family = None if not families else str(rng.choice(list(families)))
         view = np.asarray(renderer.render(view, rng, family=family, postprocess=False).composite)
         label = 1.0
-    view, _ = renderer.postprocess(view, rng)
+    view, _ = renderer.postprocess(np.ascontiguousarray(view), rng)
     return np.asarray(view), label
 
 
@@ -363,14 +366,14 @@ def _cell_targets(masks: torch.Tensor) -> torch.Tensor:
 
 
 def build_validation_set(
-    paths: Sequence[str], renderer, families: Sequence[str] | None, n: int, crop: int, seed: int,  # noqa: ANN001
+    paths: Sequence[str], renderer, families: Sequence[str] | None, n: int, seed: int,  # noqa: ANN001
 ) -> tuple[list[np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed + 7919)
     imgs, labels = [], []
     cache = _ImageCache(paths)
     for i in range(n):
         positive = i % 2 == 1
-        view, y = make_image(cache.pick(rng), renderer, rng, crop, positive, families)
+        view, y = make_image(cache.pick(rng), renderer, rng, positive, families)
         imgs.append(view)
         labels.append(y)
     return imgs, np.asarray(labels, dtype=bool)
@@ -432,7 +435,7 @@ def train_detector(
             break
     train_s = time.perf_counter() - t0
     vimgs, vlabels = build_validation_set(list(val_paths or paths), renderer, config.val_families,
-                                          config.val_samples, config.crop, config.seed)
+                                          config.val_samples, config.seed)
     t1 = time.perf_counter()
     scores = score_images(model, vimgs)
     score_s = time.perf_counter() - t1
