@@ -8,7 +8,9 @@ a Prefect task argument must be hashable and serialisable, and a database engine
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -41,6 +43,7 @@ def task_runner(kind: str = "thread", settings: Settings | None = None):  # noqa
 
     if settings is not None and settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
+    _project_on_sys_path()
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
@@ -55,6 +58,18 @@ def task_runner(kind: str = "thread", settings: Settings | None = None):  # noqa
             "worker_dashboard_address": None,
         },
     )
+
+
+def _project_on_sys_path() -> None:
+    """Local Dask workers start with their scratch folders first on ``sys.path``, and each holds a
+    ``storage/`` folder (Dask's spill space). An editable install finds this project through a
+    finder that runs after the path search, so in a worker ``import storage`` found that folder as
+    an empty namespace package and every task failed to import. Workers copy the parent's
+    ``sys.path``: with the project's root on it the real package wins (a regular package beats
+    namespace folders wherever they sit on the path)."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "storage" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.append(str(root))
 
 
 def flow_settings(home: str | None = None, **overrides: Any) -> Settings:
