@@ -357,6 +357,12 @@ def main() -> None:
         return runs.get(name, {}).get(key)
 
     naive_s, eng_s = get("naive_1024x768", "img_per_s"), get("engine_1024x768", "img_per_s")
+
+    def ratio(name: str) -> float | None:
+        """``name``'s images/s over the naive pass's at 1024×768 (None when either is missing)."""
+        rate = get(name, "img_per_s")
+        return rate / naive_s if naive_s and rate else None
+
     r1, r2 = get("naive_1024x768", "peak_rss_mb"), get("naive_2048x1536", "peak_rss_mb")
     est = None
     if r1 and r2:  # RSS = a + b·pixels through the two naive points
@@ -365,7 +371,7 @@ def main() -> None:
     result = {
         "naive_img_per_s_1024x768": naive_s,
         "engine_img_per_s_1024x768": eng_s,
-        "ratio": eng_s / naive_s if naive_s and eng_s else None,
+        "ratio": ratio("engine_1024x768"),
         "peak_rss_mb_4000x3000": get("engine_4000x3000", "peak_rss_mb"),
         "peak_rss_mb_1024x768": get("engine_1024x768", "peak_rss_mb"),
         "naive_img_per_s_wall_1024x768": get("naive_1024x768", "img_per_s_wall"),
@@ -379,29 +385,24 @@ def main() -> None:
         "naive_peak_rss_mb_4000x3000_estimated": est,
         "engine_bf16_img_per_s_1024x768": get("engine_bf16_1024x768", "img_per_s"),
         "engine_compiled_img_per_s_1024x768": get("engine_compiled_1024x768", "img_per_s"),
-        "ratio_compiled": (get("engine_compiled_1024x768", "img_per_s") / naive_s
-                           if naive_s and get("engine_compiled_1024x768", "img_per_s") else None),
+        "ratio_compiled": ratio("engine_compiled_1024x768"),
         "compile_wall_s": get("engine_compiled_1024x768", "warmup_s"),
         "seam_max_abs": get("engine_1024x768", "seam_max_abs"),
         "seam_mean_abs": get("engine_1024x768", "seam_mean_abs"),
         "engine": {k: get("engine_1024x768", k) for k in ("tile", "overlap", "batch_size", "precision", "backend",
                                                            "tiles", "tile_shape", "tile_pixels_per_pixel")},
         "engine_fused_img_per_s_1024x768": get("engine_fused_1024x768", "img_per_s"),
-        "ratio_fused": (get("engine_fused_1024x768", "img_per_s") / naive_s
-                        if naive_s and get("engine_fused_1024x768", "img_per_s") else None),
+        "ratio_fused": ratio("engine_fused_1024x768"),
         "engine_int8_img_per_s_1024x768": get("engine_int8_1024x768", "img_per_s"),
-        "ratio_int8": (get("engine_int8_1024x768", "img_per_s") / naive_s
-                       if naive_s and get("engine_int8_1024x768", "img_per_s") else None),
+        "ratio_int8": ratio("engine_int8_1024x768"),
         "int8_setup_cpu_s": get("engine_int8_1024x768", "setup_cpu_s"),
         "engine_fused_img_per_s_4000x3000": get("engine_fused_4000x3000", "img_per_s"),
         "peak_rss_mb_fused_4000x3000": get("engine_fused_4000x3000", "peak_rss_mb"),
         "fidelity": runs.get("fidelity"),
         "engine_eager_img_per_s_1024x768": get("engine_eager_1024x768", "img_per_s"),
-        "ratio_eager": (get("engine_eager_1024x768", "img_per_s") / naive_s
-                        if naive_s and get("engine_eager_1024x768", "img_per_s") else None),
+        "ratio_eager": ratio("engine_eager_1024x768"),
         "engine_eager_tile320_img_per_s_1024x768": get("engine_eager_tile320_1024x768", "img_per_s"),
-        "ratio_previous_default": (get("engine_eager_tile320_1024x768", "img_per_s") / naive_s
-                                   if naive_s and get("engine_eager_tile320_1024x768", "img_per_s") else None),
+        "ratio_previous_default": ratio("engine_eager_tile320_1024x768"),
         "tile_sweep_img_per_s_1024x768": {
             str(get(k, "tile")): {"img_per_s": get(k, "img_per_s"), "tiles": get(k, "tiles"),
                                   "tile_pixels_per_pixel": get(k, "tile_pixels_per_pixel")}
