@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from model.train import one_cycle_factor
+from model.schedule import one_cycle_factor
 
 CELL = 16  # input pixels per output cell
 log = logging.getLogger(__name__)
