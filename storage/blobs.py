@@ -16,7 +16,8 @@ import contextlib
 import ctypes
 import hashlib
 import os
-import tempfile
+import random
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +37,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 def blob_key(sha256: str) -> str:
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not _SHA256_HEX.fullmatch(sha256):
         raise BlobError(sha256, "not a lowercase hex sha256")
     return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
@@ -48,6 +52,35 @@ def _fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_folder(folder: str) -> bool:
+    """Create ``folder`` (and its parents); True when this call created it, False when it was there
+    (or another process made it meanwhile)."""
+    try:
+        os.mkdir(folder)
+        return True
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        try:
+            os.mkdir(folder)
+            return True
+        except FileExistsError:
+            return False
+
+
+def _temp_file(folder: str) -> tuple[int, str]:
+    """A new, exclusive, private temp file in ``folder`` (what ``tempfile.mkstemp`` gives, for a
+    tenth of its Python overhead): ``(fd, path)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        path = f"{folder}/.tmp-{random.getrandbits(64):016x}.part"
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
 
 
 _LIBC_SYNCFS = None  # resolved on first use: libc's syncfs, or False where there is none
@@ -123,21 +156,23 @@ class BlobStore:
             if not self.fs.exists(target):
                 self.fs.pipe_file(target, data)
             return key
-        try:
-            if os.stat(target).st_size == len(data):
-                return key
-        except FileNotFoundError:
-            pass
         # (a blob of the wrong size, e.g. emptied by a power cut before it was synced, is rewritten)
         folder = os.path.dirname(target)
+        made = False  # True when this call created the folder: the blob cannot be there yet
         if folder not in self._folders:
-            os.makedirs(folder, exist_ok=True)
+            made = _make_folder(folder)
             self._folders.add(folder)
+        if not made:
+            try:
+                if os.stat(target).st_size == len(data):
+                    return key
+            except FileNotFoundError:
+                pass
         try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+            fd, tmp = _temp_file(folder)
         except FileNotFoundError:  # the folder was removed since
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+            fd, tmp = _temp_file(folder)
         try:
             try:
                 view = memoryview(data)

@@ -121,3 +121,19 @@ def test_kill_during_blob_write_leaves_no_partial_blob_and_no_dangling_row(tmp_p
     with cat.session() as s:
         for im in s.query(Image):
             assert bs.exists(im.blob_key)
+
+
+def test_a_second_store_on_the_same_root_skips_known_blobs_and_leaves_no_temp_files(tmp_path):
+    """Another process (a new store, its folder cache empty) finds the folder made and the blob
+    there: not written again. Blobs are private files, temp files never stay behind."""
+    first = BlobStore(tmp_path / "blobs")
+    _, key = first.put(b"shared", durable=False)
+    path = first.local_path(key)
+    mtime = path.stat().st_mtime_ns
+    time.sleep(0.01)
+    second = BlobStore(tmp_path / "blobs")
+    assert second.put(b"shared", durable=False)[1] == key and second.sync() == 0
+    assert path.stat().st_mtime_ns == mtime
+    _, other = second.put(b"other")
+    assert second.get(other) == b"other" and (second.local_path(other).stat().st_mode & 0o777) == 0o600
+    assert not list((tmp_path / "blobs").rglob(".tmp-*"))

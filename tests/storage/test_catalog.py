@@ -149,3 +149,83 @@ def test_list_images_filters_and_latest_cleaning(catalog):
         assert q.list_images(s, min_psnr=40) == []
         assert q.list_images(s, model_version="r-1")[0]["output"] == "k1"
         assert len(q.list_images(s)) == 2
+
+
+def test_linear_head_read_from_the_files_is_alembics_head():
+    from storage.db import _linear_head
+
+    assert _linear_head() == head_revision()
+
+
+def test_opening_a_fresh_or_current_catalog_does_not_import_alembic(settings):
+    """An empty database is created at head, and one already at head is opened as it is, both
+    without Alembic (start-up cost); alembic_version names the head either way."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from storage import open_catalog; open_catalog(url=sys.argv[1]); "
+            "print('alembic' in sys.modules)")
+    for _ in ("fresh", "at head"):
+        out = subprocess.run([sys.executable, "-c", code, settings.catalog_url], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["False"]
+        assert current_revision(open_catalog(settings, migrate_schema=False).engine) == head_revision()
+
+
+def _schema(engine) -> dict:
+    i = inspect(engine)
+    out = {}
+    for t in sorted(i.get_table_names()):
+        out[t] = {
+            "columns": [(c["name"], str(c["type"]), c["nullable"], c.get("default")) for c in i.get_columns(t)],
+            "pk": i.get_pk_constraint(t),
+            "fks": sorted(map(str, i.get_foreign_keys(t))),
+            "indexes": sorted(map(str, i.get_indexes(t))),
+            "uniques": sorted(map(str, i.get_unique_constraints(t))),
+            "checks": sorted(map(str, i.get_check_constraints(t))),
+        }
+    return out
+
+
+def test_fresh_schema_is_the_migrated_one(settings):
+    """The schema an empty database gets directly (models + stamp) is, table by table, column by
+    column, index and constraint by name, the one Alembic's migrations build."""
+    from alembic import command
+
+    from storage.db import _alembic_config
+
+    cat = open_catalog(settings, migrate_schema=False)
+    with cat.engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "head")
+    migrated = _schema(cat.engine)
+    with cat.engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "base")
+        conn.execute(text("DROP TABLE alembic_version"))
+    assert inspect(cat.engine).get_table_names() == []
+    cat.dispose()
+    fresh = open_catalog(settings)
+    assert current_revision(fresh.engine) == head_revision()
+    assert _schema(fresh.engine) == migrated
+
+
+def test_a_catalog_behind_head_is_still_upgraded(settings):
+    from alembic import command
+
+    from storage.db import _alembic_config
+
+    cat = open_catalog(settings)
+    with cat.engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "-1")
+    assert current_revision(cat.engine) != head_revision()
+    cat2 = open_catalog(settings)
+    assert current_revision(cat2.engine) == head_revision()
+    assert "window_hashes" in inspect(cat2.engine).get_table_names()
+
+
+def test_insert_ignore_fills_defaults_and_takes_rows_with_different_keys(catalog):
+    with catalog.write() as s:
+        ids = q.add_images(s, [_img("c" * 64), _img("d" * 64, status="clean"), _img("c" * 64, width=7)])
+    with catalog.session() as s:
+        c, d = s.get(Image, ids["c" * 64]), s.get(Image, ids["d" * 64])
+        assert (c.status, c.width, d.status) == ("fetched", 100, "clean")  # the first row of c kept
+        assert c.first_seen_at is not None and d.first_seen_at is not None
