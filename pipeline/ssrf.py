@@ -2,9 +2,9 @@
 addresses, and connect to exactly the address that was checked.
 
 URLs come from hostile pages (``<img src>``, ``<base href>``, redirects), so the check runs after
-DNS and at connect time: ``PinnedAdapter`` makes every new connection of a requests ``Session``
-go through ``AddressGuard.connect``, which resolves (or takes from its cache), checks, and opens the
-socket to the checked IP while the Host header and TLS SNI keep the name. A name that re-resolves
+DNS and at connect time: every connection of the scraper's HTTP client (``pipeline.http1``) is
+opened by ``AddressGuard.open_connection``, which resolves (or takes from its cache), checks, and
+opens the socket to the checked IP while the Host header and TLS SNI keep the name. A name that re-resolves
 to something else between check and connect (DNS rebinding) cannot slip through, because the
 connection never resolves the name again.
 
@@ -20,12 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
-
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.util import connection as u3conn
 
 Resolver = Callable[[str, int], list[str]]
 ALLOWED_SCHEMES = ("http", "https")
@@ -119,49 +113,8 @@ class AddressGuard:
             self._cache[key] = (now + self.ttl_s, addresses[0])
         return addresses[0]
 
-    def connect(self, conn: HTTPConnection) -> socket.socket:
-        """Open the socket for a urllib3 connection to the checked address of its host."""
-        address = self.check_host(conn.host, conn.port)
-        try:
-            return u3conn.create_connection(
-                (address, conn.port), conn.timeout, source_address=conn.source_address,
-                socket_options=conn.socket_options,
-            )
-        except TimeoutError as exc:
-            raise ConnectTimeoutError(conn, f"connection to {conn.host} ({address}) timed out") from exc
-        except OSError as exc:
-            raise NewConnectionError(conn, f"failed to connect to {conn.host} ({address}): {exc}") from exc
-
-
-def _pinned_pool_classes(guard: AddressGuard) -> dict[str, type]:
-    class PinnedHTTPConnection(HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            return guard.connect(self)
-
-    class PinnedHTTPSConnection(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            return guard.connect(self)  # TLS then wraps it with SNI = self.host (the name)
-
-    class PinnedHTTPPool(HTTPConnectionPool):
-        ConnectionCls = PinnedHTTPConnection
-
-    class PinnedHTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = PinnedHTTPSConnection
-
-    return {"http": PinnedHTTPPool, "https": PinnedHTTPSPool}
-
-
-class PinnedAdapter(HTTPAdapter):
-    """A requests transport whose every new connection goes through ``AddressGuard.connect``."""
-
-    def __init__(self, guard: AddressGuard, **kwargs):
-        self.guard = guard
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pinned_pool_classes(self.guard)
-
-    def proxy_manager_for(self, proxy, **proxy_kwargs):  # noqa: ANN001, ANN201
-        # A proxy would connect on our behalf to an address we never checked.
-        raise HostRefused(str(proxy), "refused-address", "proxies are not used by the scraper")
+    def open_connection(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        """A TCP socket to the checked address of ``host`` (resolved or taken from the cache and
+        checked here, at connect time); raises ``HostRefused``, ``TimeoutError`` or ``OSError``."""
+        address = self.check_host(host, port)
+        return socket.create_connection((address, port), timeout)

@@ -607,3 +607,21 @@ def test_https_through_the_pinned_address_verifies_the_name(tmp_path, fast):
         assert snis == ["secure.test", "other.test"]  # one handshake for it: a TLS failure is not retried
     finally:
         site.close()
+
+
+def test_a_failing_catalog_write_ends_the_crawl_with_its_error(site, catalog, blobs, fast):
+    """Commits run on the writer thread; an error there is raised by ``scrape`` (not lost), after
+    the crawl thread stops handing it batches."""
+    import threading
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import DatabaseError
+
+    site.page("/", "".join(f"<img src='/img/{i}.png'>" for i in range(6)))
+    for i in range(6):
+        site.static(f"/img/{i}.png", png_bytes(i), "image/png")
+    with catalog.write() as s:
+        s.execute(text("DROP TABLE sightings"))
+    with pytest.raises(DatabaseError, match="sightings"):
+        run(site, catalog, blobs, fast.model_copy(update={"write_batch_size": 2}))
+    assert not [t for t in threading.enumerate() if t.name == "unmark-scrape-writer"]
