@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.extract import extract, largest_candidate, normalize_url
+from pipeline.extract import ImageRef, extract, largest_candidate, normalize_url
 from pipeline.fetch import retry_after_s
 from pipeline.robots import RobotsPolicy, agent_token, crawl_delay_for, opt_out_of, parse_directives
 from pipeline.scrape import expand_seeds, sitemap_locs
@@ -185,3 +185,66 @@ def test_sitemap_detection_and_seed_files(tmp_path):
         "http://s.test/a.html", "http://s.test/b.html", "http://t.test/"]
     with pytest.raises(ValueError):
         expand_seeds(["not a url"])
+
+
+TRICKY_PAGES = {
+    "embedding": """<html><head><meta property="og:image" content="/img/og.png">
+<meta property="og:image:alt" content="og alt"><meta name="twitter:image" content="/img/tw.png">
+<link rel="  Image_Src   other " href="/img/link.png"><style>.a { background: url("/img/block.png") }</style>
+<meta name="robots" content="noai"><meta name="UnmarkBot" content="noimageai"></head><body>
+<img src="/img/plain.png" alt="plain"><img src="/s.png" srcset="/s.png 1x, /b.png 2x" alt="set">
+<img src="/p.gif" data-src="/lazy.png"><img data-srcset="/ls.png 100w, /ll.png 800w"><img data-lazy-src="/l2.png">
+<picture><source srcset="/pic-s.png 320w, /pic-l.png 1280w"><img src="/pic.png" alt="picture alt"></picture>
+<picture><source srcset="/nope.png"></picture><picture><source srcset="/o.png"><picture><img alt="inner">
+</picture></picture>
+<div style="background-image: URL('/css.png')" title="styled">x</div>
+<a href="/img/linked.jpg" title="">a <b>bold</b> caf&eacute; <!-- hidden --> <script>no()</script> end</a>
+<a href="/img/two.png">  spaced
+   text  </a><area href="/img/area.png"><a href="/page.html" rel="NoFollow  next">p</a>
+<a href="#top">t</a><a href="/doc.pdf">pdf</a><A HREF="/UPPER.PNG">Upper</A><img src="/dup.png" src="/dup2.png">
+<style>   </style><style></style><template><a href="/img/in-template.png">t<b>x</b></a></template>
+<p><a href="/img/unclosed.png">never closed
+</body></html>""",
+    "base": """<base target="_top"><base href=" https://cdn.test/assets/ "><img src="rel.png">
+<a href="page.html">p</a>""",
+    "deep": "<html><body>" + "<div>" * 3000 + "<a href='/img/deep.png'>deep <i>text</i></a>" + "</div>" * 3000
+            + "<img src='/after.png'></body></html>",
+    "broken": "<img src='/a.png' alt='a<b'><a href='/x.jpg'>x</a></img></a></div><img src=/b.png alt=\"q\"uote>"
+              "<style>url(/s.png)",
+    "empty": "",
+    "pre": "<pre><style>  </style><a href='/p.png'>  </a></pre><textarea><style>\n</style></textarea>"
+           + "<div>\n  " * 200 + "<style>\n\n</style>" + "</div>" * 200,
+    "entities": "<img src='/&#x61;.png?x=1&amp;y=2' alt='&lt;&gt; &nbsp;&copy;'><a href='/n.jpg'>&amp;&#x20AC;</a>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY_PAGES))
+@pytest.mark.parametrize("charset", ["utf-8", "windows-1252"])
+def test_fast_parse_agrees_with_beautifulsoup(name, charset):
+    """The lxml event path (a declared charset) and the BeautifulSoup path make the same records,
+    so ``extract`` finds the same images, links and directives whichever parses a page."""
+    from pipeline.extract import _fast_elements, _parse, _soup_elements, _walk
+
+    html = TRICKY_PAGES[name].encode(charset, "xmlcharrefreplace")
+    fast = _fast_elements(html, charset)
+    soup = _soup_elements(_parse(html, charset, "http://s.test/"))
+    assert fast is not None
+    assert [el.key() for el in fast] == [el.key() for el in soup]
+    a = _walk(fast, "http://s.test/d/", ("robots", "unmarkbot"), 20_000, 1_000)
+    b = _walk(soup, "http://s.test/d/", ("robots", "unmarkbot"), 20_000, 1_000)
+    assert (a.images, a.links, a.robots, a.base) == (b.images, b.links, b.robots, b.base)
+    if name == "embedding":
+        assert {i.found_by for i in a.images} >= {"og:image", "twitter:image", "link", "css", "img", "srcset",
+                                                   "lazy", "picture", "href"}
+        assert ImageRef("http://s.test/img/linked.jpg", "a bold café end", "href") in a.images
+
+
+def test_pages_without_a_declared_charset_or_with_a_bom_go_to_beautifulsoup():
+    from pipeline.extract import _fast_elements
+
+    page = "<img src='/c.png' alt='Café'>"
+    assert _fast_elements(page.encode(), None) is None  # detection is BeautifulSoup's
+    assert _fast_elements(b"\xef\xbb\xbf" + page.encode(), "utf-8") is None
+    assert _fast_elements(page.encode(), "no-such-charset") is None
+    assert extract(b"\xef\xbb\xbf" + page.encode(), "http://s.test/", "utf-8").images[0].alt == "Café"
+    assert extract(page.encode("cp1252"), "http://s.test/", "no-such-charset").images[0].url == "http://s.test/c.png"
