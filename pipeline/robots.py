@@ -78,14 +78,24 @@ class RobotsPolicy:
         return f"{p.scheme}://{p.netloc}".lower()
 
     def parser(self, url: str) -> RobotFileParser:
-        origin = self.origin(url)
+        return self._parser_of(self.origin(url))
+
+    def _parser_of(self, origin: str) -> RobotFileParser:
+        rp = self._parsers.get(origin)  # loaded already: no locks (dict reads are atomic)
+        if rp is not None:
+            return rp
         with self._guard:
             lock = self._locks.setdefault(origin, threading.Lock())
         with lock:
             rp = self._parsers.get(origin)
             if rp is None:
                 rp, delay = self._load(origin + "/robots.txt")
-                self._parsers[origin], self._delays[origin] = rp, delay
+                if delay is None:
+                    rate = rp.request_rate(self.token)
+                    if rate is not None and rate.requests:
+                        delay = rate.seconds / rate.requests
+                self._delays[origin] = delay  # before the parser: lock-free readers find both
+                self._parsers[origin] = rp
         return rp
 
     def _load(self, robots_url: str) -> tuple[RobotFileParser, float | None]:
@@ -114,13 +124,17 @@ class RobotsPolicy:
 
     def crawl_delay(self, url: str) -> float | None:
         """Seconds between requests asked by ``Crawl-delay`` (decimals allowed) or ``Request-rate``."""
-        rp = self.parser(url)
-        delay = self._delays.get(self.origin(url))
-        if delay is None:
-            rate = rp.request_rate(self.token)
-            if rate is not None and rate.requests:
-                return rate.seconds / rate.requests
-        return delay
+        return self._delay_of(self.origin(url))
+
+    def check(self, url: str) -> tuple[bool, float | None]:
+        """``(allowed(url), crawl_delay(url))`` for the price of one look-up (the crawl asks both
+        before every request)."""
+        origin = self.origin(url)
+        return self._parser_of(origin).can_fetch(self.token, url), self._delay_of(origin)
+
+    def _delay_of(self, origin: str) -> float | None:
+        self._parser_of(origin)
+        return self._delays.get(origin)
 
 
 def crawl_delay_for(lines: list[str], token: str) -> float | None:

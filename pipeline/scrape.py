@@ -323,8 +323,7 @@ class Crawl:
         self.robots_failures.append((robots_url, exc))  # list.append is atomic; drained by the writer
 
     def _allowed(self, url: str) -> bool:
-        ok = self.robots.allowed(url)
-        delay = self.robots.crawl_delay(url)
+        ok, delay = self.robots.check(url)
         if delay:
             self.fetcher.gate.set_delay(host_key(url), min(delay, self.settings.max_crawl_delay_s))
         return ok

@@ -136,6 +136,11 @@ def test_robots_statuses_and_crawl_delay():
     assert star.allowed("http://a.test/private/x.png") is False
     assert star.crawl_delay("http://a.test/") == 2.0
     assert rp.crawl_delay("http://a.test/") is None  # our group sets none
+    assert rp.check("http://a.test/no-unmark/x.png") == (False, None)
+    assert star.check("http://a.test/private/x.png") == (False, 2.0)
+    assert star.check("http://a.test/ok.png") == (True, 2.0)
+    bodies["http://r.test/robots.txt"] = (200, b"User-agent: *\nRequest-rate: 1/4\n")
+    assert star.check("http://r.test/x") == (True, 4.0) and star.crawl_delay("http://r.test/") == 4.0
     assert crawl_delay_for(["User-agent: *", "Crawl-delay: 0.25"], "unmarkbot") == 0.25
     assert crawl_delay_for(["User-agent: a", "User-agent: UnmarkBot", "Disallow: /x", "Crawl-delay: 1.5",
                             "User-agent: *", "Crawl-delay: 9"], "unmarkbot") == 1.5
