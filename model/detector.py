@@ -243,8 +243,6 @@ class DetectorTrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     widths: tuple[int, ...] = (24, 48, 96, 128)
-    # each photo recoloured, turned and flipped before marking (see augment_photo)
-    photo_aug: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -313,29 +311,9 @@ def random_view(img: np.ndarray, crop: int, rng: np.random.Generator, max_long: 
     return _rescale(img, long_side, crop)
 
 
-def augment_photo(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A photo made to look like another one before any mark is drawn: a quarter-turn or flip,
-    its colour channels permuted, saturation, contrast, brightness and gamma moved, sometimes grey.
-    A pool of a hundred photos is otherwise learnt by heart as "clean", and new photos score high
-    just for being new."""
-    out = np.rot90(img, int(rng.integers(4)))
-    if rng.random() < 0.5:
-        out = out[::-1]
-    x = out.astype(np.float32) / 255.0
-    x = x[..., rng.permutation(3)]
-    grey = x.mean(axis=2, keepdims=True)
-    if rng.random() < 0.1:
-        x = np.repeat(grey, 3, axis=2)
-    else:
-        x = grey + (x - grey) * float(rng.uniform(0.5, 1.5))  # saturation
-    x = (x - 0.5) * float(rng.uniform(0.7, 1.3)) + 0.5 + float(rng.uniform(-0.1, 0.1))  # contrast, brightness
-    x = np.clip(x, 0.0, 1.0) ** float(np.exp(rng.uniform(-0.4, 0.4)))  # gamma
-    return np.ascontiguousarray((x * 255.0 + 0.5).astype(np.uint8))
-
-
 def make_pair(
     img: np.ndarray, renderer, rng: np.random.Generator, crop: int,  # noqa: ANN001
-    families: Sequence[str] | None, max_long: int = 768, photo_aug: bool = False,
+    families: Sequence[str] | None, max_long: int = 768,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(clean window, marked window, mask, label): one ``crop``×``crop`` window of the image at a
     random scoring scale, as it is and with a mark rendered on the whole rescaled image first
@@ -346,8 +324,6 @@ def make_pair(
     applying them to marked images only would teach the detector to find JPEG blocks and blur
     instead of watermarks. ``label`` is 0 when the window shows no more than a sliver of the mark."""
     view = random_view(img, crop, rng, max_long)
-    if photo_aug:
-        view = augment_photo(view, rng)
     family = None if not families else str(rng.choice(list(families)))
     wm = renderer.render(view, rng, family=family, postprocess=False)
     marked, mask = np.asarray(wm.composite), np.asarray(wm.mask, dtype=bool)
@@ -431,8 +407,7 @@ def train_detector(
     for step in range(1, config.steps + 1):
         xs, ms, ys = [], [], []
         for _ in range(max(1, config.batch_size // 2)):  # pairs: the same window clean and marked
-            clean, marked, m, y = make_pair(cache.pick(rng), renderer, rng, config.crop, config.train_families,
-                                              photo_aug=config.photo_aug)
+            clean, marked, m, y = make_pair(cache.pick(rng), renderer, rng, config.crop, config.train_families)
             for v, mk, lab in ((clean, np.zeros_like(m), 0.0), (marked, m, y)):
                 xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
                 ms.append(torch.from_numpy(mk)[None])

@@ -167,7 +167,7 @@ def test_trained_detector_separates_marked_from_clean():
         p = f"{d}/{i}.png"
         PILImage.fromarray(arr).save(p)
         paths.append(p)
-    cfg = DetectorTrainConfig(steps=500, crop=96, batch_size=8, val_samples=40, lr=3e-3,
+    cfg = DetectorTrainConfig(steps=300, crop=96, batch_size=8, val_samples=40, lr=3e-3,
                               train_families=("text", "logo"), val_families=("text", "logo"))
     _, report = train_detector(paths[:3], WatermarkRenderer(seed=0), cfg, val_paths=paths[3:])
     assert report["val"]["roc_auc"] > 0.7, report["val"]
@@ -184,24 +184,3 @@ def test_bytes_decode_helper_handles_modes(blobs):
     PILImage.new("LA", (40, 30)).save(buf, "PNG")
     _, key = blobs.put(buf.getvalue())
     assert triage_step._decode(blobs, key, 10**8).mode == "RGB"
-
-
-def test_augment_photo_changes_the_photo_not_its_content():
-    """Training views are recoloured, turned and flipped before marking: another photo's look with
-    the same content (same pixels, up to a colour map per channel and a turn or flip)."""
-    from model.detector import augment_photo
-
-    img = _photos()[0][:96, :64]
-    outs = [augment_photo(img, np.random.default_rng(s)) for s in range(12)]
-    assert all(o.dtype == np.uint8 and o.flags.c_contiguous for o in outs)
-    assert {o.shape for o in outs} == {(96, 64, 3), (64, 96, 3)}  # quarter-turns happen
-    assert len({o.tobytes() for o in outs}) == 12  # every draw looks different
-    np.testing.assert_array_equal(augment_photo(img, np.random.default_rng(3)), outs[3])  # seeded
-    # content survives: each output's grey edges line up with one of the 8 turns/flips of the input
-    def edges(a):
-        g = a.astype(np.float32).mean(axis=2)
-        return np.abs(np.diff(g, axis=1))[:-1] + np.abs(np.diff(g, axis=0))[:, :-1]
-    turns = [np.rot90(f, k) for f in (img, img[::-1]) for k in range(4)]
-    for o in outs:
-        cors = [np.corrcoef(edges(o).ravel(), edges(t).ravel())[0, 1] for t in turns if t.shape == o.shape]
-        assert max(cors) > 0.5, cors
