@@ -136,6 +136,20 @@ def _version_table() -> Table:
                  PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
 
 
+@contextlib.contextmanager
+def _schema_transaction(engine: Engine) -> Iterator[Any]:
+    """One transaction that changes the schema, one process at a time: on SQLite it holds the write
+    lock from its start (BEGIN IMMEDIATE), on PostgreSQL the migration advisory lock."""
+    token = _IMMEDIATE.set(True)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            yield conn
+    finally:
+        _IMMEDIATE.reset(token)
+
+
 def _create_at_head(engine: Engine, head: str) -> bool:
     """An empty database gets the head schema in one transaction: the tables of ``storage.models``
     (which ``test_migrated_schema_matches_the_models`` and ``test_fresh_schema_is_the_migrated_one``
@@ -144,19 +158,13 @@ def _create_at_head(engine: Engine, head: str) -> bool:
     changed nothing, when the database holds any table (another process got there first)."""
     from storage.models import Base
 
-    token = _IMMEDIATE.set(True)  # SQLite: the transaction holds the write lock from its start
-    try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-            if inspect(conn).get_table_names():
-                return False
-            Base.metadata.create_all(conn)
-            version = _version_table()
-            version.create(conn)
-            conn.execute(version.insert().values(version_num=head))
-    finally:
-        _IMMEDIATE.reset(token)
+    with _schema_transaction(engine) as conn:
+        if inspect(conn).get_table_names():
+            return False
+        Base.metadata.create_all(conn)
+        version = _version_table()
+        version.create(conn)
+        conn.execute(version.insert().values(version_num=head))
     return True
 
 
@@ -179,14 +187,8 @@ def migrate(engine: Engine) -> str | None:
     head = head_revision()
     if current_revision(engine) == head:
         return head
-    token = _IMMEDIATE.set(True)  # SQLite: the migration transaction holds the write lock
-    try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-            command.upgrade(_alembic_config(conn), "head")
-    finally:
-        _IMMEDIATE.reset(token)
+    with _schema_transaction(engine) as conn:
+        command.upgrade(_alembic_config(conn), "head")
     return head
 
 
