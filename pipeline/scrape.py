@@ -152,8 +152,8 @@ class _Batch:
 
 
 class _Writer:
-    """The catalog's one writer. The crawl thread fills the batch in hand (``pages``, ``images``,
-    ``sightings`` … are that batch's) and ``flush`` hands it to a writer thread, which commits the
+    """The catalog's one writer. The crawl thread fills the batch in hand (``batch``, through
+    ``page`` and ``failure`` or directly) and ``flush`` hands it to a writer thread, which commits the
     batches one at a time, in order. The crawl thread goes on dispatching meanwhile: a commit (its
     ``syncfs`` and SQLite steps, each giving up the GIL and waiting to get it back among the
     fetching threads) would otherwise stall the crawl for a quarter of its time. ``close`` commits
@@ -171,13 +171,6 @@ class _Writer:
         self.error: BaseException | None = None
         self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)  # a bound on rows in waiting
         self._thread: threading.Thread | None = None  # started by the first flush
-
-    pages = property(lambda self: self.batch.pages)
-    images = property(lambda self: self.batch.images)
-    sightings = property(lambda self: self.batch.sightings)
-    failures = property(lambda self: self.batch.failures)
-    cleared = property(lambda self: self.batch.cleared)
-    completed = property(lambda self: self.batch.completed)
 
     def size(self) -> int:
         return self.batch.size()
@@ -526,7 +519,7 @@ class Crawl:
                 w.page(page.url, status=page.status, depth=page.depth, fetched_at=now, error=str(page.error)[:2000])
             self._fail(PAGE_STAGE, page.url, page.error)
             return
-        w.cleared.append((PAGE_STAGE, page.url))
+        w.batch.cleared.append((PAGE_STAGE, page.url))
         if page.sitemap is not None:
             st["sitemaps"] += 1
             kind, locs = page.sitemap
@@ -557,7 +550,7 @@ class Crawl:
         if outstanding:
             self.pending_pages[page.url] = _PendingPage(outstanding, page.etag, page.last_modified)
         else:
-            w.completed[page.url] = (page.etag, page.last_modified)
+            w.batch.completed[page.url] = (page.etag, page.last_modified)
 
     def _images_of(self, page: PageResult) -> int:
         """Sightings for known images, downloads for new URLs; returns how many are awaited."""
@@ -586,7 +579,7 @@ class Crawl:
                 self.waiters[ref.url].append((page.url, ref))
                 outstanding += 1
             elif state is not None:
-                w.sightings.append((page.url, state, ref))
+                w.batch.sightings.append((page.url, state, ref))
         return outstanding
 
     def _on_image(self, res: ImageResult) -> None:
@@ -602,17 +595,17 @@ class Crawl:
             st["images_fetched"] += 1
             st["bytes"] += res.row["bytes"]
             self.image_state[res.url] = res.sha256
-            w.images[res.sha256] = res.row
+            w.batch.images[res.sha256] = res.row
             if res.url in self.retrying:
-                w.cleared.append((IMAGE_STAGE, res.url))
+                w.batch.cleared.append((IMAGE_STAGE, res.url))
             for page_url, ref in waiters:
-                w.sightings.append((page_url, res.sha256, ref))
+                w.batch.sightings.append((page_url, res.sha256, ref))
         for page_url, _ in waiters:
             pending = self.pending_pages[page_url]
             pending.outstanding -= 1
             if pending.outstanding == 0:
                 del self.pending_pages[page_url]
-                w.completed[page_url] = (pending.etag, pending.last_modified)
+                w.batch.completed[page_url] = (pending.etag, pending.last_modified)
 
     def _summary(self, started: float) -> dict:
         elapsed = time.monotonic() - started
