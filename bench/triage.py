@@ -31,6 +31,7 @@ from model.detector import (
     best_accuracy_threshold,
     calibrate,
     detection_metrics,
+    save_detector,
     score_images,
     train_detector,
 )
@@ -59,6 +60,31 @@ def offline_photos(folder: Path) -> list[str]:
     return out
 
 
+def save_errors(out: Path, model, images, names, labels, scores, thr: float) -> None:  # noqa: ANN001
+    """``out``/detector.pt, ``out``/test_scores.json and ``out``/errors.png (each image the
+    detector got wrong at ``thr``, captioned with its name and score)."""
+    import json
+
+    from PIL import ImageDraw
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_detector(model, out / "detector.pt")
+    rows = [{"image": n, "watermarked": bool(y), "score": float(s), "right": bool((s >= thr) == y)}
+            for n, y, s in zip(names, labels, scores)]
+    (out / "test_scores.json").write_text(json.dumps({"threshold": thr, "images": rows}, indent=1))
+    wrong = [i for i, r in enumerate(rows) if not r["right"]]
+    cols, tw, th = 4, 320, 250
+    sheet = Image.new("RGB", (cols * tw, max(1, -(-len(wrong) // cols)) * th), "white")
+    for k, i in enumerate(wrong):
+        tile = Image.fromarray(np.asarray(images[i])).convert("RGB")
+        tile.thumbnail((tw, th - 16))
+        x, y = (k % cols) * tw, (k // cols) * th
+        sheet.paste(tile, (x, y + 16))
+        ImageDraw.Draw(sheet).text((x + 2, y + 2), f"{names[i]}  {scores[i]:.3f}", fill="black")
+    sheet.save(out / "errors.png")
+    print(f"saved the detector, {len(rows)} test scores and {len(wrong)} errors under {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=800)
@@ -67,6 +93,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--holdout", default="tiled,badge")
+    ap.add_argument("--out", type=Path, help="also save the detector, every test score and a sheet of the test "
+                    "images it got wrong here (for looking at its errors)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     holdout = tuple(args.holdout.split(","))
@@ -90,7 +118,7 @@ def main() -> None:
     cal2 = calibrate(cal_scores, cal_labels, 0.98)
 
     rng = np.random.default_rng(123)
-    images, labels = [], []
+    images, labels, names = [], [], []
     for p in test_paths:
         clean = np.asarray(Image.open(p).convert("RGB"))
         # clean images get the same odds of re-encoding artefacts as marked ones (render's default)
@@ -99,6 +127,7 @@ def main() -> None:
         fam = str(rng.choice(holdout))
         images.append(renderer.render(clean, rng, family=fam).composite)
         labels.append(True)
+        names += [f"{Path(p).name} clean", f"{Path(p).name} {fam}"]
     labels = np.asarray(labels)
     t1 = time.perf_counter()
     scores = score_images(model, images)
@@ -125,6 +154,8 @@ def main() -> None:
             "watermarked_recall": float(wm_sel[labels].mean()),
             "uncertain": float((~clean_sel & ~wm_sel).mean())}
     ips = len(images) / score_s
+    if args.out:
+        save_errors(args.out, model, images, names, labels, scores, thr)
     print(f"test (held-out families {holdout}, {len(images)} full-size images): accuracy {m['accuracy']:.3f} "
           f"ROC-AUC {m['roc_auc']:.3f} precision {m['precision']:.3f} recall {m['recall']:.3f} "
           f"at threshold {thr:.3f}; scoring {ips:.1f} img/s")

@@ -18,6 +18,7 @@ precision for the watermarked pool, and the band between is ``uncertain``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -34,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from model.network import native_bf16
 from model.schedule import one_cycle_factor
 
 CELL = 16  # input pixels per output cell
@@ -99,14 +101,24 @@ def score_images(
     scales: Sequence[int] = (384, 768),
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    bf16: bool | None = None,
 ) -> np.ndarray:
     """Watermark probability per image: the max over scales of the sigmoid of the image logit.
 
     Each image is scored at each long-side size in ``scales`` (never upsampled; a scale equal to a
     smaller one after clamping is skipped), so small marks on large images are seen at full detail
-    and large marks at a coarse view. Same-shape inputs are batched together."""
+    and large marks at a coarse view. Same-shape inputs are batched together.
+
+    ``bf16`` (default: where the device does bf16 natively) runs the network channels-last under
+    bf16 autocast: 1.55× the images/s on an AVX512-BF16 CPU, image logits within 0.07 of float32
+    (bench/RESULTS.md, triage). Calibration and triage both score with the default, so a threshold
+    is always applied to scores made the same way."""
     model.eval()
     device = torch.device(device)
+    if bf16 is None:
+        bf16 = native_bf16(device)
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
     best = np.full(len(images), -np.inf, dtype=np.float64)
     jobs: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
     for i, im in enumerate(images):
@@ -123,7 +135,10 @@ def score_images(
         for k in range(0, len(items), batch_size):
             chunk = items[k : k + batch_size]
             x = torch.stack([t for _, t in chunk]).to(device)
-            logits = model(x)["logit"].float().cpu().numpy()
+            if bf16:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)["logit"].float().cpu().numpy()
             for (i, _), z in zip(chunk, logits):
                 best[i] = max(best[i], float(z))
     return 1.0 / (1.0 + np.exp(-best))
@@ -243,6 +258,8 @@ class DetectorTrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     widths: tuple[int, ...] = (24, 48, 96, 128)
+    cpu_bf16: bool = True  # bf16 autocast where the CPU does bf16 natively (see _train_autocast)
+    channels_last: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -379,6 +396,14 @@ def build_validation_set(
     return imgs, np.asarray(labels, dtype=bool)
 
 
+def _train_autocast(config: DetectorTrainConfig):  # noqa: ANN202
+    """bf16 autocast for training steps on a CPU that does bf16 natively (AVX512-BF16 or AMX);
+    float32 elsewhere, where emulated bf16 is slower. The losses are computed in float32."""
+    if config.cpu_bf16 and native_bf16("cpu"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train_detector(
     paths: Sequence[str],
     renderer,  # noqa: ANN001 - model.watermarks.WatermarkRenderer
@@ -394,6 +419,9 @@ def train_detector(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = WatermarkDetector(config.widths)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    autocast = _train_autocast(config)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # One cycle over whichever runs out first, the steps or the wall-time budget, so a run cut by
     # ``max_minutes`` still ends annealed instead of stopping at a high learning rate.
@@ -413,14 +441,17 @@ def train_detector(
                 ms.append(torch.from_numpy(mk)[None])
                 ys.append(lab)
         x = torch.stack(xs).float() / 255.0
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         m = torch.stack(ms).float()
         y = torch.tensor(ys)
-        out = model(x)
-        loss = F.binary_cross_entropy_with_logits(out["logit"], y)
+        with autocast:
+            out = model(x)
+        loss = F.binary_cross_entropy_with_logits(out["logit"].float(), y)
         # watermark cells are rare: weight them up so "no mark anywhere" is not a cheap optimum
         cell_t = _cell_targets(m)
         loss = loss + config.cell_weight * F.binary_cross_entropy_with_logits(
-            out["cells"], cell_t, pos_weight=torch.tensor(config.cell_pos_weight))
+            out["cells"].float(), cell_t, pos_weight=torch.tensor(config.cell_pos_weight))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

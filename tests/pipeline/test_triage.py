@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
@@ -152,6 +153,19 @@ def test_detector_scores_any_size_and_round_trips():
     clone, extra = detector_from_bytes(detector_to_bytes(model, version="v"))
     assert extra == {"version": "v"}
     np.testing.assert_allclose(score_images(clone, imgs), s, rtol=1e-5)
+
+
+def test_bf16_scoring_stays_close_to_float32():
+    """The bf16 channels-last path (the default where the CPU does bf16 natively; emulated, and
+    slow, elsewhere) must give the float32 scores up to bf16 rounding, on any image size."""
+    torch.manual_seed(0)
+    model = WatermarkDetector()
+    rng = np.random.default_rng(2)
+    imgs = [rng.integers(0, 255, (h, w, 3), np.uint8) for h, w in ((96, 128), (130, 70), (64, 64))]
+    p32 = score_images(model, imgs, scales=(128,), bf16=False)
+    p16 = score_images(model, imgs, scales=(128,), bf16=True)
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    assert np.abs(logit(p16) - logit(p32)).max() < 0.1
 
 
 def test_trained_detector_separates_marked_from_clean():
