@@ -157,7 +157,7 @@ class WatermarkPairs(Dataset):
 
     def __init__(self, paths: Sequence[str | os.PathLike], size: int = 256, pairing: str = "supervised",
                  train: bool = True, seed: int = 0, samples_per_image: int = 1,
-                 renderer: WatermarkRenderer | None = None):
+                 renderer: WatermarkRenderer | None = None, context: float = 1.0):
         if pairing not in PAIRINGS:
             raise ValueError(f"unknown pairing {pairing!r}: {' or '.join(PAIRINGS)}")
         if not paths:
@@ -169,8 +169,14 @@ class WatermarkPairs(Dataset):
         self.seed = int(seed)
         self.samples_per_image = max(1, int(samples_per_image))
         self.renderer = renderer if renderer is not None else WatermarkRenderer(seed=seed)
+        if context < 1.0:
+            raise ValueError(f"context must be >= 1, got {context}")
+        # Training samples with context > 1: the clean crop and its mark are made at
+        # ``context``·size and a size×size window is cut from them (see ``_cut``).
+        self.context = float(context)
+        self._canvas = max(self.size, round(self.size * self.context)) if train else self.size
         # The three augmentation stages, as (probability, transform) lists; editable.
-        self.clean_stage = clean_augmentations(self.size)
+        self.clean_stage = clean_augmentations(self._canvas)
         self.shared_stage = shared_artifacts()
         self.input_stage = input_artifacts()
         self._draws = 0
@@ -199,6 +205,21 @@ class WatermarkPairs(Dataset):
         x = int(rng.integers(0, w - self.size + 1))
         return np.ascontiguousarray(img[y : y + self.size, x : x + self.size])
 
+    def _cut(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[slice, slice]:
+        """A size×size window of the ``context``-sized canvas: with probability 0.85 one that holds
+        a random mark pixel (so most samples show part of their mark), else anywhere. Marks are
+        sized relative to the canvas, so a window often shows part of a mark larger than itself,
+        as a full-resolution photo shows a large logo to a network trained on small crops."""
+        n, c = self.size, self._canvas
+        if mask.any() and rng.random() < 0.85:
+            ys, xs = np.nonzero(mask)
+            k = int(rng.integers(len(ys)))
+            y0 = int(rng.integers(max(0, ys[k] - n + 1), min(ys[k], c - n) + 1))
+            x0 = int(rng.integers(max(0, xs[k] - n + 1), min(xs[k], c - n) + 1))
+        else:
+            y0, x0 = int(rng.integers(0, c - n + 1)), int(rng.integers(0, c - n + 1))
+        return slice(y0, y0 + n), slice(x0, x0 + n)
+
     def sample(self, index: int) -> dict[str, np.ndarray | str | dict]:
         """Item ``index`` as numpy arrays (uint8 images, bool mask) plus the mark's family and
         style: what ``__getitem__`` turns into tensors."""
@@ -206,15 +227,18 @@ class WatermarkPairs(Dataset):
             raise IndexError(index)
         rng = self._rng(index)
         path = self.paths[index // self.samples_per_image]
-        clean = self._crop(load_rgb(path, min_side=2 * self.size), rng)
+        clean = self._crop(load_rgb(path, min_side=2 * self._canvas), rng)
         view1 = self.renderer.render(clean, rng, postprocess=False)
+        marked, mask = view1.composite, view1.mask
         if self.pairing == "supervised":
             target = clean
         else:
             target = self.renderer.render(clean, rng, family=view1.family, postprocess=False).composite
-        out = apply(self.shared_stage, rng, view1.composite, target=target, clean=clean)
+        if self._canvas != self.size:
+            box = self._cut(mask, rng)
+            marked, target, clean, mask = (np.ascontiguousarray(a[box]) for a in (marked, target, clean, mask))
+        out = apply(self.shared_stage, rng, marked, target=target, clean=clean)
         inp, target, clean = out["image"], out["target"], out["clean"]
-        mask = view1.mask
         halo = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         diff = channel_max(cv2.absdiff(inp, clean))
         mask = mask | (halo & (diff >= self.renderer.min_diff))

@@ -211,6 +211,30 @@ def test_input_only_artifacts_leave_the_target_alone(photos, renderer):
     assert not np.array_equal(r["input"], s["input"])
 
 
+@pytest.mark.parametrize("pairing", ["supervised", "self-supervised"])
+def test_context_cuts_a_crop_from_a_larger_marked_canvas(photos, renderer, pairing):
+    """context=2: the mark is drawn on a 128 px canvas and a 64 px window cut from it, so windows
+    show parts of marks larger than themselves; everything stays aligned, validation is untouched."""
+    ds = WatermarkPairs(photos, size=64, pairing=pairing, seed=3, samples_per_image=6, renderer=renderer, context=2.0)
+    marked_share = []
+    for i in range(len(ds)):
+        s = ds.sample(i)
+        assert s["input"].shape == s["target"].shape == s["clean"].shape == (64, 64, 3)
+        assert s["mask"].shape == (64, 64)
+        marked_share.append(s["mask"].mean())
+        if pairing == "supervised":
+            assert np.array_equal(s["target"], s["clean"])
+            if s["mask"].any():  # where the input differs from the clean crop by more than noise, the mask says so
+                diff = channel_max(cv2.absdiff(s["input"], s["clean"]))
+                assert (s["mask"][diff > 40]).mean() > 0.9
+    assert np.mean([m > 0 for m in marked_share]) >= 0.8  # most windows hold part of their mark
+    val = WatermarkPairs(photos, size=64, train=False, seed=3, renderer=renderer, context=2.0)
+    ref = WatermarkPairs(photos, size=64, train=False, seed=3, renderer=renderer)
+    assert np.array_equal(val.sample(0)["input"], ref.sample(0)["input"])
+    with pytest.raises(ValueError, match="context"):
+        WatermarkPairs(photos, renderer=renderer, context=0.5)
+
+
 def test_small_photos_are_upscaled_for_validation(photos, renderer):
     ds = WatermarkPairs([photos[2]], size=64, train=False, renderer=renderer)  # 48x60 photo
     assert ds[0]["input"].shape == (3, 64, 64)
