@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--holdout", default="tiled,badge")
+    ap.add_argument("--no-bf16", action="store_true", help="train in float32 even where the CPU does bf16 natively")
     ap.add_argument("--out", type=Path, help="also save the detector, every test score and a sheet of the test "
                     "images it got wrong here (for looking at its errors)")
     args = ap.parse_args()
@@ -107,7 +108,8 @@ def main() -> None:
     test_paths = voc[125:] or train_paths[-3:]
     renderer = WatermarkRenderer(seed=0)
     cfg = DetectorTrainConfig(steps=args.steps, crop=args.crop, batch_size=args.batch, train_families=train_fams,
-                              val_families=holdout, val_samples=100, max_minutes=args.minutes)
+                              val_families=holdout, val_samples=100, max_minutes=args.minutes,
+                              cpu_bf16=not args.no_bf16)
     t0 = time.perf_counter()
     model, report = train_detector(train_paths, renderer, cfg, val_paths=cal_paths,
                                    progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}", flush=True)

@@ -181,7 +181,10 @@ def test_trained_detector_separates_marked_from_clean():
         p = f"{d}/{i}.png"
         PILImage.fromarray(arr).save(p)
         paths.append(p)
-    cfg = DetectorTrainConfig(steps=300, crop=96, batch_size=8, val_samples=40, lr=3e-3,
+    # float32 on every CPU: at this tiny scale bf16 training separated less well here (ROC-AUC
+    # 0.60-0.66 against 0.76-0.79 after 500 steps, two seeds each), and 300 steps with 40 samples
+    # left the float32 AUC at 0.67-0.72, too close to the bar
+    cfg = DetectorTrainConfig(steps=500, crop=96, batch_size=8, val_samples=60, lr=3e-3, cpu_bf16=False,
                               train_families=("text", "logo"), val_families=("text", "logo"))
     _, report = train_detector(paths[:3], WatermarkRenderer(seed=0), cfg, val_paths=paths[3:])
     assert report["val"]["roc_auc"] > 0.7, report["val"]
