@@ -10,8 +10,11 @@ Each sample, in order:
    shadow, rain. These change what the photo looks like, so the target must show them too.
    Validation/test samples skip this stage: a seeded crop only (upscaled first when the photo is
    smaller than ``size``), so the split measures the model and not the augmentation draw.
-3. **Watermark** (``model.watermarks.WatermarkRenderer``, its own post-processing off). The
-   pairing picks the target:
+3. **Watermark** (``model.watermarks.WatermarkRenderer``, its own post-processing off). With
+   ``context`` c > 1 (training only), stage 2 crops c·``size`` pixels, the mark is drawn on that
+   canvas, and a ``size`` window (usually one holding part of the mark) is cut from input, target,
+   clean and mask alike: marks then come larger than the window, as large logos do on full-size
+   photos. The pairing picks the target:
    - ``supervised``: target = the clean crop;
    - ``self-supervised`` (SWCNN, Tian et al. 2024): a second, independently drawn mark of the
      same family on the same crop is the target; the mask is the first view's.
