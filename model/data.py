@@ -50,7 +50,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, get_worker_info
 
-from model.watermarks import WatermarkRenderer, channel_max, reencode_artifacts
+from model.watermarks import WatermarkRenderer, channel_max, mark_window, reencode_artifacts
 
 PAIRINGS = ("supervised", "self-supervised")
 _TARGETS = {"target": "image", "clean": "image"}
@@ -175,7 +175,7 @@ class WatermarkPairs(Dataset):
         if context < 1.0:
             raise ValueError(f"context must be >= 1, got {context}")
         # Training samples with context > 1: the clean crop and its mark are made at
-        # ``context``·size and a size×size window is cut from them (see ``_cut``).
+        # ``context``·size and a size×size window is cut from them (see ``sample``).
         self.context = float(context)
         self._canvas = max(self.size, round(self.size * self.context)) if train else self.size
         # The three augmentation stages, as (probability, transform) lists; editable.
@@ -208,21 +208,6 @@ class WatermarkPairs(Dataset):
         x = int(rng.integers(0, w - self.size + 1))
         return np.ascontiguousarray(img[y : y + self.size, x : x + self.size])
 
-    def _cut(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[slice, slice]:
-        """A size×size window of the ``context``-sized canvas: with probability 0.85 one that holds
-        a random mark pixel (so most samples show part of their mark), else anywhere. Marks are
-        sized relative to the canvas, so a window often shows part of a mark larger than itself,
-        as a full-resolution photo shows a large logo to a network trained on small crops."""
-        n, c = self.size, self._canvas
-        if mask.any() and rng.random() < 0.85:
-            ys, xs = np.nonzero(mask)
-            k = int(rng.integers(len(ys)))
-            y0 = int(rng.integers(max(0, ys[k] - n + 1), min(ys[k], c - n) + 1))
-            x0 = int(rng.integers(max(0, xs[k] - n + 1), min(xs[k], c - n) + 1))
-        else:
-            y0, x0 = int(rng.integers(0, c - n + 1)), int(rng.integers(0, c - n + 1))
-        return slice(y0, y0 + n), slice(x0, x0 + n)
-
     def sample(self, index: int) -> dict[str, np.ndarray | str | dict]:
         """Item ``index`` as numpy arrays (uint8 images, bool mask) plus the mark's family and
         style: what ``__getitem__`` turns into tensors."""
@@ -238,7 +223,10 @@ class WatermarkPairs(Dataset):
         else:
             target = self.renderer.render(clean, rng, family=view1.family, postprocess=False).composite
         if self._canvas != self.size:
-            box = self._cut(mask, rng)
+            # usually a window holding part of the mark; marks are sized to the canvas, so one
+            # often shows part of a mark larger than itself
+            y0, x0 = mark_window(mask.shape, self.size, rng, mask if rng.random() < 0.85 else None)
+            box = (slice(y0, y0 + self.size), slice(x0, x0 + self.size))
             marked, target, clean, mask = (np.ascontiguousarray(a[box]) for a in (marked, target, clean, mask))
         out = apply(self.shared_stage, rng, marked, target=target, clean=clean)
         inp, target, clean = out["image"], out["target"], out["clean"]

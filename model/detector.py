@@ -37,6 +37,7 @@ from PIL import Image
 
 from model.network import native_bf16
 from model.schedule import one_cycle_factor
+from model.watermarks import mark_window
 
 CELL = 16  # input pixels per output cell
 log = logging.getLogger(__name__)
@@ -306,20 +307,6 @@ def _rescale(img: np.ndarray, long_side: int, min_side: int) -> np.ndarray:
                                                   Image.BILINEAR))
 
 
-def _window(shape: tuple[int, int], crop: int, rng: np.random.Generator,
-            mask: np.ndarray | None = None) -> tuple[int, int]:
-    """Top-left of a ``crop`` window: anywhere, or (when ``mask`` is given) one containing a
-    random mask pixel, so positive views usually show their mark."""
-    H, W = shape
-    if mask is not None and mask.any():
-        ys, xs = np.nonzero(mask)
-        k = int(rng.integers(len(ys)))
-        y0 = int(rng.integers(max(0, ys[k] - crop + 1), min(ys[k], H - crop) + 1))
-        x0 = int(rng.integers(max(0, xs[k] - crop + 1), min(xs[k], W - crop) + 1))
-        return y0, x0
-    return int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))
-
-
 def random_view(img: np.ndarray, crop: int, rng: np.random.Generator, max_long: int = 768) -> np.ndarray:
     """The image at a random scoring scale (long side between ``crop`` and ``max_long``), so a
     view sees what :func:`score_images` sees."""
@@ -344,7 +331,7 @@ def make_pair(
     family = None if not families else str(rng.choice(list(families)))
     wm = renderer.render(view, rng, family=family, postprocess=False)
     marked, mask = np.asarray(wm.composite), np.asarray(wm.mask, dtype=bool)
-    y0, x0 = _window(view.shape[:2], crop, rng, mask if rng.random() < 0.85 else None)
+    y0, x0 = mark_window(view.shape[:2], crop, rng, mask if rng.random() < 0.85 else None)
     box = (slice(y0, y0 + crop), slice(x0, x0 + crop))
     clean, marked, mask = view[box], marked[box], mask[box]
     if rng.random() < 0.5:

@@ -304,6 +304,20 @@ def load_logos(folder: str | os.PathLike) -> list[np.ndarray]:
     return logos
 
 
+def mark_window(shape: tuple[int, int], crop: int, rng: np.random.Generator,
+            mask: np.ndarray | None = None) -> tuple[int, int]:
+    """Top-left of a ``crop`` window: anywhere, or (when ``mask`` is given) one containing a
+    random mask pixel, so positive views usually show their mark."""
+    H, W = shape
+    if mask is not None and mask.any():
+        ys, xs = np.nonzero(mask)
+        k = int(rng.integers(len(ys)))
+        y0 = int(rng.integers(max(0, ys[k] - crop + 1), min(ys[k], H - crop) + 1))
+        x0 = int(rng.integers(max(0, xs[k] - crop + 1), min(xs[k], W - crop) + 1))
+        return y0, x0
+    return int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))
+
+
 # --- the renderer -------------------------------------------------------------------------------
 
 
