@@ -144,8 +144,9 @@ def test_roc_auc_known_values():
     assert abs(roc_auc(s, y) - roc_auc_score(y, s)) < 1e-12
 
 
-def test_detector_scores_any_size_and_round_trips():
-    model = WatermarkDetector()
+@pytest.mark.parametrize("context", [(), (2, 4)])
+def test_detector_scores_any_size_and_round_trips(context):
+    model = WatermarkDetector(context=context)
     imgs = [np.zeros((17, 300, 3), np.uint8), np.full((1000, 40, 3), 200, np.uint8),
             PILImage.new("RGB", (1600, 1200), (10, 20, 30)), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)]
     s = score_images(model, imgs)
@@ -153,6 +154,26 @@ def test_detector_scores_any_size_and_round_trips():
     clone, extra = detector_from_bytes(detector_to_bytes(model, version="v"))
     assert extra == {"version": "v"}
     np.testing.assert_allclose(score_images(clone, imgs), s, rtol=1e-5)
+
+
+def test_context_blocks_widen_what_a_cell_sees():
+    """A cell's logit must depend on pixels ~120 px away with context blocks (2, 4) and not
+    without (receptive field 91 px → 283 px); a detector saved before ``context`` existed loads."""
+    torch.manual_seed(0)
+    for context, expect_change in (((), False), ((2, 4), True)):
+        model = WatermarkDetector(context=context).eval()
+        x = torch.rand(1, 3, 320, 320)
+        y = x.clone()
+        y[:, :, 160:176, 40:56] = 1 - y[:, :, 160:176, 40:56]  # ~120 px left of the centre cell
+        with torch.no_grad():
+            a, b = model(x)["cells"][0, 0, 10, 10], model(y)["cells"][0, 0, 10, 10]
+        assert bool((a - b).abs() > 1e-6) == expect_change, (context, float(a - b))
+    old = WatermarkDetector()
+    buf = io.BytesIO()
+    torch.save({"config": {"widths": old.config["widths"], "pool_sharpness": 4.0},
+                "state_dict": old.state_dict(), "extra": {}}, buf)
+    clone, _ = detector_from_bytes(buf.getvalue())
+    assert clone.config["context"] == []
 
 
 def test_bf16_scoring_stays_close_to_float32():
