@@ -58,3 +58,20 @@ def _git_head() -> str:
                               cwd=BENCH.parent, timeout=10).stdout.strip() or "?"
     except (OSError, subprocess.SubprocessError):
         return "?"
+
+
+def offline_photo_files(folder: Path, name: str = "photo{i}.jpg") -> list[Path]:
+    """The seven colour photos that load without a network (``pipeline.demo.sample_photos`` less
+    the stereo motorcycle pair, whose halves are near-duplicates), written under ``folder`` as
+    ``name`` (its suffix picks the format; JPEGs at quality 92)."""
+    from PIL import Image
+
+    from pipeline.demo import sample_photos
+
+    arrays = [a for k, a in sample_photos().items() if not k.startswith("motorcycle")]
+    paths = []
+    for i, arr in enumerate(arrays):
+        p = Path(folder) / name.format(i=i)
+        Image.fromarray(arr).save(p, quality=92)
+        paths.append(p)
+    return paths

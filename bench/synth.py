@@ -28,31 +28,13 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import BENCH, write_results  # noqa: E402
+from _common import BENCH, offline_photo_files, write_results  # noqa: E402
 
 from model.data import WatermarkPairs, split_paths  # noqa: E402
 from model.watermarks import FAMILIES, WatermarkRenderer  # noqa: E402
 
 GOAL = 25.0
 CORPUS = BENCH.parent.parent / "shared" / "corpus" / "voc150"
-
-
-def offline_photos(folder: Path) -> list[Path]:
-    """The colour photos that load without a network, written as JPEGs."""
-    from matplotlib import cbook
-    from PIL import Image
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), *load_sample_images().images]
-    with cbook.get_sample_data("grace_hopper.jpg") as fh:
-        arrays.append(np.asarray(Image.open(fh).convert("RGB")))
-    paths = []
-    for i, arr in enumerate(arrays):
-        p = folder / f"photo{i}.jpg"
-        Image.fromarray(arr).save(p, quality=92)
-        paths.append(p)
-    return paths
 
 
 def measure(ds: WatermarkPairs, n: int) -> dict:
@@ -112,7 +94,7 @@ def main() -> None:
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         source = str(folder)
     else:
-        paths = offline_photos(Path(tempfile.mkdtemp(prefix="unmark-synth-")))
+        paths = offline_photo_files(Path(tempfile.mkdtemp(prefix="unmark-synth-")))
         source = "offline sample photos (skimage, sklearn, matplotlib)"
     train_paths, val_paths, _ = split_paths(paths)
 

@@ -23,7 +23,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np
 import torch
-from _common import write_results
+from _common import offline_photo_files, write_results
 from PIL import Image
 
 from model.detector import (
@@ -42,22 +42,6 @@ VOC = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "voc150"
 # highest-scoring "clean" photos): not clean, so they are kept out of training, calibration and the
 # clean half of the test, and scored on their own as real-world positives.
 REAL_MARKS = ("000248.jpg", "000267.jpg", "000392.jpg")
-
-
-def offline_photos(folder: Path) -> list[str]:
-    from matplotlib import cbook
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), *load_sample_images().images]
-    with cbook.get_sample_data("grace_hopper.jpg") as fh:
-        arrays.append(np.asarray(Image.open(fh).convert("RGB")))
-    out = []
-    for i, a in enumerate(arrays):
-        p = folder / f"offline-{i}.png"
-        Image.fromarray(a).save(p)
-        out.append(str(p))
-    return out
 
 
 def save_errors(out: Path, model, images, names, labels, scores, thr: float) -> None:  # noqa: ANN001
@@ -105,7 +89,7 @@ def main() -> None:
     voc = sorted(str(p) for p in VOC.glob("*.jpg") if p.name not in REAL_MARKS) if VOC.exists() else []
     real = [VOC / n for n in REAL_MARKS if (VOC / n).exists()]
     tmp = Path(tempfile.mkdtemp(prefix="unmark-triage-bench-"))
-    train_paths = offline_photos(tmp) + voc[:100]
+    train_paths = [str(p) for p in offline_photo_files(tmp, "offline-{i}.png")] + voc[:100]
     cal_paths = voc[100:125] or train_paths[-3:]
     test_paths = voc[125:] or train_paths[-3:]
     renderer = WatermarkRenderer(seed=0)
