@@ -374,6 +374,28 @@ def site_labels(manifest: SiteManifest) -> dict[str, str]:
     return truth
 
 
+def triage_agreement(catalog, labels: dict[str, str], base_url: str) -> dict[str, int]:  # noqa: ANN001
+    """How triage's labels compare with the site's truth, on the images first seen on the site:
+    ``images``, ``right`` (same label; ``uncertain`` is never right), ``watermarked`` (true),
+    ``watermarked_found`` (labelled watermarked) and ``watermarked_called_clean`` (the ones that
+    would go into the remover's clean pool)."""
+    from storage import queries as q
+
+    out = dict.fromkeys(("images", "right", "watermarked", "watermarked_found", "watermarked_called_clean"), 0)
+    with catalog.session() as s:
+        for row in q.list_images(s):
+            truth = labels.get((row["url"] or "").removeprefix(base_url))
+            if truth is None:
+                continue
+            out["images"] += 1
+            out["right"] += row["label"] == truth
+            if truth == "watermarked":
+                out["watermarked"] += 1
+                out["watermarked_found"] += row["label"] == "watermarked"
+                out["watermarked_called_clean"] += row["label"] == "clean"
+    return out
+
+
 def apply_site_labels(catalog, labels: dict[str, str], base_url: str) -> dict[str, int]:  # noqa: ANN001
     """Record the site's true labels on the images first seen on it (as a reviewer confirming
     triage would), with the stable split for clean ones. Returns counts per label set."""

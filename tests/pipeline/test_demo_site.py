@@ -94,3 +94,33 @@ def test_demo_environment_sets_defaults_without_overriding_the_user(tmp_path, mo
     assert "UNMARK_DETECTOR_MAX_MINUTES" not in applied
     assert os.environ["DO_NOT_TRACK"] == "1" and os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert "PREFECT_API_URL" not in os.environ  # embedded mode
+
+
+def test_triage_agreement_and_site_labels_on_a_catalog(tmp_path, catalog, blobs, settings):
+    """``triage_agreement`` counts triage's labels against the truth (uncertain is never right),
+    and ``apply_site_labels`` then makes every known image right; images off the site are ignored."""
+    from sqlalchemy import update
+
+    from pipeline.demo import apply_site_labels, triage_agreement
+    from pipeline.importer import import_paths
+    from storage import queries as q
+    from storage.models import Image as ImageRow
+
+    site = tmp_path / "site"
+    site.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c", "d", "e"):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), np.uint8)).save(site / f"{name}.png")
+    import_paths([site], catalog, blobs, settings)
+    base = site.resolve().as_uri() + "/"
+    truth = {"a.png": "clean", "b.png": "clean", "c.png": "watermarked", "d.png": "watermarked",
+             "e.png": "watermarked", "elsewhere.png": "clean"}
+    triaged = {"a.png": "clean", "b.png": "uncertain", "c.png": "watermarked", "d.png": "clean", "e.png": "uncertain"}
+    with catalog.write() as s:
+        for row in q.list_images(s):
+            label = triaged[row["url"].removeprefix(base)]
+            s.execute(update(ImageRow).where(ImageRow.id == row["id"]).values(label=label, status=label))
+    assert triage_agreement(catalog, truth, base) == {
+        "images": 5, "right": 2, "watermarked": 3, "watermarked_found": 1, "watermarked_called_clean": 1}
+    assert apply_site_labels(catalog, truth, base) == {"clean": 2, "watermarked": 3}
+    assert triage_agreement(catalog, truth, base)["right"] == 5
