@@ -153,7 +153,7 @@ def summary_table(catalog, result: dict, manifest: dict, minutes: float) -> Tabl
     site = review.get("site") or {}
     on_site = (f"triage on the site: {site.get('right')} of {site.get('images')} images right, "
                f"{site.get('watermarked_found')} of {site.get('watermarked')} watermarked found, "
-               f"{site.get('watermarked_called_clean')} called clean") if site else "triage on the site: —"
+               f"{site.get('watermarked_called_clean')} called clean") if site.get("images") else "triage on the site: —"
     if review.get("applied"):
         table.add_row("review", f"the detector (ROC-AUC {_num(review.get('detector_auc'))} after its short cold "
                                 f"start; {on_site}) left pools {review.get('pools_from_triage')}; the demo "

@@ -374,8 +374,24 @@ def site_labels(manifest: SiteManifest) -> dict[str, str]:
     return truth
 
 
+def site_path(url: str | None, base_url: str) -> str | None:
+    """``url``'s path on the site served at ``base_url``, or None when it is not the site's. Any
+    port matches: the site is served on a fresh port each run, and an image keeps the URL it was
+    first seen at (a second demo on the same home finds its images under the first run's port)."""
+    from urllib.parse import urlsplit
+
+    if not url:
+        return None
+    if url.startswith(base_url):
+        return url.removeprefix(base_url)
+    u, b = urlsplit(url), urlsplit(base_url)
+    if (u.scheme, u.hostname) != (b.scheme, b.hostname) or u.scheme not in ("http", "https"):
+        return None
+    return u.path.removeprefix(b.path) if u.path.startswith(b.path) else None
+
+
 def triage_agreement(catalog, labels: dict[str, str], base_url: str) -> dict[str, int]:  # noqa: ANN001
-    """How triage's labels compare with the site's truth, on the images first seen on the site:
+    """How triage's labels compare with the site's truth, on the site's images:
     ``images``, ``right`` (same label; ``uncertain`` is never right), ``watermarked`` (true),
     ``watermarked_found`` (labelled watermarked) and ``watermarked_called_clean`` (the ones that
     would go into the remover's clean pool)."""
@@ -384,7 +400,7 @@ def triage_agreement(catalog, labels: dict[str, str], base_url: str) -> dict[str
     out = dict.fromkeys(("images", "right", "watermarked", "watermarked_found", "watermarked_called_clean"), 0)
     with catalog.session() as s:
         for row in q.list_images(s):
-            truth = labels.get((row["url"] or "").removeprefix(base_url))
+            truth = labels.get(site_path(row["url"], base_url))
             if truth is None:
                 continue
             out["images"] += 1
@@ -397,7 +413,7 @@ def triage_agreement(catalog, labels: dict[str, str], base_url: str) -> dict[str
 
 
 def apply_site_labels(catalog, labels: dict[str, str], base_url: str) -> dict[str, int]:  # noqa: ANN001
-    """Record the site's true labels on the images first seen on it (as a reviewer confirming
+    """Record the site's true labels on its images (as a reviewer confirming
     triage would), with the stable split for clean ones. Returns counts per label set."""
     from sqlalchemy import update
 
@@ -407,7 +423,7 @@ def apply_site_labels(catalog, labels: dict[str, str], base_url: str) -> dict[st
     counts: dict[str, int] = {}
     with catalog.write() as s:
         for row in q.list_images(s):
-            label = labels.get((row["url"] or "").removeprefix(base_url))
+            label = labels.get(site_path(row["url"], base_url))
             if label is None:
                 continue
             s.execute(update(Image).where(Image.id == row["id"]).values(

@@ -124,3 +124,16 @@ def test_triage_agreement_and_site_labels_on_a_catalog(tmp_path, catalog, blobs,
         "images": 5, "right": 2, "watermarked": 3, "watermarked_found": 1, "watermarked_called_clean": 1}
     assert apply_site_labels(catalog, truth, base) == {"clean": 2, "watermarked": 3}
     assert triage_agreement(catalog, truth, base)["right"] == 5
+
+
+def test_site_path_matches_the_site_on_any_port():
+    from pipeline.demo import site_path
+
+    base = "http://127.0.0.1:4000/"
+    assert site_path("http://127.0.0.1:4000/img/a.jpg", base) == "img/a.jpg"
+    assert site_path("http://127.0.0.1:5123/img/a.jpg", base) == "img/a.jpg"  # an earlier run's port
+    assert site_path("http://127.0.0.2:4000/img/a.jpg", base) is None
+    assert site_path("https://127.0.0.1:4000/img/a.jpg", base) is None
+    assert site_path("file:///tmp/img/a.jpg", base) is None and site_path(None, base) is None
+    assert site_path("http://127.0.0.1:9/site/x.png", "http://127.0.0.1:8/site/") == "x.png"
+    assert site_path("http://127.0.0.1:9/other/x.png", "http://127.0.0.1:8/site/") is None
