@@ -48,8 +48,8 @@ from pipeline.workspace import open_workspace
 # Below this held-out ROC-AUC the demo's detector (trained for minutes on a CPU) is no judge.
 MIN_DETECTOR_AUC = 0.8
 # Triage's labels are kept only when at least this share of the site's images got their true label:
-# a held-out ROC-AUC of 0.82 once came with 1 of the site's 12 watermarked images found and 8 called
-# clean, which would have trained the remover on watermarked images.
+# a held-out ROC-AUC of 0.82 once came with 1 of the site's 12 watermarked images found and 10 called
+# clean, which trained the remover on watermarked images.
 MIN_SITE_ACCURACY = 0.9
 
 

@@ -305,7 +305,7 @@ def load_logos(folder: str | os.PathLike) -> list[np.ndarray]:
 
 
 def mark_window(shape: tuple[int, int], crop: int, rng: np.random.Generator,
-            mask: np.ndarray | None = None) -> tuple[int, int]:
+                mask: np.ndarray | None = None) -> tuple[int, int]:
     """Top-left of a ``crop`` window: anywhere, or (when ``mask`` is given) one containing a
     random mask pixel, so positive views usually show their mark."""
     H, W = shape
