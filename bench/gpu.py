@@ -88,6 +88,34 @@ def cuda_test() -> dict:
     return {"returncode": r.returncode, "tail": (r.stdout + r.stderr)[-600:]}
 
 
+def time_step(model, loss_fn, opt, data, prec: str, dev: torch.device, warm: int, n: int) -> float:  # noqa: ANN001
+    """Median seconds of one training step in ``prec`` (fp16: autocast + grad scaler, as
+    ``model.train`` on CUDA; bf16: autocast; fp32: neither)."""
+    x, target, mask = data
+    scaler = torch.amp.GradScaler(dev.type, enabled=prec == "fp16")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec)
+
+    def step():
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(x)
+        total, _ = loss_fn(out["image"].float(), target, mask)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    for _ in range(warm):
+        step()
+    sync(dev)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        step()
+        sync(dev)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
 def steps(dev: torch.device, dry: bool) -> dict:
     from model.losses import RemovalLoss, vgg16_weights_path
     from model.network import UNet, count_parameters
@@ -107,29 +135,9 @@ def steps(dev: torch.device, dry: bool) -> dict:
         for prec in ("fp32", "fp16", "bf16"):
             if dev.type != "cuda" and prec == "fp16":
                 continue
-            scaler = torch.amp.GradScaler(dev.type, enabled=prec == "fp16")
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec)
-
-            def step():
-                with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    out = model(x)
-                total, _ = loss_fn(out["image"].float(), target, mask)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.step(opt)
-                scaler.update()
-
-            for _ in range(warm):
-                step()
-            sync(dev)
-            ts = []
-            for _ in range(n):
-                t = time.perf_counter()
-                step()
-                sync(dev)
-                ts.append(time.perf_counter() - t)
-            res[f"step_s_{size}x{b}_{prec}"] = statistics.median(ts)
-            res[f"img_per_s_{size}x{b}_{prec}"] = b / statistics.median(ts)
+            t = time_step(model, loss_fn, opt, (x, target, mask), prec, dev, warm, n)
+            res[f"step_s_{size}x{b}_{prec}"] = t
+            res[f"img_per_s_{size}x{b}_{prec}"] = b / t
         if dev.type == "cuda":
             res[f"peak_gpu_mib_{size}x{b}"] = round(torch.cuda.max_memory_allocated() / 2**20)
             torch.cuda.reset_peak_memory_stats()
