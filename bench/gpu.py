@@ -15,7 +15,10 @@ run stopped by a time limit still returns what it measured):
   (what ``model.train`` does on CUDA) and bf16 autocast; channels-last. Median of 20 after 5
   warm-ups, synchronised.
 - ``infer``: ``model.infer.Cleaner`` on the seed network: images/s at 2048×2048 and 4000×3000 per
-  precision (fp32, fp16, bf16) and batch (1, 8, 16, 32 tiles of 512 px, overlap 64), peak GPU memory.
+  precision (fp32, fp16, bf16) and batch (1, 8, 16, 32 tiles of 512 px, overlap 64), peak GPU memory;
+  timed on a second pass over the same images (the first sees every batch shape), with cuDNN's
+  benchmark mode off (as the clean step runs) and then on (``infer_cudnn_benchmark``). ``steps``
+  runs with it on.
 - ``train``: two runs of ``model.train.train`` side by side on the GPU, on the voc150 split that
   ``bench/quality.py`` uses: ``seed`` (the notebook's recipe: 25 epochs, batch 8, 256 px;
   ``perceptual=random``, the ImageNet weights being absent there) and ``gpu`` (the ``quick-cpu``
@@ -144,7 +147,7 @@ def steps(dev: torch.device, dry: bool) -> dict:
     return res
 
 
-def infer(dev: torch.device, dry: bool) -> dict:
+def infer(dev: torch.device, dry: bool, benchmark: bool = False) -> dict:
     import numpy as np
 
     from model.infer import Cleaner
@@ -156,7 +159,8 @@ def infer(dev: torch.device, dry: bool) -> dict:
     batch_sizes = (1, 4) if dry else (1, 8, 16, 32)
     precisions = ("fp32", "bf16") if dry else ("fp32", "fp16", "bf16")
     rng = np.random.default_rng(0)
-    res: dict = {"tile": 512, "overlap": 64}
+    torch.backends.cudnn.benchmark = benchmark  # the clean step leaves it off
+    res: dict = {"tile": 512, "overlap": 64, "cudnn_benchmark": benchmark}
     for w, h in sizes:
         n = 2 if dry else (8 if w * h <= 2048 * 2048 else 4)
         imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
@@ -164,7 +168,7 @@ def infer(dev: torch.device, dry: bool) -> dict:
             for b in batch_sizes:
                 cleaner = Cleaner(net, device=dev, tile=512, overlap=64, batch_size=b, precision=prec,
                                   backend="eager")
-                cleaner.clean(imgs[:1])
+                cleaner.clean(imgs)  # warm-up on the same tiles: every batch shape seen (autotune, allocator)
                 sync(dev)
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -257,16 +261,17 @@ def main() -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cpu" and not a.dry:
         sys.exit("no CUDA device: run with --dry to check the script on the CPU")
-    torch.backends.cudnn.benchmark = True
     todo = a.sections.split(",")
     if "env" in todo:
         section("env", out, env, dev)
     if "test" in todo:
         section("test", out, cuda_test)
     if "steps" in todo:
+        torch.backends.cudnn.benchmark = True
         section("steps", out, steps, dev, a.dry)
-    if "infer" in todo:
-        section("infer", out, infer, dev, a.dry)
+    if "infer" in todo:  # as the clean step runs (cuDNN benchmark off), then with it on
+        section("infer", out, infer, dev, a.dry, False)
+        section("infer_cudnn_benchmark", out, infer, dev, a.dry, True)
     if "train" in todo:
         section("train", out, train_runs, Path(a.corpus), out, a.minutes, a.workers, a.dry)
 
