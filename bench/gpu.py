@@ -249,7 +249,7 @@ def main() -> None:
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "voc150"))
     ap.add_argument("--minutes", type=float, default=4.0, help="wall-time budget of the gpu run")
     ap.add_argument("--workers", type=int, default=6, help="data-loader workers per run")
-    ap.add_argument("--sections", default="env,test,steps,infer,train")
+    ap.add_argument("--sections", default="env,test,steps,infer,infer_cudnn_benchmark,train")
     ap.add_argument("--dry", action="store_true", help="tiny sizes, on the CPU when there is no GPU")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -269,8 +269,9 @@ def main() -> None:
     if "steps" in todo:
         torch.backends.cudnn.benchmark = True
         section("steps", out, steps, dev, a.dry)
-    if "infer" in todo:  # as the clean step runs (cuDNN benchmark off), then with it on
+    if "infer" in todo:  # as the clean step runs (cuDNN benchmark off)
         section("infer", out, infer, dev, a.dry, False)
+    if "infer_cudnn_benchmark" in todo:  # with cuDNN's benchmark mode on
         section("infer_cudnn_benchmark", out, infer, dev, a.dry, True)
     if "train" in todo:
         section("train", out, train_runs, Path(a.corpus), out, a.minutes, a.workers, a.dry)

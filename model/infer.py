@@ -207,6 +207,12 @@ def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
+def _to_device(arr: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """HxWx3 uint8 as a tensor on ``dev`` (no copy on the CPU; through pinned memory on CUDA)."""
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
+
+
 class Cleaner:
     """Runs a removal network over images of any size.
 
@@ -394,7 +400,9 @@ class Cleaner:
             return []
         t0 = time.perf_counter()
         dev = self.device
-        padded: list[np.ndarray] = []
+        # Each padded image goes to the device once, as uint8; tiles are cut from it there (on
+        # CUDA, cutting them on the host and copying each batch kept the GPU waiting).
+        padded: list[torch.Tensor] = []
         acc: list[torch.Tensor | None] = []
         macc: list[torch.Tensor | None] = []
         norms: list[tuple[np.ndarray, np.ndarray]] = []
@@ -403,7 +411,7 @@ class Cleaner:
         for i, im in enumerate(images):
             h, w = im.shape[:2]
             th, tw, ys, xs = self._plan_axes(h, w)
-            padded.append(_pad_to(im, max(h, th), max(w, tw)))
+            padded.append(_to_device(_pad_to(im, max(h, th), max(w, tw)), dev))
             ph, pw = padded[-1].shape[:2]
             acc.append(torch.zeros(3, ph, pw, device=dev))
             macc.append(None)
@@ -426,19 +434,20 @@ class Cleaner:
             for i, im in enumerate(images):
                 h, w = im.shape[:2]
                 ny, nx = norms[i]
-                inv = torch.from_numpy(1.0 / np.maximum(np.outer(ny[:h], nx[:w]), 1e-8)).to(dev, torch.float32)
+                inv = torch.outer(torch.from_numpy(ny[:h]).to(dev), torch.from_numpy(nx[:w]).to(dev))
+                inv = inv.clamp_(min=1e-8).reciprocal_().float()
                 out = (acc[i][:, :h, :w] * inv).clamp_(0, 1)
                 mask = None
                 if macc[i] is not None:
                     prob = macc[i][0, :h, :w] * inv
                     if self.harden_mask:
                         hard = F.max_pool2d((prob > 0.5).float()[None, None], 3, stride=1, padding=1)[0]
-                        x = torch.from_numpy(im).to(dev).permute(2, 0, 1).float().div_(255)
+                        x = padded[i][:h, :w].permute(2, 0, 1).float().div_(255)
                         out = x * (1 - hard) + out * hard
                     mask = prob.float().cpu().numpy()
                 out = out.mul_(255).round_().to(torch.uint8)
                 results.append(CleanResult(out.permute(1, 2, 0).cpu().numpy(), mask, elapsed * area[i] / area.sum()))
-                acc[i] = macc[i] = None  # free as we go
+                acc[i] = macc[i] = padded[i] = None  # free as we go
         return results
 
     def clean_stream(self, batches: Iterable[Sequence[np.ndarray]]) -> Iterator[list[CleanResult]]:
@@ -456,13 +465,10 @@ class Cleaner:
 
     def _run_batch(self, tiles, padded, acc, macc, windows) -> None:  # noqa: ANN001
         dev = self.device
-        crops = np.stack([padded[t.image][t.y : t.y + t.h, t.x : t.x + t.w] for t in tiles])
+        crops = torch.stack([padded[t.image][t.y : t.y + t.h, t.x : t.x + t.w] for t in tiles])
         if self.compiled and len(tiles) < self.batch_size:  # keep the compiled shape
-            crops = np.concatenate([crops, np.zeros((self.batch_size - len(tiles), *crops.shape[1:]), crops.dtype)])
-        x = torch.from_numpy(crops)
-        if dev.type == "cuda":
-            x = x.pin_memory().to(dev, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(255)  # (B,3,h,w)
+            crops = torch.cat([crops, crops.new_zeros((self.batch_size - len(tiles), *crops.shape[1:]))])
+        x = crops.permute(0, 3, 1, 2).float().div_(255)  # (B,3,h,w)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self._raw.clear()
