@@ -106,6 +106,28 @@ def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool, 
     (run / "result.json").write_text(json.dumps(result, indent=2))
 
 
+def score_checkpoint(path: Path, threads: int, amp: bool) -> dict:
+    """The SWCNN protocol for one saved remover, next to the paper's numbers."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from model.evaluate import SWCNN_PAPER_PSNR, swcnn_protocol
+    from model.network import load_checkpoint
+
+    model, extra = load_checkpoint(path)
+    cfg = json.loads(extra.get("train_config") or "{}")
+    swcnn = swcnn_protocol(model, SWCNN / "images", SWCNN / "logos", harden_mask=bool(cfg.get("harden_mask")), amp=amp,
+                           progress=lambda m: print(f"swcnn {m}", flush=True))
+    result = {"checkpoint": str(path), "train_config": cfg, "epoch": extra.get("epoch"), "val_psnr": extra.get("val_psnr"),
+              "swcnn": swcnn, "swcnn_precision": "bf16" if amp else "fp32", "threads": threads}
+    Path(f"{path}.swcnn.json").write_text(json.dumps(result, indent=2))
+    print("| α | input | model | paper SWCNN |\n| --- | --- | --- | --- |")
+    for a, r in swcnn["alpha"].items():
+        print(f"| {a} | {r['input_psnr']:.2f} / {r['input_ssim']:.4f} | {r['psnr']:.2f} / {r['ssim']:.4f} | "
+              f"{SWCNN_PAPER_PSNR[a]:.2f} |")
+    return result
+
+
 def _mean_psnr(r: dict) -> float:
     vals = [v["psnr"] for v in r["swcnn"]["alpha"].values()]
     return sum(vals) / len(vals)
@@ -175,8 +197,14 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="score the SWCNN protocol under bf16 autocast (measured 2.6x slower than fp32 "
                     "for batch-1 inference on this CPU, so off by default)")
     ap.add_argument("--fresh", action="store_true", help="delete earlier runs with these settings first")
+    ap.add_argument("--score", metavar="CHECKPOINT", help="only score this checkpoint (e.g. one trained by bench/gpu.py) "
+                    "on the SWCNN protocol, its hardened mask as its run had it; prints the table and writes "
+                    "CHECKPOINT.swcnn.json (bench/results/quality.json is left alone)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.score:
+        score_checkpoint(Path(args.score), args.threads, args.amp)
+        return
     if args.worker:
         pairing, _, variant = args.worker.partition(":")
         worker(pairing, args.minutes, args.threads, args.profile, args.amp, variant or "profile")

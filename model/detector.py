@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -278,6 +279,7 @@ class DetectorTrainConfig:
     max_minutes: float | None = None
     widths: tuple[int, ...] = (24, 48, 96, 128)
     context: tuple[int, ...] = ()  # dilations of the context blocks (see WatermarkDetector)
+    photometric: float = 0.0  # chance a training view gets a random colour change (see recolour)
     cpu_bf16: bool = True  # bf16 autocast where the CPU does bf16 natively (see _train_autocast)
     channels_last: bool = True
     extra: dict = field(default_factory=dict)
@@ -334,9 +336,26 @@ def random_view(img: np.ndarray, crop: int, rng: np.random.Generator, max_long: 
     return _rescale(img, long_side, crop)
 
 
+def recolour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``img`` with a random photometric change: hue turned by up to ±40°, saturation ×0.4–1.6,
+    contrast ×0.6–1.4 and brightness ±30 levels around the mean, gamma 0.7–1.4, and one time in
+    eight grey. New colours and tones for the same scenes, so that the clean photos a detector
+    trains on cover more of the walls, skies and fences it will meet."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.float32)  # H in 0..180
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-20, 20)) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.4, 1.6), 0, 255)
+    out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    if rng.random() < 0.125:
+        out[:] = out.mean(axis=2, keepdims=True)
+    mean = out.mean()
+    out = (out - mean) * rng.uniform(0.6, 1.4) + mean + rng.uniform(-30, 30)
+    out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** rng.uniform(0.7, 1.4)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 def make_pair(
     img: np.ndarray, renderer, rng: np.random.Generator, crop: int,  # noqa: ANN001
-    families: Sequence[str] | None, max_long: int = 768,
+    families: Sequence[str] | None, max_long: int = 768, photometric: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(clean window, marked window, mask, label): one ``crop``×``crop`` window of the image at a
     random scoring scale, as it is and with a mark rendered on the whole rescaled image first
@@ -345,8 +364,12 @@ def make_pair(
 
     Each then gets the renderer's re-encoding artefacts with the same odds, independently:
     applying them to marked images only would teach the detector to find JPEG blocks and blur
-    instead of watermarks. ``label`` is 0 when the window shows no more than a sliver of the mark."""
+    instead of watermarks. ``label`` is 0 when the window shows no more than a sliver of the mark.
+    With chance ``photometric`` the view is :func:`recolour`-ed before the mark goes on (the mark
+    keeps its own colours)."""
     view = random_view(img, crop, rng, max_long)
+    if photometric and rng.random() < photometric:
+        view = recolour(view, rng)
     family = None if not families else str(rng.choice(list(families)))
     wm = renderer.render(view, rng, family=family, postprocess=False)
     marked, mask = np.asarray(wm.composite), np.asarray(wm.mask, dtype=bool)
@@ -441,7 +464,8 @@ def train_detector(
     for step in range(1, config.steps + 1):
         xs, ms, ys = [], [], []
         for _ in range(max(1, config.batch_size // 2)):  # pairs: the same window clean and marked
-            clean, marked, m, y = make_pair(cache.pick(rng), renderer, rng, config.crop, config.train_families)
+            clean, marked, m, y = make_pair(cache.pick(rng), renderer, rng, config.crop, config.train_families,
+                                            photometric=config.photometric)
             for v, mk, lab in ((clean, np.zeros_like(m), 0.0), (marked, m, y)):
                 xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
                 ms.append(torch.from_numpy(mk)[None])

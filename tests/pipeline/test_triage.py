@@ -211,6 +211,35 @@ def test_trained_detector_separates_marked_from_clean():
     assert report["val"]["roc_auc"] > 0.7, report["val"]
 
 
+def test_recolour_changes_colours_not_the_scene_and_make_pair_uses_it():
+    from model.detector import make_pair, recolour
+    from model.watermarks import WatermarkRenderer
+
+    img = _photos()[0]
+    outs = [recolour(img, np.random.default_rng(s)) for s in range(8)]
+    for out in outs:
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - img).mean() > 2  # a visible change every time
+        # the same scene: edges stay where they were (grey-level correlation of the gradients)
+        g0, g1 = (np.abs(np.diff(a.mean(axis=2), axis=1)).ravel() for a in (img, out))
+        assert np.corrcoef(g0, g1)[0, 1] > 0.6
+    assert np.array_equal(recolour(img, np.random.default_rng(3)), outs[3])  # seeded
+    assert any(np.ptp(o.astype(int), axis=2).max() == 0 for o in [recolour(img, np.random.default_rng(s))
+                                                                  for s in range(40)])  # some come out grey
+
+    # photometric=1: the clean half is recoloured (its colours differ from the plain draw), and the
+    # marked half still differs from it only where the mark is, up to the re-encoding noise
+    renderer = WatermarkRenderer(seed=0)
+    plain = make_pair(img, renderer, np.random.default_rng(5), 96, ("logo",))
+    clean, marked, mask, label = make_pair(img, renderer, np.random.default_rng(5), 96, ("logo",), photometric=1.0)
+    assert clean.shape == plain[0].shape == (96, 96, 3)
+    assert not np.array_equal(clean, plain[0])
+    if label:
+        inside = np.abs(marked.astype(int) - clean)[mask].mean()
+        outside = np.abs(marked.astype(int) - clean)[~mask].mean()
+        assert inside > outside
+
+
 def test_label_band():
     cal = Calibration(0.3, 0.7, 0.98, 1, 1, 1, 1, 0)
     assert [cal.label(x) for x in (0.1, 0.3, 0.5, 0.7, 0.9)] == ["clean", "uncertain", "uncertain", "watermarked",
