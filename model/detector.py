@@ -337,20 +337,24 @@ def random_view(img: np.ndarray, crop: int, rng: np.random.Generator, max_long: 
 
 
 def recolour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``img`` with a random photometric change: hue turned by up to ±40°, saturation ×0.4–1.6,
-    contrast ×0.6–1.4 and brightness ±30 levels around the mean, gamma 0.7–1.4, and one time in
-    eight grey. New colours and tones for the same scenes, so that the clean photos a detector
-    trains on cover more of the walls, skies and fences it will meet."""
-    hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.float32)  # H in 0..180
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-20, 20)) % 180
-    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.4, 1.6), 0, 255)
-    out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
-    if rng.random() < 0.125:
-        out[:] = out.mean(axis=2, keepdims=True)
-    mean = out.mean()
-    out = (out - mean) * rng.uniform(0.6, 1.4) + mean + rng.uniform(-30, 30)
-    out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** rng.uniform(0.7, 1.4)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    """``img`` with a random photometric change: channels swapped one time in three (a cheap turn
+    of hue), saturation ×0.4–1.6 (one time in eight grey), then one lookup table per channel for
+    a colour cast (gain 0.8–1.2), contrast ×0.6–1.4 about mid-grey, brightness ±30 levels and
+    gamma 0.7–1.4. New colours and tones for the same scenes, so that the clean photos a detector
+    trains on cover more of the walls, skies and fences it will meet. uint8 operations only
+    (~2 ms for a 768×512 view; an HSV round trip in float took ~35 ms, a third of a training step)."""
+    out = np.ascontiguousarray(img)
+    if rng.random() < 1 / 3:
+        out = np.ascontiguousarray(out[..., rng.permutation(3)])
+    grey = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    sat = 0.0 if rng.random() < 0.125 else rng.uniform(0.4, 1.6)
+    out = cv2.addWeighted(out, sat, grey, 1.0 - sat, 0.0)  # saturates to 0..255
+    levels = np.arange(256, dtype=np.float64)
+    contrast, bright, gamma = rng.uniform(0.6, 1.4), rng.uniform(-30, 30), rng.uniform(0.7, 1.4)
+    tone = np.clip((levels - 128.0) * contrast + 128.0 + bright, 0, 255)
+    lut = np.stack([np.clip(tone * rng.uniform(0.8, 1.2), 0, 255) for _ in range(3)], axis=1)
+    lut = np.round(255.0 * (lut / 255.0) ** gamma).astype(np.uint8)[:, None, :]  # (256, 1, 3)
+    return cv2.LUT(out, lut)
 
 
 def make_pair(
