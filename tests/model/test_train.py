@@ -19,7 +19,15 @@ from PIL import Image
 
 from model.losses import VGGWeightsMissing
 from model.network import load_checkpoint
-from model.train import PROFILES, TrainConfig, WallClockSchedule, one_cycle_factor, profile_config, train
+from model.train import (
+    PROFILES,
+    TrainConfig,
+    WallClockSchedule,
+    loader_workers,
+    one_cycle_factor,
+    profile_config,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,6 +119,7 @@ def test_tiny_run_writes_every_file_and_beats_nothing_silently(photos, tmp_path)
     assert config["perceptual"] == "off" and config["perceptual_reason"]
     assert config["loss_resolved"]["vgg_source"] == "off"
     assert config["parameters"] == summary["parameters"] > 0
+    assert config["num_workers"] == 0  # resolved: no loader processes on the CPU
     assert summary["epochs"] == 2 and summary["steps"] == 4 and summary["stopped_by"] == "epochs"
     test = summary["test"]
     assert test["n"] == 2 and set(test) >= {"model", "input", "inpaint"}
@@ -121,6 +130,23 @@ def test_tiny_run_writes_every_file_and_beats_nothing_silently(photos, tmp_path)
     assert extra["epoch"] == summary["best_epoch"]
     assert model.config["mask_guided"] is True
     assert "finished after 2 epochs" in (run / "changelog.md").read_text()
+
+
+def test_loader_workers_by_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # the device is only looked at, not used
+    assert loader_workers(cpu, TrainConfig()) == 0
+    assert loader_workers(cuda, TrainConfig()) == max(1, min(8, (os.cpu_count() or 2) - 1))
+    assert loader_workers(cuda, TrainConfig(num_workers=0)) == 0  # a set value wins
+    assert loader_workers(cpu, TrainConfig(num_workers=3)) == 3
+
+
+def test_two_loader_workers_train_like_none(photos, tmp_path):
+    """Pairs drawn in worker processes: same step count, finite losses, a usable model."""
+    summary = train(photos[:3], photos[3:4], photos[4:6], tiny(num_workers=2, epochs=1), tmp_path / "w", log=None)
+    assert summary["steps"] == 2 and summary["epochs"] == 1
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["num_workers"] == 2
+    history = json.loads((tmp_path / "w" / "history.json").read_text())
+    assert all(np.isfinite(h["total"]) for h in history)
 
 
 def test_self_supervised_pairing_trains(photos, tmp_path):
