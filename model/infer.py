@@ -208,9 +208,15 @@ def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _to_device(arr: np.ndarray, dev: torch.device) -> torch.Tensor:
-    """HxWx3 uint8 as a tensor on ``dev`` (no copy on the CPU; through pinned memory on CUDA)."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
+    """HxWx3 uint8 as a tensor on ``dev``: on CUDA copied once into pinned memory and sent
+    without blocking; on the CPU shared, not copied (copied only when read-only, as an array
+    from ``np.asarray(PIL image)`` is: torch warns about sharing those)."""
+    arr = np.ascontiguousarray(arr)
+    if dev.type == "cuda":
+        pinned = torch.empty(arr.shape, dtype=torch.uint8, pin_memory=True)
+        pinned.numpy()[...] = arr
+        return pinned.to(dev, non_blocking=True)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 class Cleaner:

@@ -183,6 +183,22 @@ class RawAndMask(nn.Module):
         return {"image": x * 0.5, "raw_image": 1 - x, "mask_logits": logits}
 
 
+def test_read_only_input_is_cleaned_without_warnings_and_left_as_it_was():
+    """``np.asarray(PIL image)`` is read-only; the engine shares writable arrays with torch on the
+    CPU, so it must copy this one (torch warns when it is given a read-only array)."""
+    import warnings
+
+    img = _gradient(48, 64)
+    frozen = img.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = Cleaner(RawAndMask(), device="cpu", tile=32, overlap=8, precision="fp32", harden_mask=True).clean([frozen])
+    ref = Cleaner(RawAndMask(), device="cpu", tile=32, overlap=8, precision="fp32", harden_mask=True).clean([img])
+    np.testing.assert_array_equal(res[0].image, ref[0].image)
+    np.testing.assert_array_equal(frozen, img)  # the caller's image is untouched
+
+
 def test_hardened_mask_copies_clean_pixels_exactly():
     img = _gradient(48, 64)
     res = Cleaner(RawAndMask(), device="cpu", tile=64, overlap=0, precision="fp32", harden_mask=True).clean([img])[0]
