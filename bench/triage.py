@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--cell-pos-weight", type=float, default=DetectorTrainConfig.cell_pos_weight)
     ap.add_argument("--photometric", type=float, default=DetectorTrainConfig.photometric,
                     help="chance a training view is recoloured (model.detector.recolour)")
+    ap.add_argument("--seed", type=int, default=0, help="the detector's training seed (the test images stay the same)")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 even where the CPU does bf16 natively")
     ap.add_argument("--out", type=Path, help="also save the detector, every test score and a sheet of the test "
                     "images it got wrong here (for looking at its errors)")
@@ -98,7 +99,7 @@ def main() -> None:
     cfg = DetectorTrainConfig(steps=args.steps, crop=args.crop, batch_size=args.batch, train_families=train_fams,
                               val_families=holdout, val_samples=100, max_minutes=args.minutes,
                               cpu_bf16=not args.no_bf16, cell_pos_weight=args.cell_pos_weight,
-                              photometric=args.photometric,
+                              photometric=args.photometric, seed=args.seed,
                               context=tuple(int(d) for d in args.context.split(",") if d))
     t0 = time.perf_counter()
     model, report = train_detector(train_paths, renderer, cfg, val_paths=cal_paths,
@@ -154,7 +155,7 @@ def main() -> None:
     print("two-threshold triage at 0.98 target:", band)
     body = (
         f"Detector trained {report['steps']} steps ({train_min:.1f} min, crop {args.crop}, batch {args.batch}, "
-        f"context {list(cfg.context)}, cell pos_weight {cfg.cell_pos_weight}, photometric {cfg.photometric}, "
+        f"context {list(cfg.context)}, cell pos_weight {cfg.cell_pos_weight}, photometric {cfg.photometric}, seed {cfg.seed}, "
         f"{args.threads} threads) on {len(train_paths)} photos with families {list(train_fams)}; threshold "
         f"picked on {len(cal_paths)} calibration photos; tested on {len(test_paths)} other voc150 photos at full "
         f"size, each clean and with a held-out-family mark ({list(holdout)}).\n\n"
