@@ -29,6 +29,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, load avg {load:.2f} at start"
 
 
+def corpus_split(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """The photos in ``folder`` (jpg/png, sorted) in ``model.data.split_paths``' train/val/test
+    split: the split every remover benchmark trains and tests on."""
+    from model.data import split_paths
+
+    return split_paths(sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")))
+
+
 def command() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], BENCH.parent)] + sys.argv[1:])
 

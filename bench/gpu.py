@@ -57,6 +57,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import torch  # noqa: E402
+from _common import corpus_split  # noqa: E402
 
 RESULTS: dict = {}
 
@@ -188,13 +189,6 @@ def infer(dev: torch.device, dry: bool, benchmark: bool = False) -> dict:
                 if dev.type == "cuda":
                     res[f"peak_gpu_mib_{key}"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return res
-
-
-def corpus_split(corpus: Path):
-    from model.data import split_paths
-
-    paths = sorted(p for p in corpus.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    return split_paths(paths)
 
 
 RUNS = {

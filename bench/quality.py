@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import BENCH, machine, write_results
+from _common import BENCH, corpus_split, machine, write_results
 
 ROOT = BENCH.parent
 SHARED = ROOT.parent / "shared"
@@ -64,14 +64,12 @@ def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool, 
     import torch
 
     torch.set_num_threads(threads)
-    from model.data import split_paths
     from model.evaluate import swcnn_protocol
     from model.network import load_checkpoint
     from model.train import profile_config, train
 
     run = run_dir(profile, minutes, pairing, variant)
-    paths = sorted(p for p in CORPUS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    tr, va, te = split_paths(paths)
+    tr, va, te = corpus_split(CORPUS)
     config = profile_config(profile, pairing=pairing, max_minutes=minutes, **variant_overrides(profile, variant))
     load0 = os.getloadavg()[0]
     summary = train(tr, va, te, config, run, resume=True, log=lambda m: print(f"[{pairing}] {m}", flush=True))

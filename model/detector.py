@@ -342,7 +342,7 @@ def recolour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     a colour cast (gain 0.8–1.2), contrast ×0.6–1.4 about mid-grey, brightness ±30 levels and
     gamma 0.7–1.4. New colours and tones for the same scenes, so that the clean photos a detector
     trains on cover more of the walls, skies and fences it will meet. uint8 operations only
-    (~2 ms for a 768×512 view; an HSV round trip in float took ~35 ms, a third of a training step)."""
+    (~3 ms for a 768×512 view; an HSV round trip in float took ~36 ms, a third of a training step)."""
     out = np.ascontiguousarray(img)
     if rng.random() < 1 / 3:
         out = np.ascontiguousarray(out[..., rng.permutation(3)])
