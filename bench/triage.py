@@ -119,12 +119,17 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--holdout", default="tiled,badge")
+    ap.add_argument("--train-families", default="",
+                    help="families the detector trains on, e.g. text,logo (default: every family not held out)")
     ap.add_argument("--context", default="", help="dilations of the detector's context blocks, e.g. 2,4 (default none)")
     ap.add_argument("--cell-pos-weight", type=float, default=DetectorTrainConfig.cell_pos_weight)
     ap.add_argument("--photometric", type=float, default=DetectorTrainConfig.photometric,
                     help="chance a training view is recoloured (model.detector.recolour)")
     ap.add_argument("--seed", type=int, default=0, help="the detector's training seed (the test images stay the same)")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 even where the CPU does bf16 natively")
+    ap.add_argument("--top-fraction", type=float, default=DetectorTrainConfig.score_top_fraction,
+                    help="score whole images by the mean of this top fraction of cell logits (default: the LSE "
+                    "image logit); with --score it overrides the saved detector's choice")
     ap.add_argument("--score", type=Path, metavar="DETECTOR_PT",
                     help="no training: test this saved detector (e.g. an earlier run's --out DIR/detector.pt)")
     ap.add_argument("--out", type=Path, help="also save the detector, every test score and a sheet of the test "
@@ -133,6 +138,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     holdout = tuple(args.holdout.split(","))
     train_fams = tuple(f for f in FAMILIES if f not in holdout)
+    if args.train_families:
+        train_fams = tuple(args.train_families.split(","))
+        if set(train_fams) & set(holdout) or set(train_fams) - set(FAMILIES):
+            ap.error(f"--train-families must be families of {list(FAMILIES)} outside --holdout")
     voc = sorted(str(p) for p in VOC.glob("*.jpg") if p.name not in REAL_MARKS) if VOC.exists() else []
     real = [VOC / n for n in REAL_MARKS if (VOC / n).exists()]
     tmp = Path(tempfile.mkdtemp(prefix="unmark-triage-bench-"))
@@ -143,13 +152,15 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.score:
         model, extra = detector_from_bytes(args.score.read_bytes())
-        trained = f"Saved detector `{args.score}` ({extra.get('note', 'no note')}), not retrained"
+        if args.top_fraction is not None:
+            model.set_score_top_fraction(args.top_fraction)
+        trained = f"Saved detector `{args.score}`, not retrained"
         steps, train_min = None, 0.0
     else:
         cfg = DetectorTrainConfig(steps=args.steps, crop=args.crop, batch_size=args.batch, train_families=train_fams,
                                   val_families=holdout, val_samples=100, max_minutes=args.minutes,
                                   cpu_bf16=not args.no_bf16, cell_pos_weight=args.cell_pos_weight,
-                                  photometric=args.photometric, seed=args.seed,
+                                  photometric=args.photometric, seed=args.seed, score_top_fraction=args.top_fraction,
                                   context=tuple(int(d) for d in args.context.split(",") if d))
         model, report = train_detector(train_paths, renderer, cfg, val_paths=cal_paths,
                                        progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}", flush=True)
@@ -158,6 +169,7 @@ def main() -> None:
         trained = (f"Detector trained {steps} steps ({train_min:.1f} min, crop {args.crop}, batch {args.batch}, "
                    f"context {list(cfg.context)}, cell pos_weight {cfg.cell_pos_weight}, photometric "
                    f"{cfg.photometric}, seed {cfg.seed}, {args.threads} threads)")
+    trained += f"; whole images scored by {_pool(model)}"
     # Two folds: the calibration and test photos swap roles, so every one of the 47 photos is
     # tested once, with a threshold picked on the other group (never on itself).
     a = run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths)
@@ -231,8 +243,14 @@ def main() -> None:
                              "fold_b": {**fb, "threshold": b["thr"]}, "images_per_s": round(ips, 2),
                              "train_steps": steps, "train_minutes": round(train_min, 2),
                              "scored_saved_detector": str(args.score) if args.score else None,
+                             "score_top_fraction": model.score_top_fraction,
                              "holdout_families": list(holdout), "band_0_98": band,
                              "seen_families": seen, "real_watermarks": real_rows}, body)
+
+
+def _pool(model) -> str:  # noqa: ANN001
+    f = model.score_top_fraction
+    return "the LSE image logit" if f is None else f"the mean of the top {f:g} of cell logits"
 
 
 def _f(x: float | None) -> str:

@@ -69,13 +69,19 @@ class WatermarkDetector(nn.Module):
 
     ``context``: dilations of residual context blocks after the last stage. Without them a cell sees
     91 input pixels, too little to tell the inside of a large badge from a flat wall;
-    ``(2, 4)`` widens that to 283."""
+    ``(2, 4)`` widens that to 283.
+
+    ``score_top_fraction``: how :func:`score_images` pools a whole image's cells. None: the image
+    logit (the LSE pool training uses on its crops); a fraction f: the mean of the top f of the
+    cell logits (at least one cell). Training always uses the LSE pool."""
 
     def __init__(self, widths: Sequence[int] = (24, 48, 96, 128), pool_sharpness: float = 4.0,
-                 context: Sequence[int] = ()):
+                 context: Sequence[int] = (), score_top_fraction: float | None = None):
         super().__init__()
         w = list(widths)
-        self.config = {"widths": w, "pool_sharpness": pool_sharpness, "context": list(context)}
+        self.config = {"widths": w, "pool_sharpness": pool_sharpness, "context": list(context),
+                       "score_top_fraction": score_top_fraction}
+        self.score_top_fraction = score_top_fraction
         layers: list[nn.Module] = [_block(3, w[0], 2), _block(w[0], w[0], 1)]
         for cin, cout in zip(w[:-1], w[1:]):
             layers += [_block(cin, cout, 2), _block(cout, cout, 1)]
@@ -92,6 +98,18 @@ class WatermarkDetector(nn.Module):
         # smooth max: log-mean-exp(k·z)/k lies between the mean and the max of the cell logits
         logit = (torch.logsumexp(k * flat, dim=1) - math.log(flat.shape[1])) / k
         return {"cells": cells, "logit": logit}
+
+    def set_score_top_fraction(self, fraction: float | None) -> None:
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise ValueError(f"score_top_fraction must be in (0, 1] or None, not {fraction}")
+        self.score_top_fraction = self.config["score_top_fraction"] = fraction
+
+
+def top_mean(cells: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(B,1,h,w) cell logits → (B,) mean of each image's top ``fraction`` of cells (at least one)."""
+    flat = cells.flatten(1).float()
+    k = max(1, round(fraction * flat.shape[1]))
+    return flat.topk(k, dim=1).values.mean(dim=1)
 
 
 # --- scoring images of any size -------------------------------------------------------------
@@ -123,7 +141,8 @@ def score_images(
     device: str | torch.device = "cpu",
     bf16: bool | None = None,
 ) -> np.ndarray:
-    """Watermark probability per image: the max over scales of the sigmoid of the image logit.
+    """Watermark probability per image: the max over scales of the sigmoid of the image logit
+    (or, when the model's ``score_top_fraction`` is set, of the mean of its top cell logits).
 
     Each image is scored at each long-side size in ``scales`` (never upsampled; a scale equal to a
     smaller one after clamping is skipped), so small marks on large images are seen at full detail
@@ -158,7 +177,10 @@ def score_images(
             if bf16:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)["logit"].float().cpu().numpy()
+                out = model(x)
+            frac = getattr(model, "score_top_fraction", None)
+            z = out["logit"] if frac is None else top_mean(out["cells"], frac)
+            logits = z.float().cpu().numpy()
             for (i, _), z in zip(chunk, logits):
                 best[i] = max(best[i], float(z))
     return 1.0 / (1.0 + np.exp(-best))
@@ -280,6 +302,7 @@ class DetectorTrainConfig:
     widths: tuple[int, ...] = (24, 48, 96, 128)
     context: tuple[int, ...] = ()  # dilations of the context blocks (see WatermarkDetector)
     photometric: float = 0.0  # chance a training view gets a random colour change (see recolour)
+    score_top_fraction: float | None = None  # how whole images are scored (see WatermarkDetector)
     cpu_bf16: bool = True  # bf16 autocast where the CPU does bf16 natively (see _train_autocast)
     channels_last: bool = True
     extra: dict = field(default_factory=dict)
@@ -451,7 +474,7 @@ def train_detector(
         raise ValueError("no images to train the detector on")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = WatermarkDetector(config.widths, context=config.context)
+    model = WatermarkDetector(config.widths, context=config.context, score_top_fraction=config.score_top_fraction)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     autocast = _train_autocast(config)

@@ -19,6 +19,7 @@ from model.detector import (
     detector_to_bytes,
     roc_auc,
     score_images,
+    top_mean,
 )
 from pipeline import triage as triage_step
 from pipeline.cli import app
@@ -173,7 +174,31 @@ def test_context_blocks_widen_what_a_cell_sees():
     torch.save({"config": {"widths": old.config["widths"], "pool_sharpness": 4.0},
                 "state_dict": old.state_dict(), "extra": {}}, buf)
     clone, _ = detector_from_bytes(buf.getvalue())
-    assert clone.config["context"] == []
+    assert clone.config["context"] == [] and clone.score_top_fraction is None
+
+
+def test_top_fraction_pooling_scores_the_mean_of_the_top_cells():
+    """With ``score_top_fraction`` set, an image's score is the sigmoid of the mean of its top
+    cells (at least one), the choice survives a save and load, and a bad fraction is refused."""
+    torch.manual_seed(0)
+    cells = torch.arange(20.0).view(1, 1, 4, 5)  # top 10 % of 20 cells: 19 and 18
+    assert float(top_mean(cells, 0.1)[0]) == 18.5 and float(top_mean(cells, 1e-6)[0]) == 19.0
+    model = WatermarkDetector(score_top_fraction=0.05).eval()
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (160, 320, 3), np.uint8)  # 10 x 20 = 200 cells: the top 10
+    with torch.no_grad():
+        cells = model(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0)["cells"].flatten()
+    want = 1.0 / (1.0 + np.exp(-float(cells.topk(10).values.mean())))
+    got = score_images(model, [img], scales=(320,), bf16=False)
+    assert got[0] == pytest.approx(want, rel=1e-5)
+    model.set_score_top_fraction(1e-6)  # fewer than one cell: the single top cell
+    assert score_images(model, [img], scales=(320,), bf16=False)[0] == pytest.approx(
+        1.0 / (1.0 + np.exp(-float(cells.max()))), rel=1e-5)
+    clone, _ = detector_from_bytes(detector_to_bytes(model))
+    assert clone.score_top_fraction == 1e-6
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="score_top_fraction"):
+            model.set_score_top_fraction(bad)
 
 
 def test_bf16_scoring_stays_close_to_float32():
