@@ -93,7 +93,13 @@ def train_and_register(
     from model.watermarks import FAMILIES, WatermarkRenderer
 
     holdout = tuple(f for f in settings.detector_holdout_families.split(",") if f)
-    train_fams = tuple(f for f in FAMILIES if f not in holdout) or FAMILIES
+    skip = tuple(f for f in settings.detector_skip_families.split(",") if f)
+    unknown = set(holdout + skip) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown watermark families {sorted(unknown)} in the detector settings; known: {list(FAMILIES)}")
+    train_fams = tuple(f for f in FAMILIES if f not in holdout and f not in skip)
+    if not train_fams:
+        raise ValueError("detector_holdout_families and detector_skip_families leave no family to train the detector on")
     val_fams = holdout or FAMILIES
     with tempfile.TemporaryDirectory(prefix="unmark-detector-") as tmp:
         paths = _training_paths(catalog, blobs, Path(tmp), exclude_watermarked)

@@ -77,6 +77,7 @@ def test_cold_start_trains_registers_and_labels_everything(tiny_settings, catalo
         assert m.version == res["detector"] and m.kind == "detector"
         assert set(m.config["calibration"]) >= {"low", "high", "target_precision"}
         assert "roc_auc" in m.metrics and m.metrics["val_families"] == ["tiled", "badge"]
+        assert m.config["train_families"] == ["text", "logo"]  # "shape" skipped, tiled and badge held out
         assert blobs.exists(m.checkpoint_key)
         for img in s.query(Image):
             if img.sha256 == pool:
@@ -98,6 +99,19 @@ def test_rerun_reuses_detector_and_retrain_rescored(tiny_settings, catalog, blob
         assert q.promoted_model(s, "detector").version == re["detector"]
         assert s.query(Model).filter_by(kind="detector").count() == 2
         assert {i.detector_version for i in s.query(Image).filter(Image.status != "failed")} == {re["detector"]}
+
+
+def test_detector_family_settings_are_checked(tiny_settings, catalog, blobs, pool):
+    """A misspelt family, or settings that leave the detector nothing to train on, stop with a
+    clear error before any training, and register nothing."""
+    tiny_settings.detector_skip_families = "shape,sparkle"
+    with pytest.raises(ValueError, match="unknown watermark families.*sparkle"):
+        triage_step.triage(catalog, blobs, tiny_settings)
+    tiny_settings.detector_skip_families = "text,logo,shape"
+    with pytest.raises(ValueError, match="no family to train"):
+        triage_step.triage(catalog, blobs, tiny_settings)
+    with catalog.session() as s:
+        assert q.promoted_model(s, "detector") is None
 
 
 def test_cli_cold_start_on_empty_catalog_is_a_clear_error(settings):
