@@ -42,6 +42,7 @@ from model.detector import (
     train_detector,
 )
 from model.watermarks import FAMILIES, WatermarkRenderer
+from pipeline.config import Settings
 
 VOC = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "voc150"
 # voc150 photos that carry a real photographer's watermark (found by looking at the detector's
@@ -128,7 +129,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--holdout", default="tiled,badge")
     ap.add_argument("--train-families", default="",
-                    help="families the detector trains on, e.g. text,logo (default: every family not held out)")
+                    help="families the detector trains on, e.g. text,logo,shape (default: as the pipeline: every "
+                    "family neither held out nor in Settings.detector_skip_families)")
     ap.add_argument("--context", default="", help="dilations of the detector's context blocks, e.g. 2,4 (default none)")
     ap.add_argument("--cell-pos-weight", type=float, default=DetectorTrainConfig.cell_pos_weight)
     ap.add_argument("--photometric", type=float, default=DetectorTrainConfig.photometric,
@@ -145,7 +147,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     holdout = tuple(args.holdout.split(","))
-    train_fams = tuple(f for f in FAMILIES if f not in holdout)
+    skip = Settings.model_fields["detector_skip_families"].default.split(",")
+    train_fams = tuple(f for f in FAMILIES if f not in holdout and f not in skip)
     if args.train_families:
         train_fams = tuple(args.train_families.split(","))
         if set(train_fams) & set(holdout) or set(train_fams) - set(FAMILIES):
