@@ -79,9 +79,8 @@ class WatermarkDetector(nn.Module):
                  context: Sequence[int] = (), score_top_fraction: float | None = None):
         super().__init__()
         w = list(widths)
-        self.config = {"widths": w, "pool_sharpness": pool_sharpness, "context": list(context),
-                       "score_top_fraction": score_top_fraction}
-        self.score_top_fraction = score_top_fraction
+        self.config = {"widths": w, "pool_sharpness": pool_sharpness, "context": list(context)}
+        self.set_score_top_fraction(score_top_fraction)
         layers: list[nn.Module] = [_block(3, w[0], 2), _block(w[0], w[0], 1)]
         for cin, cout in zip(w[:-1], w[1:]):
             layers += [_block(cin, cout, 2), _block(cout, cout, 1)]
@@ -179,8 +178,8 @@ def score_images(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x)
             frac = getattr(model, "score_top_fraction", None)
-            z = out["logit"] if frac is None else top_mean(out["cells"], frac)
-            logits = z.float().cpu().numpy()
+            pooled = out["logit"] if frac is None else top_mean(out["cells"], frac)
+            logits = pooled.float().cpu().numpy()
             for (i, _), z in zip(chunk, logits):
                 best[i] = max(best[i], float(z))
     return 1.0 / (1.0 + np.exp(-best))

@@ -213,6 +213,8 @@ def test_top_fraction_pooling_scores_the_mean_of_the_top_cells():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="score_top_fraction"):
             model.set_score_top_fraction(bad)
+        with pytest.raises(ValueError, match="score_top_fraction"):
+            WatermarkDetector(score_top_fraction=bad)
 
 
 def test_bf16_scoring_stays_close_to_float32():
