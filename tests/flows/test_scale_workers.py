@@ -10,6 +10,7 @@ Everything runs on loopback: PostgreSQL (tests/servers/pgserver.py), `prefect se
 from __future__ import annotations
 
 import io
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -135,8 +136,20 @@ def test_two_workers_one_killed_every_image_cleaned_exactly_once(tmp_path, pg_ur
 
         wait_for(both_cleaning, 240, "both workers to be cleaning:\n" + procs.log("worker-a") + procs.log("worker-b"),
                  every=0.2)
-        # kill worker a (and its flow run) while it holds a batch
-        victim_pids = procs.kill_tree("worker-a")
+
+        def kill_a_while_it_holds_a_batch() -> list[int] | None:
+            """Freeze worker a (and its flow run); kill it if it holds a batch, else let it go on.
+            Checking and killing a running worker raced: under load it could finish its batch in
+            between, and die holding nothing."""
+            pids = procs.signal_tree("worker-a", signal.SIGSTOP)
+            with cat.session() as s:
+                holds = any(int(w.rsplit(":", 2)[1]) in pids for w in claims.holders(s, stage))
+            if holds:
+                return procs.kill_tree("worker-a")
+            procs.signal_tree("worker-a", signal.SIGCONT)
+            return None
+
+        victim_pids = wait_for(kill_a_while_it_holds_a_batch, 120, "worker a to hold a batch", every=0.05)
         with cat.session() as s:
             at_kill = claims.progress(s, stage)
             victim = {w for w in claims.holders(s, stage) if int(w.rsplit(":", 2)[1]) in victim_pids}

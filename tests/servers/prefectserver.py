@@ -70,14 +70,19 @@ class Processes:
     def kill_tree(self, name: str) -> list[int]:
         """SIGKILL a process and every descendant (a worker's flow-run subprocess has its own
         session, so its process group alone would miss it). Returns the PIDs killed."""
-        proc = self.procs[name]
-        tree = _tree(proc.pid)
+        pids = self.signal_tree(name, signal.SIGKILL)
+        self.procs[name].wait(10)
+        return pids
+
+    def signal_tree(self, name: str, sig: int) -> list[int]:
+        """Send ``sig`` to a process and every descendant (SIGSTOP / SIGCONT: freeze and thaw a
+        machine). Returns the PIDs signalled."""
+        tree = _tree(self.procs[name].pid)
         for p in tree:
             try:
-                p.send_signal(signal.SIGKILL)
+                p.send_signal(sig)
             except psutil.NoSuchProcess:
                 pass
-        proc.wait(10)
         return [p.pid for p in tree]
 
     def stop_all(self, grace: float = 20) -> None:
