@@ -35,6 +35,7 @@ from model.detector import (
     best_accuracy_threshold,
     build_validation_set,
     calibrate,
+    detection_metrics,
     detector_from_bytes,
     roc_auc,
     save_detector,
@@ -43,6 +44,7 @@ from model.detector import (
 )
 from model.watermarks import FAMILIES, WatermarkRenderer
 from pipeline.config import Settings
+from pipeline.triage import detector_train_families
 
 VOC = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "voc150"
 # voc150 photos that carry a real photographer's watermark (found by looking at the detector's
@@ -147,8 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     holdout = tuple(args.holdout.split(","))
-    skip = Settings.model_fields["detector_skip_families"].default.split(",")
-    train_fams = tuple(f for f in FAMILIES if f not in holdout and f not in skip)
+    train_fams = detector_train_families(holdout, Settings.model_fields["detector_skip_families"].default)
     if args.train_families:
         train_fams = tuple(args.train_families.split(","))
         if set(train_fams) & set(holdout) or set(train_fams) - set(FAMILIES):
@@ -193,12 +194,12 @@ def main() -> None:
     labels = np.r_[a["labels"], b["labels"]]
     scores = np.r_[a["scores"], b["scores"]]
     pred = np.r_[a["pred"], b["pred"]]  # called watermarked at its fold's threshold
-    right = pred == labels
-    tp, fp, fn = int((pred & labels).sum()), int((pred & ~labels).sum()), int((~pred & labels).sum())
-    m = {"accuracy": float(right.mean()), "roc_auc": roc_auc(scores, labels),
-         "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / (tp + fn) if tp + fn else 0.0}
-    fa = {"accuracy": float((a["pred"] == a["labels"]).mean()), "roc_auc": roc_auc(a["scores"], a["labels"])}
-    fb = {"accuracy": float((b["pred"] == b["labels"]).mean()), "roc_auc": roc_auc(b["scores"], b["labels"])}
+    # pooled: each score's margin over its own fold's threshold (≥ 0: called watermarked); the
+    # ROC-AUC ranks the scores themselves
+    m = {**detection_metrics(np.r_[a["scores"] - a["thr"], b["scores"] - b["thr"]], labels, 0.0),
+         "roc_auc": roc_auc(scores, labels)}
+    fa = detection_metrics(a["scores"], a["labels"], a["thr"])
+    fb = detection_metrics(b["scores"], b["labels"], b["thr"])
     # the clean halves against the same photos with a training-family mark
     seen_scores = np.r_[scores[~labels], a["seen_scores"], b["seen_scores"]]
     seen_pred = np.r_[pred[~labels], a["seen_pred"], b["seen_pred"]]
@@ -255,8 +256,10 @@ def main() -> None:
         + ".\n"
     )
     write_results("triage", {"accuracy": m["accuracy"], "roc_auc": m["roc_auc"], "precision": m["precision"],
-                             "recall": m["recall"], "test_images": n, "fold_a": {**fa, "threshold": a["thr"]},
-                             "fold_b": {**fb, "threshold": b["thr"]}, "images_per_s": round(ips, 2),
+                             "recall": m["recall"], "test_images": n,
+                             **{k: {"accuracy": f["accuracy"], "roc_auc": f["roc_auc"], "threshold": f["threshold"]}
+                                for k, f in (("fold_a", fa), ("fold_b", fb))},
+                             "images_per_s": round(ips, 2),
                              "train_steps": steps, "train_minutes": round(train_min, 2),
                              "scored_saved_detector": str(args.score) if args.score else None,
                              "score_top_fraction": model.score_top_fraction,

@@ -177,7 +177,7 @@ def score_images(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x)
-            frac = getattr(model, "score_top_fraction", None)
+            frac = model.score_top_fraction
             pooled = out["logit"] if frac is None else top_mean(out["cells"], frac)
             logits = pooled.float().cpu().numpy()
             for (i, _), z in zip(chunk, logits):

@@ -85,6 +85,21 @@ def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_water
     return paths
 
 
+def detector_train_families(holdout: Sequence[str], skip: str) -> tuple[str, ...]:
+    """The watermark families a detector trains on: every family neither held out (for its
+    validation) nor in ``skip`` (comma-separated, ``Settings.detector_skip_families``)."""
+    from model.watermarks import FAMILIES
+
+    skipped = tuple(f for f in skip.split(",") if f)
+    unknown = (set(holdout) | set(skipped)) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown watermark families {sorted(unknown)} in the detector settings; known: {list(FAMILIES)}")
+    train = tuple(f for f in FAMILIES if f not in holdout and f not in skipped)
+    if not train:
+        raise ValueError("detector_holdout_families and detector_skip_families leave no family to train the detector on")
+    return train
+
+
 def train_and_register(
     catalog: Catalog, blobs: BlobStore, settings: Settings, exclude_watermarked: bool = False,
     progress: Progress | None = None,
@@ -93,13 +108,7 @@ def train_and_register(
     from model.watermarks import FAMILIES, WatermarkRenderer
 
     holdout = tuple(f for f in settings.detector_holdout_families.split(",") if f)
-    skip = tuple(f for f in settings.detector_skip_families.split(",") if f)
-    unknown = set(holdout + skip) - set(FAMILIES)
-    if unknown:
-        raise ValueError(f"unknown watermark families {sorted(unknown)} in the detector settings; known: {list(FAMILIES)}")
-    train_fams = tuple(f for f in FAMILIES if f not in holdout and f not in skip)
-    if not train_fams:
-        raise ValueError("detector_holdout_families and detector_skip_families leave no family to train the detector on")
+    train_fams = detector_train_families(holdout, settings.detector_skip_families)
     val_fams = holdout or FAMILIES
     with tempfile.TemporaryDirectory(prefix="unmark-detector-") as tmp:
         paths = _training_paths(catalog, blobs, Path(tmp), exclude_watermarked)
