@@ -137,6 +137,10 @@ def main() -> None:
     ap.add_argument("--cell-pos-weight", type=float, default=DetectorTrainConfig.cell_pos_weight)
     ap.add_argument("--photometric", type=float, default=DetectorTrainConfig.photometric,
                     help="chance a training view is recoloured (model.detector.recolour)")
+    ap.add_argument("--hard-negatives", type=float, default=DetectorTrainConfig.hard_negatives,
+                    help="fraction of each batch drawn from mined hard negatives (model.detector.mine_hard_cells)")
+    ap.add_argument("--mine-every", type=int, default=DetectorTrainConfig.mine_every,
+                    help="steps between two mining passes")
     ap.add_argument("--seed", type=int, default=0, help="the detector's training seed (the test images stay the same)")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 even where the CPU does bf16 natively")
     ap.add_argument("--top-fraction", type=float, default=DetectorTrainConfig.score_top_fraction,
@@ -177,7 +181,8 @@ def main() -> None:
         cfg = DetectorTrainConfig(steps=args.steps, crop=args.crop, batch_size=args.batch, train_families=train_fams,
                                   val_families=holdout, val_samples=100, max_minutes=args.minutes,
                                   cpu_bf16=not args.no_bf16, cell_pos_weight=args.cell_pos_weight,
-                                  photometric=args.photometric, seed=args.seed, score_top_fraction=args.top_fraction,
+                                  photometric=args.photometric, seed=args.seed,
+                                  hard_negatives=args.hard_negatives, mine_every=args.mine_every, score_top_fraction=args.top_fraction,
                                   context=tuple(int(d) for d in args.context.split(",") if d))
         model, report = train_detector(train_paths, renderer, cfg, val_paths=cal_paths,
                                        progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}", flush=True)
@@ -185,7 +190,10 @@ def main() -> None:
         steps, train_min = report["steps"], (time.perf_counter() - t0) / 60
         trained = (f"Detector trained {steps} steps ({train_min:.1f} min, crop {args.crop}, batch {args.batch}, "
                    f"context {list(cfg.context)}, cell pos_weight {cfg.cell_pos_weight}, photometric "
-                   f"{cfg.photometric}, seed {cfg.seed}, {args.threads} threads)")
+                   f"{cfg.photometric}, hard negatives {cfg.hard_negatives} mined every {cfg.mine_every} steps, "
+                   f"seed {cfg.seed}, {args.threads} threads)")
+        if report["hard_negative_mining"]:
+            print("mining:", report["hard_negative_mining"])
     trained += f"; whole images scored by {_pool(model)}"
     # Two folds: the calibration and test photos swap roles, so every one of the 45 photos is
     # tested once, with a threshold picked on the other group (never on itself).

@@ -302,6 +302,13 @@ class DetectorTrainConfig:
     context: tuple[int, ...] = ()  # dilations of the context blocks (see WatermarkDetector)
     photometric: float = 0.0  # chance a training view gets a random colour change (see recolour)
     score_top_fraction: float | None = None  # how whole images are scored (see WatermarkDetector)
+    # hard negatives (see mine_hard_cells): this fraction of each batch is clean windows around the
+    # cells that fire most on the clean training photos scored whole, re-mined every mine_every steps
+    # once mine_after of the budget is spent
+    hard_negatives: float = 0.0
+    mine_every: int = 1000
+    mine_after: float = 0.2
+    mine_images: int = 256  # at most this many training photos per mining pass (a random sample)
     cpu_bf16: bool = True  # bf16 autocast where the CPU does bf16 natively (see _train_autocast)
     channels_last: bool = True
     extra: dict = field(default_factory=dict)
@@ -325,18 +332,24 @@ class _ImageCache:
         self.images: dict[str, np.ndarray] = {}
         self.unreadable: list[str] = []
 
+    def get(self, p: str) -> np.ndarray | None:
+        """The decoded image at ``p``, or None (and dropped from the pool) when it cannot be read."""
+        if p in self.images:
+            return self.images[p]
+        try:
+            self.images[p] = _load_rgb(p)
+            return self.images[p]
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on bad files
+            log.warning("detector: skipping unreadable training image %s (%s)", p, exc)
+            self.paths.remove(p)
+            self.unreadable.append(p)
+            return None
+
     def pick(self, rng: np.random.Generator) -> np.ndarray:
         while self.paths:
-            p = self.paths[int(rng.integers(len(self.paths)))]
-            if p in self.images:
-                return self.images[p]
-            try:
-                self.images[p] = _load_rgb(p)
-                return self.images[p]
-            except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on bad files
-                log.warning("detector: skipping unreadable training image %s (%s)", p, exc)
-                self.paths.remove(p)
-                self.unreadable.append(p)
+            img = self.get(self.paths[int(rng.integers(len(self.paths)))])
+            if img is not None:
+                return img
         raise ValueError("none of the detector's training images could be read")
 
 
@@ -432,6 +445,70 @@ def make_image(
     return np.asarray(view), label
 
 
+@dataclass(frozen=True)
+class HardCell:
+    """A cell that fires on a clean training photo: the photo, the long side it was scored at,
+    and the cell's row, column and logit there."""
+
+    path: str
+    long_side: int
+    row: int
+    col: int
+    logit: float
+
+
+@torch.inference_mode()
+def mine_hard_cells(
+    model: WatermarkDetector, images: dict[str, np.ndarray], crop: int, scales: Sequence[int] = (384, 768),
+    per_image: int = 2, bf16: bool | None = None,
+) -> list[HardCell]:
+    """Each clean photo in ``images`` scored whole at each of ``scales`` (as :func:`score_images`
+    does), and its ``per_image`` highest cell logits at each scale, hottest first.
+
+    A whole photo has ~1,500 cells at 768 px against a training window's ~100, and its score
+    follows its hottest cells, so the clean photos' false alarms live in the few cells that random
+    windows rarely show the detector. Training on windows around them (hard-negative mining, as in
+    sliding-window detectors) is aimed at exactly those."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    if bf16 is None:
+        bf16 = native_bf16(dev)
+    found: list[HardCell] = []
+    try:
+        for path, img in images.items():
+            seen: set[int] = set()
+            for s in scales:
+                view = _rescale(img, min(s, max(img.shape[:2])), crop)
+                if max(view.shape[:2]) in seen:
+                    continue
+                seen.add(max(view.shape[:2]))
+                x = prepare(view, max(view.shape[:2]))[None].to(dev)
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    cells = model(x)["cells"][0, 0].float()
+                # only cells whose centre lies inside the photo (not in its replicated padding)
+                h, w = (view.shape[0] + CELL // 2 - 1) // CELL, (view.shape[1] + CELL // 2 - 1) // CELL
+                flat = cells[:h, :w].flatten()
+                top = flat.topk(min(per_image, flat.numel()))
+                for z, k in zip(top.values.tolist(), top.indices.tolist()):
+                    found.append(HardCell(path, max(view.shape[:2]), k // w, k % w, float(z)))
+    finally:
+        model.train(was_training)
+    return sorted(found, key=lambda c: -c.logit)
+
+
+def hard_window(img: np.ndarray, cell: HardCell, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``crop``×``crop`` window of ``img`` at the cell's scale that contains the cell."""
+    view = _rescale(img, cell.long_side, crop)
+    H, W = view.shape[:2]
+    py = min(cell.row * CELL + CELL // 2, H - 1)
+    px = min(cell.col * CELL + CELL // 2, W - 1)
+    y0 = int(rng.integers(max(0, py - crop + 1), min(py, H - crop) + 1))
+    x0 = int(rng.integers(max(0, px - crop + 1), min(px, W - crop) + 1))
+    return view[y0 : y0 + crop, x0 : x0 + crop]
+
+
 def _cell_targets(masks: torch.Tensor) -> torch.Tensor:
     """(B,1,H,W) {0,1} → (B,1,H/16,W/16): a cell is positive when ≥ 2% of it is watermark."""
     return (F.avg_pool2d(masks, CELL) >= 0.02).float()
@@ -487,15 +564,48 @@ def train_detector(
     losses: list[float] = []
     step = 0
     model.train()
+    n_hard = round(config.hard_negatives * config.batch_size) if config.hard_negatives else 0
+    if not 0 <= n_hard <= config.batch_size - 2:
+        raise ValueError(f"hard_negatives must leave room for one pair in the batch, not {config.hard_negatives}")
+    hard: list[HardCell] = []
+    mining: list[dict] = []
+    last_mined = -config.mine_every
     for step in range(1, config.steps + 1):
+        if n_hard and done >= config.mine_after and step - last_mined >= config.mine_every:
+            sample = list(cache.paths)
+            if len(sample) > config.mine_images:
+                sample = [sample[int(i)] for i in rng.choice(len(sample), config.mine_images, replace=False)]
+            imgs = {p: im for p in sample if (im := cache.get(p)) is not None}
+            tm = time.perf_counter()
+            hard = mine_hard_cells(model, imgs, config.crop)
+            last_mined = step
+            logits = np.array([c.logit for c in hard]) if hard else np.zeros(1)
+            mining.append({"step": step, "cells": len(hard), "seconds": round(time.perf_counter() - tm, 2),
+                           "max_logit": round(float(logits.max()), 3),
+                           "median_logit": round(float(np.median(logits)), 3)})
+            log.info("detector: mined %d hard cells at step %d (hottest logit %.2f, median %.2f)",
+                     len(hard), step, logits.max(), np.median(logits))
         xs, ms, ys = [], [], []
-        for _ in range(max(1, config.batch_size // 2)):  # pairs: the same window clean and marked
+        n_pairs = max(1, (config.batch_size - (n_hard if hard else 0)) // 2)
+        for _ in range(n_pairs):  # pairs: the same window clean and marked
             clean, marked, m, y = make_pair(cache.pick(rng), renderer, rng, config.crop, config.train_families,
                                             photometric=config.photometric)
             for v, mk, lab in ((clean, np.zeros_like(m), 0.0), (marked, m, y)):
                 xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
                 ms.append(torch.from_numpy(mk)[None])
                 ys.append(lab)
+        for _ in range(n_hard if hard else 0):  # clean windows around the cells that fire most
+            cell = hard[int(rng.integers(len(hard)))]
+            img = cache.images.get(cell.path)
+            if img is None:
+                continue
+            v = hard_window(img, cell, config.crop, rng)
+            if rng.random() < 0.5:
+                v = v[:, ::-1]
+            v, _ = renderer.postprocess(np.ascontiguousarray(v), rng)
+            xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
+            ms.append(torch.zeros(1, config.crop, config.crop, dtype=torch.bool))
+            ys.append(0.0)
         x = torch.stack(xs).float() / 255.0
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -535,6 +645,7 @@ def train_detector(
         "val_best_threshold": detection_metrics(scores, vlabels, thr),
         "val_images_per_s": round(len(vimgs) / max(score_s, 1e-9), 2),
         "unreadable_training_images": len(cache.unreadable),
+        "hard_negative_mining": mining,
         "config": asdict(config),
     }
     report["_val_scores"] = scores.tolist()

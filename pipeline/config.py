@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     # clean photos, and one trained without them ranked held-out marks better
     # (bench/RESULTS.md, triage). The remover still trains on every family.
     detector_skip_families: str = "shape"
+    # Share of each detector training batch drawn from hard negatives: clean windows around the
+    # cells that fire most on the clean training photos scored whole, re-mined every
+    # detector_mine_every steps (model.detector.mine_hard_cells; bench/RESULTS.md, triage).
+    detector_hard_negatives: float = 0.0
+    detector_mine_every: int = 1000
 
     # --- model / training --------------------------------------------------------------
     perceptual: str = Field(default="imagenet", description="imagenet | random | off")

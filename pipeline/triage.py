@@ -123,7 +123,8 @@ def train_and_register(
         cfg = DetectorTrainConfig(
             steps=settings.detector_steps, crop=settings.detector_crop, batch_size=settings.detector_batch_size,
             train_families=train_fams, val_families=val_fams, val_samples=settings.detector_val_samples,
-            max_minutes=settings.detector_max_minutes,
+            max_minutes=settings.detector_max_minutes, hard_negatives=settings.detector_hard_negatives,
+            mine_every=settings.detector_mine_every,
         )
         renderer = WatermarkRenderer(seed=0)
         cb = (lambda step, total, loss: progress("detector", step, total)) if progress else None

@@ -41,6 +41,8 @@ def tiny_settings(settings):
     settings.detector_batch_size = 4
     settings.detector_val_samples = 12
     settings.triage_batch_size = 3
+    settings.detector_hard_negatives = 0.25  # one window of four from the mined cells
+    settings.detector_mine_every = 3
     return settings
 
 
@@ -78,6 +80,8 @@ def test_cold_start_trains_registers_and_labels_everything(tiny_settings, catalo
         assert set(m.config["calibration"]) >= {"low", "high", "target_precision"}
         assert "roc_auc" in m.metrics and m.metrics["val_families"] == ["tiled", "badge"]
         assert m.config["train_families"] == ["text", "logo"]  # "shape" skipped, tiled and badge held out
+        assert m.config["train"]["hard_negatives"] == 0.25 and m.config["train"]["mine_every"] == 3
+        assert [p["step"] for p in m.metrics["hard_negative_mining"]] == [3, 6]  # 8 steps: mined from 20 %
         assert blobs.exists(m.checkpoint_key)
         for img in s.query(Image):
             if img.sha256 == pool:
@@ -281,6 +285,73 @@ def test_recolour_changes_colours_not_the_scene_and_make_pair_uses_it():
         inside = np.abs(marked.astype(int) - clean)[mask].mean()
         outside = np.abs(marked.astype(int) - clean)[~mask].mean()
         assert inside > outside
+
+
+def test_mining_finds_each_photos_hottest_cells_inside_the_photo():
+    """``mine_hard_cells`` gives each photo's top cell logits at each scale, as the model itself
+    computes them on that view, hottest first, never a cell of the replicated padding; and
+    ``hard_window`` cuts a window at that scale that contains the cell."""
+    from model.detector import CELL, _rescale, hard_window, mine_hard_cells, prepare
+
+    torch.manual_seed(0)
+    model = WatermarkDetector()
+    rng = np.random.default_rng(4)
+    # 200 x 130: 9 cell rows, the last one's centre in the padding; 50 x 90: one scale only (never upsampled)
+    imgs = {"a": rng.integers(0, 255, (130, 200, 3), np.uint8), "b": rng.integers(0, 255, (50, 90, 3), np.uint8)}
+    cells = mine_hard_cells(model, imgs, crop=32, scales=(100, 384), per_image=3, bf16=False)
+    assert model.training  # mining leaves the model as it found it
+    assert [c.logit for c in cells] == sorted((c.logit for c in cells), reverse=True)
+    assert sorted({(c.path, c.long_side) for c in cells}) == [("a", 100), ("a", 200), ("b", 90)]
+    assert len(cells) == 9
+    model.eval()
+    for (path, side) in {(c.path, c.long_side) for c in cells}:
+        view = _rescale(imgs[path], side, 32)
+        with torch.no_grad():
+            full = model(prepare(view, side)[None])["cells"][0, 0]
+        # rows and columns whose centre is a pixel of the view (130 px: 8 rows of the 9)
+        h = sum(r * CELL + CELL // 2 < view.shape[0] for r in range(full.shape[0]))
+        w = sum(c * CELL + CELL // 2 < view.shape[1] for c in range(full.shape[1]))
+        mine = [c for c in cells if (c.path, c.long_side) == (path, side)]
+        assert all(c.row < h and c.col < w for c in mine)
+        want = sorted(full[:h, :w].flatten().tolist(), reverse=True)[:3]
+        assert [c.logit for c in mine] == pytest.approx(want, abs=1e-4)
+        for c in mine:
+            assert float(full[c.row, c.col]) == pytest.approx(c.logit, abs=1e-4)
+
+    # the window holds the cell's centre, wherever the window falls around it
+    from model.detector import HardCell
+
+    img = np.zeros((130, 200, 3), np.uint8)
+    img[7 * CELL + CELL // 2, 11 * CELL + CELL // 2] = 255  # the centre of cell (7, 11) at full size
+    corners = set()
+    for seed in range(20):
+        win = hard_window(img, HardCell("a", 200, 7, 11, 1.0), 64, np.random.default_rng(seed))
+        assert win.shape == (64, 64, 3) and (win == 255).all(axis=2).sum() == 1
+        corners.add(tuple(np.argwhere(win[..., 0] == 255)[0]))
+    assert len(corners) > 5  # not always the same window
+
+
+def test_hard_negative_training_mines_and_uses_the_mined_windows(tmp_path):
+    """With ``hard_negatives`` the loop mines after ``mine_after`` of the budget, every
+    ``mine_every`` steps, and records each pass; a share that leaves no room for a pair is refused."""
+    from model.detector import DetectorTrainConfig, train_detector
+    from model.watermarks import WatermarkRenderer
+
+    paths = []
+    for i, arr in enumerate(_photos()):
+        paths.append(str(tmp_path / f"{i}.png"))
+        PILImage.fromarray(arr).save(paths[-1])
+    cfg = DetectorTrainConfig(steps=12, crop=64, batch_size=8, val_samples=6, train_families=("text",),
+                              hard_negatives=0.25, mine_every=5, mine_after=0.25, cpu_bf16=False)
+    _, report = train_detector(paths, WatermarkRenderer(seed=0), cfg)
+    passes = report["hard_negative_mining"]
+    # a step sees the budget used up to the step before: 3 of 12 steps done at step 4, then 5 steps on
+    assert [p["step"] for p in passes] == [4, 9]
+    assert all(p["cells"] == 2 * 2 * len(paths) for p in passes)  # 2 per photo at 384 and 768 px
+    assert report["steps"] == 12
+    with pytest.raises(ValueError, match="hard_negatives"):
+        train_detector(paths, WatermarkRenderer(seed=0), DetectorTrainConfig(steps=2, crop=64, batch_size=4,
+                                                                             hard_negatives=0.9))
 
 
 def test_label_band():
