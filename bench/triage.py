@@ -31,6 +31,7 @@ from _common import offline_photo_files, write_results
 from PIL import Image
 
 from model.detector import (
+    SCORE_SCALES,
     DetectorTrainConfig,
     best_accuracy_threshold,
     build_validation_set,
@@ -100,23 +101,23 @@ def test_set(paths: list[str], renderer, holdout, rng) -> tuple[list, np.ndarray
     return images, np.asarray(labels), names
 
 
-def run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths) -> dict:  # noqa: ANN001
+def run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths, scales) -> dict:  # noqa: ANN001
     """Threshold picked on ``cal_paths`` (100 whole images, half with a held-out-family mark;
     the same images whatever the detector's training seed), tested on ``test_paths``."""
     cal_imgs, cal_labels = build_validation_set(cal_paths, renderer, holdout, 100, seed=0)
-    cal_scores = score_images(model, cal_imgs)
+    cal_scores = score_images(model, cal_imgs, scales)
     thr = best_accuracy_threshold(cal_scores, cal_labels)
     band_cal = calibrate(cal_scores, cal_labels, 0.98)
     rng = np.random.default_rng(123)
     images, labels, names = test_set(test_paths, renderer, holdout, rng)
     t1 = time.perf_counter()
-    scores = score_images(model, images)
+    scores = score_images(model, images, scales)
     score_s = time.perf_counter() - t1
     # the same photos marked with the training families: the gap to the held-out ones is what
     # the detector memorised rather than learnt
     seen_imgs = [renderer.render(np.asarray(Image.open(p).convert("RGB")), rng,
                                  family=str(rng.choice(train_fams))).composite for p in test_paths]
-    seen_scores = score_images(model, seen_imgs)
+    seen_scores = score_images(model, seen_imgs, scales)
     return {"thr": thr, "band": band_cal, "images": images, "labels": labels, "names": names, "scores": scores,
             "pred": scores >= thr, "seen_scores": seen_scores, "seen_pred": seen_scores >= thr,
             "images_per_s": len(images) / score_s}
@@ -146,6 +147,9 @@ def main() -> None:
     ap.add_argument("--top-fraction", type=float, default=DetectorTrainConfig.score_top_fraction,
                     help="score whole images by the mean of this top fraction of cell logits (default: the LSE "
                     "image logit); with --score it overrides the saved detector's choice")
+    ap.add_argument("--scales", default=",".join(map(str, SCORE_SCALES)),
+                    help="long sides whole images are scored at, the score being the maximum over them (default: "
+                    "as triage, model.detector.SCORE_SCALES; 384,768 was the default before 2026-11-26)")
     ap.add_argument("--score", type=Path, metavar="DETECTOR_PT",
                     help="no training: test this saved detector (e.g. an earlier run's --out DIR/detector.pt)")
     ap.add_argument("--out", type=Path, help="also save the detector, every test score and a sheet of the test "
@@ -153,6 +157,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     holdout = tuple(args.holdout.split(","))
+    scales = tuple(int(x) for x in args.scales.split(","))
     train_fams = detector_train_families(holdout, Settings.model_fields["detector_skip_families"].default)
     if args.train_families:
         train_fams = tuple(args.train_families.split(","))
@@ -194,11 +199,11 @@ def main() -> None:
                    f"seed {cfg.seed}, {args.threads} threads)")
         if report["hard_negative_mining"]:
             print("mining:", report["hard_negative_mining"])
-    trained += f"; whole images scored by {_pool(model)}"
+    trained += f"; whole images scored by {_pool(model)}, at long side {' and '.join(map(str, scales))} px"
     # Two folds: the calibration and test photos swap roles, so every one of the 45 photos is
     # tested once, with a threshold picked on the other group (never on itself).
-    a = run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths)
-    b = run_fold(model, renderer, holdout, train_fams, test_paths, cal_paths)
+    a = run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths, scales)
+    b = run_fold(model, renderer, holdout, train_fams, test_paths, cal_paths, scales)
     labels = np.r_[a["labels"], b["labels"]]
     scores = np.r_[a["scores"], b["scores"]]
     pred = np.r_[a["pred"], b["pred"]]  # called watermarked at its fold's threshold
@@ -215,7 +220,7 @@ def main() -> None:
     seen = {"accuracy": float((seen_pred == seen_labels).mean()), "roc_auc": roc_auc(seen_scores, seen_labels)}
     print(f"same photos, training families {train_fams}: accuracy {seen['accuracy']:.3f} ROC-AUC {seen['roc_auc']:.3f}")
     # the photos with a real watermark: how many of the test's clean photos score above each
-    real_scores = score_images(model, [Image.open(p).convert("RGB") for p in real]) if real else np.array([])
+    real_scores = score_images(model, [Image.open(p).convert("RGB") for p in real], scales) if real else np.array([])
     clean_scores = scores[~labels]
     real_rows = [{"photo": p.name, "score": round(float(r), 4), "flagged": bool(r >= a["thr"]),
                   "clean_above": int((clean_scores >= r).sum())} for p, r in zip(real, real_scores)]
@@ -270,7 +275,7 @@ def main() -> None:
                              "images_per_s": round(ips, 2),
                              "train_steps": steps, "train_minutes": round(train_min, 2),
                              "scored_saved_detector": str(args.score) if args.score else None,
-                             "score_top_fraction": model.score_top_fraction,
+                             "score_top_fraction": model.score_top_fraction, "scales": list(scales),
                              "holdout_families": list(holdout), "band_0_98": band,
                              "seen_families": seen, "real_watermarks": real_rows}, body)
 

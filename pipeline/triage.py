@@ -21,6 +21,7 @@ import numpy as np
 from sqlalchemy import or_, select
 
 from model.detector import (
+    SCORE_SCALES,
     Calibration,
     DetectorTrainConfig,
     calibrate,
@@ -62,6 +63,7 @@ def load_promoted_detector(catalog: Catalog, blobs: BlobStore) -> LoadedDetector
         version, key, cfg = m.version, m.checkpoint_key, dict(m.config)
     model, _ = detector_from_bytes(blobs.get(key))
     cal = Calibration(**cfg["calibration"])
+    # a detector is always scored at the scales it was calibrated at (two, before they were recorded)
     return LoadedDetector(model, version, cal, cfg.get("scales", (384, 768)))
 
 
@@ -145,7 +147,7 @@ def train_and_register(
         "val_images": len(val_paths),
         "val_families": list(val_fams),
     }
-    config = {"widths": model.config["widths"], "scales": [384, 768], "calibration": cal.__dict__,
+    config = {"widths": model.config["widths"], "scales": list(SCORE_SCALES), "calibration": cal.__dict__,
               "train": report["config"], "train_families": list(train_fams), "val_families": list(val_fams)}
     _, key = blobs.put(detector_to_bytes(model, version=version))
     with catalog.write() as s:

@@ -81,6 +81,7 @@ def test_cold_start_trains_registers_and_labels_everything(tiny_settings, catalo
         assert "roc_auc" in m.metrics and m.metrics["val_families"] == ["tiled", "badge"]
         assert m.config["train_families"] == ["text", "logo"]  # "shape" skipped, tiled and badge held out
         assert m.config["train"]["hard_negatives"] == 0.25 and m.config["train"]["mine_every"] == 3
+        assert m.config["scales"] == [768]  # scored as it was calibrated
         assert [p["step"] for p in m.metrics["hard_negative_mining"]] == [3, 6]  # 8 steps: mined from 20 %
         assert blobs.exists(m.checkpoint_key)
         for img in s.query(Image):
@@ -347,7 +348,7 @@ def test_hard_negative_training_mines_and_uses_the_mined_windows(tmp_path):
     passes = report["hard_negative_mining"]
     # a step sees the budget used up to the step before: 3 of 12 steps done at step 4, then 5 steps on
     assert [p["step"] for p in passes] == [4, 9]
-    assert all(p["cells"] == 2 * 2 * len(paths) for p in passes)  # 2 per photo at 384 and 768 px
+    assert all(p["cells"] == 2 * len(paths) for p in passes)  # 2 per photo, each scored whole once (≤ 768 px)
     assert report["steps"] == 12
     with pytest.raises(ValueError, match="hard_negatives"):
         train_detector(paths, WatermarkRenderer(seed=0), DetectorTrainConfig(steps=2, crop=64, batch_size=4,
