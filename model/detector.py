@@ -569,12 +569,16 @@ def train_detector(
     losses: list[float] = []
     step = 0
     model.train()
-    n_hard = round(config.hard_negatives * config.batch_size) if config.hard_negatives else 0
-    if not 0 <= n_hard <= config.batch_size - 2:
+    # at least one window per batch when asked for any (a small batch would round a share to none)
+    n_hard = max(1, round(config.hard_negatives * config.batch_size)) if config.hard_negatives > 0 else 0
+    if config.hard_negatives < 0 or n_hard > config.batch_size - 2:
         raise ValueError(f"hard_negatives must leave room for one pair in the batch, not {config.hard_negatives}")
+    if n_hard and config.mine_every < 1:
+        raise ValueError(f"mine_every must be at least 1 step, not {config.mine_every}")
     hard: list[HardCell] = []
     mining: list[dict] = []
     last_mined = -config.mine_every
+    hard_windows = 0
     for step in range(1, config.steps + 1):
         if n_hard and done >= config.mine_after and step - last_mined >= config.mine_every:
             sample = list(cache.paths)
@@ -611,6 +615,7 @@ def train_detector(
             xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
             ms.append(torch.zeros(1, config.crop, config.crop, dtype=torch.bool))
             ys.append(0.0)
+            hard_windows += 1
         x = torch.stack(xs).float() / 255.0
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -651,6 +656,7 @@ def train_detector(
         "val_images_per_s": round(len(vimgs) / max(score_s, 1e-9), 2),
         "unreadable_training_images": len(cache.unreadable),
         "hard_negative_mining": mining,
+        "hard_negative_windows": hard_windows,
         "config": asdict(config),
     }
     report["_val_scores"] = scores.tolist()

@@ -350,9 +350,14 @@ def test_hard_negative_training_mines_and_uses_the_mined_windows(tmp_path):
     assert [p["step"] for p in passes] == [4, 9]
     assert all(p["cells"] == 2 * len(paths) for p in passes)  # 2 per photo, each scored whole once (≤ 768 px)
     assert report["steps"] == 12
-    with pytest.raises(ValueError, match="hard_negatives"):
+    assert report["hard_negative_windows"] == 2 * 9  # two of each batch of 8, from step 4 to 12
+    for bad in (0.9, -0.25):
+        with pytest.raises(ValueError, match="hard_negatives"):
+            train_detector(paths, WatermarkRenderer(seed=0), DetectorTrainConfig(steps=2, crop=64, batch_size=4,
+                                                                                 hard_negatives=bad))
+    with pytest.raises(ValueError, match="mine_every"):
         train_detector(paths, WatermarkRenderer(seed=0), DetectorTrainConfig(steps=2, crop=64, batch_size=4,
-                                                                             hard_negatives=0.9))
+                                                                             hard_negatives=0.1, mine_every=0))
 
 
 def test_label_band():
