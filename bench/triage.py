@@ -138,8 +138,9 @@ def main() -> None:
     ap.add_argument("--cell-pos-weight", type=float, default=DetectorTrainConfig.cell_pos_weight)
     ap.add_argument("--photometric", type=float, default=DetectorTrainConfig.photometric,
                     help="chance a training view is recoloured (model.detector.recolour)")
-    ap.add_argument("--hard-negatives", type=float, default=DetectorTrainConfig.hard_negatives,
-                    help="fraction of each batch drawn from mined hard negatives (model.detector.mine_hard_cells)")
+    ap.add_argument("--hard-negatives", type=float, default=Settings.model_fields["detector_hard_negatives"].default,
+                    help="fraction of each batch drawn from mined hard negatives (model.detector.mine_hard_cells; "
+                    "default: as the pipeline, Settings.detector_hard_negatives; 0 turns it off)")
     ap.add_argument("--mine-every", type=int, default=DetectorTrainConfig.mine_every,
                     help="steps between two mining passes")
     ap.add_argument("--seed", type=int, default=0, help="the detector's training seed (the test images stay the same)")

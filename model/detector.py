@@ -569,10 +569,12 @@ def train_detector(
     losses: list[float] = []
     step = 0
     model.train()
-    # at least one window per batch when asked for any (a small batch would round a share to none)
+    if not 0 <= config.hard_negatives < 1:
+        raise ValueError(f"hard_negatives is a share of the batch in [0, 1), not {config.hard_negatives}")
+    # at least one window a batch when asked for any (a small batch would round a share to none),
+    # and always room for one pair
     n_hard = max(1, round(config.hard_negatives * config.batch_size)) if config.hard_negatives > 0 else 0
-    if config.hard_negatives < 0 or n_hard > config.batch_size - 2:
-        raise ValueError(f"hard_negatives must leave room for one pair in the batch, not {config.hard_negatives}")
+    n_hard = max(0, min(n_hard, config.batch_size - 2))
     if n_hard and config.mine_every < 1:
         raise ValueError(f"mine_every must be at least 1 step, not {config.mine_every}")
     hard: list[HardCell] = []

@@ -351,7 +351,11 @@ def test_hard_negative_training_mines_and_uses_the_mined_windows(tmp_path):
     assert all(p["cells"] == 2 * len(paths) for p in passes)  # 2 per photo, each scored whole once (≤ 768 px)
     assert report["steps"] == 12
     assert report["hard_negative_windows"] == 2 * 9  # two of each batch of 8, from step 4 to 12
-    for bad in (0.9, -0.25):
+    # a share too large for the batch leaves room for one pair: 0.9 of 4 is 2 windows and 1 pair
+    cfg.hard_negatives, cfg.batch_size = 0.9, 4
+    _, report = train_detector(paths, WatermarkRenderer(seed=0), cfg)
+    assert report["hard_negative_windows"] == 2 * 9
+    for bad in (1.0, -0.25):
         with pytest.raises(ValueError, match="hard_negatives"):
             train_detector(paths, WatermarkRenderer(seed=0), DetectorTrainConfig(steps=2, crop=64, batch_size=4,
                                                                                  hard_negatives=bad))
