@@ -607,10 +607,7 @@ def train_detector(
                 ys.append(lab)
         for _ in range(n_hard if hard else 0):  # clean windows around the cells that fire most
             cell = hard[int(rng.integers(len(hard)))]
-            img = cache.images.get(cell.path)
-            if img is None:
-                continue
-            v = hard_window(img, cell, config.crop, rng)
+            v = hard_window(cache.images[cell.path], cell, config.crop, rng)  # mined photos are all decoded
             if rng.random() < 0.5:
                 v = v[:, ::-1]
             v, _ = renderer.postprocess(np.ascontiguousarray(v), rng)
