@@ -3,7 +3,7 @@
 Each sample, in order:
 
 1. **Load** the photo (RGB, EXIF orientation applied; large JPEGs decoded at a reduced scale
-   that still leaves at least twice the crop size).
+   that still leaves at least twice the crop size), kept decoded in a per-process cache.
 2. **Clean-crop augmentation — reaches input and target alike**, because it happens before the
    mark exists (Albumentations 2): geometric — ``RandomResizedCrop`` to ``size``, horizontal
    flip, small rotation; photometric — colour jitter, grayscale, gamma; scene effects — cast
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -156,11 +157,12 @@ class WatermarkPairs(Dataset):
 
     ``renderer`` defaults to ``WatermarkRenderer(seed=seed)``; pass one built with a fixed seed
     (its logo bank depends on it) for a validation set that is the same in every run.
+    ``cache_mb``: decoded photos kept per process (least recently used out first; 0 turns it off).
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], size: int = 256, pairing: str = "supervised",
                  train: bool = True, seed: int = 0, samples_per_image: int = 1,
-                 renderer: WatermarkRenderer | None = None, context: float = 1.0):
+                 renderer: WatermarkRenderer | None = None, context: float = 1.0, cache_mb: float = 256.0):
         if pairing not in PAIRINGS:
             raise ValueError(f"unknown pairing {pairing!r}: {' or '.join(PAIRINGS)}")
         if not paths:
@@ -183,6 +185,11 @@ class WatermarkPairs(Dataset):
         self.shared_stage = shared_artifacts()
         self.input_stage = input_artifacts()
         self._draws = 0
+        # Decoded photos, least recently used first, up to ``cache_mb`` per process (each loader
+        # worker keeps its own): decoding was a tenth of a sample's cost on a ~100-photo pool.
+        self.cache_bytes = int(max(0.0, cache_mb) * 2**20)
+        self._decoded: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self.paths) * self.samples_per_image
@@ -194,6 +201,24 @@ class WatermarkPairs(Dataset):
         info = get_worker_info()
         worker_seed = info.seed % 2**32 if info is not None else 0
         return np.random.default_rng([self.seed, index, self._draws, worker_seed])
+
+    def _load(self, path: str) -> np.ndarray:
+        """The photo at ``path`` decoded (stage 1), from the cache when it is there. Cached arrays
+        are read-only, so a transform that wrote into its input would fail loudly instead of
+        changing the photo for later samples."""
+        img = self._decoded.get(path)
+        if img is not None:
+            self._decoded.move_to_end(path)
+            return img
+        img = load_rgb(path, min_side=2 * self._canvas)
+        if img.nbytes <= self.cache_bytes:
+            img.setflags(write=False)
+            self._decoded[path] = img
+            self._decoded_bytes += img.nbytes
+            while self._decoded_bytes > self.cache_bytes:
+                _, old = self._decoded.popitem(last=False)
+                self._decoded_bytes -= old.nbytes
+        return img
 
     def _crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.train:
@@ -215,7 +240,7 @@ class WatermarkPairs(Dataset):
             raise IndexError(index)
         rng = self._rng(index)
         path = self.paths[index // self.samples_per_image]
-        clean = self._crop(load_rgb(path, min_side=2 * self._canvas), rng)
+        clean = self._crop(self._load(path), rng)
         view1 = self.renderer.render(clean, rng, postprocess=False)
         marked, mask = view1.composite, view1.mask
         if self.pairing == "supervised":

@@ -182,7 +182,10 @@ def _contrasting(colour: np.ndarray) -> np.ndarray:
 
 
 def _luma(img: np.ndarray) -> float:
-    return float(img.reshape(-1, 3).mean(axis=0) @ np.array([0.299, 0.587, 0.114])) / 255.0
+    """Mean luma of an RGB uint8 image in [0, 1]. cv2.mean: 0.07 ms at 512² where numpy's mean over
+    a reshaped view took 1.5-5 ms (it was a tenth of a training sample's cost)."""
+    means = cv2.mean(np.ascontiguousarray(img))[:3]
+    return float(np.dot(means, [0.299, 0.587, 0.114])) / 255.0
 
 
 # --- procedural logos ---------------------------------------------------------------------------

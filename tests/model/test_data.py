@@ -240,6 +240,28 @@ def test_small_photos_are_upscaled_for_validation(photos, renderer):
     assert ds[0]["input"].shape == (3, 64, 64)
 
 
+def test_decoded_photos_are_cached_within_budget_without_changing_samples(photos, renderer, tmp_path):
+    cached = WatermarkPairs(photos, size=64, seed=8, samples_per_image=3, renderer=renderer)
+    plain = WatermarkPairs(photos, size=64, seed=8, samples_per_image=3, renderer=renderer, cache_mb=0)
+    for i in list(range(len(cached))) * 2:  # the second round comes from the cache
+        a, b = cached.sample(i), plain.sample(i)
+        for key in ("input", "target", "mask", "clean"):
+            assert np.array_equal(a[key], b[key]), (i, key)
+    assert set(cached._decoded) == set(photos) and not plain._decoded
+    assert all(not img.flags.writeable for img in cached._decoded.values())
+    # a cached photo is not read again (here: gone from disk), and the budget holds
+    copy = tmp_path / "only.png"
+    copy.write_bytes(open(photos[3], "rb").read())
+    one = WatermarkPairs([str(copy), photos[0]], size=64, seed=9, renderer=renderer, cache_mb=0.15)  # ~1 photo
+    one.sample(0)
+    copy.unlink()
+    assert one.sample(0)["input"].shape == (64, 64, 3)
+    one.sample(1)  # the other photo pushes it out
+    assert one._decoded_bytes <= one.cache_bytes and list(one._decoded) == [photos[0]]
+    with pytest.raises(FileNotFoundError):
+        one.sample(0)
+
+
 def test_bad_arguments(photos, renderer):
     with pytest.raises(ValueError, match="pairing"):
         WatermarkPairs(photos, pairing="both", renderer=renderer)

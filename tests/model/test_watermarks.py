@@ -183,3 +183,12 @@ def test_any_image_shape_renders(renderer, shape):
             w = renderer.render(img, np.random.default_rng(seed), family=fam)
             assert w.composite.shape == img.shape and w.mask.shape == shape
             assert np.array_equal(w.raw[~w.mask], img[~w.mask])
+
+
+def test_luma_is_the_mean_luma_of_any_view():
+    from model.watermarks import _luma
+
+    img = np.random.default_rng(3).integers(0, 256, (61, 47, 3), dtype=np.uint8)
+    for view in (img, img[:, ::-1], img[5:50, 3:40], np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)):
+        want = float(view.reshape(-1, 3).astype(np.float64).mean(axis=0) @ np.array([0.299, 0.587, 0.114])) / 255.0
+        assert _luma(view) == pytest.approx(want, abs=1e-12)
