@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     detector_skip_families: str = "shape"
     # Share of each detector training batch drawn from hard negatives: clean windows around the
     # cells that fire most on the clean training photos scored whole, re-mined every
-    # detector_mine_every steps (model.detector.mine_hard_cells). Three 40-minute seeds with 0.25
-    # against two without: mean accuracy 0.881 vs 0.839, images left uncertain 29 % vs 48 %
+    # detector_mine_every steps (model.detector.mine_hard_cells). Four 40-minute seeds with 0.25
+    # against two without: mean accuracy 0.883 vs 0.839, images left uncertain 31 % vs 48 %
     # (bench/RESULTS.md, triage); 0 turns it off.
     detector_hard_negatives: float = 0.25
     detector_mine_every: int = 1000
