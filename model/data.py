@@ -221,8 +221,10 @@ class WatermarkPairs(Dataset):
         return img
 
     def _crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A writable crop of ``img`` (never a view of a cached photo)."""
         if self.train:
-            return apply(self.clean_stage, rng, img)["image"]
+            out = apply(self.clean_stage, rng, img)["image"]
+            return out.copy() if np.shares_memory(out, img) else out
         h, w = img.shape[:2]
         if min(h, w) < self.size:
             s = self.size / min(h, w)
@@ -231,7 +233,7 @@ class WatermarkPairs(Dataset):
             h, w = img.shape[:2]
         y = int(rng.integers(0, h - self.size + 1))
         x = int(rng.integers(0, w - self.size + 1))
-        return np.ascontiguousarray(img[y : y + self.size, x : x + self.size])
+        return np.array(img[y : y + self.size, x : x + self.size])  # a copy, even of a whole-width crop
 
     def sample(self, index: int) -> dict[str, np.ndarray | str | dict]:
         """Item ``index`` as numpy arrays (uint8 images, bool mask) plus the mark's family and

@@ -249,6 +249,13 @@ def test_decoded_photos_are_cached_within_budget_without_changing_samples(photos
             assert np.array_equal(a[key], b[key]), (i, key)
     assert set(cached._decoded) == set(photos) and not plain._decoded
     assert all(not img.flags.writeable for img in cached._decoded.values())
+    # a photo exactly one crop wide: the validation crop is a copy, not a view of the cached photo
+    exact = tmp_path / "exact.png"
+    Image.fromarray(_photo(7, 80, 64)).save(exact)
+    val = WatermarkPairs([str(exact)], size=64, train=False, seed=3, renderer=renderer)
+    first = val.sample(0)
+    assert np.array_equal(val.sample(0)["clean"], first["clean"])
+    assert val._crop(val._load(str(exact)), np.random.default_rng(0)).flags.writeable
     # a cached photo is not read again (here: gone from disk), and the budget holds
     copy = tmp_path / "only.png"
     copy.write_bytes(open(photos[3], "rb").read())
