@@ -224,7 +224,7 @@ class WatermarkPairs(Dataset):
         """A writable crop of ``img`` (never a view of a cached photo)."""
         if self.train:
             out = apply(self.clean_stage, rng, img)["image"]
-            return out.copy() if np.shares_memory(out, img) else out
+            return out.copy() if np.may_share_memory(out, img) else out  # bounds only: O(1)
         h, w = img.shape[:2]
         if min(h, w) < self.size:
             s = self.size / min(h, w)
