@@ -1,6 +1,6 @@
 """Synthetic data benchmark: (watermarked, target, mask) triplets per second per core at 256 px.
 
-    python bench/synth.py [--n 400] [--size 256] [--context 1] [--images DIR]
+    python bench/synth.py [--n 400] [--size 256] [--context 1] [--images DIR] [--workers N]
 
 One process, one thread everywhere (torch, OpenCV, BLAS), reading photos from disk as training
 does: decode, augment, watermark, artifacts, tensors (``model.data.WatermarkPairs``). The rate per
@@ -10,6 +10,11 @@ else the sample photos that ship with scikit-image, scikit-learn and matplotlib.
 
 Writes ``bench/results/synth.json`` (``triplets_per_s_per_core``), appends to ``bench/RESULTS.md``
 and saves a contact sheet of 64 samples to ``bench/out/synth_contact_sheet.png``.
+
+``--workers N`` also times what training's DataLoader delivers (batches of 8, wall-clock pairs/s)
+with N worker processes, once started under ``model.data.one_opencv_thread`` (OpenCV on one thread in
+each worker, as ``model.train`` starts them) and once without it (every worker inherits this
+process's OpenCV pool: ``--opencv-threads``, default one per core).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -30,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import BENCH, offline_photo_files, write_results  # noqa: E402
 
-from model.data import WatermarkPairs, split_paths  # noqa: E402
+from model.data import WatermarkPairs, one_opencv_thread, split_paths  # noqa: E402
 from model.watermarks import FAMILIES, WatermarkRenderer  # noqa: E402
 
 GOAL = 25.0
@@ -45,6 +51,24 @@ def measure(ds: WatermarkPairs, n: int) -> dict:
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     assert item["input"].shape == (3, ds.size, ds.size)
     return {"per_core": n / cpu, "wall": n / wall, "cpu_s": cpu, "wall_s": wall}
+
+
+def loader_rate(ds: WatermarkPairs, workers: int, init: bool, n: int, batch: int = 8) -> float:
+    """Wall-clock pairs/s a DataLoader with ``workers`` processes delivers, after its first batches."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=False)
+    with one_opencv_thread() if init else contextlib.nullcontext():
+        it = iter(loader)  # the workers fork here
+    for _ in range(2 * workers):  # start-up: processes forked, fonts and photos warmed
+        next(it)
+    t = time.perf_counter()
+    batches = max(1, n // batch)
+    for _ in range(batches):
+        next(it)
+    rate = batches * batch / (time.perf_counter() - t)
+    del it
+    return rate
 
 
 def per_family_ms(renderer: WatermarkRenderer, size: int, reps: int = 40) -> dict[str, float]:
@@ -87,6 +111,11 @@ def main() -> None:
     ap.add_argument("--context", type=float, default=1.0,
                     help="training marks drawn on a canvas this many times the crop (quick-cpu: 2; see WatermarkPairs)")
     ap.add_argument("--images", type=Path, default=None, help="folder of photos (default: the shared corpus)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="also time a DataLoader with this many workers, started with and without one_opencv_thread")
+    ap.add_argument("--opencv-threads", type=int, default=-1,
+                    help="this process's OpenCV pool while the workers are started without one_opencv_thread "
+                    "(default -1: OpenCV's default, one thread per core)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -113,6 +142,18 @@ def main() -> None:
     val = WatermarkPairs(val_paths, size=args.size, train=False, seed=1, renderer=renderer)
     results["validation"] = measure(val, min(args.n, 4 * len(val)))
     families = per_family_ms(renderer, args.size)
+    loader = {}
+    if args.workers:
+        ds = WatermarkPairs(train_paths, size=args.size, train=True, seed=0, renderer=renderer, context=args.context,
+                            samples_per_image=64)
+        cv2.setNumThreads(args.opencv_threads)  # -1: OpenCV's default pool, as a training process has it
+        pool = cv2.getNumThreads()
+        for init in (False, True, False, True):  # interleaved, so drift in the machine's load hits both
+            loader.setdefault("init" if init else "default", []).append(loader_rate(ds, args.workers, init, args.n))
+        cv2.setNumThreads(1)
+        loader = {k: round(float(np.mean(v)), 1) for k, v in loader.items()}
+        print(f"DataLoader, {args.workers} workers: {loader['default']:.1f} pairs/s with OpenCV's pool of {pool} "
+              f"threads in each, {loader['init']:.1f} with one", flush=True)
 
     sheet = BENCH / "out" / "synth_contact_sheet.png"
     contact_sheet(WatermarkPairs(train_paths, size=args.size, train=True, seed=7, renderer=renderer), sheet)
@@ -130,6 +171,8 @@ def main() -> None:
         "images": source,
         "renderer_init_cpu_s": round(init_s, 2),
         "render_ms_per_family": {k: round(v, 2) for k, v in families.items()},
+        **({"loader_workers": args.workers, "loader_opencv_pool": pool, "loader_pairs_per_s_opencv_pool": loader["default"],
+            "loader_pairs_per_s_one_thread": loader["init"]} if loader else {}),
         "scripts": renderer.available_scripts(),
         "contact_sheet": str(sheet.relative_to(BENCH.parent)),
     }
@@ -137,6 +180,10 @@ def main() -> None:
         f"| {k} | {results[k]['per_core']:.1f} | {results[k]['wall']:.1f} |"
         for k in ("supervised", "self-supervised", "validation"))
     fam = ", ".join(f"{k} {v:.1f} ms" for k, v in families.items())
+    loader_line = (f"DataLoader with {args.workers} workers, batches of 8 (mean of two passes each, wall clock): "
+                   f"{loader['default']:.1f} pairs/s with the workers inheriting this process's OpenCV pool of {pool} "
+                   f"thread(s), "
+                   f"{loader['init']:.1f} started under `one_opencv_thread` (one thread).\n" if loader else "")
     body = f"""
 {args.n} items per pairing, {args.size} px (marks drawn on a canvas {args.context:g}× the crop), from {len(train_paths)} photos in {source}; one thread
 (torch, OpenCV, BLAS). Per core = items / CPU seconds of the process; wall = items / elapsed
@@ -149,7 +196,7 @@ seconds (inflated by whatever else runs on the machine). Goal: {GOAL:.0f} triple
 **triplets_per_s_per_core = {sup:.1f}** ({"meets" if sup >= GOAL else "misses"} the goal of {GOAL:.0f}).
 Renderer start-up (font discovery, cmap checks, phrase bank): {init_s:.2f} CPU s, once per process.
 One render without post-processing: {fam}.
-Scripts drawn: {", ".join(renderer.available_scripts())}. Contact sheet: `{figures['contact_sheet']}`.
+{loader_line}Scripts drawn: {", ".join(renderer.available_scripts())}. Contact sheet: `{figures['contact_sheet']}`.
 """
     write_results("synth", figures, body)
     print(body)

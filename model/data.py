@@ -41,7 +41,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import albumentations as A
@@ -55,6 +56,24 @@ from model.watermarks import WatermarkRenderer, channel_max, mark_window, reenco
 
 PAIRINGS = ("supervised", "self-supervised")
 _TARGETS = {"target": "image", "clean": "image"}
+
+
+@contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """OpenCV on one thread inside the block, its thread count restored after. Start a
+    DataLoader's workers in it: forked workers inherit the setting and draw their pairs on one
+    thread each, where by default every worker would run OpenCV's pool of one thread per core (the
+    renderer's resizes, warps and blurs use it: N workers, N×cores threads on the cores).
+
+    Set in the parent, not in each worker: ``cv2.setNumThreads`` called in a forked child whose
+    parent had started the pool hung in 3 of 10 tries here (it waits on threads the child does not
+    have)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> np.ndarray:

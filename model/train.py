@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from model.data import WatermarkPairs
+from model.data import WatermarkPairs, one_opencv_thread
 from model.evaluate import evaluate_pairs, resolve_device
 from model.losses import RemovalLoss
 from model.network import UNet, count_parameters, load_checkpoint, native_bf16, save_checkpoint
@@ -258,8 +258,11 @@ def _changelog(run_dir: Path, line: str) -> None:
 
 
 def _batches(loader: DataLoader) -> Iterator[dict]:
+    with one_opencv_thread():  # the workers fork here (once: they persist) and keep one OpenCV thread
+        it = iter(loader)
     while True:
-        yield from loader
+        yield from it
+        it = iter(loader)
 
 
 def _rng_state() -> dict:

@@ -15,7 +15,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from model.data import WatermarkPairs, clean_augmentations, load_rgb, shared_artifacts, split_paths
+from model.data import (
+    WatermarkPairs,
+    clean_augmentations,
+    load_rgb,
+    one_opencv_thread,
+    shared_artifacts,
+    split_paths,
+)
 from model.watermarks import WatermarkRenderer, channel_max
 from storage.queries import split_for
 
@@ -146,6 +153,32 @@ def test_workers_draw_different_samples(photos, renderer):
     inputs = [b["input"][0] for b in loader]
     digests = {hashlib.sha256(x.numpy().tobytes()).hexdigest() for x in inputs}
     assert len(digests) == 8
+
+
+class _OpenCVThreads(torch.utils.data.Dataset):
+    """Reports the OpenCV thread count of the process that draws the item."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return cv2.getNumThreads()
+
+
+def test_loader_workers_started_in_one_opencv_thread_keep_one():
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    cv2.GaussianBlur(np.zeros((1024, 1024), np.float32), (15, 15), 3)  # the pool is running
+    try:
+        plain = [int(x) for x in DataLoader(_OpenCVThreads(), batch_size=None, num_workers=1)]
+        with one_opencv_thread():
+            it = iter(DataLoader(_OpenCVThreads(), batch_size=None, num_workers=1))
+        assert cv2.getNumThreads() == 3  # restored in this process
+        one = [int(x) for x in it]
+    finally:
+        cv2.setNumThreads(before)
+    assert plain == [3, 3]  # a forked worker inherits the pool
+    assert one == [1, 1]
 
 
 def _only(stage, name):

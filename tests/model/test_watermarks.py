@@ -192,3 +192,57 @@ def test_luma_is_the_mean_luma_of_any_view():
     for view in (img, img[:, ::-1], img[5:50, 3:40], np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)):
         want = float(view.reshape(-1, 3).astype(np.float64).mean(axis=0) @ np.array([0.299, 0.587, 0.114])) / 255.0
         assert _luma(view) == pytest.approx(want, abs=1e-12)
+
+
+def _whole_image_vary_alpha(layer, rng):
+    """The ramp as it was computed before it was cut to the mark's box: over every pixel."""
+    import math
+
+    H, W = layer.shape[:2]
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    low = float(rng.uniform(0.3, 0.8))
+    if rng.random() < 0.5:
+        t = float(rng.uniform(0, 2 * math.pi))
+        ramp = xx * math.cos(t) + yy * math.sin(t)
+        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+    else:
+        cx, cy = rng.uniform(0, W), rng.uniform(0, H)
+        ramp = 1.0 - np.clip(np.hypot(xx - cx, yy - cy) / math.hypot(H, W), 0, 1)
+    layer *= (low + (1.0 - low) * ramp)[..., None]
+
+
+def _whole_image_adjust_under(layer, clean, rng):
+    from model.watermarks import _over
+
+    support = (layer[..., 3] > 0.02).astype(np.float32)
+    k = max(3, (min(clean.shape[:2]) // 32) | 1)
+    region = cv2.GaussianBlur(cv2.dilate(support, np.ones((k, k), np.uint8)), (k, k), 0)
+    gain, bias = float(rng.uniform(0.6, 1.3)), float(rng.uniform(-0.15, 0.15))
+    adjusted = np.clip((clean.astype(np.float32) / 255.0 - 0.5) * gain + 0.5 + bias, 0, 1)
+    under = np.concatenate([adjusted * region[..., None], region[..., None]], axis=-1)
+    mark = layer.copy()
+    layer[:] = under
+    _over(layer, mark, 0, 0)
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (173, 301), (301, 140)])
+def test_modifiers_computed_in_the_marks_box_match_the_whole_image(renderer, shape):
+    # _vary_alpha and _adjust_under only touch a box around the mark (a few times faster at 512 px);
+    # what they draw must be what the whole-image computation drew, marks at the edges included.
+    clean = np.ascontiguousarray(np.resize(photo_like(max(shape)), shape + (3,)))
+    for seed in range(24):
+        rng = np.random.default_rng(seed)
+        layer = np.zeros(shape + (4,), np.float32)
+        getattr(renderer, f"_draw_{('text', 'logo', 'badge', 'shape')[seed % 4]}")(layer, clean, rng, {})
+        a, b = layer.copy(), layer.copy()
+        _whole_image_vary_alpha(a, np.random.default_rng(100 + seed))
+        renderer._vary_alpha(b, np.random.default_rng(100 + seed), {})
+        assert np.array_equal(a, b)
+        a, b = layer.copy(), layer.copy()
+        _whole_image_adjust_under(a, clean, np.random.default_rng(200 + seed))
+        renderer._adjust_under(b, clean, np.random.default_rng(200 + seed), {})
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    empty = np.zeros(shape + (4,), np.float32)
+    renderer._vary_alpha(empty, np.random.default_rng(0), {})
+    renderer._adjust_under(empty, clean, np.random.default_rng(0), {})
+    assert not empty.any()
