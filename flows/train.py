@@ -32,7 +32,8 @@ def model_version_of(summary: dict) -> str | None:
 
 
 @task(name="train-remover", cache_policy=NO_CACHE)
-def train_task(settings: Settings, profile: str, pairing: str, max_minutes: float | None) -> dict:
+def train_task(settings: Settings, profile: str, pairing: str, max_minutes: float | None,
+               from_scratch: bool = False) -> dict:
     from pipeline import train
 
     since = datetime.now(UTC)
@@ -40,7 +41,8 @@ def train_task(settings: Settings, profile: str, pairing: str, max_minutes: floa
         progress = artifacts.Progress("train-progress", 100, f"training the remover ({profile}, {pairing})")
         with progress.watch(lambda: summaries.training_percent(catalog, since, max_minutes)):
             summary = train.train_remover(catalog, blobs, settings, profile=profile, pairing=pairing,
-                                          max_minutes=max_minutes, log=get_run_logger().info)
+                                          max_minutes=max_minutes, log=get_run_logger().info,
+                                          from_scratch=from_scratch)
     return small(summary)
 
 
@@ -57,13 +59,15 @@ def train(
     max_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)] | None = None,
     perceptual: Perceptual | None = None,
     home: str | None = None,
+    from_scratch: bool = False,
 ) -> dict:
     """Train a remover with ``profile`` (capped at ``max_minutes`` of wall time when given) and
     ``pairing``; ``perceptual`` overrides ``UNMARK_PERCEPTUAL`` (``imagenet`` needs the VGG16
-    weights in the torch cache). Publishes a markdown training report; returns the summary."""
+    weights in the torch cache). A run fine-tunes the promoted remover when its network is the
+    profile's, unless ``from_scratch``. Publishes a markdown training report; returns the summary."""
     settings = flow_settings(home, perceptual=perceptual)
     get_run_logger().info("train: profile=%s pairing=%s max_minutes=%s perceptual=%s",
                           profile, pairing, max_minutes, perceptual or "the profile's choice")
-    summary = train_task(settings, profile, pairing, max_minutes)
+    summary = train_task(settings, profile, pairing, max_minutes, from_scratch)
     training_report(settings, model_version_of(summary))
     return {"profile": profile, "pairing": pairing, **summary}  # the summary records the perceptual choice

@@ -323,8 +323,12 @@ def train(
     log: Callable[[str], None] | None = print,
     renderer=None,  # noqa: ANN001 - a model.watermarks.WatermarkRenderer (None: the default)
     on_epoch: Callable[[list[dict]], None] | None = None,
+    init_weights: str | Path | bytes | None = None,
 ) -> dict:
     """Train, validate each epoch, checkpoint, then score the best model on the test split.
+
+    ``init_weights`` (a checkpoint path or its bytes) starts a fresh run from those weights (fine-tuning with a
+    new schedule); a resumed run ignores it. Its network config must match ``config``'s.
 
     With ``resume`` and a ``last.pt`` in ``run_dir``, training continues after the last finished
     epoch (model, optimiser, schedule, scaler, RNG, history and elapsed time restored).
@@ -342,7 +346,8 @@ def train(
     say = log or (lambda _m: None)
     with run_lock(run_dir):
         return _train_locked([str(p) for p in train_paths], [str(p) for p in val_paths],
-                             [str(p) for p in test_paths], config, run_dir, resume, say, renderer, on_epoch)
+                             [str(p) for p in test_paths], config, run_dir, resume, say, renderer, on_epoch,
+                             init_weights)
 
 
 def fixed_test_set(test_paths: Sequence[str | Path], config: TrainConfig, renderer=None) -> WatermarkPairs:  # noqa: ANN001
@@ -361,7 +366,7 @@ def score_on_test(model: torch.nn.Module, dataset: WatermarkPairs, config: Train
 
 
 def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_dir: Path,  # noqa: ANN001
-                  resume: bool, say: Callable[[str], None], renderer, on_epoch) -> dict:
+                  resume: bool, say: Callable[[str], None], renderer, on_epoch, init_weights) -> dict:
     t_start = time.perf_counter()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -410,6 +415,13 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
     else:
         for stale in ("history.json", "history.csv", "summary.json", "best.pt"):
             (run_dir / stale).unlink(missing_ok=True)
+        if init_weights is not None:
+            start, _ = load_checkpoint(init_weights, map_location=device)
+            if dict(start.config) != dict(model.config):
+                raise ValueError(f"{init_weights} is a {start.config} network, this run builds {model.config}")
+            model.load_state_dict(start.state_dict())
+            source = "given checkpoint bytes" if isinstance(init_weights, bytes) else init_weights
+            _changelog(run_dir, f"initialised from {source}")
         _changelog(run_dir, f"started {config.profile}/{config.pairing} on {len(train_paths)} train, "
                             f"{len(val_paths)} val, {len(test_paths)} test images; perceptual={config.perceptual} "
                             f"({config.perceptual_reason})")

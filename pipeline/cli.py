@@ -74,12 +74,47 @@ def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202
 
 @app.command()
 def init(as_json: JsonOpt = False) -> None:
-    """Create or migrate the catalog."""
-    settings, cat, _ = _open()
+    """Create or migrate the catalog; register the shipped remover when none is promoted."""
+    settings, cat, blobs = _open()
+    from pipeline.registry import register_shipped
     from storage.db import current_revision
 
+    try:
+        shipped = register_shipped(cat, blobs)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     emit({"catalog": cat.engine.url.render_as_string(), "revision": current_revision(cat.engine),
-          "blobs": settings.blob_root}, as_json, "catalog ready")
+          "blobs": settings.blob_root, "registered": shipped or {}}, as_json, "catalog ready")
+
+
+pretrain_app = typer.Typer(no_args_is_help=True, help="Train the models that ship in model/weights/.")
+app.add_typer(pretrain_app, name="pretrain")
+
+
+@pretrain_app.command("remover")
+def pretrain_remover_cmd(
+    images: Annotated[list[str], typer.Option("--images", help="folders of clean photos (repeat the option)")],
+    minutes: Annotated[float, typer.Option(help="wall-time budget of this run, final evaluation included")] = 60.0,
+    resume: Annotated[bool, typer.Option(help="continue the run in UNMARK_HOME/pretrain/remover")] = True,
+    from_scratch: Annotated[bool, typer.Option(help="a fresh run starts from random weights, not the shipped ones")] = False,
+    out: Annotated[str | None, typer.Option(help="where the weights and card go (default model/weights)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train (or continue) the shipped remover on clean photos; write fp16 weights and the model card."""
+    from pipeline.pretrain import WEIGHTS_DIR, pretrain_remover
+
+    settings = _settings()
+    command = "unmark pretrain remover " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unmark pretrain remover"
+    try:
+        result = pretrain_remover(images, settings.home / "pretrain" / "remover", minutes, resume=resume,
+                                  from_scratch=from_scratch, out_dir=out or WEIGHTS_DIR, threads=threads,
+                                  command=command, log=lambda m: err.print(m))
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    emit(result, as_json, "pretrain remover")
 
 
 @app.command("import")
@@ -258,6 +293,7 @@ def train(
     profile: Annotated[str, typer.Option(help="seed|quick-cpu|tiny")] = "quick-cpu",
     pairing: Annotated[str, typer.Option(help="supervised|self-supervised")] = "supervised",
     max_minutes: Annotated[float | None, typer.Option(help="cap the run's wall time (schedule scaled to fit)")] = None,
+    from_scratch: Annotated[bool, typer.Option(help="random start instead of fine-tuning the promoted remover")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a remover on the clean pool, evaluate it on the test split, register it; promote it if better."""
@@ -277,14 +313,16 @@ def train(
     settings, cat, blobs = _open()
     try:
         result = train_step.train_remover(cat, blobs, settings, profile=profile, pairing=pairing,
-                                          max_minutes=max_minutes, log=None if as_json else err.print)
+                                          max_minutes=max_minutes, log=None if as_json else err.print,
+                                          from_scratch=from_scratch)
     except (train_step.NotEnoughImages, VGGWeightsMissing) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if as_json:
         emit(result, True)
         return
-    emit({k: result[k] for k in ("version", "promoted", "profile", "pairing", "perceptual", "epochs", "steps",
+    emit({k: result[k] for k in ("version", "promoted", "started_from", "profile", "pairing", "perceptual",
+                                 "epochs", "steps",
                                  "stopped_by", "train_minutes", "images", "metrics", "run_dir")}, False, "train")
 
 

@@ -149,10 +149,14 @@ def train_remover(
     pairing: str = "supervised",
     max_minutes: float | None = None,
     log: Callable[[str], None] | None = None,
+    from_scratch: bool = False,
 ) -> dict:
     """Train a remover on the clean pool (train/val), evaluate it on the test split against the
     input and inpainting, register it (checkpoint blob, config, metrics, a ``training_runs`` row)
     and promote it when its test PSNR beats the promoted remover's on the same samples.
+
+    A new run starts from the promoted remover's weights (fine-tuning) when its network is the
+    profile's, unless ``from_scratch``; ``result["started_from"]`` says which.
 
     Returns ``{"version", "promoted", "previous", "metrics", "run_dir", ...}``.
     """
@@ -184,9 +188,10 @@ def train_remover(
         with catalog.write() as s:
             s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(history=list(history)))
 
+    started_from, init = ("scratch", None) if from_scratch else _promoted_start(catalog, blobs, config)
     try:
         summary = trainer.train(splits["train"], splits["val"], splits["test"], config, run_dir, resume=True,
-                                log=log, on_epoch=record_epoch)
+                                log=log, on_epoch=record_epoch, init_weights=init)
     except BaseException as exc:
         with catalog.write() as s:
             s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
@@ -238,7 +243,23 @@ def train_remover(
         "images": counts,
         "checkpoint": key,
         "run_dir": str(run_dir),
+        "started_from": started_from,
     }
+
+
+def _promoted_start(catalog: Catalog, blobs: BlobStore, config: trainer.TrainConfig) -> tuple[str, bytes | None]:
+    """(its version, checkpoint bytes) of the promoted remover when its network is the one
+    ``config`` builds, else ("scratch", None)."""
+    with catalog.session() as s:
+        m = q.promoted_model(s, "remover")
+        if m is None or not m.checkpoint_key:
+            return "scratch", None
+        version, key = m.version, m.checkpoint_key
+    data = blobs.get(key)
+    promoted, _ = load_checkpoint(data)
+    if dict(promoted.config) != dict(trainer.build_network(config).config):
+        return "scratch", None
+    return version, data
 
 
 def _challenge_promoted(catalog: Catalog, blobs: BlobStore, config: trainer.TrainConfig, test_paths: list[Path]) -> dict | None:

@@ -212,3 +212,17 @@ def test_cli_train_then_evaluate_json(catalog, blobs, settings, pool, tmp_path):
     assert r.exit_code == 2 and "(0, 1]" in r.output
     r = runner.invoke(app, ["evaluate", "--protocol", "other", "--images", str(images), "--logos", str(logos)], env=env)
     assert r.exit_code == 2 and "unknown protocol" in r.output
+
+
+def test_retraining_fine_tunes_the_promoted_remover_unless_from_scratch(catalog, blobs, settings, pool):
+    first = train_step.train_remover(catalog, blobs, settings, profile="tiny")
+    assert first["started_from"] == "scratch"  # nothing promoted yet
+    second = train_step.train_remover(catalog, blobs, settings, profile="tiny", max_minutes=5)
+    assert second["started_from"] == first["version"]
+    assert "initialised from" in (Path(second["run_dir"]) / "changelog.md").read_text()
+    third = train_step.train_remover(catalog, blobs, settings, profile="tiny", max_minutes=6, from_scratch=True)
+    assert third["started_from"] == "scratch"
+    assert "initialised from" not in (Path(third["run_dir"]) / "changelog.md").read_text()
+    # A promoted network of another shape cannot seed this profile: the run starts from scratch.
+    assert train_step._promoted_start(catalog, blobs, train_step.resolve_config(
+        settings, "quick-cpu", "supervised", None)) == ("scratch", None)

@@ -1,0 +1,167 @@
+"""``unmark pretrain remover``: train the remover that ships in ``model/weights/`` on a folder of
+clean photos (no catalog), resumable across sessions, and write the fp16 weights and their model
+card.
+
+Stages:
+1. ``corpus_paths``: the photos under the given folders, minus any listed as carrying a real
+   overlay (``KNOWN_OVERLAYS``), sorted.
+2. ``model.data.split_paths``: train / val / test by each file's SHA-256, so the held-out photos
+   never move between runs or sessions.
+3. ``model.train.train`` in ``run_dir`` (``UNMARK_HOME/pretrain/remover``): it checkpoints after
+   every epoch (100 steps, well under 10 minutes) and, with ``resume``, continues from
+   ``last.pt``. A fresh run starts from the shipped weights unless ``from_scratch``.
+4. ``export_weights``: the best checkpoint as fp16 (``remover.pt``), the card (``remover.md``) and
+   the data manifest (``remover-manifest.tsv``: sha256, folder, file, split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from model import train as trainer
+from model.data import split_paths
+from model.network import load_checkpoint, save_checkpoint
+from model.watermarks import FAMILIES
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# Photos of ../shared/corpus/voc150 that carry a real overlay (its README): never clean targets.
+KNOWN_OVERLAYS = frozenset({"000011", "000018", "000076", "000086", "000227", "000248", "000265", "000267",
+                            "000319", "000392", "000393"})
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "model" / "weights"
+MARK_BANK = "model.watermarks v1 (families: " + ", ".join(FAMILIES) + ")"
+SPLIT = (0.9, 0.05, 0.05)
+
+
+def corpus_paths(folders: list[str | Path]) -> list[Path]:
+    """Every image file below ``folders`` (sorted, recursive), minus the known real overlays."""
+    out: list[Path] = []
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"no such image folder: {root}")
+        out += [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                and p.stem not in KNOWN_OVERLAYS]
+    if not out:
+        raise FileNotFoundError(f"no images under {', '.join(map(str, folders))}")
+    return sorted(set(out))
+
+
+def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: float, resume: bool = True,
+                     from_scratch: bool = False, out_dir: str | Path = WEIGHTS_DIR, threads: int | None = None,
+                     profile: str = "quick-cpu", command: str = "", log=print) -> dict:  # noqa: ANN001
+    """Train (or continue) the shipped remover for ``minutes`` of wall time, then export it."""
+    if minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    log = log or (lambda _m: None)
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = corpus_paths(folders)
+    train_p, val_p, test_p = ([Path(p) for p in s] for s in split_paths(paths, SPLIT))
+    shipped = Path(out_dir) / "remover.pt"
+    resuming = resume and (run_dir / "last.pt").exists()
+    init = None if (from_scratch or resuming or not shipped.exists()) else shipped
+    config = trainer.profile_config(profile, max_minutes=minutes)
+    log(f"pretrain remover: {len(train_p)} train / {len(val_p)} val / {len(test_p)} test photos, "
+        f"{minutes} min, " + ("resuming" if resuming else f"from {init}" if init else "from scratch"))
+    t0 = time.perf_counter()
+    summary = trainer.train(train_p, val_p, test_p, config, run_dir, resume=resume, log=log, init_weights=init)
+    hours = (time.perf_counter() - t0) / 3600
+    card = export_weights(run_dir, out_dir, summary, {"train": train_p, "val": val_p, "test": test_p},
+                          command=command, hours_this_run=hours, started_from=str(init) if init else
+                          ("resumed run" if resuming else "scratch"))
+    return {**{k: summary[k] for k in ("steps", "epochs", "train_minutes", "best_val_psnr")},
+            "test": summary["test"], "weights": card["weights"], "card": card["card"]}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: dict[str, list[Path]],
+                   command: str, hours_this_run: float, started_from: str) -> dict:
+    """Write ``remover.pt`` (fp16 weights of ``run_dir/best.pt``), ``remover-manifest.tsv`` and
+    ``remover.md``. The training history of earlier sessions is kept in the card's run log."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, extra = load_checkpoint(run_dir / "best.pt")
+    model.half()
+    config = json.loads(extra.get("train_config") or (run_dir / "config.json").read_text())
+    test = summary["test"]
+    metrics = {"psnr": test["model"]["psnr"], "ssim": test["model"]["ssim"],
+               "masked_psnr": test["model"].get("masked_psnr"), "input_psnr": test["input"]["psnr"],
+               "inpaint_psnr": test["inpaint"]["psnr"], "samples": test.get("samples")}
+    weights = save_checkpoint(model, out / "remover.pt", train_config=json.dumps(config),
+                              metrics_json=json.dumps(metrics), steps=summary["steps"])
+    with open(out / "remover-manifest.tsv", "w") as fh:
+        fh.write("sha256\tfolder\tfile\tsplit\n")
+        for split, paths in splits.items():
+            for p in paths:
+                fh.write(f"{_sha256(p)}\t{p.parent.name}\t{p.name}\t{split}\n")
+    log_path = out / "remover-runs.jsonl"
+    run = {"finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "command": command,
+           "started_from": started_from, "steps_total": summary["steps"], "epochs_total": summary["epochs"],
+           "train_minutes_total": summary["train_minutes"], "hours_this_run": round(hours_this_run, 3),
+           "device": summary["device"], "cpu": platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads(), "test": metrics}
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps(run) + "\n")
+    runs = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    card = out / "remover.md"
+    card.write_text(_card(config, summary, metrics, splits, runs, weights))
+    return {"weights": str(weights), "card": str(card)}
+
+
+def _card(config: dict, summary: dict, metrics: dict, splits: dict[str, list[Path]], runs: list[dict],
+          weights: Path) -> str:
+    folders = sorted({p.parent.name for ps in splits.values() for p in ps})
+    hours = sum(r["hours_this_run"] for r in runs)
+    rows = "\n".join(f"| {r['finished_at']} | {r['started_from']} | {r['steps_total']} | {r['hours_this_run']:.2f} | "
+                     f"{r['device']} ({r['threads']} threads) | {r['test']['psnr']:.2f} | {r['test']['input_psnr']:.2f} | "
+                     f"{r['test']['inpaint_psnr']:.2f} |" for r in runs)
+    return f"""# Model card: the shipped remover (`model/weights/remover.pt`)
+
+What it is: the `{config['profile']}` U-Net ({config['parameters']:,} parameters, base {config['base']},
+depth {config['depth']}, mask head, mask-guided output, hardened mask at inference), fp16 weights
+({weights.stat().st_size / 1e6:.1f} MB). `unmark init` registers it as the promoted remover when the
+catalog has none; `unmark train` then trains a challenger that is promoted only if better on the same
+test samples.
+
+## Data
+- Clean photos: {sum(len(v) for v in splits.values())} from `../shared/corpus/` folders {', '.join(folders)}
+  (never the benchmark folders; voc150's real overlays excluded). Split by SHA-256 of each file
+  (90/5/5): {len(splits['train'])} train, {len(splits['val'])} val, {len(splits['test'])} test.
+  Every file with its sha256 and split: `remover-manifest.tsv`.
+- Terms: the corpus photos carry research terms (ImageNet, VOC, BSDS: non-commercial research use;
+  see `../shared/corpus/README.md`); these weights inherit them.
+- Marks: synthetic, drawn on the fly by the mark bank `{MARK_BANK}`.
+
+## Training
+- Command (latest run): `{runs[-1]['command']}`
+- Steps in total: {summary['steps']} ({summary['epochs']} epochs of {config['steps_per_epoch']} steps,
+  batch {config['batch_size']}, {config['size']} px crops), {summary['train_minutes']:.1f} training
+  minutes in this run's schedule, {hours:.2f} hours over all runs below.
+- Loss: {json.dumps(config['loss'])}; perceptual: {config['perceptual']} ({config['perceptual_reason']}).
+
+## Metrics (synthetic test split: fixed samples of the held-out photos, whole image)
+| | PSNR (dB) |
+| --- | --- |
+| this model | {metrics['psnr']:.2f} |
+| the input | {metrics['input_psnr']:.2f} |
+| OpenCV Telea given the true mask | {metrics['inpaint_psnr']:.2f} |
+
+SSIM {metrics['ssim']:.4f}. SWCNN protocol figures are in `bench/RESULTS.md`.
+
+## Runs
+| finished (UTC) | started from | steps (total) | hours | device | test PSNR | input | Telea |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+"""

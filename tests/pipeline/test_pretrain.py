@@ -1,0 +1,110 @@
+"""pipeline/pretrain.py and pipeline/registry.py: training the shipped remover on a folder of
+photos (no catalog), its fp16 export, manifest and card, starting a later run from the shipped
+weights, and ``unmark init`` registering them as the promoted remover."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.network import load_checkpoint
+from pipeline.pretrain import corpus_paths, pretrain_remover
+from pipeline.registry import register_shipped
+from storage import queries as q
+
+
+@pytest.fixture
+def photos(tmp_path):
+    import skimage.data as sd
+    from sklearn.datasets import load_sample_images
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    arrays = [sd.astronaut(), sd.chelsea(), sd.coffee(), sd.rocket(), *load_sample_images().images]
+    for i, a in enumerate(arrays):
+        im = Image.fromarray(np.asarray(a)).convert("RGB")
+        im.thumbnail((112, 112))
+        im.save(folder / ("sub" if i % 2 else ".") / f"{i}.png")
+    Image.fromarray(np.asarray(sd.coffee())).save(folder / "000011.png")  # a listed real overlay
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_corpus_paths_recurse_and_skip_overlays_and_bad_folders(photos, tmp_path):
+    paths = corpus_paths([photos])
+    assert len(paths) == 6 and all(p.suffix == ".png" for p in paths)
+    assert "000011" not in {p.stem for p in paths}
+    with pytest.raises(FileNotFoundError, match="no such image folder"):
+        corpus_paths([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        corpus_paths([tmp_path / "empty"])
+
+
+def test_pretrain_exports_fp16_weights_manifest_and_card_then_continues_from_them(photos, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "weights"
+    with pytest.raises(ValueError, match="minutes must be positive"):
+        pretrain_remover([photos], tmp_path / "run0", 0, out_dir=out, profile="tiny", log=None)
+    first = pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", command="first",
+                             log=None)
+    assert first["steps"] == 4  # tiny: two epochs of two steps
+    payload = torch.load(out / "remover.pt", weights_only=True)
+    assert {t.dtype for t in payload["state_dict"].values() if t.is_floating_point()} == {torch.float16}
+    model, extra = load_checkpoint(out / "remover.pt")  # loads as a float32 network
+    assert next(model.parameters()).dtype == torch.float32 and json.loads(extra["train_config"])["profile"] == "tiny"
+
+    rows = (out / "remover-manifest.tsv").read_text().splitlines()
+    assert rows[0] == "sha256\tfolder\tfile\tsplit" and len(rows) == 7
+    by_file = {r.split("\t")[2]: r.split("\t") for r in rows[1:]}
+    assert by_file["1.png"][0] == hashlib.sha256((photos / "sub" / "1.png").read_bytes()).hexdigest()
+    assert {r[3] for r in by_file.values()} == {"train", "val", "test"}
+    card = (out / "remover.md").read_text()
+    assert "`first`" in card and "| scratch | 4 |" in card and "research" in card
+
+    # A fresh run (a later session: no resume state) starts from the shipped weights.
+    second = pretrain_remover([photos], tmp_path / "run2", 0.5, out_dir=out, profile="tiny", command="second",
+                              log=None)
+    assert second["steps"] == 4
+    assert f"initialised from {out / 'remover.pt'}" in (tmp_path / "run2" / "changelog.md").read_text()
+    card = (out / "remover.md").read_text()
+    assert "`second`" in card and card.count("| 4 |") == 2  # both runs in the run log
+
+
+def test_init_weights_must_match_the_network(photos, tmp_path):
+    out = tmp_path / "weights"
+    pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None)
+    with pytest.raises(ValueError, match="network, this run builds"):
+        pretrain_remover([photos], tmp_path / "run2", 0.5, out_dir=out, profile="quick-cpu", log=None)
+
+
+def test_register_shipped_promotes_once_and_refuses_a_damaged_file(photos, tmp_path, catalog, blobs):
+    out = tmp_path / "weights"
+    assert register_shipped(catalog, blobs, out) is None  # nothing ships: nothing registered
+    pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None)
+    got = register_shipped(catalog, blobs, out)
+    assert got["version"].startswith("remover-shipped-")
+    with catalog.session() as s:
+        m = q.promoted_model(s, "remover")
+        assert m.version == got["version"] and m.config["profile"] == "tiny" and "psnr" in m.metrics
+        assert blobs.get(m.checkpoint_key) == (out / "remover.pt").read_bytes()
+    assert register_shipped(catalog, blobs, out) is None  # already promoted: left alone
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "remover.pt").write_bytes(b"not a checkpoint")
+    from sqlalchemy import update
+
+    from storage.models import Model
+
+    with catalog.write() as s:
+        s.execute(update(Model).values(promoted=False))
+    with pytest.raises(ValueError, match="not a loadable remover checkpoint"):
+        register_shipped(catalog, blobs, bad)
+    with catalog.session() as s:
+        assert q.promoted_model(s, "remover") is None and len(q.list_models(s, "remover")) == 1
