@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from model import train as trainer
+from model.api import WEIGHTS_DIR
 from model.data import split_paths
 from model.network import load_checkpoint, save_checkpoint
 from model.watermarks import FAMILIES
@@ -34,7 +35,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # Photos of ../shared/corpus/voc150 that carry a real overlay (its README): never clean targets.
 KNOWN_OVERLAYS = frozenset({"000011", "000018", "000076", "000086", "000227", "000248", "000265", "000267",
                             "000319", "000392", "000393"})
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "model" / "weights"
 MARK_BANK = "model.watermarks v1 (families: " + ", ".join(FAMILIES) + ")"
 SPLIT = (0.9, 0.05, 0.05)
 

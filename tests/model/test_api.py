@@ -1,0 +1,53 @@
+"""model/api.py: ``Remover.load().clean(image)`` with no catalog: input types, the mask threshold
+and dilation, pixels outside the mask copied exactly, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import Remover
+from model.network import UNet, save_checkpoint
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(base=8, depth=2, mask_head=True, mask_guided=True)
+    with torch.no_grad():  # a mask head that fires on bright pixels, and a head that darkens them
+        net.mask_out.weight.zero_()
+        net.mask_out.bias.fill_(-4.0)
+    return save_checkpoint(net.half(), tmp_path / "r.pt", train_config='{"profile": "tiny"}')
+
+
+def test_clean_keeps_unmasked_pixels_and_takes_pil_grey_and_rgba(checkpoint):
+    torch.set_num_threads(1)
+    r = Remover.load(checkpoint, device="cpu")
+    assert r.config == {"profile": "tiny"} and next(r.network.parameters()).dtype == torch.float32
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    out, mask = r.clean(img)
+    assert out.shape == img.shape and out.dtype == np.uint8 and mask.shape == (37, 53)
+    assert not mask.any() and np.array_equal(out, img)  # mask probability sigmoid(-4) < 0.5
+    out, mask = r.clean(img, threshold=0.01, dilate=0)
+    assert mask.all()
+    out_pil, _ = r.clean(Image.fromarray(img))
+    assert np.array_equal(out_pil, img)
+    grey, _ = r.clean(img[..., 0])
+    assert grey.shape == (37, 53, 3)
+    rgba, _ = r.clean(np.dstack([img, np.full((37, 53), 255, np.uint8)]))
+    assert np.array_equal(rgba, img)
+
+
+def test_bad_input_is_a_clear_error(checkpoint, tmp_path):
+    r = Remover.load(checkpoint, device="cpu")
+    with pytest.raises(ValueError, match="uint8"):
+        r.clean(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        r.clean(np.zeros((8, 8, 2), np.uint8))
+    with pytest.raises(ValueError, match="threshold"):
+        r.clean(np.zeros((8, 8, 3), np.uint8), threshold=1.0)
+    with pytest.raises(FileNotFoundError, match="no remover checkpoint"):
+        Remover.load(tmp_path / "missing.pt")
