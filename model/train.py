@@ -324,11 +324,13 @@ def train(
     renderer=None,  # noqa: ANN001 - a model.watermarks.WatermarkRenderer (None: the default)
     on_epoch: Callable[[list[dict]], None] | None = None,
     init_weights: str | Path | bytes | None = None,
+    eval_renderer=None,  # noqa: ANN001 - the renderer of the val/test samples (None: ``renderer``)
 ) -> dict:
     """Train, validate each epoch, checkpoint, then score the best model on the test split.
 
     ``init_weights`` (a checkpoint path or its bytes) starts a fresh run from those weights (fine-tuning with a
     new schedule); a resumed run ignores it. Its network config must match ``config``'s.
+    ``eval_renderer`` draws the validation and test marks (e.g. from held-out icon identities).
 
     With ``resume`` and a ``last.pt`` in ``run_dir``, training continues after the last finished
     epoch (model, optimiser, schedule, scaler, RNG, history and elapsed time restored).
@@ -347,7 +349,7 @@ def train(
     with run_lock(run_dir):
         return _train_locked([str(p) for p in train_paths], [str(p) for p in val_paths],
                              [str(p) for p in test_paths], config, run_dir, resume, say, renderer, on_epoch,
-                             init_weights)
+                             init_weights, eval_renderer if eval_renderer is not None else renderer)
 
 
 def fixed_test_set(test_paths: Sequence[str | Path], config: TrainConfig, renderer=None) -> WatermarkPairs:  # noqa: ANN001
@@ -366,7 +368,8 @@ def score_on_test(model: torch.nn.Module, dataset: WatermarkPairs, config: Train
 
 
 def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_dir: Path,  # noqa: ANN001
-                  resume: bool, say: Callable[[str], None], renderer, on_epoch, init_weights) -> dict:
+                  resume: bool, say: Callable[[str], None], renderer, on_epoch, init_weights,
+                  eval_renderer) -> dict:
     t_start = time.perf_counter()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -384,7 +387,7 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
                               samples_per_image=config.samples_per_image, renderer=renderer,
                               context=config.mark_context)
     val_ds = WatermarkPairs(val_paths, size=config.eval_size, pairing=config.pairing, train=False, seed=config.seed + 1,
-                            samples_per_image=config.eval_samples_per_image, renderer=renderer)
+                            samples_per_image=config.eval_samples_per_image, renderer=eval_renderer)
     steps_per_epoch = config.steps_per_epoch or max(1, len(train_ds) // config.batch_size)
     budget_s = config.max_minutes * 60.0 if config.max_minutes else None
     wall = budget_s is not None or config.schedule == "wall"
@@ -520,7 +523,7 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
         save_checkpoint(model, run_dir / "best.pt", epoch=state["epoch"], val_psnr=None,
                         train_config=json.dumps(resolved))
     best, _ = load_checkpoint(run_dir / "best.pt", map_location=device)
-    test = score_on_test(best, fixed_test_set(test_paths, config, renderer), config)
+    test = score_on_test(best, fixed_test_set(test_paths, config, eval_renderer), config)
     summary = {
         "profile": config.profile,
         "pairing": config.pairing,

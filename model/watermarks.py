@@ -8,8 +8,9 @@ Families (pick with ``family=`` or restrict with ``families=``):
 - ``tiled``  the stock-photo grid: one phrase repeated in staggered diagonal rows over the whole
              image;
 - ``logo``   logo-like marks pasted whole: multi-colour procedural emblems, white or two-colour
-             wordmarks (an icon beside an invented brand name, as platforms stamp them), plus any
-             RGBA PNGs in ``logo_dir``; half of them with one flat alpha, as photo agencies and
+             wordmarks (an icon beside an invented brand name, as platforms stamp them), with
+             ``icon_logos=N`` N logos composed from installed pictogram sets (``model.icons``, one
+             identity split), plus any RGBA PNGs in ``logo_dir``; half of them with one flat alpha, as photo agencies and
              the SWCNN benchmark do;
 - ``badge``  a filled pill / box / circle carrying a phrase, usually in a corner or along an edge;
 - ``shape``  lines, rectangles and circles (outlined or filled).
@@ -334,7 +335,8 @@ class WatermarkRenderer:
 
     def __init__(self, fonts_dir: str | os.PathLike | None = None, logo_dir: str | os.PathLike | None = None,
                  families: list[str] | tuple[str, ...] | None = None, seed: int | None = None,
-                 min_diff: int = 2, min_mask_fraction: float = 0.003, n_logos: int = 48):
+                 min_diff: int = 2, min_mask_fraction: float = 0.003, n_logos: int = 48,
+                 icon_logos: int = 0, icon_split: str = "train"):
         chosen = tuple(families) if families else FAMILIES
         unknown = set(chosen) - set(FAMILIES)
         if unknown:
@@ -359,6 +361,14 @@ class WatermarkRenderer:
         self._logos = [_wordmark_logo(bank_rng, self.script_fonts.fonts) if wordmarks and i % 2
                        else _procedural_logo(bank_rng, latin) for i in range(n_logos)]
         self._user_logos = load_logos(logo_dir) if logo_dir else []
+        # logos composed from human-designed pictograms (model.icons), of one identity split
+        self._icon_logos: list[np.ndarray] = []
+        if icon_logos:
+            from model.icons import IconBank
+
+            fonts = [f.load(48) for f in self.script_fonts.fonts.get("english", [])[:4]]
+            self._icon_logos = IconBank(icon_split).logos(icon_logos, bank_rng, PALETTE, fonts=fonts,
+                                                          words=BRAND_WORDS["english"])
         self._post = reencode_artifacts()
 
     # -- what is available
@@ -538,7 +548,8 @@ class WatermarkRenderer:
     def _draw_logo(self, layer: np.ndarray, clean: np.ndarray, rng: np.random.Generator, style: dict) -> None:
         H, W = layer.shape[:2]
         use_user = bool(self._user_logos) and rng.random() < 0.5
-        pool = self._user_logos if use_user else self._logos
+        use_icons = not use_user and bool(self._icon_logos) and rng.random() < 0.6
+        pool = self._user_logos if use_user else self._icon_logos if use_icons else self._logos
         k = int(rng.integers(len(pool)))
         rgba = pool[k].astype(np.float32) / 255.0
         a = rgba[..., 3]
@@ -556,7 +567,7 @@ class WatermarkRenderer:
         mark = _warp(mark, scale, angle)
         x, y = self._place((H, W), mark.shape[:2], rng, spill=0.2)
         _over(layer, mark, x, y)
-        style.update(logo=("user" if use_user else "procedural", k), flat_alpha=flat, tint=tint, opacity=round(opacity, 3),
+        style.update(logo=("user" if use_user else "icon" if use_icons else "procedural", k), flat_alpha=flat, tint=tint, opacity=round(opacity, 3),
                      angle=round(angle, 1), position=(x, y), size=mark.shape[:2])
 
     def _draw_badge(self, layer: np.ndarray, clean: np.ndarray, rng: np.random.Generator, style: dict) -> None:

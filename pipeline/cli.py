@@ -100,6 +100,7 @@ def pretrain_remover_cmd(
     from_scratch: Annotated[bool, typer.Option(help="a fresh run starts from random weights, not the shipped ones")] = False,
     out: Annotated[str | None, typer.Option(help="where the weights and card go (default model/weights)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
+    icon_logos: Annotated[int, typer.Option(help="pictogram logos per renderer (0: the procedural bank only)")] = 512,
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or continue) the shipped remover on clean photos; write fp16 weights and the model card."""
@@ -110,7 +111,7 @@ def pretrain_remover_cmd(
     try:
         result = pretrain_remover(images, settings.home / "pretrain" / "remover", minutes, resume=resume,
                                   from_scratch=from_scratch, out_dir=out or WEIGHTS_DIR, threads=threads,
-                                  command=command, log=lambda m: err.print(m))
+                                  command=command, log=lambda m: err.print(m), icon_logos=icon_logos)
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

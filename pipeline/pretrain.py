@@ -28,8 +28,9 @@ import torch
 from model import train as trainer
 from model.api import WEIGHTS_DIR
 from model.data import split_paths
+from model.icons import BANK_VERSION
 from model.network import load_checkpoint, save_checkpoint
-from model.watermarks import FAMILIES
+from model.watermarks import FAMILIES, WatermarkRenderer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # Photos of ../shared/corpus/voc150 that carry a real overlay (its README): never clean targets.
@@ -55,8 +56,13 @@ def corpus_paths(folders: list[str | Path]) -> list[Path]:
 
 def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: float, resume: bool = True,
                      from_scratch: bool = False, out_dir: str | Path = WEIGHTS_DIR, threads: int | None = None,
-                     profile: str = "quick-cpu", command: str = "", log=print) -> dict:  # noqa: ANN001
-    """Train (or continue) the shipped remover for ``minutes`` of wall time, then export it."""
+                     profile: str = "quick-cpu", command: str = "", log=print,  # noqa: ANN001
+                     icon_logos: int = 512) -> dict:
+    """Train (or continue) the shipped remover for ``minutes`` of wall time, then export it.
+
+    ``icon_logos``: logos composed from pictograms (``model.icons``) in each renderer, from the
+    train identities for training and from the held-out ones for validation and test (0: none).
+    """
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
     log = log or (lambda _m: None)
@@ -73,10 +79,15 @@ def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: fl
     log(f"pretrain remover: {len(train_p)} train / {len(val_p)} val / {len(test_p)} test photos, "
         f"{minutes} min, " + ("resuming" if resuming else f"from {init}" if init else "from scratch"))
     t0 = time.perf_counter()
-    summary = trainer.train(train_p, val_p, test_p, config, run_dir, resume=resume, log=log, init_weights=init)
+    renderer = WatermarkRenderer(seed=config.seed, icon_logos=icon_logos, icon_split="train") if icon_logos else None
+    held_out = WatermarkRenderer(seed=config.seed + 1, icon_logos=icon_logos, icon_split="val") if icon_logos else None
+    summary = trainer.train(train_p, val_p, test_p, config, run_dir, resume=resume, log=log, init_weights=init,
+                            renderer=renderer, eval_renderer=held_out)
     hours = (time.perf_counter() - t0) / 3600
+    bank = MARK_BANK + (f" + {icon_logos} {BANK_VERSION} logos a renderer (train identities; val/test: "
+                        f"held-out identities)" if icon_logos else "")
     card = export_weights(run_dir, out_dir, summary, {"train": train_p, "val": val_p, "test": test_p},
-                          command=command, hours_this_run=hours, started_from=str(init) if init else
+                          command=command, mark_bank=bank, hours_this_run=hours, started_from=str(init) if init else
                           ("resumed run" if resuming else "scratch"))
     return {**{k: summary[k] for k in ("steps", "epochs", "train_minutes", "best_val_psnr")},
             "test": summary["test"], "weights": card["weights"], "card": card["card"]}
@@ -87,7 +98,7 @@ def _sha256(path: Path) -> str:
 
 
 def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: dict[str, list[Path]],
-                   command: str, hours_this_run: float, started_from: str) -> dict:
+                   command: str, hours_this_run: float, started_from: str, mark_bank: str = MARK_BANK) -> dict:
     """Write ``remover.pt`` (fp16 weights of ``run_dir/best.pt``), ``remover-manifest.tsv`` and
     ``remover.md``. The training history of earlier sessions is kept in the card's run log."""
     out = Path(out_dir)
@@ -111,7 +122,7 @@ def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: di
            "started_from": started_from, "steps_total": summary["steps"], "epochs_total": summary["epochs"],
            "train_minutes_total": summary["train_minutes"], "hours_this_run": round(hours_this_run, 3),
            "device": summary["device"], "cpu": platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads(), "test": metrics}
+           "threads": torch.get_num_threads(), "mark_bank": mark_bank, "test": metrics}
     with open(log_path, "a") as fh:
         fh.write(json.dumps(run) + "\n")
     runs = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -142,7 +153,7 @@ test samples.
   Every file with its sha256 and split: `remover-manifest.tsv`.
 - Terms: the corpus photos carry research terms (ImageNet, VOC, BSDS: non-commercial research use;
   see `../shared/corpus/README.md`); these weights inherit them.
-- Marks: synthetic, drawn on the fly by the mark bank `{MARK_BANK}`.
+- Marks: synthetic, drawn on the fly by the mark bank `{runs[-1].get('mark_bank', MARK_BANK)}`.
 
 ## Training
 - Command (latest run): `{runs[-1]['command']}`

@@ -50,9 +50,9 @@ def test_pretrain_exports_fp16_weights_manifest_and_card_then_continues_from_the
     torch.set_num_threads(1)
     out = tmp_path / "weights"
     with pytest.raises(ValueError, match="minutes must be positive"):
-        pretrain_remover([photos], tmp_path / "run0", 0, out_dir=out, profile="tiny", log=None)
+        pretrain_remover([photos], tmp_path / "run0", 0, out_dir=out, profile="tiny", log=None, icon_logos=0)
     first = pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", command="first",
-                             log=None)
+                             log=None, icon_logos=8)
     assert first["steps"] == 4  # tiny: two epochs of two steps
     payload = torch.load(out / "remover.pt", weights_only=True)
     assert {t.dtype for t in payload["state_dict"].values() if t.is_floating_point()} == {torch.float16}
@@ -66,27 +66,29 @@ def test_pretrain_exports_fp16_weights_manifest_and_card_then_continues_from_the
     assert {r[3] for r in by_file.values()} == {"train", "val", "test"}
     card = (out / "remover.md").read_text()
     assert "`first`" in card and "| scratch | 4 |" in card and "research" in card
+    assert "8 icons-1 logos a renderer (train identities; val/test: held-out identities)" in card
 
     # A fresh run (a later session: no resume state) starts from the shipped weights.
     second = pretrain_remover([photos], tmp_path / "run2", 0.5, out_dir=out, profile="tiny", command="second",
-                              log=None)
+                              log=None, icon_logos=0)
     assert second["steps"] == 4
     assert f"initialised from {out / 'remover.pt'}" in (tmp_path / "run2" / "changelog.md").read_text()
     card = (out / "remover.md").read_text()
     assert "`second`" in card and card.count("| 4 |") == 2  # both runs in the run log
+    assert "icons-1" not in card.split("## Data")[1].split("## Training")[0]  # the latest run's bank
 
 
 def test_init_weights_must_match_the_network(photos, tmp_path):
     out = tmp_path / "weights"
-    pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None)
+    pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None, icon_logos=0)
     with pytest.raises(ValueError, match="network, this run builds"):
-        pretrain_remover([photos], tmp_path / "run2", 0.5, out_dir=out, profile="quick-cpu", log=None)
+        pretrain_remover([photos], tmp_path / "run2", 0.5, out_dir=out, profile="quick-cpu", log=None, icon_logos=0)
 
 
 def test_register_shipped_promotes_once_and_refuses_a_damaged_file(photos, tmp_path, catalog, blobs):
     out = tmp_path / "weights"
     assert register_shipped(catalog, blobs, out) is None  # nothing ships: nothing registered
-    pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None)
+    pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None, icon_logos=0)
     got = register_shipped(catalog, blobs, out)
     assert got["version"].startswith("remover-shipped-")
     with catalog.session() as s:
