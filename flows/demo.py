@@ -43,6 +43,7 @@ from flows.train import train
 from pipeline import summaries
 from pipeline.config import Settings
 from pipeline.demo import apply_site_labels, build_site, serve_site, site_labels, triage_agreement
+from pipeline.registry import register_shipped
 from pipeline.workspace import open_workspace
 
 # Below this held-out ROC-AUC the demo's detector (trained for minutes on a CPU) is no judge.
@@ -226,11 +227,13 @@ def demo(site_url: str, labels: dict[str, str], profile: str = "quick-cpu", perc
 
 def run_demo(settings: Settings, minutes: float = 12.0, perceptual: str = "off",
              console: Console | None = None, profile: str = "quick-cpu", photos: list[str] | None = None,
-             max_side: int = 640) -> dict[str, Any]:
+             max_side: int = 640, use_shipped: bool = True) -> dict[str, Any]:
     """Build and serve the sample site, run ``nightly`` on it (ingest, ``profile`` training
     capped so that the run ends within ``minutes``, clean, report) and print the summary.
     Returns the flow's summary plus the site manifest, the report path and the wall time.
-    ``profile``, ``photos`` and ``max_side`` exist for the tests (a smaller site, ``tiny``)."""
+    ``profile``, ``photos`` and ``max_side`` exist for the tests (a smaller site, ``tiny``).
+    With ``use_shipped`` the pretrained remover in ``model/weights/`` is registered first (as
+    ``unmark init`` does), so training fine-tunes it and cleaning has it even if training loses."""
     console = console or Console()
     start, since = time.monotonic(), datetime.now(UTC)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -238,6 +241,11 @@ def run_demo(settings: Settings, minutes: float = 12.0, perceptual: str = "off",
                   f"(catalog {settings.catalog_url}); Prefect embedded, home {_prefect_home()}")
     console.print(f"perceptual loss: [bold]{perceptual}[/bold] (no ImageNet VGG16 weights offline; "
                   "`--perceptual random` uses random VGG features, slower per step)")
+    if use_shipped:
+        with open_workspace(settings) as (catalog, blobs):
+            shipped = register_shipped(catalog, blobs)
+        if shipped:
+            console.print(f"shipped remover registered and promoted: {shipped['version']}")
     manifest = build_site(settings.home / "demo-site", max_side=max_side, photos=photos)
     console.print(f"sample site: {manifest.as_dict()} in {manifest.root}")
     with serve_site(manifest.root) as url:
