@@ -171,7 +171,8 @@ def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, comp
     import torch
 
     torch.set_num_threads(threads)
-    from model.infer import Cleaner, resolve_device
+    from model.device import resolve_device
+    from model.infer import Cleaner
     from pipeline.clean import engine_options
     from pipeline.config import load_settings
 
@@ -277,10 +278,10 @@ def _machine() -> dict:
         pass
     import torch
 
-    from model.infer import cpu_has_fast_bf16
+    from model.device import native_bf16
 
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "native_bf16": cpu_has_fast_bf16(), "cuda": torch.cuda.is_available()}
+            "native_bf16": native_bf16("cpu"), "cuda": torch.cuda.is_available()}
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ What it measures, all on the CPU, median of `--steps` interleaved rounds after o
   random ones (same layers, same cost) when the file is not in the torch cache.
 - `step_s_128x8_full`: the seed network (base 32, depth 4) with the full five-term seed loss at
   128 px × 8, channels-last, with bf16 autocast only where the CPU runs bf16 natively
-  (`model.network.native_bf16`).
+  (`model.device.native_bf16`).
 - the perceptual term (forward + backward) at 256 px × 8: `PerceptualLoss.naive` (one fp32 NCHW
   pass over cat([pred, target]), a graph for both halves) against `PerceptualLoss.forward` (target
   under no_grad, channels-last, bf16 where native), and the two values side by side.
@@ -30,8 +30,9 @@ import time
 import torch
 from _common import write_results
 
+from model.device import native_bf16
 from model.losses import TERMS, PerceptualLoss, RemovalLoss, vgg16_weights_path
-from model.network import UNet, count_parameters, native_bf16
+from model.network import UNet, count_parameters
 from model.train import PROFILES
 
 

@@ -7,7 +7,6 @@ a Prefect task argument must be hashable and serialisable, and a database engine
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,16 +18,6 @@ from pipeline.config import Settings, load_settings
 
 # Bounded: Prefect's default thread pool has no limit (sys.maxsize workers).
 MAX_TASK_THREADS = 4
-
-# Prefect must never phone home from anything Unmark starts (see the README, "Troubleshooting").
-PREFECT_QUIET_ENV = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-
-
-def quiet_prefect_env() -> None:
-    """Set the no-telemetry variables for this process unless the user set them."""
-    for key, value in PREFECT_QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-
 
 def task_runner(kind: str = "thread", settings: Settings | None = None):  # noqa: ANN201
     """The runner for a flow's mapped tasks. ``thread``: a bounded thread pool in the flow's

@@ -55,7 +55,6 @@ from torch.utils.data import Dataset, get_worker_info
 from model.watermarks import WatermarkRenderer, channel_max, mark_window, reencode_artifacts
 
 PAIRINGS = ("supervised", "self-supervised")
-_TARGETS = {"target": "image", "clean": "image"}
 
 
 @contextmanager

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from model.network import native_bf16
+from model.device import native_bf16
 from model.schedule import one_cycle_factor
 from model.watermarks import mark_window
 

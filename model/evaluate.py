@@ -39,12 +39,6 @@ def alpha_key(alpha: float) -> str:
 # --- running a model ----------------------------------------------------------------------
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,

@@ -49,12 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.device import resolve_device, resolve_precision
 from model.fused import NotFusable, fuse_unet
 from model.quant import NotQuantizable, int8_unavailable, quantized_unet, weights_key
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "eager", "fused", "int8")
 PROBE_TOLERANCE = 1e-4  # max |fused − plain| on a [0, 1] probe image; float rounding is ~1e-6
 INT8_MIN_PSNR = 40.0  # dB, int8 vs fused output on the probe photo (measured 56–66 dB)
@@ -80,41 +80,6 @@ class _Tile:
     x: int
     h: int  # tile height/width on the (possibly padded) image
     w: int
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU executes bf16 natively (AVX-512 BF16 or AMX); then bf16 autocast is the
-    fastest CPU path for convolutions (oneDNN)."""
-    try:
-        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-            return True
-    except AttributeError:  # pragma: no cover - older torch
-        pass
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:  # pragma: no cover - not Linux
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
 
 
 def axis_tiles(length: int, tile: int, overlap: int, multiple: int, even: bool) -> tuple[int, list[int]]:

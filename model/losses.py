@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.network import native_bf16
+from model.device import native_bf16
 
 log = logging.getLogger(__name__)
 

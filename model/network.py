@@ -19,7 +19,6 @@ network at about 3.6 M trainable parameters (3,541,728; doubling the bottleneck'
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import tempfile
@@ -180,27 +179,6 @@ class UNet(nn.Module):
                 mask = torch.sigmoid(logits)
                 out["image"] = x * (1 - mask) + y * mask
         return out
-
-
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    return frozenset(word for line in text.splitlines() if line.startswith("flags") for word in line.split())
-
-
-def native_bf16(device) -> bool:
-    """Whether bf16 autocast makes this device faster: a CUDA GPU with bf16, or a CPU with
-    AVX512-BF16 or AMX. Elsewhere the CPU emulates bf16 and a conv runs ~5× slower than in float32
-    (measured on an AVX-512 Xeon without BF16), so callers should stay in float32 there."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
-    return False
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -38,9 +38,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.data import WatermarkPairs, one_opencv_thread
-from model.evaluate import evaluate_pairs, resolve_device
+from model.device import native_bf16, resolve_device
+from model.evaluate import evaluate_pairs
 from model.losses import RemovalLoss
-from model.network import UNet, count_parameters, load_checkpoint, native_bf16, save_checkpoint
+from model.network import UNet, count_parameters, load_checkpoint, save_checkpoint
 from model.plots import lr_schedule, training_curves
 from model.schedule import one_cycle_factor
 

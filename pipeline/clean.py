@@ -40,15 +40,17 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 from scipy.ndimage import binary_dilation
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select
 from torch.utils.data import DataLoader, Dataset
 
-from model.infer import Cleaner, resolve_device
+from model.device import resolve_device
+from model.infer import Cleaner
 from model.metrics import psnr, ssim_map
 from model.network import load_checkpoint
+from pipeline import registry
 from pipeline.config import Settings
 from pipeline.images import open_image
-from storage import BlobStore, Catalog, claims
+from storage import BlobStore, Catalog, claims, status
 from storage import queries as q
 from storage.db import insert_ignore
 from storage.models import Claim, Cleaning, Image
@@ -58,10 +60,6 @@ Progress = Callable[[str, int, int], None]
 STAGE = "clean"
 PSNR_CAP = 100.0
 SSIM_WINDOW = 7
-
-
-class NoRemover(RuntimeError):
-    """There is no remover to clean with: none promoted, or the version asked for is unknown."""
 
 
 class DeviceUnavailable(RuntimeError):
@@ -98,19 +96,11 @@ class Remover:
 
 
 def load_remover(catalog: Catalog, blobs: BlobStore, model_version: str | None = None) -> Remover:
-    """The promoted remover (or ``model_version``), its network loaded from the checkpoint blob."""
-    with catalog.session() as s:
-        m = q.get_model(s, model_version) if model_version else q.promoted_model(s, "remover")
-        if m is None:
-            raise NoRemover(f"no remover {model_version!r} in the catalog" if model_version
-                            else "no promoted remover: run `unmark train` first")
-        if m.kind != "remover":
-            raise NoRemover(f"model {m.version!r} is a {m.kind}, not a remover")
-        if not m.checkpoint_key:
-            raise NoRemover(f"remover {m.version!r} has no checkpoint blob")
-        version, key, config = m.version, m.checkpoint_key, dict(m.config or {})
-    model, _ = load_checkpoint(blobs.get(key))
-    return Remover(version, model, config)
+    """The promoted remover (or ``model_version``), its network loaded from the checkpoint blob;
+    `registry.NoModel` when there is none."""
+    ref = registry.require(catalog, "remover", model_version)
+    model, _ = load_checkpoint(registry.checkpoint(blobs, ref))
+    return Remover(ref.version, model, ref.config)
 
 
 def work_items(catalog: Catalog, version: str, detector_version: str | None) -> tuple[list[WorkItem], list[WorkItem]]:
@@ -301,7 +291,7 @@ def _commit(catalog: Catalog, rows: list[dict], failed: list[tuple[WorkItem, Bas
         if rows:
             insert_ignore(s, Cleaning, rows, ["image_id", "model_version"])
             ids = [r["image_id"] for r in rows]
-            s.execute(update(Image).where(Image.id.in_(ids), Image.label == "watermarked").values(status="cleaned"))
+            status.mark_cleaned(s, ids)
             shas = dict(s.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids))).all())
             for i in ids:
                 q.clear_failure(s, STAGE, shas[i])

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.db import default_catalog_url
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNMARK_", extra="ignore")
@@ -115,7 +117,7 @@ class Settings(BaseSettings):
     def _fill_defaults(self) -> Settings:
         self.home = Path(self.home).expanduser()
         if self.catalog_url is None:
-            self.catalog_url = f"sqlite:///{(self.home / 'catalog.sqlite').resolve()}"
+            self.catalog_url = default_catalog_url(self.home)
         if self.blob_root is None:
             self.blob_root = str((self.home / "blobs").resolve())
         return self

@@ -39,7 +39,7 @@ from pipeline.config import Settings
 from pipeline.hashindex import make_index
 from pipeline.images import BadImage
 from pipeline.perceptual import HASH_IMPL, N_WINDOWS, hash_image
-from storage import BlobStore, Catalog
+from storage import BlobStore, Catalog, status
 from storage import queries as q
 from storage.blobs import BlobError
 from storage.models import Image, WindowHash
@@ -254,8 +254,7 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
         if codes is None:
             failed += 1
             with catalog.write() as s:
-                s.execute(update(Image).where(Image.id == image_id)
-                          .values(status="failed", group_id=None, dedup_role=None))
+                status.mark_hash_failed(s, image_id)
                 q.record_failure(s, STAGE, row.sha256, f"{message} (blob {row.blob_key})", error_class=err_class)
             del by_id[image_id]
             continue

@@ -415,10 +415,8 @@ def triage_agreement(catalog, labels: dict[str, str], base_url: str) -> dict[str
 def apply_site_labels(catalog, labels: dict[str, str], base_url: str) -> dict[str, int]:  # noqa: ANN001
     """Record the site's true labels on its images (as a reviewer confirming
     triage would), with the stable split for clean ones. Returns counts per label set."""
-    from sqlalchemy import update
-
     from storage import queries as q
-    from storage.models import Image
+    from storage import status
 
     counts: dict[str, int] = {}
     with catalog.write() as s:
@@ -426,7 +424,6 @@ def apply_site_labels(catalog, labels: dict[str, str], base_url: str) -> dict[st
             label = labels.get(site_path(row["url"], base_url))
             if label is None:
                 continue
-            s.execute(update(Image).where(Image.id == row["id"]).values(
-                label=label, status=label, split=q.split_for(row["sha256"]) if label == "clean" else None))
+            status.mark_reviewed(s, row["id"], row["sha256"], label)
             counts[label] = counts.get(label, 0) + 1
     return counts

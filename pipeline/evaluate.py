@@ -10,17 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from model.evaluate import SWCNN_ALPHAS, SWCNN_PAPER_PSNR, resolve_device, swcnn_protocol
+from model.device import resolve_device
+from model.evaluate import SWCNN_ALPHAS, SWCNN_PAPER_PSNR, swcnn_protocol
 from model.network import load_checkpoint
+from pipeline import registry
 from pipeline.config import Settings
 from storage import BlobStore, Catalog
-from storage import queries as q
 
 PROTOCOLS = ("swcnn",)
-
-
-class NoModel(LookupError):
-    """No remover to evaluate: none promoted, or the named version is unknown."""
 
 
 def parse_alphas(text: str | None) -> tuple[float, ...]:
@@ -49,14 +46,10 @@ def evaluate(
     "input_ssim", "ssim", "paper_psnr"}, ...}, "seconds"}`` for the chosen remover."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: {', '.join(PROTOCOLS)}")
-    with catalog.session() as s:
-        m = q.get_model(s, model_version) if model_version else q.promoted_model(s, "remover")
-        if m is None or m.kind != "remover":
-            raise NoModel(f"no remover {model_version!r} in the catalog" if model_version
-                          else "no promoted remover: run `unmark train` first")
-        version, key, config = m.version, m.checkpoint_key, dict(m.config or {})
+    ref = registry.require(catalog, "remover", model_version)
+    version, config = ref.version, ref.config
     device = resolve_device(settings.device)
-    model, _ = load_checkpoint(blobs.get(key), map_location=device)
+    model, _ = load_checkpoint(registry.checkpoint(blobs, ref), map_location=device)
     result = swcnn_protocol(model, images, logos, alphas=alphas, device=device,
                             harden_mask=bool(config.get("harden_mask", False)), progress=progress)
     for a, row in result["alpha"].items():

@@ -1,17 +1,77 @@
-"""The model registry's shipped entries: the pretrained weights in ``model/weights/`` become the
-catalog's promoted models on a home that has none (``unmark init``)."""
+"""The model registry: which remover or detector a step uses, kept as `models` rows over
+checkpoint blobs. Every step that loads, registers or promotes a model goes through here.
+
+- `find`: the promoted model of a kind, or a named version; None when there is none.
+- `require`: `find`, raising `NoModel` (with the reason) when there is none.
+- `checkpoint`: the checkpoint bytes of a found model.
+- `register`: store a checkpoint blob and its row, promoting it when asked.
+- `register_shipped`: the pretrained remover in ``model/weights/`` becomes the promoted remover
+  of a catalog that has none (``unmark init``, the demo).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
+from model.api import WEIGHTS_DIR
 from model.network import load_checkpoint
-from pipeline.pretrain import WEIGHTS_DIR
-from storage import BlobStore
 from storage import queries as q
+from storage.blobs import BlobStore
 from storage.db import Catalog
+
+
+class NoModel(LookupError):
+    """No model to use: none promoted, the named version is unknown, of another kind, or has no
+    checkpoint blob."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    version: str
+    kind: str
+    checkpoint_key: str | None
+    config: dict = field(default_factory=dict)
+
+
+def find(catalog: Catalog, kind: str, version: str | None = None) -> ModelRef | None:
+    """The model ``version`` (whatever its kind) or, without one, the promoted model of ``kind``."""
+    with catalog.session() as s:
+        m = q.get_model(s, version) if version else q.promoted_model(s, kind)
+        if m is None:
+            return None
+        return ModelRef(m.version, m.kind, m.checkpoint_key, dict(m.config or {}))
+
+
+def require(catalog: Catalog, kind: str, version: str | None = None) -> ModelRef:
+    """`find`, checked: the model exists, is a ``kind`` and has a checkpoint blob."""
+    ref = find(catalog, kind, version)
+    if ref is None:
+        raise NoModel(f"no {kind} {version!r} in the catalog" if version
+                      else f"no promoted {kind}: run `unmark {'train' if kind == 'remover' else 'triage'}` first")
+    if ref.kind != kind:
+        raise NoModel(f"model {ref.version!r} is a {ref.kind}, not a {kind}")
+    if not ref.checkpoint_key:
+        raise NoModel(f"{kind} {ref.version!r} has no checkpoint blob")
+    return ref
+
+
+def checkpoint(blobs: BlobStore, ref: ModelRef) -> bytes:
+    return blobs.get(ref.checkpoint_key)
+
+
+def register(session: Session, blobs: BlobStore, version: str, kind: str, checkpoint_bytes: bytes,
+             config: dict, metrics: dict, promote: bool) -> str:
+    """Store the checkpoint blob and the model's row in ``session``; returns the blob key."""
+    _, key = blobs.put(checkpoint_bytes)
+    q.register_model(session, version, kind, key, config=config, metrics=metrics)
+    if promote:
+        q.promote_model(session, version)
+    return key
 
 
 def register_shipped(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path = WEIGHTS_DIR) -> dict | None:
@@ -21,21 +81,20 @@ def register_shipped(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path
     promoted, or no weights ship). A file that is not an Unmark checkpoint is a clear error.
     """
     path = Path(weights_dir) / "remover.pt"
-    with catalog.session() as s:
-        if q.promoted_model(s, "remover") is not None or not path.exists():
-            return None
+    if find(catalog, "remover") is not None or not path.exists():
+        return None
     data = path.read_bytes()
     try:
         _, extra = load_checkpoint(data)
     except Exception as exc:  # a damaged or foreign file: say which, register nothing
         raise ValueError(f"shipped weights {path} are not a loadable remover checkpoint: {exc}") from exc
     version = "remover-shipped-" + hashlib.sha256(data).hexdigest()[:12]
-    config = json.loads(extra.get("train_config", "{}"))
+    config = {**json.loads(extra.get("train_config", "{}")), "shipped": path.name}
     metrics = json.loads(extra.get("metrics_json", "{}"))
-    _, key = blobs.put(data)
     with catalog.write() as s:
         if q.get_model(s, version) is None:
-            q.register_model(s, version, "remover", key, config={**config, "shipped": str(path.name)},
-                             metrics=metrics)
-        q.promote_model(s, version)
+            key = register(s, blobs, version, "remover", data, config=config, metrics=metrics, promote=True)
+        else:
+            q.promote_model(s, version)
+            key = q.get_model(s, version).checkpoint_key
     return {"version": version, "checkpoint": key}

@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 
 from model import train as trainer
 from model.network import load_checkpoint
+from pipeline import registry
 from pipeline.config import Settings
 from storage import BlobStore, Catalog
 from storage import queries as q
@@ -202,12 +203,10 @@ def train_remover(
     metrics = _metrics(summary)
     previous = _challenge_promoted(catalog, blobs, config, splits["test"])
     promote = previous is None or metrics["psnr"] > previous["psnr"]
-    _, key = blobs.put((run_dir / "best.pt").read_bytes())
     resolved = json.loads((run_dir / "config.json").read_text())
     with catalog.write() as s:
-        q.register_model(s, version, "remover", key, config=resolved, metrics=metrics)
-        if promote:
-            q.promote_model(s, version)
+        key = registry.register(s, blobs, version, "remover", (run_dir / "best.pt").read_bytes(),
+                                config=resolved, metrics=metrics, promote=promote)
         s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
             status="completed", history=json.loads((run_dir / "history.json").read_text())
             if (run_dir / "history.json").exists() else [],
@@ -250,26 +249,23 @@ def train_remover(
 def _promoted_start(catalog: Catalog, blobs: BlobStore, config: trainer.TrainConfig) -> tuple[str, bytes | None]:
     """(its version, checkpoint bytes) of the promoted remover when its network is the one
     ``config`` builds, else ("scratch", None)."""
-    with catalog.session() as s:
-        m = q.promoted_model(s, "remover")
-        if m is None or not m.checkpoint_key:
-            return "scratch", None
-        version, key = m.version, m.checkpoint_key
-    data = blobs.get(key)
+    ref = registry.find(catalog, "remover")
+    if ref is None or not ref.checkpoint_key:
+        return "scratch", None
+    data = registry.checkpoint(blobs, ref)
     promoted, _ = load_checkpoint(data)
     if dict(promoted.config) != dict(trainer.build_network(config).config):
         return "scratch", None
-    return version, data
+    return ref.version, data
 
 
 def _challenge_promoted(catalog: Catalog, blobs: BlobStore, config: trainer.TrainConfig, test_paths: list[Path]) -> dict | None:
     """The promoted remover's test PSNR on this run's test samples (None when there is none)."""
-    with catalog.session() as s:
-        m = q.promoted_model(s, "remover")
-        if m is None:
-            return None
-        version, key, its_config = m.version, m.checkpoint_key, m.config or {}
-    model, _ = load_checkpoint(blobs.get(key))
-    harden = bool(its_config.get("harden_mask", False))
+    ref = registry.find(catalog, "remover")
+    if ref is None:
+        return None
+    version = ref.version
+    model, _ = load_checkpoint(registry.checkpoint(blobs, ref))
+    harden = bool(ref.config.get("harden_mask", False))
     scores = trainer.score_on_test(model, trainer.fixed_test_set(test_paths, config), config, harden_mask=harden)
     return {"version": version, "psnr": scores["model"]["psnr"], "ssim": scores["model"]["ssim"]}

@@ -32,9 +32,10 @@ from model.detector import (
     score_images,
     train_detector,
 )
+from pipeline import registry
 from pipeline.config import Settings
 from pipeline.images import BadImage, open_image
-from storage import BlobStore, Catalog
+from storage import BlobStore, Catalog, status
 from storage import queries as q
 from storage.models import Image
 
@@ -56,12 +57,11 @@ class LoadedDetector:
 
 def load_promoted_detector(catalog: Catalog, blobs: BlobStore) -> LoadedDetector | None:
     """The promoted detector with its calibration, or None when there is none yet."""
-    with catalog.session() as s:
-        m = q.promoted_model(s, "detector")
-        if m is None:
-            return None
-        version, key, cfg = m.version, m.checkpoint_key, dict(m.config)
-    model, _ = detector_from_bytes(blobs.get(key))
+    ref = registry.find(catalog, "detector")
+    if ref is None:
+        return None
+    version, cfg = ref.version, ref.config
+    model, _ = detector_from_bytes(registry.checkpoint(blobs, ref))
     cal = Calibration(**cfg["calibration"])
     # a detector is always scored at the scales it was calibrated at (two, before they were recorded)
     return LoadedDetector(model, version, cal, cfg.get("scales", (384, 768)))
@@ -149,10 +149,9 @@ def train_and_register(
     }
     config = {"widths": model.config["widths"], "scales": list(SCORE_SCALES), "calibration": cal.__dict__,
               "train": report["config"], "train_families": list(train_fams), "val_families": list(val_fams)}
-    _, key = blobs.put(detector_to_bytes(model, version=version))
     with catalog.write() as s:
-        q.register_model(s, version, "detector", key, config, metrics)
-        q.promote_model(s, version)
+        registry.register(s, blobs, version, "detector", detector_to_bytes(model, version=version),
+                          config=config, metrics=metrics, promote=True)
     log.info("detector %s: val ROC-AUC %.3f, thresholds low %.3f high %.3f", version, metrics["roc_auc"], cal.low, cal.high)
     return LoadedDetector(model, version, cal, config["scales"])
 
@@ -178,18 +177,12 @@ def score_chunk(
     scores = detector.score(decoded) if decoded else np.array([])
     counts = {"clean": 0, "watermarked": 0, "uncertain": 0, "failed": len(bad)}
     with catalog.write() as s:
-        for (iid, sha), score in zip(good, scores):
+        for (iid, _sha), score in zip(good, scores):
             label = detector.calibration.label(float(score))
-            img = s.get(Image, iid)
-            img.label, img.watermark_score, img.detector_version = label, float(score), detector.version
-            if not (img.status == "cleaned" and label == "watermarked"):
-                img.status = label
-            if label == "clean" and img.split is None:
-                img.split = q.split_for(sha)
+            status.mark_triaged(s, iid, label, float(score), detector.version)
             counts[label] += 1
         for iid, sha, exc in bad:
-            img = s.get(Image, iid)
-            img.status, img.detector_version = "failed", detector.version
+            status.mark_triage_failed(s, iid, detector.version)
             q.record_failure(s, "triage", sha, exc)
     return counts
 

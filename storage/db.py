@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -40,6 +41,17 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _IMMEDIATE: contextvars.ContextVar[bool] = contextvars.ContextVar("unmark_sqlite_immediate", default=False)
 # An arbitrary constant: the PostgreSQL advisory lock that serialises migrations.
 _PG_MIGRATION_LOCK = 0x756E6D61726B
+
+
+def default_catalog_url(home: Path) -> str:
+    """The catalog of a home folder when ``UNMARK_CATALOG_URL`` is not set: SQLite inside it."""
+    return f"sqlite:///{(Path(home).expanduser() / 'catalog.sqlite').resolve()}"
+
+
+def catalog_url_from_env() -> str:
+    """``UNMARK_CATALOG_URL``, else the default catalog of ``UNMARK_HOME`` (``./data``); for the
+    alembic command line, which runs without the pipeline's settings."""
+    return os.environ.get("UNMARK_CATALOG_URL") or default_catalog_url(Path(os.environ.get("UNMARK_HOME", "./data")))
 
 
 class CatalogError(RuntimeError):

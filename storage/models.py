@@ -31,15 +31,6 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
-# Image lifecycle (``images.status``): fetched -> clean | watermarked | uncertain (triage)
-# -> cleaned (a watermarked image with a cleaning by the promoted model). ``failed`` = unreadable.
-IMAGE_STATUSES = ("fetched", "clean", "watermarked", "uncertain", "cleaned", "failed")
-TRIAGE_LABELS = ("clean", "watermarked", "uncertain")
-DEDUP_ROLES = ("canonical", "duplicate")
-SPLITS = ("train", "val", "test")
-FOUND_BY = ("img", "srcset", "lazy", "picture", "og:image", "twitter:image", "link", "css", "href", "import")
-
-
 class Page(Base):
     __tablename__ = "pages"
 

@@ -420,10 +420,6 @@ def failures(session: Session, stage: str | None = None) -> list[Failure]:
     return list(session.scalars(stmt))
 
 
-def as_utc(dt: datetime | None) -> str | None:
-    return dt.isoformat() if dt else None
-
-
 # --- run reports (flows' artifacts, the demo's summary) ------------------------------------
 
 

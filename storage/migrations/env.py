@@ -12,10 +12,9 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        from pipeline.config import load_settings  # only for the alembic CLI
-        from storage.db import make_engine
+        from storage.db import catalog_url_from_env, make_engine  # only for the alembic CLI
 
-        engine = make_engine(load_settings().catalog_url)
+        engine = make_engine(catalog_url_from_env())
         with engine.begin() as conn:
             _run(conn)
         return

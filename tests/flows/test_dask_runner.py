@@ -121,7 +121,7 @@ def test_cli_dedup_task_runner_dask_matches_the_plain_step(tmp_path):
         home = tmp_path / kind
         shutil.copytree(tmp_path / "base", home)
         env = {**os.environ, "UNMARK_HOME": str(home), "UNMARK_DEDUP_CHUNK_SIZE": "4"}
-        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "dedup", "--task-runner", kind, "--json"],
+        r = subprocess.run([sys.executable, "-m", "flows.cli", "dedup", "--task-runner", kind, "--json"],
                            env=env, capture_output=True, text=True, timeout=400)
         assert r.returncode == 0, r.stderr[-3000:]
         out[kind] = json.loads(r.stdout[r.stdout.index("{"):])

@@ -19,9 +19,10 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
+from flows.cli import app
 from model.network import UNet, save_checkpoint
 from pipeline import clean as clean_step
-from pipeline.cli import app
+from pipeline import registry
 from storage import queries as q
 from storage.models import Cleaning, Failure, Image
 
@@ -213,14 +214,14 @@ def test_worker_processes_decode_the_same(small_settings, catalog, blobs, remove
 
 
 def test_older_version_and_missing_remover(small_settings, catalog, blobs, pool, tmp_path):
-    with pytest.raises(clean_step.NoRemover):
+    with pytest.raises(registry.NoModel):
         clean_step.clean(catalog, blobs, small_settings)
     register_remover(catalog, blobs, tiny_remover(tmp_path), version="old", promote=False)
-    with pytest.raises(clean_step.NoRemover):
+    with pytest.raises(registry.NoModel):
         clean_step.clean(catalog, blobs, small_settings)  # registered but not promoted
     res = clean_step.clean(catalog, blobs, small_settings, model_version="old", limit=2)
     assert res["model"] == "old" and res["cleaned"] == 2
-    with pytest.raises(clean_step.NoRemover):
+    with pytest.raises(registry.NoModel):
         clean_step.clean(catalog, blobs, small_settings, model_version="nope")
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from flows.cli import app
 from storage import queries as q
 from storage.models import Cleaning, Image
 
@@ -112,7 +112,7 @@ def test_bad_format_and_missing_path_are_clear_errors(settings):
 def test_console_script_in_subprocess(settings, unmark_env):
     """The installed `unmark` entry point works end to end in a real process."""
     exe = Path(sys.executable).parent / "unmark"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
     r = subprocess.run(cmd + ["init", "--json"], env=unmark_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["revision"] == "0001" or json.loads(r.stdout)["revision"]

@@ -370,7 +370,7 @@ def test_exact_duplicates_fold_at_import(tmp_path, photos, catalog, blobs, setti
 
 def test_cli_dedup_json(tmp_path, photos, settings, unmark_env):
     _write_set(tmp_path / "s", photos, ["china"], kinds={"q30", "png"})
-    run = [sys.executable, "-m", "pipeline.cli"]
+    run = [sys.executable, "-m", "flows.cli"]
     subprocess.run([*run, "import", str(tmp_path / "s"), "--json"], env=unmark_env, check=True, capture_output=True)
     out = subprocess.run([*run, "dedup", "--json"], env=unmark_env, check=True, capture_output=True, text=True)
     summary = json.loads(out.stdout)

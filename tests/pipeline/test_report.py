@@ -13,8 +13,8 @@ from PIL import Image as PILImage
 from sqlalchemy import update
 from typer.testing import CliRunner
 
+from flows.cli import app
 from pipeline import clean as clean_step
-from pipeline.cli import app
 from pipeline.report import report
 from storage import queries as q
 from storage.models import Image, TrainingRun

@@ -482,7 +482,7 @@ def test_cli_rejects_a_bad_seed(unmark_env):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "scrape", "not-a-url-or-file"], env=unmark_env,
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "scrape", "not-a-url-or-file"], env=unmark_env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "not an http(s) URL" in out.stdout + out.stderr
 

@@ -79,7 +79,7 @@ def test_kill_9_halfway_then_rerun_gives_exact_counts(tmp_path, unmark_env, sett
         build(site)
         env = dict(unmark_env, UNMARK_PER_HOST_CONCURRENCY="2", UNMARK_WRITE_BATCH_SIZE="8",
                    UNMARK_GLOBAL_CONCURRENCY="4")
-        cmd = [sys.executable, "-m", "pipeline.cli", "scrape", site.url("/"), "--allow-private-hosts", "--json"]
+        cmd = [sys.executable, "-m", "flows.cli", "scrape", site.url("/"), "--allow-private-hosts", "--json"]
         db = str(settings.home / "catalog.sqlite")
 
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

@@ -13,9 +13,9 @@ from PIL import Image
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
+from flows.cli import app
 from model.network import load_checkpoint
 from pipeline import train as train_step
-from pipeline.cli import app
 from pipeline.importer import import_paths
 from storage import queries as q
 from storage.models import Image as ImageRow

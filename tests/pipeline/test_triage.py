@@ -11,6 +11,7 @@ import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
+from flows.cli import app
 from model.detector import (
     Calibration,
     WatermarkDetector,
@@ -22,7 +23,6 @@ from model.detector import (
     top_mean,
 )
 from pipeline import triage as triage_step
-from pipeline.cli import app
 from pipeline.importer import import_paths
 from storage import queries as q
 from storage.models import Image, Model

@@ -86,7 +86,7 @@ def test_cli_import_into_s3_blobs_from_environment(tmp_path, s3_server, s3_bucke
     env = dict(os.environ, UNMARK_HOME=str(tmp_path / "home"), UNMARK_BLOB_ROOT=f"s3://{s3_bucket}/cli",
                UNMARK_BLOB_ENDPOINT_URL=s3_server.endpoint, UNMARK_BLOB_KEY_ID=S3_KEY_ID,
                UNMARK_BLOB_SECRET=S3_SECRET, UNMARK_BLOB_REGION=S3_REGION)
-    cli = [sys.executable, "-m", "pipeline.cli"]
+    cli = [sys.executable, "-m", "flows.cli"]
     r = subprocess.run([*cli, "import", str(tmp_path / "photo.png"), "--json"], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,5 +1,10 @@
-"""The ``unmark`` command line (the contract in DESIGN.md). Every command reads ``UNMARK_HOME``
-and prints a human summary, or JSON with ``--json``."""
+"""The ``unmark`` command line. Every command reads ``UNMARK_HOME`` and prints a human summary,
+or JSON with ``--json``.
+
+It lives in ``flows/``, the top layer, because some commands (``demo``, ``dedup``/``triage`` on the
+Dask runner) start flows: from here it may import ``flows`` and ``pipeline`` alike, and the import
+contract (flows → pipeline → model, storage) holds without exceptions. Prefect is imported only
+inside those commands, after the telemetry variables are set, so the other commands start fast."""
 
 from __future__ import annotations
 
@@ -178,7 +183,7 @@ def _runner(settings: Settings, task_runner: str | None) -> str:
 
 def _run_mapped(step: str, settings: Settings, *args: Any) -> dict:
     """``flows.mapped``'s flow for ``step`` on the Dask task runner. Like ``demo``, this starts a
-    flow from the CLI, which sits above the layers."""
+    flow from the CLI."""
     import os
 
     os.environ.setdefault("DO_NOT_TRACK", "1")  # before Prefect is imported
@@ -340,6 +345,7 @@ def evaluate(
     from pathlib import Path
 
     from pipeline import evaluate as evaluate_step
+    from pipeline import registry
 
     if protocol not in evaluate_step.PROTOCOLS:
         err.print(f"[red]error:[/red] unknown protocol {protocol!r}: {', '.join(evaluate_step.PROTOCOLS)}")
@@ -357,7 +363,7 @@ def evaluate(
     try:
         result = evaluate_step.evaluate(cat, blobs, settings, images, logos, protocol=protocol, alphas=alphas,
                                         model_version=model, progress=None if as_json else err.print)
-    except (evaluate_step.NoModel, FileNotFoundError) as exc:
+    except (registry.NoModel, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if as_json:
@@ -383,13 +389,14 @@ def clean(
     """Clean the watermarked pool with the promoted remover (tiled, batched inference)."""
 
     from pipeline import clean as clean_step
+    from pipeline import registry
 
     settings, cat, blobs = _open()
     with stage_progress(disabled=as_json) as progress:
         try:
             result = clean_step.clean(cat, blobs, settings, model_version=model, device=device, limit=limit,
                                       progress=progress)
-        except (clean_step.NoRemover, clean_step.DeviceUnavailable) as exc:
+        except (registry.NoModel, clean_step.DeviceUnavailable) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
     emit(result, as_json, "clean")
@@ -421,7 +428,6 @@ def demo(
     settings = _settings()
     demo_environment(settings.home, minutes)  # before Prefect is imported
     settings = _settings()  # the demo's defaults (detector budget) apply
-    # The CLI sits above the layers: it is the one place in pipeline/ that starts a flow.
     from flows.demo import run_demo
 
     result = run_demo(settings, minutes=minutes, perceptual=perceptual,
