@@ -115,7 +115,12 @@ def test_console_script_in_subprocess(settings, unmark_env):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
     r = subprocess.run(cmd + ["init", "--json"], env=unmark_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["revision"] == "0001" or json.loads(r.stdout)["revision"]
+    out = json.loads(r.stdout)
+    assert out["revision"] == "0001" or out["revision"]
+    assert out["registered"]["version"].startswith("remover-shipped-")  # the weights in model/weights/
     r = subprocess.run(cmd + ["catalog", "stats", "--json"], env=unmark_env, capture_output=True, text=True, timeout=120)
-    assert json.loads(r.stdout) == {"pages": 0, "images": {}, "failures": {}, "dedup": {}, "cleanings": 0, "models": {}}
+    assert json.loads(r.stdout) == {"pages": 0, "images": {}, "failures": {}, "dedup": {}, "cleanings": 0,
+                                    "models": {"remover": 1}}
+    r = subprocess.run(cmd + ["init", "--json"], env=unmark_env, capture_output=True, text=True, timeout=120)
+    assert json.loads(r.stdout)["registered"] == {}  # a remover is promoted: nothing registered again
     assert os.path.exists(settings.home / "catalog.sqlite")
