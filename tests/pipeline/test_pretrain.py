@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sqlalchemy import update
 
 from model.network import load_checkpoint
 from pipeline.pretrain import corpus_paths, pretrain_remover
 from pipeline.registry import register_shipped
 from storage import queries as q
+from storage.models import Model
 
 
 @pytest.fixture
@@ -100,10 +102,6 @@ def test_register_shipped_promotes_once_and_refuses_a_damaged_file(photos, tmp_p
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "remover.pt").write_bytes(b"not a checkpoint")
-    from sqlalchemy import update
-
-    from storage.models import Model
-
     with catalog.write() as s:
         s.execute(update(Model).values(promoted=False))
     with pytest.raises(ValueError, match="not a loadable remover checkpoint"):
