@@ -101,11 +101,12 @@ app.add_typer(pretrain_app, name="pretrain")
 def pretrain_remover_cmd(
     images: Annotated[list[str], typer.Option("--images", help="folders of clean photos (repeat the option)")],
     minutes: Annotated[float, typer.Option(help="wall-time budget of this run, final evaluation included")] = 60.0,
-    resume: Annotated[bool, typer.Option(help="continue the run in UNMARK_HOME/pretrain/remover")] = True,
+    resume: Annotated[bool, typer.Option(help="continue the run in UNMARK_HOME/pretrain/remover-PROFILE")] = True,
     from_scratch: Annotated[bool, typer.Option(help="a fresh run starts from random weights, not the shipped ones")] = False,
     out: Annotated[str | None, typer.Option(help="where the weights and card go (default model/weights)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
     icon_logos: Annotated[int, typer.Option(help="pictogram logos per renderer (0: the procedural bank only)")] = 512,
+    profile: Annotated[str, typer.Option(help="training profile (locate-cpu: locate, then restore)")] = "locate-cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or continue) the shipped remover on clean photos; write fp16 weights and the model card."""
@@ -114,9 +115,10 @@ def pretrain_remover_cmd(
     settings = _settings()
     command = "unmark pretrain remover " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unmark pretrain remover"
     try:
-        result = pretrain_remover(images, settings.home / "pretrain" / "remover", minutes, resume=resume,
+        result = pretrain_remover(images, settings.home / "pretrain" / f"remover-{profile}", minutes, resume=resume,
                                   from_scratch=from_scratch, out_dir=out or WEIGHTS_DIR, threads=threads,
-                                  command=command, log=lambda m: err.print(m), icon_logos=icon_logos)
+                                  command=command, log=lambda m: err.print(m), icon_logos=icon_logos,
+                                  profile=profile)
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -263,6 +263,7 @@ class WatermarkPairs(Dataset):
         clean = self._crop(self._load(path), rng)
         view1 = self.renderer.render(clean, rng, postprocess=False)
         marked, mask = view1.composite, view1.mask
+        alpha, colour = view1.alpha, view1.colour
         if self.pairing == "supervised":
             target = clean
         else:
@@ -272,15 +273,16 @@ class WatermarkPairs(Dataset):
             # often shows part of a mark larger than itself
             y0, x0 = mark_window(mask.shape, self.size, rng, mask if rng.random() < 0.85 else None)
             box = (slice(y0, y0 + self.size), slice(x0, x0 + self.size))
-            marked, target, clean, mask = (np.ascontiguousarray(a[box]) for a in (marked, target, clean, mask))
+            marked, target, clean, mask, alpha, colour = (np.ascontiguousarray(a[box])
+                                                          for a in (marked, target, clean, mask, alpha, colour))
         out = apply(self.shared_stage, rng, marked, target=target, clean=clean)
         inp, target, clean = out["image"], out["target"], out["clean"]
         halo = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         diff = channel_max(cv2.absdiff(inp, clean))
         mask = mask | (halo & (diff >= self.renderer.min_diff))
         inp = apply(self.input_stage, rng, inp)["image"]
-        return {"input": inp, "target": target, "mask": mask, "clean": clean, "family": view1.family,
-                "style": view1.style, "path": path}
+        return {"input": inp, "target": target, "mask": mask, "clean": clean, "alpha": alpha, "colour": colour,
+                "family": view1.family, "style": view1.style, "path": path}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.sample(index)
@@ -289,6 +291,9 @@ class WatermarkPairs(Dataset):
             "target": _tensor(s["target"]),
             "mask": torch.from_numpy(s["mask"][None].astype(np.float32)),
             "clean": _tensor(s["clean"]),
+            # the mark's opacity α (1,H,W) and colour W (3,H,W): the localiser's targets
+            "alpha": torch.from_numpy(np.ascontiguousarray(s["alpha"][None])),
+            "colour": torch.from_numpy(np.ascontiguousarray(s["colour"].transpose(2, 0, 1))),
         }
 
 

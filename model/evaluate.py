@@ -29,6 +29,7 @@ SWCNN_ALPHAS = (0.3, 0.5, 0.7, 1.0)
 SWCNN_INPUT_PSNR = {"0.3": 28.9315, "0.5": 24.4613, "0.7": 21.542, "1.0": 18.4946}
 SWCNN_PAPER_PSNR = {"0.3": 36.90, "0.5": 33.65, "0.7": 30.89, "1.0": 28.14}
 SWCNN_PAPER_SSIM = {"0.3": 0.9893}
+BASELINES = ("input", "inpaint", "oracle_restore", "mask_telea")
 
 
 def alpha_key(alpha: float) -> str:
@@ -78,15 +79,52 @@ def predict(
             hook.remove()
     image = out["image"].float()[..., :h, :w]
     result: dict[str, torch.Tensor] = {}
+    if residual:
+        raw = x + residual[0].float()[..., :h, :w]
+    elif "raw_image" in out:
+        raw = out["raw_image"].float()[..., :h, :w]
+    else:
+        raw = image
+    result["raw"] = raw.clamp(0, 1)
     if "mask_logits" in out:
         prob = torch.sigmoid(out["mask_logits"].float()[..., :h, :w])
         result["mask"] = prob
         if harden_mask:
-            raw = (x + residual[0].float()[..., :h, :w]) if residual else image
-            hard = F.max_pool2d((prob > 0.5).float(), kernel_size=3, stride=1, padding=1)
+            hard = dilate1(prob > 0.5)
             image = x * (1 - hard) + raw * hard
     result["image"] = image.clamp(0, 1)
     return result
+
+
+def dilate1(mask: torch.Tensor) -> torch.Tensor:
+    """A (B,1,H,W) boolean/0-1 mask grown by one pixel (3×3), as float."""
+    return F.max_pool2d(mask.float(), kernel_size=3, stride=1, padding=1)
+
+
+def oracle_restore(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor | None,
+                   colour: torch.Tensor | None, raw: torch.Tensor) -> torch.Tensor:
+    """Our restore given the true mark: a locate-then-restore model runs its restorer on the
+    true mask, α and W; any other network's raw prediction is blended in through the true mask."""
+    hard = dilate1(mask > 0.5)
+    if hasattr(model, "restore") and alpha is not None and colour is not None:
+        mult = int(getattr(model, "size_multiple", 1))
+        h, w = x.shape[2:]
+        ph, pw = (-h) % mult, (-w) % mult
+        pad = (lambda t: F.pad(t, (0, pw, 0, ph), mode="replicate")) if ph or pw else (lambda t: t)
+        with torch.no_grad():
+            out = model.restore(pad(x), pad(mask.float() * 16 - 8), pad(alpha), pad(colour))
+        raw = out["raw_image"].float()[..., :h, :w].clamp(0, 1)
+    return x * (1 - hard) + raw * hard
+
+
+def mask_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """IoU and F1 of a predicted boolean mask against the true one (both empty: 1.0)."""
+    tp = float(np.count_nonzero(pred & true))
+    fp = float(np.count_nonzero(pred & ~true))
+    fn = float(np.count_nonzero(~pred & true))
+    if tp + fp + fn == 0:
+        return {"iou": 1.0, "f1": 1.0}
+    return {"iou": tp / (tp + fp + fn), "f1": 2 * tp / (2 * tp + fp + fn)}
 
 
 def to_tensor(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -136,14 +174,19 @@ def evaluate_pairs(
 
     Returns ``{"n": n, "model": {...}, "input": {...}, "inpaint": {...}, "seconds": s}``, each
     method with mean ``psnr``, ``ssim`` and ``masked_psnr`` (inside the true mask) vs ``clean``;
-    ``baselines`` names the baselines scored (``("input",)`` for the cheap per-epoch validation).
+    ``baselines`` names the baselines scored (``("input",)`` for the cheap per-epoch validation):
+    ``input``, ``inpaint`` (Telea given the true mask), and the two oracle runs that split the
+    gap between the stages: ``oracle_restore`` (the true mask, α and W, then our restore; see
+    ``oracle_restore``) and ``mask_telea`` (our hardened mask, then Telea). A mask network also
+    gets ``mask``: mean IoU and F1 of its hardened mask against the true one.
     """
     device = torch.device(device) if isinstance(device, str) else device
-    unknown = set(baselines) - {"input", "inpaint"}
+    unknown = set(baselines) - set(BASELINES)
     if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}: input, inpaint")
+        raise ValueError(f"unknown baselines {sorted(unknown)}: {', '.join(BASELINES)}")
     methods = ("model", *baselines)
     sums: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "ssim": [], "masked_psnr": []} for m in methods}
+    masks: dict[str, list[float]] = {"iou": [], "f1": []}
     t0 = time.perf_counter()
     batch: list[dict] = []
 
@@ -151,8 +194,17 @@ def evaluate_pairs(
         if not batch:
             return
         x = torch.stack([it["input"] for it in batch]).to(device)
-        pred = to_numpy(predict(model, x, harden_mask=harden_mask, amp=amp)["image"])
-        for it, out in zip(batch, pred, strict=True):
+        res = predict(model, x, harden_mask=harden_mask, amp=amp)
+        pred = to_numpy(res["image"])
+        found = (res["mask"] > 0.5)[:, 0].cpu().numpy() if "mask" in res else None  # the predicted mask
+        hard = dilate1(res["mask"] > 0.5)[:, 0].bool().cpu().numpy() if "mask" in res else None  # what is replaced
+        oracle = None
+        if "oracle_restore" in baselines:
+            true = torch.stack([it["mask"] for it in batch]).to(device)
+            a = torch.stack([it["alpha"] for it in batch]).to(device) if "alpha" in batch[0] else None
+            c = torch.stack([it["colour"] for it in batch]).to(device) if "colour" in batch[0] else None
+            oracle = to_numpy(oracle_restore(model, x, true, a, c, res["raw"]))
+        for i, (it, out) in enumerate(zip(batch, pred, strict=True)):
             clean = it["clean"].permute(1, 2, 0).numpy().astype(np.float32)
             inp = it["input"].permute(1, 2, 0).numpy().astype(np.float32)
             mask = it["mask"][0].numpy() > 0.5
@@ -161,6 +213,14 @@ def evaluate_pairs(
                 scored["input"] = inp
             if "inpaint" in baselines:
                 scored["inpaint"] = inpaint_telea(_as_u8(inp), mask).astype(np.float32) / 255.0
+            if oracle is not None:
+                scored["oracle_restore"] = oracle[i]
+            if "mask_telea" in baselines:
+                ours = hard[i] if hard is not None else np.zeros_like(mask)
+                scored["mask_telea"] = inpaint_telea(_as_u8(inp), ours).astype(np.float32) / 255.0
+            if found is not None:
+                for k, v in mask_scores(found[i], mask).items():
+                    masks[k].append(v)
             for name, img in scored.items():
                 for k, v in _scores(img, clean, mask).items():
                     sums[name][k].append(v)
@@ -179,6 +239,8 @@ def evaluate_pairs(
     for name, terms in sums.items():
         result[name] = {k: float(np.nanmean(v)) if v and not np.all(np.isnan(v)) else None
                         for k, v in terms.items()}
+    if masks["iou"]:
+        result["mask"] = {k: float(np.mean(v)) for k, v in masks.items()}
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
 

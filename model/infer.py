@@ -355,6 +355,9 @@ class Cleaner:
         return th, tw, [(y, x) for y in ys for x in xs]
 
     def _plan_axes(self, height: int, width: int) -> tuple[int, int, list[int], list[int]]:
+        if getattr(self.model, "whole_image", False):  # it must see the whole image (it tiles itself)
+            return (math.ceil(height / self.multiple) * self.multiple, math.ceil(width / self.multiple) * self.multiple,
+                    [0], [0])
         th, ys = axis_tiles(height, self.tile, self.overlap, self.multiple, self.even_tiles)
         tw, xs = axis_tiles(width, self.tile, self.overlap, self.multiple, self.even_tiles)
         if self.compiled:  # one shape for every forward: small sides are padded up to the tile

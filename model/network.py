@@ -185,8 +185,13 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def build_model(config: dict) -> UNet:
-    """Rebuild a UNet from `model.config` (the dict stored in every checkpoint)."""
+def build_model(config: dict) -> nn.Module:
+    """Rebuild a remover from `model.config` (the dict stored in every checkpoint): a UNet, or
+    with ``arch="locate-restore"`` a ``model.locate.LocateRestore``."""
+    if config.get("arch") == "locate-restore":
+        from model.locate import LocateRestore  # (model.locate builds on this module)
+
+        return LocateRestore(**config)
     return UNet(**config)
 
 

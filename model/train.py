@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader
 
 from model.data import WatermarkPairs, one_opencv_thread
 from model.device import native_bf16, resolve_device
-from model.evaluate import evaluate_pairs
+from model.evaluate import BASELINES, evaluate_pairs
+from model.locate import LOCATE_TERMS, LocateRestore, locate_loss, pick_crops
 from model.losses import RemovalLoss
 from model.network import UNet, count_parameters, load_checkpoint, save_checkpoint
 from model.plots import lr_schedule, training_curves
@@ -86,6 +87,10 @@ class TrainConfig:
     eval_reserve: float = 0.08  # fraction of the cap kept for the final test evaluation
     grad_clip: float | None = None
     # network
+    arch: str = "unet"  # unet | locate-restore (model.locate: a whole-image localiser, then a restorer)
+    view: int = 192  # locate-restore: the localiser's view (long side, px) at inference and evaluation
+    train_views: list[int] | None = None  # locate-restore: views drawn per training step (None: [view])
+    loc_base: int = 16  # locate-restore: the localiser's width
     base: int = 32
     depth: int = 4
     mask_head: bool = False
@@ -169,6 +174,17 @@ PROFILES: dict[str, TrainConfig] = {
         perceptual_reason="tests: no VGG",
     ),
 }
+
+_LOCATE_LOSS = {"loc_bce": 1.0, "loc_dice": 1.0, "loc_alpha": 1.0, "loc_colour": 0.5, "loc_invert": 0.5}
+# Locate, then restore (model.locate): whole 256 px training images, the localiser at a view of
+# 96-192 px (so its upsampled maps are as coarse as on a large photo), the restorer on one 128 px
+# window per image, near the mark. Evaluated, like the shipped model runs, with a 192 px view.
+PROFILES["locate-cpu"] = dataclasses.replace(
+    PROFILES["quick-cpu"], profile="locate-cpu", arch="locate-restore", view=192, train_views=[96, 128, 160, 192],
+    loc_base=16, loss={**PROFILES["quick-cpu"].loss, **_LOCATE_LOSS})
+PROFILES["tiny-locate"] = dataclasses.replace(
+    PROFILES["tiny"], profile="tiny-locate", arch="locate-restore", size=32, mark_context=2.0, view=32,
+    train_views=[32], loc_base=8, depth=2, loss={**PROFILES["tiny"].loss, **_LOCATE_LOSS})
 
 
 def profile_config(name: str, **overrides) -> TrainConfig:
@@ -279,8 +295,17 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((py[0], tuple(state["python"]), py[2]))
 
 
-def build_network(config: TrainConfig) -> UNet:
+def build_network(config: TrainConfig) -> torch.nn.Module:
+    if config.arch == "locate-restore":
+        return LocateRestore(base=config.base, depth=config.depth, loc_base=config.loc_base, loc_depth=config.depth,
+                             view=config.view)
+    if config.arch != "unet":
+        raise ValueError(f"unknown arch {config.arch!r}: unet or locate-restore")
     return UNet(base=config.base, depth=config.depth, mask_head=config.mask_head, mask_guided=config.mask_guided)
+
+
+def _windows(t: torch.Tensor, size: int, corners: list[tuple[int, int]]) -> torch.Tensor:
+    return torch.stack([t[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(corners)])
 
 
 def cpu_bf16(device: torch.device, config: TrainConfig) -> bool:
@@ -365,7 +390,7 @@ def score_on_test(model: torch.nn.Module, dataset: WatermarkPairs, config: Train
     device = next(model.parameters()).device
     harden = config.harden_mask if harden_mask is None else harden_mask
     return evaluate_pairs(model, dataset, device=device, batch_size=config.batch_size,
-                          harden_mask=harden, amp=False)
+                          harden_mask=harden, amp=False, baselines=BASELINES)
 
 
 def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_dir: Path,  # noqa: ANN001
@@ -381,12 +406,20 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Built before anything is written: imagenet without the weights stops here, clearly.
-    loss_fn = RemovalLoss(**{k: v for k, v in config.loss.items()}, vgg=config.perceptual).to(device)
+    locating = config.arch == "locate-restore"
+    loc_weights = {k: v for k, v in config.loss.items() if k in LOCATE_TERMS}
+    loss_fn = RemovalLoss(**{k: v for k, v in config.loss.items() if k not in LOCATE_TERMS},
+                          vgg=config.perceptual).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    train_ds = WatermarkPairs(train_paths, size=config.size, pairing=config.pairing, train=True, seed=config.seed,
+    # locate-restore: whole training images of size·mark_context (the localiser sees all of it),
+    # the restorer a size×size window of each
+    whole = round(config.size * config.mark_context) if locating else config.size
+    train_ds = WatermarkPairs(train_paths, size=whole, pairing=config.pairing, train=True, seed=config.seed,
                               samples_per_image=config.samples_per_image, renderer=renderer,
-                              context=config.mark_context)
+                              context=1.0 if locating else config.mark_context)
+    crop_gen = torch.Generator().manual_seed(config.seed + 7)
+    views = list(config.train_views or [config.view])
     val_ds = WatermarkPairs(val_paths, size=config.eval_size, pairing=config.pairing, train=False, seed=config.seed + 1,
                             samples_per_image=config.eval_samples_per_image, renderer=eval_renderer)
     steps_per_epoch = config.steps_per_epoch or max(1, len(train_ds) // config.batch_size)
@@ -464,11 +497,27 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
             mask = batch["mask"].to(device, non_blocking=True)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, config):
-                out = model(x)
+            if locating:
+                corners = pick_crops(mask, config.size, crop_gen)
+                view = views[int(torch.randint(len(views), (1,), generator=crop_gen))]
+                with autocast_for(device, config):
+                    out = model(x, view=view, crop=(config.size, corners))
+                alpha = batch["alpha"].to(device, non_blocking=True)
+                full_mask = mask
+                target, mask = _windows(target, config.size, corners), _windows(mask, config.size, corners)
+            else:
+                with autocast_for(device, config):
+                    out = model(x)
             pred = out["image"].float()
             logits = out["mask_logits"].float() if "mask_logits" in out else None
             total, parts = loss_fn(pred, target, mask, mask_logits=logits)
+            if locating:
+                loc_total, loc_terms = locate_loss(
+                    out, full_mask, alpha, batch["colour"].to(device, non_blocking=True),
+                    _windows(batch["clean"].to(device), config.size, corners), mask,
+                    _windows(alpha, config.size, corners), loc_weights)
+                total = total + loc_total
+                parts = {**parts, **{k: float(v.detach()) for k, v in loc_terms.items()}, "total": float(total.detach())}
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if config.grad_clip:

@@ -82,6 +82,7 @@ class Watermarked:
     family: str
     style: dict = field(default_factory=dict)
     raw: np.ndarray | None = None  # the composite before post-processing
+    colour: np.ndarray | None = None  # HxWx3 float32 mark colour W in [0, 1] (0 outside the mask)
 
 
 @dataclass(frozen=True)
@@ -426,6 +427,7 @@ class WatermarkRenderer:
         composite = clean.copy()
         mask = np.zeros((H, W), bool)
         alpha = np.zeros((H, W), np.float32)
+        colour = np.zeros((H, W, 3), np.float32)
         if w and h:
             box = (slice(y, y + h), slice(x, x + w))
             c8 = clean[box]
@@ -440,7 +442,9 @@ class WatermarkRenderer:
             # masked copies (np.where with a broadcast mask took ~2 ms of a 512² tiled render)
             composite[box] = cv2.copyTo(comp8, m.view(np.uint8), composite[box])
             np.copyto(alpha[box], lay[..., 3], where=m)
-        return Watermarked(composite=composite, mask=mask, alpha=alpha, family=family, style=style)
+            # W = premultiplied colour / alpha: composite = clean·(1 − α) + α·W exactly
+            np.copyto(colour[box], np.clip(lay[..., :3] / np.maximum(lay[..., 3:4], 1e-6), 0.0, 1.0), where=m[..., None])
+        return Watermarked(composite=composite, mask=mask, alpha=alpha, family=family, style=style, colour=colour)
 
     def postprocess(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         """Re-encoding artefacts (blur, JPEG, noise) drawn as :meth:`render` draws them. Apply it to

@@ -191,6 +191,13 @@ def encode_output(rgb: np.ndarray, alpha: np.ndarray | None, output_format: str)
     return buf.getvalue()
 
 
+def encode_mask(mask: np.ndarray) -> bytes:
+    """The predicted mark probability (HxW in [0, 1]) as an 8-bit greyscale PNG (255: a mark)."""
+    buf = io.BytesIO()
+    PILImage.fromarray(np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _finite(x: float | None, cap: float = PSNR_CAP) -> float | None:
     if x is None or math.isnan(x):
         return None
@@ -459,6 +466,8 @@ def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: Bl
             m = cleaning_metrics(d.rgb, res.image, res.mask, settings.clean_changed_threshold)
             m["score_before"], m["score_after"] = scores_before[k], scores_after[k]
             _, out_key = blobs.put(encode_output(res.image, d.alpha, settings.output_format))
+            if res.mask is not None:  # what the model took for the mark: the report shows it
+                _, m["mask_key"] = blobs.put(encode_mask(res.mask))
             row = dict(image_id=d.item.image_id, model_version=version, source="model", output_key=out_key,
                        psnr_vs_input=m["psnr_vs_input"], ssim_vs_input=m["ssim_vs_input"],
                        changed_fraction=m["changed_fraction"], score_before=scores_before[k],

@@ -56,7 +56,7 @@ def corpus_paths(folders: list[str | Path]) -> list[Path]:
 
 def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: float, resume: bool = True,
                      from_scratch: bool = False, out_dir: str | Path = WEIGHTS_DIR, threads: int | None = None,
-                     profile: str = "quick-cpu", command: str = "", log=print,  # noqa: ANN001
+                     profile: str = "locate-cpu", command: str = "", log=print,  # noqa: ANN001
                      icon_logos: int = 512) -> dict:
     """Train (or continue) the shipped remover for ``minutes`` of wall time, then export it.
 
@@ -76,6 +76,11 @@ def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: fl
     resuming = resume and (run_dir / "last.pt").exists()
     init = None if (from_scratch or resuming or not shipped.exists()) else shipped
     config = trainer.profile_config(profile, max_minutes=minutes)
+    if init is not None:
+        shipped_config = dict(load_checkpoint(shipped)[0].config)
+        if shipped_config != dict(trainer.build_network(config).config):
+            log(f"the shipped weights are another network ({shipped_config}); this {profile} run starts from scratch")
+            init = None
     log(f"pretrain remover: {len(train_p)} train / {len(val_p)} val / {len(test_p)} test photos, "
         f"{minutes} min, " + ("resuming" if resuming else f"from {init}" if init else "from scratch"))
     t0 = time.perf_counter()
@@ -131,6 +136,18 @@ def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: di
     return {"weights": str(weights), "card": str(card)}
 
 
+def _describe(config: dict) -> str:
+    if config.get("arch") == "locate-restore":
+        return (f"the `{config['profile']}` locate-then-restore remover (`model.locate`, {config['parameters']:,} "
+                f"parameters): a localiser U-Net (base {config['loc_base']}, depth {config['depth']}) that sees the "
+                f"whole image at a {config['view']} px view and predicts the mark's mask, opacity α and colour W; "
+                f"the inversion J = (I − αW)/(1 − α) where α < 0.9; a full-resolution restorer U-Net (base "
+                f"{config['base']}) that refines J, fills opaque marks and refines the mask; pixels outside the "
+                f"hardened, dilated mask are the input's")
+    return (f"the `{config['profile']}` U-Net ({config['parameters']:,} parameters, base {config['base']}, depth "
+            f"{config['depth']}, mask head, mask-guided output, hardened mask at inference)")
+
+
 def _card(config: dict, summary: dict, metrics: dict, splits: dict[str, list[Path]], runs: list[dict],
           weights: Path) -> str:
     folders = sorted({p.parent.name for ps in splits.values() for p in ps})
@@ -140,9 +157,7 @@ def _card(config: dict, summary: dict, metrics: dict, splits: dict[str, list[Pat
                      f"{r['test']['inpaint_psnr']:.2f} |" for r in runs)
     return f"""# Model card: the shipped remover (`model/weights/remover.pt`)
 
-What it is: the `{config['profile']}` U-Net ({config['parameters']:,} parameters, base {config['base']},
-depth {config['depth']}, mask head, mask-guided output, hardened mask at inference), fp16 weights
-({weights.stat().st_size / 1e6:.1f} MB). `unmark init` registers it as the promoted remover when the
+What it is: {_describe(config)}, fp16 weights ({weights.stat().st_size / 1e6:.1f} MB). `unmark init` registers it as the promoted remover when the
 catalog has none; `unmark train` then trains a challenger that is promoted only if better on the same
 test samples.
 

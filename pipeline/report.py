@@ -96,6 +96,29 @@ class _Assets:
         return f"assets/{name}"
 
 
+    def overlay(self, image_key: str | None, mask_key: str | None) -> str | None:
+        """A thumbnail of the image with the predicted mask (probability > 0.5) tinted red."""
+        if not image_key or not mask_key:
+            return None
+        name = "mask_" + mask_key.replace("/", "_")[-58:] + ".jpg"
+        path = self.folder / name
+        if not path.exists():
+            try:
+                im = open_image(self.blobs.get(image_key), self.settings.max_image_pixels).convert("RGB")
+                mask = open_image(self.blobs.get(mask_key), self.settings.max_image_pixels).convert("L")
+            except Exception:  # noqa: BLE001 - an unreadable blob shows as a missing picture
+                return None
+            if mask.size != im.size:
+                mask = mask.resize(im.size)
+            hot = mask.point(lambda v: 150 if v > 127 else 0)
+            im.paste(PILImage.new("RGB", im.size, (230, 20, 20)), mask=hot)
+            im.thumbnail((THUMB, THUMB))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=88)
+            _write_atomic(path, buf.getvalue())
+        return f"assets/{name}"
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
@@ -163,6 +186,10 @@ def _pair_table(rows: list[dict], assets: _Assets) -> str:
                  f'<div class=muted>{e(r["sha256"][:12])} · {r["width"]}×{r["height"]}</div></td>',
                  f'<td class="pair">{_img(assets.thumb(after_key), "after " + r["sha256"][:12])}'
                  f'<div class=muted>{"model output" if after_key != r["output_key"] else "output"}</div></td>']
+        mask_key = r["metrics"].get("mask_key")
+        cells.append(f'<td class="pair">{_img(assets.overlay(r["input_key"], mask_key), "mask " + r["sha256"][:12])}'
+                     f'<div class=muted>predicted mask (red)</div></td>' if mask_key else
+                     '<td class="pair muted">no mask head</td>')
         if r["source"] == "duplicate" and after_key != r["output_key"]:
             cells.append(f'<td class="pair">{_img(assets.thumb(r["output_key"]), "clean copy " + r["sha256"][:12])}'
                          f'<div class=muted>clean copy (the asset)</div></td>')
@@ -170,7 +197,7 @@ def _pair_table(rows: list[dict], assets: _Assets) -> str:
             cells.append("<td></td>")
         cells.append(f"<td>{_metrics_cell(r)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return ("<table><tr><th>before</th><th>after</th><th>reference</th><th>metrics</th></tr>"
+    return ("<table><tr><th>before</th><th>after</th><th>predicted mask</th><th>reference</th><th>metrics</th></tr>"
             + "".join(body) + "</table>")
 
 

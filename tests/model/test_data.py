@@ -56,13 +56,16 @@ def test_items_have_the_right_shapes_and_dtypes(photos, renderer, pairing):
     assert len(ds) == 8
     for i in range(len(ds)):
         item = ds[i]
-        assert set(item) == {"input", "target", "mask", "clean"}
-        for key, channels in (("input", 3), ("target", 3), ("mask", 1), ("clean", 3)):
+        assert set(item) == {"input", "target", "mask", "clean", "alpha", "colour"}
+        for key, channels in (("input", 3), ("target", 3), ("mask", 1), ("clean", 3), ("alpha", 1), ("colour", 3)):
             t = item[key]
             assert t.shape == (channels, 64, 64) and t.dtype == torch.float32, key
             assert 0.0 <= float(t.min()) and float(t.max()) <= 1.0, key
         assert set(torch.unique(item["mask"]).tolist()) <= {0.0, 1.0}
         assert item["mask"].sum() > 0
+        marked = item["alpha"] > 0  # the localiser's targets live inside the mask
+        assert marked.any() and bool((item["mask"][marked] == 1).all())
+        assert float(item["colour"][:, ~marked[0]].abs().max()) == 0.0
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["input"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 1, 64, 64)
 

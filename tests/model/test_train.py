@@ -223,3 +223,24 @@ def test_resume_after_kill_continues_from_the_last_epoch(photos, tmp_path):
     assert history[done]["step"] == (done + 1) * 2  # the step counter resumed too
     assert summary["epochs"] == done + 2
     assert f"resumed after epoch {done}" in (run / "changelog.md").read_text()
+
+
+def test_locate_restore_profile_trains_resumes_and_reports_both_oracles(photos, tmp_path):
+    """The locate-then-restore network trains through the same loop (whole images to the
+    localiser, one window each to the restorer), its checkpoints rebuild it, a resumed run
+    continues, and the final test carries mask IoU/F1 and both oracle runs."""
+    from model.locate import LOCATE_TERMS, LocateRestore
+
+    cfg = profile_config("tiny-locate")
+    run = tmp_path / "run"
+    s = train(photos[:3], photos[3:5], photos[5:], cfg, run, log=None)
+    assert s["steps"] == cfg.epochs * cfg.steps_per_epoch
+    history = json.loads((run / "history.json").read_text())
+    assert set(LOCATE_TERMS) <= set(history[0])  # every localiser term was computed and logged
+    best, _ = load_checkpoint(run / "best.pt")
+    assert isinstance(best, LocateRestore) and best.config["view"] == cfg.view
+    test = s["test"]
+    assert {"model", "input", "inpaint", "oracle_restore", "mask_telea", "mask"} <= set(test)
+    assert 0.0 <= test["mask"]["iou"] <= 1.0
+    more = train(photos[:3], photos[3:5], photos[5:], dataclasses.replace(cfg, epochs=3), run, log=None)
+    assert more["steps"] == 3 * cfg.steps_per_epoch  # resumed after epoch 2, not restarted

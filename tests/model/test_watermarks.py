@@ -47,6 +47,11 @@ def test_mask_and_exact_compositing(renderer, family):
         diff = channel_max(cv2.absdiff(w.raw, clean))
         assert diff[w.mask].min() >= renderer.min_diff
         assert diff[~w.mask].max() == 0
+        # the localiser's targets: raw = clean·(1 − α) + α·W, to the 8-bit rounding
+        a = w.alpha[..., None]
+        rebuilt = clean.astype(np.float32) * (1 - a) + a * w.colour * 255.0
+        assert np.abs(rebuilt - w.raw.astype(np.float32)).max() <= 1.0
+        assert not w.colour[~w.mask].any()
 
 
 def test_postprocessing_changes_only_the_composite(renderer):

@@ -80,11 +80,20 @@ def test_pretrain_exports_fp16_weights_manifest_and_card_then_continues_from_the
     assert "icons-1" not in card.split("## Data")[1].split("## Training")[0]  # the latest run's bank
 
 
-def test_init_weights_must_match_the_network(photos, tmp_path):
+def test_a_new_network_starts_from_scratch_and_says_so(photos, tmp_path):
+    """Shipped weights of another network cannot seed a run: it starts from random weights, says
+    so in its log, and the run log records it (no silent mixing of architectures)."""
     out = tmp_path / "weights"
     pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None, icon_logos=0)
-    with pytest.raises(ValueError, match="network, this run builds"):
-        pretrain_remover([photos], tmp_path / "run2", 0.5, out_dir=out, profile="quick-cpu", log=None, icon_logos=0)
+    said: list[str] = []
+    pretrain_remover([photos], tmp_path / "run2", 0.3, out_dir=out, profile="tiny-locate", log=said.append,
+                     icon_logos=0)
+    assert any("another network" in m and "from scratch" in m for m in said)
+    runs = [json.loads(line) for line in (out / "remover-runs.jsonl").read_text().splitlines()]
+    assert runs[-1]["started_from"] == "scratch"
+    model, _ = load_checkpoint(out / "remover.pt")
+    assert model.config.get("arch") == "locate-restore"
+    assert "locate-then-restore" in (out / "remover.md").read_text()
 
 
 def test_register_shipped_promotes_once_and_refuses_a_damaged_file(photos, tmp_path, catalog, blobs):

@@ -3,6 +3,7 @@ in headless Chromium opened straight from disk."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -59,6 +60,16 @@ def test_report_files_and_relative_links(cleaned_home, catalog, blobs):
     for src in srcs:
         assert src.startswith("assets/") and (path.parent / src).is_file(), src
     assert any("curves-" in s for s in srcs)
+    # the predicted mask of every model cleaning, stored by the clean step and shown tinted
+    masks = [s for s in srcs if "/mask_" in s]
+    assert len(masks) >= 4 and "predicted mask" in page
+    with catalog.session() as s:
+        from storage.models import Cleaning
+
+        for c in s.query(Cleaning).all():
+            mask = PILImage.open(io.BytesIO(blobs.get(c.metrics["mask_key"])))
+            im = s.get(Image, c.image_id)
+            assert mask.mode == "L" and mask.size == (im.width, im.height)
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "Best cleanings" in page and "Worst cleanings" in page and "Real pairs (1)" in page
     assert "cleaned" in page and "failures per stage" in page

@@ -1,0 +1,164 @@
+"""Locate, then restore (model.locate): the inversion, the whole-image contract, checkpoints,
+tiled restore at inference, and that the localiser's loss teaches it where the mark is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import locate
+from model.evaluate import evaluate_pairs, mask_scores
+from model.infer import Cleaner
+from model.locate import ALPHA_CAP, LocateRestore, invert, locate_loss, pick_crops, view_size
+from model.network import build_model, load_checkpoint, save_checkpoint
+
+torch.set_num_threads(1)
+
+
+def _perturbed(seed: int = 0) -> LocateRestore:
+    """A small LocateRestore whose zero-initialised output convolutions are given random weights,
+    so that its outputs depend on its inputs (an untrained one returns its input)."""
+    torch.manual_seed(seed)
+    m = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32)
+    with torch.no_grad():
+        for conv in (m.localiser.out, m.restorer.out):
+            conv.weight.normal_(0, 0.3)
+    return m.eval()
+
+
+def test_invert_undoes_the_composite_below_the_cap():
+    g = torch.Generator().manual_seed(1)
+    clean = torch.rand(1, 3, 8, 8, generator=g)
+    colour = torch.rand(1, 3, 8, 8, generator=g)
+    alpha = torch.rand(1, 1, 8, 8, generator=g) * ALPHA_CAP
+    composite = clean * (1 - alpha) + alpha * colour
+    assert torch.allclose(invert(composite, alpha, colour), clean, atol=1e-5)
+    # above the cap the division stops at 1/(1 − cap) and stays finite
+    opaque = invert(colour, torch.ones(1, 1, 8, 8), colour)
+    assert torch.isfinite(opaque).all() and opaque.min() >= 0 and opaque.max() <= 1
+
+
+def test_view_size_keeps_the_long_side_and_never_upscales():
+    assert view_size(768, 1024, 192) == (144, 192)
+    assert view_size(375, 500, 192) == (144, 192)
+    assert view_size(64, 48, 192) == (64, 48)
+    assert view_size(20, 500, 192) == (16, 192)  # at least one multiple
+
+
+def test_untrained_model_returns_its_input_and_has_the_remover_contract():
+    m = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32).eval()
+    x = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        out = m(x)
+    assert out["image"].shape == x.shape and out["raw_image"].shape == x.shape
+    assert out["mask_logits"].shape == (2, 1, 48, 64)
+    assert out["coarse_logits"].shape == (2, 1, *view_size(48, 64, 32))  # the reduced view
+    assert (torch.sigmoid(out["mask_logits"]) < 0.5).all()  # starts at "no mark"
+    assert float((out["image"] - x).abs().max()) < 0.05
+    with pytest.raises(ValueError, match="multiple"):
+        m(torch.rand(1, 3, 50, 64))
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_network(tmp_path):
+    m = _perturbed()
+    path = save_checkpoint(m, tmp_path / "lr.pt")
+    loaded, _ = load_checkpoint(path)
+    assert isinstance(loaded, LocateRestore) and loaded.config == m.config
+    assert isinstance(build_model(m.config), LocateRestore)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["image"], m(x)["image"])
+
+
+def test_cleaner_hands_it_the_whole_image_and_keeps_unmasked_pixels(monkeypatch):
+    m = _perturbed()
+    seen = []
+    m.localiser.register_forward_pre_hook(lambda _mod, args: seen.append(tuple(args[0].shape)))
+    img = np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    cleaner = Cleaner(m, device="cpu", tile=32, overlap=8, harden_mask=True, precision="fp32")
+    res = cleaner.clean([img])[0]
+    assert len(seen) == 1, "the localiser ran on tiles instead of the whole image"
+    assert seen[0][2:] == view_size(80, 112, 32)  # the padded image's view
+    assert res.image.shape == img.shape
+    hard = torch.nn.functional.max_pool2d(torch.from_numpy(res.mask > 0.5).float()[None, None], 3, 1, 1)[0, 0]
+    outside = ~hard.bool().numpy()
+    assert outside.any() and np.array_equal(res.image[outside], img[outside])
+
+
+def test_tiled_restore_matches_the_whole_image_pass(monkeypatch):
+    m = _perturbed()
+    x = torch.rand(1, 3, 96, 160, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = m(x)
+        monkeypatch.setattr(locate, "RESTORE_MAX_PIXELS", 64 * 64)
+        monkeypatch.setattr(locate, "RESTORE_TILE", 64)
+        monkeypatch.setattr(locate, "RESTORE_OVERLAP", 32)
+        tiled = m(x)
+    assert tiled["image"].shape == whole["image"].shape
+    diff = (tiled["image"] - whole["image"]).abs()
+    assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.2
+
+
+def test_pick_crops_lands_on_the_mark_and_stays_inside():
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[:, :, 50:60, 4:12] = 1
+    g = torch.Generator().manual_seed(0)
+    corners = pick_crops(mask, 32, g, on_mark=1.0)
+    for y, x in corners:
+        assert 0 <= y <= 32 and 0 <= x <= 32
+        assert mask[0, 0, y : y + 32, x : x + 32].sum() > 0
+
+
+def test_locate_loss_teaches_the_localiser_where_the_mark_is():
+    torch.manual_seed(0)
+    m = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32)
+    x = torch.rand(2, 3, 32, 32) * 0.5
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 10:26] = 1
+    alpha = mask * 0.6
+    colour = mask.expand(2, 3, 32, 32) * 1.0
+    marked = x * (1 - alpha) + alpha * colour
+    weights = {"loc_bce": 1.0, "loc_dice": 1.0, "loc_alpha": 1.0, "loc_colour": 0.5, "loc_invert": 0.5}
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        out = m(marked, crop=(32, [(0, 0), (0, 0)]))
+        total, terms = locate_loss(out, mask, alpha, colour, x, mask, alpha, weights)
+        first = first if first is not None else {k: float(v.detach()) for k, v in terms.items()}
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    last = {k: float(v.detach()) for k, v in terms.items()}
+    assert set(last) == set(weights)
+    assert last["loc_bce"] < 0.5 * first["loc_bce"]
+    assert last["loc_alpha"] < first["loc_alpha"] and last["loc_invert"] < first["loc_invert"]
+    with torch.no_grad():
+        prob = torch.sigmoid(m.eval()(marked)["coarse_logits"])
+    assert mask_scores((prob > 0.5)[:, 0].numpy(), mask[:, 0].numpy() > 0.5)["iou"] > 0.5
+
+
+def test_mask_scores():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    assert mask_scores(a, b) == {"iou": 1.0, "f1": 1.0}
+    a[0, :2] = True
+    b[0, 1:3] = True
+    assert mask_scores(a, b) == pytest.approx({"iou": 1 / 3, "f1": 0.5})
+
+
+def test_evaluate_pairs_reports_mask_scores_and_both_oracles():
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(3):
+        clean = torch.rand(3, 32, 32, generator=g)
+        mask = torch.zeros(1, 32, 32)
+        mask[:, 4:20, 6:22] = 1
+        alpha, colour = mask * 0.5, torch.ones(3, 32, 32) * mask
+        items.append({"input": clean * (1 - alpha) + alpha * colour, "clean": clean, "mask": mask,
+                      "alpha": alpha, "colour": colour})
+    r = evaluate_pairs(_perturbed(), items, baselines=("input", "inpaint", "oracle_restore", "mask_telea"))
+    assert set(r) >= {"model", "input", "inpaint", "oracle_restore", "mask_telea", "mask"}
+    assert 0.0 <= r["mask"]["iou"] <= r["mask"]["f1"] <= 1.0
+    with pytest.raises(ValueError, match="unknown baselines"):
+        evaluate_pairs(_perturbed(), items, baselines=("median",))
