@@ -299,3 +299,15 @@ class WatermarkPairs(Dataset):
 
 def _tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+
+
+class CleanCrops(WatermarkPairs):
+    """The clean half of ``WatermarkPairs``: items ``{"clean": (3,H,W)}`` only, for runs whose
+    marks are composited on the training device (``model.synth.MarkBank``)."""
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rng = self._rng(index)
+        clean = self._crop(self._load(self.paths[index // self.samples_per_image]), rng)
+        return {"clean": _tensor(clean)}

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from model.data import WatermarkPairs, one_opencv_thread
+from model.data import CleanCrops, WatermarkPairs, one_opencv_thread
 from model.device import native_bf16, resolve_device
 from model.evaluate import BASELINES, evaluate_pairs
 from model.locate import LOCATE_TERMS, LocateRestore, locate_loss, pick_crops
@@ -45,6 +45,7 @@ from model.losses import RemovalLoss
 from model.network import UNet, count_parameters, load_checkpoint, save_checkpoint
 from model.plots import lr_schedule, training_curves
 from model.schedule import one_cycle_factor
+from model.synth import MarkBank
 
 PERCEPTUAL_CHOICES = ("imagenet", "random", "off")
 
@@ -91,6 +92,8 @@ class TrainConfig:
     view: int = 192  # locate-restore: the localiser's view (long side, px) at inference and evaluation
     train_views: list[int] | None = None  # locate-restore: views drawn per training step (None: [view])
     loc_base: int = 16  # locate-restore: the localiser's width
+    synth: str = "cpu"  # cpu: loader processes draw the pairs | device: composited on the device (model.synth)
+    bank_size: int = 2048  # synth=device: marks pre-rendered into the bank
     base: int = 32
     depth: int = 4
     mask_head: bool = False
@@ -415,9 +418,18 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
     # locate-restore: whole training images of size·mark_context (the localiser sees all of it),
     # the restorer a size×size window of each
     whole = round(config.size * config.mark_context) if locating else config.size
-    train_ds = WatermarkPairs(train_paths, size=whole, pairing=config.pairing, train=True, seed=config.seed,
-                              samples_per_image=config.samples_per_image, renderer=renderer,
-                              context=1.0 if locating else config.mark_context)
+    if config.synth not in ("cpu", "device"):
+        raise ValueError(f"synth must be cpu or device, got {config.synth!r}")
+    on_device = config.synth == "device"
+    if on_device and config.pairing != "supervised":
+        raise ValueError("synth=device makes supervised pairs only")
+    pairs = CleanCrops if on_device else WatermarkPairs
+    train_ds = pairs(train_paths, size=whole, pairing=config.pairing, train=True, seed=config.seed,
+                     samples_per_image=config.samples_per_image, renderer=renderer,
+                     context=1.0 if (locating or on_device) else config.mark_context)
+    bank = (MarkBank.build(train_ds.renderer, config.bank_size, size=whole, seed=config.seed, device=device)
+            if on_device else None)
+    synth_gen = torch.Generator().manual_seed(config.seed + 11)
     crop_gen = torch.Generator().manual_seed(config.seed + 7)
     views = list(config.train_views or [config.view])
     val_ds = WatermarkPairs(val_paths, size=config.eval_size, pairing=config.pairing, train=False, seed=config.seed + 1,
@@ -492,6 +504,8 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
             if train_budget_s is not None and state["elapsed_s"] + time.perf_counter() - epoch_t0 >= train_budget_s:
                 break
             batch = next(batches)
+            if bank is not None:
+                batch = bank.composite(batch["clean"].to(device, non_blocking=True), synth_gen)
             x = batch["input"].to(device, non_blocking=True)
             target = batch["target"].to(device, non_blocking=True)
             mask = batch["mask"].to(device, non_blocking=True)

@@ -413,15 +413,26 @@ class WatermarkRenderer:
             out.composite, out.style["post"] = self.postprocess(out.composite, rng)
         return out
 
-    def _draw_once(self, clean: np.ndarray, rng: np.random.Generator, family: str) -> Watermarked:
+    def layer(self, clean: np.ndarray, rng: np.random.Generator, family: str, adjust_under: bool = True
+              ) -> tuple[np.ndarray, dict]:
+        """The mark of ``family`` for ``clean`` as a premultiplied RGBA float32 layer (H,W,4) and its
+        style, not yet composited (``model.synth`` pre-renders a bank of them). ``adjust_under``
+        lets the layer carry a brightness/contrast change of the picture under the mark, which
+        belongs to this ``clean`` only."""
         H, W = clean.shape[:2]
         layer = np.zeros((H, W, 4), np.float32)
         style: dict = {"family": family}
         getattr(self, f"_draw_{family}")(layer, clean, rng, style)
         if rng.random() < 0.25:
             self._vary_alpha(layer, rng, style)
-        if family != "tiled" and rng.random() < 0.1:  # (under a full-image grid it is a global edit)
+        # (under a full-image grid it would be a global edit)
+        if family != "tiled" and rng.random() < 0.1 and adjust_under:
             self._adjust_under(layer, clean, rng, style)
+        return layer, style
+
+    def _draw_once(self, clean: np.ndarray, rng: np.random.Generator, family: str) -> Watermarked:
+        H, W = clean.shape[:2]
+        layer, style = self.layer(clean, rng, family)
         # Only the mark's bounding box is composited; everything else is the clean image as is.
         x, y, w, h = cv2.boundingRect((layer[..., 3] > 0).view(np.uint8))
         composite = clean.copy()
