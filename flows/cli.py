@@ -107,6 +107,8 @@ def pretrain_remover_cmd(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
     icon_logos: Annotated[int, typer.Option(help="pictogram logos per renderer (0: the procedural bank only)")] = 512,
     profile: Annotated[str, typer.Option(help="training profile (locate-cpu: locate, then restore)")] = "locate-cpu",
+    synth: Annotated[str, typer.Option(help="cpu: loader draws the marks; device: composited on the GPU")] = "cpu",
+    batch_size: Annotated[int | None, typer.Option(help="override the profile's batch size")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or continue) the shipped remover on clean photos; write fp16 weights and the model card."""
@@ -118,7 +120,7 @@ def pretrain_remover_cmd(
         result = pretrain_remover(images, settings.home / "pretrain" / f"remover-{profile}", minutes, resume=resume,
                                   from_scratch=from_scratch, out_dir=out or WEIGHTS_DIR, threads=threads,
                                   command=command, log=lambda m: err.print(m), icon_logos=icon_logos,
-                                  profile=profile)
+                                  profile=profile, synth=synth, batch_size=batch_size)
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

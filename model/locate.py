@@ -27,9 +27,11 @@ the full image, so the localiser sees whole images at the cost of small restorer
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from model.network import UNet
 
@@ -175,6 +177,49 @@ class LocateRestore(nn.Module):
         return out
 
 
+# --- the localiser as a detector (triage) ---------------------------------------------------
+
+SCORE_TOP_FRACTION = 0.002  # an image's mark score: the mean of its top 0.2 % view probabilities
+
+
+def _view_tensor(image: Image.Image | np.ndarray, view: int) -> torch.Tensor:
+    arr = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {arr.shape}")
+    vh, vw = view_size(arr.shape[0], arr.shape[1], view)
+    im = Image.fromarray(arr.astype(np.uint8)).resize((vw, vh), Image.Resampling.BOX)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+@torch.no_grad()
+def mark_scores(model: LocateRestore, images: list[Image.Image | np.ndarray],
+                top_fraction: float = SCORE_TOP_FRACTION, batch_size: int = 8) -> np.ndarray:
+    """Watermark score in [0, 1] per image from the localiser alone: the mean of the top
+    ``top_fraction`` of its mark probabilities over the reduced view. The view has the same size
+    whatever the photo's (long side ``view``), so a score means the same on a 4000 px photo and a
+    400 px one; the restorer never runs."""
+    import numpy as np
+
+    model.eval()
+    dev = next(model.parameters()).device
+    view = model.config["view"]
+    out = np.zeros(len(images), np.float64)
+    jobs: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+    for i, im in enumerate(images):
+        t = _view_tensor(im, view)
+        jobs.setdefault(tuple(t.shape[1:]), []).append((i, t))
+    for items in jobs.values():
+        for k in range(0, len(items), batch_size):
+            chunk = items[k : k + batch_size]
+            x = torch.stack([t for _, t in chunk]).to(dev)
+            prob = torch.sigmoid(model.localiser(x)["logits"].float()).flatten(1)  # (B, h·w)
+            n = max(1, round(top_fraction * prob.shape[1]))
+            top = prob.topk(n, dim=1).values.mean(1).cpu().numpy()
+            for (i, _), v in zip(chunk, top, strict=True):
+                out[i] = float(v)
+    return out
+
+
 # --- training --------------------------------------------------------------------------------
 
 
@@ -242,4 +287,4 @@ def is_locate_config(config: dict) -> bool:
 
 
 __all__ = ["ALPHA_CAP", "LOCATE_TERMS", "LocateRestore", "invert", "is_locate_config", "locate_loss",
-           "pick_crops", "view_size"]
+           "mark_scores", "pick_crops", "view_size"]

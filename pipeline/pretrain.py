@@ -57,11 +57,13 @@ def corpus_paths(folders: list[str | Path]) -> list[Path]:
 def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: float, resume: bool = True,
                      from_scratch: bool = False, out_dir: str | Path = WEIGHTS_DIR, threads: int | None = None,
                      profile: str = "locate-cpu", command: str = "", log=print,  # noqa: ANN001
-                     icon_logos: int = 512) -> dict:
+                     icon_logos: int = 512, synth: str = "cpu", batch_size: int | None = None) -> dict:
     """Train (or continue) the shipped remover for ``minutes`` of wall time, then export it.
 
     ``icon_logos``: logos composed from pictograms (``model.icons``) in each renderer, from the
     train identities for training and from the held-out ones for validation and test (0: none).
+    ``synth="device"`` composites the training marks on the training device from a pre-rendered
+    bank (``model.synth``: for a lent GPU); ``batch_size`` overrides the profile's.
     """
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
@@ -75,7 +77,8 @@ def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: fl
     shipped = Path(out_dir) / "remover.pt"
     resuming = resume and (run_dir / "last.pt").exists()
     init = None if (from_scratch or resuming or not shipped.exists()) else shipped
-    config = trainer.profile_config(profile, max_minutes=minutes)
+    overrides = {"synth": synth, **({"batch_size": batch_size} if batch_size else {})}
+    config = trainer.profile_config(profile, max_minutes=minutes, **overrides)
     if init is not None:
         shipped_config = dict(load_checkpoint(shipped)[0].config)
         if shipped_config != dict(trainer.build_network(config).config):

@@ -162,3 +162,22 @@ def test_evaluate_pairs_reports_mask_scores_and_both_oracles():
     assert 0.0 <= r["mask"]["iou"] <= r["mask"]["f1"] <= 1.0
     with pytest.raises(ValueError, match="unknown baselines"):
         evaluate_pairs(_perturbed(), items, baselines=("median",))
+
+
+def test_mark_score_does_not_drift_with_image_size():
+    """The localiser scores a fixed-size view, so one scene at 4× the pixels scores the same."""
+    from PIL import Image
+
+    from model.locate import mark_scores
+
+    m = _perturbed()
+    rng = np.random.default_rng(0)
+    small = np.kron(rng.integers(0, 256, (12, 16, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 96×128, blocky
+    big = np.asarray(Image.fromarray(small).resize((512, 384), Image.Resampling.NEAREST))
+    other = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    s = mark_scores(m, [small, big, Image.fromarray(other)])
+    assert s.shape == (3,) and ((0 <= s) & (s <= 1)).all()
+    assert abs(s[0] - s[1]) < 0.01
+    assert abs(s[0] - s[2]) > abs(s[0] - s[1])  # it does look at the picture
+    with pytest.raises(ValueError, match="HxWx3"):
+        mark_scores(m, [np.zeros((8, 8), np.uint8)])
