@@ -209,7 +209,7 @@ def review_triage(settings: Settings, detector: str | None, labels: dict[str, st
 
 
 @flow(name="demo", validate_parameters=True)
-def demo(site_url: str, labels: dict[str, str], profile: str = "quick-cpu", perceptual: str = "off",
+def demo(site_url: str, labels: dict[str, str], profile: str = "locate-cpu", perceptual: str = "off",
          finish_within_minutes: float = 12.0, home: str | None = None) -> dict:
     """The nightly pipeline on the demo's site: ``ingest``, the review above, ``train`` capped to
     fit ``finish_within_minutes`` (keeping two minutes for cleaning), ``clean`` and the report."""
@@ -226,7 +226,7 @@ def demo(site_url: str, labels: dict[str, str], profile: str = "quick-cpu", perc
 
 
 def run_demo(settings: Settings, minutes: float = 12.0, perceptual: str = "off",
-             console: Console | None = None, profile: str = "quick-cpu", photos: list[str] | None = None,
+             console: Console | None = None, profile: str = "locate-cpu", photos: list[str] | None = None,
              max_side: int = 640, use_shipped: bool = True) -> dict[str, Any]:
     """Build and serve the sample site, run ``nightly`` on it (ingest, ``profile`` training
     capped so that the run ends within ``minutes``, clean, report) and print the summary.

@@ -17,7 +17,7 @@ from pipeline import summaries
 from pipeline.config import Settings
 from pipeline.workspace import open_workspace
 
-Profile = Literal["seed", "quick-cpu", "tiny"]
+Profile = Literal["locate-cpu", "seed", "quick-cpu", "tiny", "tiny-locate"]
 Pairing = Literal["supervised", "self-supervised"]
 Perceptual = Literal["imagenet", "random", "off"]
 
@@ -54,7 +54,7 @@ def training_report(settings: Settings, model_version: str | None) -> None:
 
 @flow(name="train", validate_parameters=True)
 def train(
-    profile: Profile = "quick-cpu",
+    profile: Profile = "locate-cpu",
     pairing: Pairing = "supervised",
     max_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)] | None = None,
     perceptual: Perceptual | None = None,

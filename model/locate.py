@@ -110,6 +110,29 @@ class LocateRestore(nn.Module):
     mask_guided = True
     whole_image = True  # model.infer.Cleaner hands it whole images, never its own tiles
 
+    @torch.no_grad()
+    def warm_start_from_unet(self, unet_config: dict, state: dict[str, torch.Tensor]) -> None:
+        """Start both trunks from a trained mask-head U-Net remover of the same width and depth
+        (the remover that shipped before this design): the localiser takes its features and its
+        mask head; the restorer its features on the input's three channels (the other five start
+        at zero) and its residual head."""
+        want = {"base": self.config["base"], "depth": self.config["depth"]}
+        if {k: unet_config.get(k) for k in want} != want or self.config["loc_base"] != want["base"] \
+                or self.config["loc_depth"] != want["depth"] or not unet_config.get("mask_head"):
+            raise ValueError(f"cannot warm-start {self.config} from the U-Net {unet_config}")
+        trunk = {k: v for k, v in state.items() if not k.startswith(("head.", "mask_out."))}
+        self.localiser.trunk.load_state_dict(trunk)
+        first = "encoders.0.block.0.weight"
+        widened = dict(trunk)
+        w = torch.zeros_like(self.restorer.trunk.state_dict()[first])
+        w[:, :3] = trunk[first]
+        widened[first] = w
+        self.restorer.trunk.load_state_dict(widened)
+        self.localiser.out.weight[:1] = state["mask_out.weight"]
+        self.localiser.out.bias[:1] = state["mask_out.bias"]
+        self.restorer.out.weight[:3] = state["head.weight"]
+        self.restorer.out.bias[:3] = state["head.bias"]
+
     def locate(self, x: torch.Tensor, view: int | None = None) -> dict[str, torch.Tensor]:
         """The localiser's maps at the reduced view of ``x`` (B,3,H,W)."""
         vh, vw = view_size(x.shape[2], x.shape[3], view or self.config["view"])

@@ -466,10 +466,14 @@ def _train_locked(train_paths, val_paths, test_paths, config: TrainConfig, run_d
             (run_dir / stale).unlink(missing_ok=True)
         if init_weights is not None:
             start, _ = load_checkpoint(init_weights, map_location=device)
-            if dict(start.config) != dict(model.config):
-                raise ValueError(f"{init_weights} is a {start.config} network, this run builds {model.config}")
-            model.load_state_dict(start.state_dict())
             source = "given checkpoint bytes" if isinstance(init_weights, bytes) else init_weights
+            if isinstance(model, LocateRestore) and isinstance(start, UNet):
+                model.warm_start_from_unet(dict(start.config), start.state_dict())
+                source = f"{source} (both trunks warm-started from its U-Net)"
+            elif dict(start.config) != dict(model.config):
+                raise ValueError(f"{init_weights} is a {start.config} network, this run builds {model.config}")
+            else:
+                model.load_state_dict(start.state_dict())
             _changelog(run_dir, f"initialised from {source}")
         _changelog(run_dir, f"started {config.profile}/{config.pairing} on {len(train_paths)} train, "
                             f"{len(val_paths)} val, {len(test_paths)} test images; perceptual={config.perceptual} "

@@ -80,9 +80,19 @@ def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: fl
     overrides = {"synth": synth, **({"batch_size": batch_size} if batch_size else {})}
     config = trainer.profile_config(profile, max_minutes=minutes, **overrides)
     if init is not None:
-        shipped_config = dict(load_checkpoint(shipped)[0].config)
-        if shipped_config != dict(trainer.build_network(config).config):
-            log(f"the shipped weights are another network ({shipped_config}); this {profile} run starts from scratch")
+        shipped_net = load_checkpoint(shipped)[0]
+        fresh = trainer.build_network(config)
+        warm = hasattr(fresh, "warm_start_from_unet") and not hasattr(shipped_net, "localiser")
+        if warm:
+            try:
+                fresh.warm_start_from_unet(dict(shipped_net.config), shipped_net.float().state_dict())
+                log(f"the shipped weights are a U-Net ({dict(shipped_net.config)}); this {profile} run warm-starts "
+                    "both of its trunks from it")
+            except ValueError:
+                warm = False
+        if not warm and dict(shipped_net.config) != dict(fresh.config):
+            log(f"the shipped weights are another network ({dict(shipped_net.config)}); this {profile} run starts "
+                "from scratch")
             init = None
     log(f"pretrain remover: {len(train_p)} train / {len(val_p)} val / {len(test_p)} test photos, "
         f"{minutes} min, " + ("resuming" if resuming else f"from {init}" if init else "from scratch"))

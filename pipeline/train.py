@@ -146,7 +146,7 @@ def train_remover(
     catalog: Catalog,
     blobs: BlobStore,
     settings: Settings,
-    profile: str = "quick-cpu",
+    profile: str = "locate-cpu",
     pairing: str = "supervised",
     max_minutes: float | None = None,
     log: Callable[[str], None] | None = None,

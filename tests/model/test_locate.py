@@ -181,3 +181,25 @@ def test_mark_score_does_not_drift_with_image_size():
     assert abs(s[0] - s[2]) > abs(s[0] - s[1])  # it does look at the picture
     with pytest.raises(ValueError, match="HxWx3"):
         mark_scores(m, [np.zeros((8, 8), np.uint8)])
+
+
+def test_warm_start_from_a_unet_carries_its_mask_and_residual():
+    """Warm-started from a mask-head U-Net of its width, the localiser's mark logit on an image no
+    larger than the view is the U-Net's mask logit, and the restorer's residual head is the
+    U-Net's; a U-Net of another width is refused."""
+    from model.network import UNet
+
+    torch.manual_seed(0)
+    unet = UNet(base=8, depth=2, mask_head=True, mask_guided=True)
+    with torch.no_grad():
+        unet.head.weight.normal_(0, 0.1)
+        unet.mask_out.weight.normal_(0, 0.3)
+    unet.eval()
+    m = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32).eval()
+    m.warm_start_from_unet(dict(unet.config), unet.state_dict())
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(m.locate(x)["logits"], unet(x)["mask_logits"], atol=1e-5)
+        assert torch.equal(m.restorer.out.weight[:3], unet.head.weight)
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        m.warm_start_from_unet(dict(UNet(base=16, depth=2, mask_head=True).config), {})

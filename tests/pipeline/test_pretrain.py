@@ -80,20 +80,26 @@ def test_pretrain_exports_fp16_weights_manifest_and_card_then_continues_from_the
     assert "icons-1" not in card.split("## Data")[1].split("## Training")[0]  # the latest run's bank
 
 
-def test_a_new_network_starts_from_scratch_and_says_so(photos, tmp_path):
-    """Shipped weights of another network cannot seed a run: it starts from random weights, says
-    so in its log, and the run log records it (no silent mixing of architectures)."""
+def test_a_new_network_warm_starts_from_the_shipped_unet_or_starts_from_scratch(photos, tmp_path):
+    """A locate-then-restore run warm-starts its trunks from shipped U-Net weights of its width;
+    shipped weights that cannot seed the run's network leave it at random weights, and both say
+    so in the log and the run log (no silent mixing of architectures)."""
     out = tmp_path / "weights"
     pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None, icon_logos=0)
     said: list[str] = []
     pretrain_remover([photos], tmp_path / "run2", 0.3, out_dir=out, profile="tiny-locate", log=said.append,
                      icon_logos=0)
-    assert any("another network" in m and "from scratch" in m for m in said)
+    assert any("warm-starts" in m for m in said)
     runs = [json.loads(line) for line in (out / "remover-runs.jsonl").read_text().splitlines()]
-    assert runs[-1]["started_from"] == "scratch"
+    assert runs[-1]["started_from"].endswith("remover.pt")
     model, _ = load_checkpoint(out / "remover.pt")
     assert model.config.get("arch") == "locate-restore"
     assert "locate-then-restore" in (out / "remover.md").read_text()
+    said.clear()  # now a U-Net run on top of the shipped locate-then-restore weights
+    pretrain_remover([photos], tmp_path / "run3", 0.3, out_dir=out, profile="tiny", log=said.append, icon_logos=0)
+    assert any("another network" in m and "from scratch" in m for m in said)
+    runs = [json.loads(line) for line in (out / "remover-runs.jsonl").read_text().splitlines()]
+    assert runs[-1]["started_from"] == "scratch"
 
 
 def test_register_shipped_promotes_once_and_refuses_a_damaged_file(photos, tmp_path, catalog, blobs):
