@@ -27,6 +27,7 @@ the full image, so the localiser sees whole images at the cost of small restorer
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -39,6 +40,7 @@ ALPHA_CAP = 0.9  # inversion uses min(α, ALPHA_CAP): 1/(1 − α) amplifies the
 RESTORE_TILE = 512  # restorer tile (pixels) for images over RESTORE_MAX_PIXELS at inference
 RESTORE_OVERLAP = 64
 RESTORE_MAX_PIXELS = 1024 * 1024
+FILLS = ("none", "telea")  # where the mark is opaque, the restorer starts from the input or from Telea's fill
 LOCATE_TERMS = ("loc_bce", "loc_dice", "loc_alpha", "loc_colour", "loc_invert")
 
 
@@ -75,6 +77,21 @@ class Restorer(nn.Module):
         return self.out(self.trunk.features(x))
 
 
+@torch.no_grad()
+def telea_fill(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """OpenCV Telea inpainting (radius 3) of the pixels ``where`` (B,1,H,W) in ``x`` (B,3,H,W)
+    in [0, 1], on the CPU, per image; no gradient flows through it."""
+    out = x.detach().float().clone()
+    for i in range(x.shape[0]):
+        m = where[i, 0].to("cpu", torch.uint8).numpy()
+        if not m.any():
+            continue
+        img = (out[i].permute(1, 2, 0).cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        filled = cv2.inpaint(np.ascontiguousarray(img), m * 255, 3, cv2.INPAINT_TELEA)
+        out[i] = torch.from_numpy(filled).to(x.device).permute(2, 0, 1).float() / 255.0
+    return out.to(x.dtype)
+
+
 def view_size(h: int, w: int, view: int, multiple: int = 16) -> tuple[int, int]:
     """The localiser's input size for an h×w image: long side ``view`` (never upscaled), both
     sides multiples of ``multiple``."""
@@ -95,13 +112,17 @@ class LocateRestore(nn.Module):
     size_multiple = 16
 
     def __init__(self, base: int = 16, depth: int = 4, loc_base: int = 16, loc_depth: int = 4, view: int = 192,
-                 arch: str = "locate-restore"):
+                 arch: str = "locate-restore", fill: str = "none"):
         super().__init__()
         if arch != "locate-restore":
             raise ValueError(f"LocateRestore builds arch 'locate-restore', not {arch!r}")
         if view < 32 or view % 16:
             raise ValueError(f"view must be a multiple of 16 and at least 32, got {view}")
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
         self.config = dict(arch=arch, base=base, depth=depth, loc_base=loc_base, loc_depth=loc_depth, view=view)
+        if fill != "none":  # (absent from the configs of networks that never had it)
+            self.config["fill"] = fill
         self.size_multiple = max(2**depth, 16)
         self.localiser = Localiser(loc_base, loc_depth)
         self.restorer = Restorer(base, depth)
@@ -144,7 +165,11 @@ class LocateRestore(nn.Module):
         """Full-resolution restore of ``x`` given the upsampled maps (same H×W as ``x``)."""
         prob = torch.sigmoid(logits)
         inverted = invert(x, alpha, colour)
-        estimate = x + prob * (inverted - x)
+        start = inverted
+        if self.config.get("fill") == "telea":  # opaque marks start from OpenCV's fill, not the input
+            opaque = (prob > 0.5) & (alpha >= ALPHA_CAP)
+            start = torch.where(opaque, telea_fill(x, opaque), inverted)
+        estimate = x + prob * (start - x)
         o = self.restorer(torch.cat([x, estimate, prob, alpha], dim=1))
         raw = estimate + o[:, :3]
         mask_logits = logits + o[:, 3:4]

@@ -203,3 +203,29 @@ def test_warm_start_from_a_unet_carries_its_mask_and_residual():
         assert torch.equal(m.restorer.out.weight[:3], unet.head.weight)
     with pytest.raises(ValueError, match="cannot warm-start"):
         m.warm_start_from_unet(dict(UNet(base=16, depth=2, mask_head=True).config), {})
+
+
+def test_telea_fill_starts_opaque_marks_from_opencv_and_is_recorded_in_the_config():
+    from model.evaluate import inpaint_telea
+    from model.locate import telea_fill
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 32, 32, generator=g)
+    where = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    where[..., 8:20, 10:24] = True
+    logits = torch.where(where, 12.0, -12.0).float()
+    alpha = where.float()
+    colour = torch.ones(1, 3, 32, 32)
+    filled = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32, fill="telea").eval()
+    assert filled.config["fill"] == "telea" and "fill" not in LocateRestore().config
+    with torch.no_grad():
+        raw = filled.restore(x, logits, alpha, colour)["raw_image"]
+        plain = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32).eval().restore(x, logits, alpha, colour)
+    u8 = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    expect = torch.from_numpy(inpaint_telea(u8, where[0, 0].numpy())).permute(2, 0, 1).float() / 255
+    inside = where[0, 0]
+    assert torch.allclose(raw[0][:, inside], expect[:, inside], atol=1e-3)
+    assert torch.allclose(telea_fill(x, where)[0], expect, atol=1e-6)
+    assert not torch.allclose(plain["raw_image"][0][:, inside], expect[:, inside], atol=0.05)
+    with pytest.raises(ValueError, match="fill must be"):
+        LocateRestore(fill="median")
