@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=ROOT / "model" / "weights" / "remover.pt")
     ap.add_argument("--swcnn-logos", default="1,4,7,10")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, help="score only the first N test samples (a quick look)")
     ap.add_argument("--set", choices=FILLS, help="write this fill into the weights' config afterwards")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,6 +55,8 @@ def main() -> None:
         paths = [_find(r["folder"], r["file"]) for r in csv.DictReader(fh, delimiter="\t") if r["split"] == "test"]
     held_out = WatermarkRenderer(seed=config.seed + 1, icon_logos=512, icon_split="val")
     data = fixed_test_set(paths, config, held_out)
+    if args.limit:
+        data = [data[i] for i in range(min(args.limit, len(data)))]
     logos = tempfile.mkdtemp(prefix="swcnn-logos-")
     for k in args.swcnn_logos.split(","):
         os.symlink(SWCNN / "logos" / f"{k}.png", Path(logos) / f"{k}.png")
