@@ -2,12 +2,13 @@
 
     from model import Remover
     out, mask = Remover.load().clean(pil_or_array)   # the shipped weights
-    out, mask = Remover.load("run/best.pt").clean(array, threshold=0.5, dilate=2)
+    out, mask = Remover.load("run/best.pt").clean(array, threshold=0.5, dilate=2, feather=4)
 
 ``Remover.load()`` takes ``model/weights/remover.pt`` (fp16 weights, loaded as float32) or any
 Unmark remover checkpoint path or bytes. ``clean`` runs the tiled inference engine
 (``model.infer.Cleaner``) at the image's own size and returns the output (uint8 HxWx3) and the
-mask it used (bool HxW). Outside the mask the output is the input, bit for bit.
+mask it used (bool HxW). Outside the mask the output is the input, bit for bit: the network's
+prediction is taken where the mask is, blended into the input over the feather.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import json
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 from model.infer import Cleaner
+from model.masks import MaskRule
 from model.network import load_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -33,7 +34,7 @@ class Remover:
     def __init__(self, network: torch.nn.Module, config: dict | None = None, device: str = "auto"):
         self.network = network
         self.config = dict(config or {})
-        self._cleaner = Cleaner(network, device=device, harden_mask=False, tile=512, overlap=64)
+        self._cleaner = Cleaner(network, device=device, harden_mask=True, tile=512, overlap=64)
 
     @classmethod
     def load(cls, source: str | os.PathLike | bytes | None = None, device: str = "auto") -> Remover:
@@ -47,26 +48,20 @@ class Remover:
         config = json.loads(extra.get("train_config", "{}"))
         return cls(network, config, device=device)
 
-    def clean(self, image: Image.Image | np.ndarray, threshold: float = 0.5, dilate: int = 1
+    def clean(self, image: Image.Image | np.ndarray, threshold: float = 0.5, dilate: int = 1, feather: int = 0
               ) -> tuple[np.ndarray, np.ndarray]:
         """(cleaned uint8 HxWx3, mask bool HxW) for one RGB image (PIL or uint8 array; greyscale
-        and RGBA are converted). Pixels where the predicted mask probability is at most
-        ``threshold`` (after dilating the mask by ``dilate`` pixels) are copied from the input."""
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        if dilate < 0:
-            raise ValueError(f"dilate must be >= 0, got {dilate}")
+        and RGBA are converted). The mask is the predicted probability above ``threshold``,
+        dilated by ``dilate`` pixels; ``feather`` pixels outside it blend the cleaned output into
+        the input (``model.masks.MaskRule``). Pixels outside the returned mask (the dilated and
+        feathered region) are copied from the input."""
+        rule = MaskRule(threshold, dilate, feather)
         rgb = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else _as_rgb(image)
+        self._cleaner.mask_rule = rule
         res = self._cleaner.clean([rgb])[0]
-        if res.mask is None:
+        if res.weights is None:  # a network without a mask head changes the whole image
             return res.image, np.ones(rgb.shape[:2], bool)
-        mask = (res.mask > threshold).astype(np.uint8)
-        if dilate:
-            mask = cv2.dilate(mask, np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8))
-        out = rgb.copy()
-        keep = mask.astype(bool)
-        out[keep] = res.image[keep]
-        return out, keep
+        return res.image, res.weights > 0
 
 
 def _as_rgb(arr: np.ndarray) -> np.ndarray:

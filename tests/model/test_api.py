@@ -51,3 +51,26 @@ def test_bad_input_is_a_clear_error(checkpoint, tmp_path):
         r.clean(np.zeros((8, 8, 3), np.uint8), threshold=1.0)
     with pytest.raises(FileNotFoundError, match="no remover checkpoint"):
         Remover.load(tmp_path / "missing.pt")
+
+
+class _DarkenBright(torch.nn.Module):
+    """A mask head that fires on bright pixels and a prediction that is black everywhere."""
+
+    def forward(self, x):
+        return {"image": torch.zeros_like(x), "mask_logits": (x.mean(1, keepdim=True) - 0.5) * 40}
+
+
+def test_dilate_and_feather_widen_the_mask_and_fade_into_the_input():
+    torch.set_num_threads(1)
+    r = Remover(_DarkenBright(), device="cpu")
+    img = np.full((40, 40, 3), 120, np.uint8)
+    img[16:24, 16:24] = 250  # an 8x8 bright mark
+    out, mask = r.clean(img, dilate=0)
+    assert mask.sum() == 64 and (out[16:24, 16:24] == 0).all() and np.array_equal(out[~mask], img[~mask])
+    out, mask = r.clean(img, dilate=2)
+    assert mask.sum() == 144 and (out[14:26, 14:26] == 0).all() and out[13, 20, 0] == 120
+    out, mask = r.clean(img, dilate=0, feather=3)
+    assert mask.sum() == 14 * 14 - 4  # the feather reaches 3 pixels out (Euclidean: the corners round off)
+    # along a row leaving the mark: weights 3/4, 1/2, 1/4 at distances 1, 2, 3, then the input
+    assert list(out[20, 24:28, 0]) == [30, 60, 90, 120]
+    assert np.array_equal(out[~mask], img[~mask])
