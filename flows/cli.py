@@ -114,6 +114,9 @@ def scrape(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     emit(summary, as_json, "scrape")
+    if summary["seeds"] and summary["seeds_failed"] == summary["seeds"]:
+        err.print(f"[red]error:[/red] every seed failed ({summary['seeds']}); see the failures above")
+        raise typer.Exit(1)
 
 
 TaskRunnerOpt = Annotated[str | None, typer.Option(
