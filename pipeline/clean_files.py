@@ -108,41 +108,48 @@ class Job:
     image_id: int | None = None
     blob_key: str | None = None
     passthrough: str | None = None  # why a file that triage would clean is passed through
+    mask_dest: Path | None = None
 
     def fail(self, reason: str) -> None:
         self.row.action, self.row.reason = "failed", reason
 
 
-def mask_path(dest: Path) -> Path:
-    return dest.with_name(dest.stem + ".mask.png")
-
-
-def plan(paths: Sequence[str | os.PathLike], out_dir: Path) -> list[Job]:
-    """A job per input file, with its output path; `FileNotFoundError` for a missing input,
-    `CleanFilesError` when ``out_dir`` is a file or an output would replace an input."""
+def plan(paths: Sequence[str | os.PathLike], out_dir: Path, masks: bool = False) -> list[Job]:
+    """A job per input file, with its output path (and mask path, with ``masks``): `FileNotFoundError`
+    for a missing input, `CleanFilesError` when ``out_dir`` is a file or an output would replace
+    an input. A mask is ``NAME.mask.png`` for ``NAME.ext``, or ``NAME.ext.mask.png`` when another
+    output has that name already; two inputs with one output name make the second a failed row."""
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise CleanFilesError(f"--out {out_dir} is a file, not a folder")
     found: list[tuple[Path, Path]] = []
     for arg in map(Path, paths):
-        files = iter_image_files([arg])
-        for f in files:
+        for f in iter_image_files([arg]):
             if arg.is_dir() and out != arg.resolve() and out in f.resolve().parents:
                 continue  # outputs of an earlier run inside the input folder
             found.append((f, f.relative_to(arg) if arg.is_dir() else Path(f.name)))
     inputs = {f.resolve() for f, _ in found}
-    jobs, taken = [], {}
     for f, rel in found:
-        dest = out / rel
-        if dest.resolve() in inputs or mask_path(dest).resolve() in inputs:
+        if (out / rel).resolve() in inputs:
             raise CleanFilesError(f"--out {out_dir} would overwrite the input {f}: choose another folder")
-        job = Job(f, dest, FileRow(str(f)))
-        for p in (dest, mask_path(dest)):
-            if p in taken:
-                job.fail(f"duplicate-output-name: {taken[p]} has the same output {p.name}")
-        if job.row.action != "failed":
-            taken[dest] = taken[mask_path(dest)] = f
+    jobs: list[Job] = []
+    taken: dict[Path, Path] = {out / "manifest.json": out, out / "manifest.csv": out}
+    for f, rel in found:
+        job = Job(f, out / rel, FileRow(str(f)))
         jobs.append(job)
+        if job.dest in taken:
+            job.fail(f"duplicate-output-name: {taken[job.dest]} has the same output {job.dest.name}")
+            continue
+        taken[job.dest] = f
+    for job in jobs if masks else []:
+        if job.row.action == "failed":
+            continue
+        options = [job.dest.with_name(job.dest.stem + ".mask.png"), job.dest.with_name(job.dest.name + ".mask.png")]
+        job.mask_dest = next((m for m in options if m not in taken and m.resolve() not in inputs), None)
+        if job.mask_dest is None:
+            job.fail(f"duplicate-output-name: no free name for the mask of {job.dest.name}")
+        else:
+            taken[job.mask_dest] = f
     return jobs
 
 
@@ -324,8 +331,8 @@ def write_cleaned(job: Job, snap: dict[str, Any], blobs: BlobStore, settings: Se
         _atomic_write(job.dest, encode_like(orig, compose(orig, cleaned, changed)))
         job.row.output = str(job.dest)
     if options.masks or options.mask_only:
-        _atomic_write(mask_path(job.dest), mask_like(orig, weights))
-        job.row.mask = str(mask_path(job.dest))
+        _atomic_write(job.mask_dest, mask_like(orig, weights))
+        job.row.mask = str(job.mask_dest)
     job.row.action = "masked" if options.mask_only else "cleaned"
     job.row.mask_area = round(float((weights > 0).mean()), 6)
     keep = ("mask_key", "weights_key", "model_output", "clean_copy")
@@ -367,7 +374,7 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
     """Import, triage and clean the files in ``paths`` and write them to ``options.out_dir``; see
     the module docstring. Returns the summary (counts by action, the failures, the manifest)."""
     t0 = time.perf_counter()
-    jobs = plan(paths, options.out_dir)
+    jobs = plan(paths, options.out_dir, masks=options.masks or options.mask_only)
     notes: list[str] = []
     import_jobs(jobs, catalog, blobs, settings)
     if progress:
