@@ -74,3 +74,32 @@ def test_dilate_and_feather_widen_the_mask_and_fade_into_the_input():
     # along a row leaving the mark: weights 3/4, 1/2, 1/4 at distances 1, 2, 3, then the input
     assert list(out[20, 24:28, 0]) == [30, 60, 90, 120]
     assert np.array_equal(out[~mask], img[~mask])
+
+
+def test_detector_scores_pil_and_arrays_like_triage_and_clear_errors(tmp_path):
+    from model import Detector
+    from model.api import WEIGHTS_DIR
+    from model.detector import WatermarkDetector, save_detector, score_images
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = WatermarkDetector(widths=(8, 8, 8, 8))
+    with torch.no_grad():
+        net.head.weight.normal_(std=50)
+    path = save_detector(net, tmp_path / "d.pt", scales=[64], calibration={"low": 0.2, "high": 0.8})
+    det = Detector.load(path, device="cpu")
+    assert det.scales == (64,) and det.calibration == {"low": 0.2, "high": 0.8}
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (2, 48, 80, 3), dtype=np.uint8)
+    sa, sb = det.score(a), det.score(Image.fromarray(b))
+    assert isinstance(sa, float) and 0 < sa < 1 and sa != sb
+    assert sa == pytest.approx(float(score_images(net.eval(), [a], scales=(64,))[0]), abs=1e-6)
+    assert det.score(Image.fromarray(a)) == pytest.approx(sa) and det.score(a[..., 0]) > 0
+    assert Detector.load(path.read_bytes(), device="cpu").score(a) == pytest.approx(sa)
+    with pytest.raises(FileNotFoundError, match="no detector checkpoint"):
+        Detector.load(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="not a detector checkpoint"):
+        Detector.load(b"not a checkpoint")
+    if not (WEIGHTS_DIR / "detector.pt").exists():
+        with pytest.raises(FileNotFoundError, match="no detector ships"):
+            Detector.load()
