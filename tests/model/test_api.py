@@ -103,3 +103,19 @@ def test_detector_scores_pil_and_arrays_like_triage_and_clear_errors(tmp_path):
     if not (WEIGHTS_DIR / "detector.pt").exists():
         with pytest.raises(FileNotFoundError, match="no detector ships"):
             Detector.load()
+
+
+@pytest.mark.slow
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's example, as written, with the shipped weights."""
+    import re
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## The Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out, mask = np.asarray(Image.open("astronaut-clean.png")), np.asarray(Image.open("astronaut-mask.png"))
+    assert out.shape == (512, 512, 3) and mask.shape == (512, 512) and "cleaned" in capsys.readouterr().out
