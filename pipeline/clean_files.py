@@ -255,18 +255,24 @@ def clean_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings
     blob_of = {j.image_id: (j.row.sha256, j.blob_key) for j in jobs if j.image_id is not None}
     items = [WorkItem(i, blob_of[i][0], blob_of[i][1], score_before=before.get(i)) for i in todo]
     errors: dict[int, str] = {}
-    n = settings.clean_chunk_images
+    chunk: list = []
+
+    def flush() -> None:
+        rows, failed = _clean_chunk(chunk, cleaner, detector, blobs, store, remover.version)
+        with catalog.write() as s:  # a cleaning masked another way is replaced
+            s.execute(delete(Cleaning).where(Cleaning.model_version == remover.version, Cleaning.source == "model",
+                                             Cleaning.image_id.in_([r["image_id"] for r in rows])))
+        _commit(catalog, rows, failed)
+        errors.update({it.image_id: f"{getattr(e, 'reason', type(e).__name__)}: {e}" for it, e in failed})
+        chunk.clear()
+
     try:
-        for k in range(0, len(items), n):
-            chunk = list(iter_decoded(items[k : k + n], settings, with_clean=False))
-            rows, failed = _clean_chunk(chunk, cleaner, detector, blobs, store, remover.version)
-            with catalog.write() as s:  # a cleaning masked another way is replaced
-                s.execute(delete(Cleaning).where(Cleaning.model_version == remover.version, Cleaning.source == "model",
-                                                 Cleaning.image_id.in_([r["image_id"] for r in rows])))
-            _commit(catalog, rows, failed)
-            errors.update({it.image_id: f"{getattr(e, 'reason', type(e).__name__)}: {e}" for it, e in failed})
-            if progress:
-                progress("clean", min(k + n, len(items)), len(items))
+        for k, dec in enumerate(iter_decoded(items, settings, with_clean=False), 1):
+            chunk.append(dec)
+            if len(chunk) >= settings.clean_chunk_images or k == len(items):
+                flush()
+                if progress:
+                    progress("clean", k, len(items))
     finally:
         cleaner.close()
     done.update(_cleanings(catalog, remover.version, todo))
@@ -340,9 +346,10 @@ def write_cleaned(job: Job, snap: dict[str, Any], blobs: BlobStore, settings: Se
                        **{k: snap[k] for k in ("psnr_vs_input", "ssim_vs_input", "changed_fraction")}}
 
 
-def write_jobs(jobs: Sequence[Job], cleanings: dict[int, dict], version: str | None, blobs: BlobStore,
-               settings: Settings, options: Options, progress: Progress | None = None) -> None:
-    """Write every job's file (cleaned, copied or passed over); a job that fails here is a row."""
+def write_jobs(jobs: Sequence[Job], cleanings: dict[int, dict], version: str | None, catalog: Catalog,
+               blobs: BlobStore, settings: Settings, options: Options, progress: Progress | None = None) -> None:
+    """Write every job's file (cleaned, copied or passed over); a job that fails here is a
+    failed row (and a ``failures`` row, stage ``clean-files``)."""
     for n, job in enumerate(jobs, 1):
         try:
             if job.row.action != "pending":
@@ -359,6 +366,8 @@ def write_jobs(jobs: Sequence[Job], cleanings: dict[int, dict], version: str | N
                 job.row.reason = job.passthrough or f"triage: {job.row.label}"
         except (BadImage, NotWritable, OSError, ValueError) as exc:
             job.fail(f"write: {getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+            with catalog.write() as s:
+                q.record_failure(s, STAGE, job.path.resolve().as_uri(), exc)
         if progress:
             progress("write", n, len(jobs))
 
@@ -388,7 +397,7 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
         if options.model_version is None and (shipped := registry.register_shipped(catalog, blobs)):
             notes.append(f"registered the shipped remover {shipped['version']} (as `unmark init` does)")
         version, cleanings = clean_jobs(jobs, catalog, blobs, settings, options, detector, progress)
-    write_jobs(jobs, cleanings, version, blobs, settings, options, progress)
+    write_jobs(jobs, cleanings, version, catalog, blobs, settings, options, progress)
     rows = [j.row for j in jobs]
     manifest = write_manifest(rows, Path(options.out_dir))
     counts = {a: sum(r.action == a for r in rows) for a in ("cleaned", "masked", "copied", "skipped", "failed")}

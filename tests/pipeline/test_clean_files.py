@@ -268,3 +268,16 @@ def test_bad_arguments_are_clear_errors_that_touch_nothing(remover, folder, tmp_
     assert code == 2 and "threshold" in output
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert not (tmp_path / "o").exists()
+
+
+def test_a_file_that_cannot_be_written_is_a_failed_row_and_the_rest_are_written(remover, folder, tmp_path, catalog):
+    from storage.models import Failure
+
+    out = tmp_path / "out"
+    (out / "a.png").mkdir(parents=True)  # a folder where the output should go
+    code, res, output = run(str(folder), "--out", str(out))
+    assert code == 1 and res["failed"] == 1 and res["cleaned"] == 2
+    assert res["failures"][0]["input"] == str(folder / "a.png") and "write" in res["failures"][0]["reason"]
+    assert (out / "sub" / "b.jpg").is_file() and (out / "c.png").is_file()
+    with catalog.session() as s:
+        assert s.scalar(select(Failure.stage).where(Failure.subject == (folder / "a.png").resolve().as_uri())) == "clean-files"
