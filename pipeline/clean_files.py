@@ -205,7 +205,7 @@ def triage_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
         label, score, status = labels[j.image_id]
         j.row.label, j.row.score = label, score
         if status == "failed":
-            j.fail("triage: the detector could not decode it")
+            j.fail("triage: the image is marked failed in the catalog (it could not be decoded)")
     return detector
 
 
