@@ -161,10 +161,12 @@ def _frames(path: Path) -> int:
         return 1
 
 
-def import_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings: Settings) -> None:
+def import_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings: Settings,
+                progress: Progress | None = None) -> None:
     """Import the planned files (``unmark import``'s path); failures get their reason."""
     live = [j for j in jobs if j.row.action == "pending"]
-    _, results = import_files([j.path for j in live], catalog, blobs, settings, source="clean-files")
+    tell = (lambda done, total: progress("import", done, total)) if progress else None
+    _, results = import_files([j.path for j in live], catalog, blobs, settings, source="clean-files", progress=tell)
     by_path = {r.path: r for r in results}
     with catalog.session() as s:
         ids = q.image_ids_by_sha(s, [r.sha256 for r in results if r.sha256])
@@ -385,9 +387,7 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
     t0 = time.perf_counter()
     jobs = plan(paths, options.out_dir, masks=options.masks or options.mask_only)
     notes: list[str] = []
-    import_jobs(jobs, catalog, blobs, settings)
-    if progress:
-        progress("import", len(jobs), len(jobs))
+    import_jobs(jobs, catalog, blobs, settings, progress)
     detector = triage_jobs(jobs, catalog, blobs, settings, progress)
     if detector is None:
         notes.append(NO_DETECTOR)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,10 +73,13 @@ def import_files(
     blobs: BlobStore,
     settings: Settings,
     source: str = "import",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[ImportStats, list[ImportedFile]]:
     """Store each file's bytes as a blob and its image row and sighting (a ``file://`` URL); a
     file that is not an acceptable image (``pipeline.images.inspect_image``) or cannot be read is a
-    ``failures`` row (stage ``import``). Returns the counts and one ``ImportedFile`` per file."""
+    ``failures`` row (stage ``import``). Returns the counts and one ``ImportedFile`` per file;
+    ``progress(done, total)`` hears of each file."""
+    files = list(files)
     stats = ImportStats()
     done: list[ImportedFile] = []
     batch: list[tuple[Path, dict]] = []
@@ -105,6 +108,8 @@ def import_files(
 
     for path in files:
         stats.seen += 1
+        if progress:
+            progress(stats.seen - 1, len(files))
         try:
             data = path.read_bytes()
             info = inspect_image(data, settings.max_image_pixels)
@@ -124,4 +129,6 @@ def import_files(
         if len(batch) >= settings.write_batch_size:
             flush()
     flush()
+    if progress:
+        progress(len(files), len(files))
     return stats, done

@@ -281,3 +281,14 @@ def test_a_file_that_cannot_be_written_is_a_failed_row_and_the_rest_are_written(
     assert (out / "sub" / "b.jpg").is_file() and (out / "c.png").is_file()
     with catalog.session() as s:
         assert s.scalar(select(Failure.stage).where(Failure.subject == (folder / "a.png").resolve().as_uri())) == "clean-files"
+
+
+def test_progress_reaches_every_stage_to_its_end(remover, folder, tmp_path, catalog, blobs, env):
+    from pipeline.clean_files import Options, clean_files
+
+    env.num_workers, env.clean_tile, env.clean_overlap, env.clean_backend = 0, 48, 16, "eager"
+    seen: dict[str, tuple[int, int]] = {}
+    res = clean_files([folder], catalog, blobs, env, Options(tmp_path / "out"),
+                      progress=lambda stage, done, total: seen.__setitem__(stage, (done, total)))
+    assert res["cleaned"] == 3
+    assert seen == {"import": (3, 3), "clean": (3, 3), "write": (3, 3)}
