@@ -153,6 +153,12 @@ def plan(paths: Sequence[str | os.PathLike], out_dir: Path, masks: bool = False)
     return jobs
 
 
+def why(exc: BaseException) -> str:
+    """``reason: message`` for a failed row (a ``BadImage``'s message starts with its reason)."""
+    reason, msg = getattr(exc, "reason", None) or type(exc).__name__, str(exc) or repr(exc)
+    return msg if msg.startswith(reason) else f"{reason}: {msg}"
+
+
 def _frames(path: Path) -> int:
     try:
         with PILImage.open(path) as im:
@@ -174,7 +180,7 @@ def import_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
     for j in live:
         r = by_path[j.path]
         if r.error is not None:
-            j.fail(f"{r.reason}: {r.error}")
+            j.fail(why(r.error))
             continue
         j.row.sha256, j.image_id = r.sha256, ids[r.sha256]
         j.blob_key, j.row.width, j.row.height = rows[j.image_id]
@@ -265,7 +271,7 @@ def clean_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings
             s.execute(delete(Cleaning).where(Cleaning.model_version == remover.version, Cleaning.source == "model",
                                              Cleaning.image_id.in_([r["image_id"] for r in rows])))
         _commit(catalog, rows, failed)
-        errors.update({it.image_id: f"{getattr(e, 'reason', type(e).__name__)}: {e}" for it, e in failed})
+        errors.update({it.image_id: why(e) for it, e in failed})
         chunk.clear()
 
     try:
@@ -367,7 +373,7 @@ def write_jobs(jobs: Sequence[Job], cleanings: dict[int, dict], version: str | N
             if job.row.action in ("copied", "skipped"):
                 job.row.reason = job.passthrough or f"triage: {job.row.label}"
         except (BadImage, NotWritable, OSError, ValueError) as exc:
-            job.fail(f"write: {getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+            job.fail(f"write: {why(exc)}")
             with catalog.write() as s:
                 q.record_failure(s, STAGE, job.path.resolve().as_uri(), exc)
         if progress:
