@@ -268,6 +268,8 @@ def test_bad_arguments_are_clear_errors_that_touch_nothing(remover, folder, tmp_
     assert code == 2 and "threshold" in output
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert not (tmp_path / "o").exists()
+    code, _, output = run(str(folder), "--out", str(tmp_path / "o"), "--model", "remover-nope")
+    assert code == 2 and "no remover 'remover-nope'" in output
 
 
 def test_a_file_that_cannot_be_written_is_a_failed_row_and_the_rest_are_written(remover, folder, tmp_path, catalog):
