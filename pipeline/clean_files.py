@@ -52,7 +52,7 @@ from pipeline.clean import (
     pick_device,
 )
 from pipeline.config import Settings
-from pipeline.images import BadImage, open_image
+from pipeline.images import BadImage, displayed
 from pipeline.importer import import_files, iter_image_files
 from pipeline.writeback import NotWritable, compose, encode_like, mask_like, read_original
 from storage import BlobStore, Catalog
@@ -337,7 +337,7 @@ def write_cleaned(job: Job, snap: dict[str, Any], blobs: BlobStore, settings: Se
     if snap["output_key"] is None:
         raise NotWritable("no-output", "the catalog's asset for this image is a clean duplicate, not a cleaning")
     orig = read_original(data, settings.max_image_pixels)
-    rgb = np.asarray(open_image(data, settings.max_image_pixels).convert("RGB"))
+    rgb = np.asarray(displayed(orig.image).convert("RGB"))  # what the remover was given
     cleaned = _decode_png(blobs, snap["output_key"])[..., :3]
     changed = (cleaned != rgb).any(axis=2)
     weights = _weights(blobs, snap, changed)
