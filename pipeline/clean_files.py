@@ -365,6 +365,8 @@ def write_jobs(jobs: Sequence[Job], cleanings: dict[int, dict], version: str | N
             if _wants_cleaning(job) and job.image_id in cleanings:
                 job.row.model = version
                 write_cleaned(job, cleanings[job.image_id], blobs, settings, options)
+            elif _wants_cleaning(job):
+                job.fail("clean: no cleaning of this image was recorded")
             elif options.copy_clean and not options.mask_only:
                 _atomic_write(job.dest, job.path.read_bytes())
                 job.row.output, job.row.action = str(job.dest), "copied"
