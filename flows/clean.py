@@ -20,7 +20,8 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 @task(name="clean-pool", cache_policy=NO_CACHE)
-def clean_task(settings: Settings, model_version: str, device: str) -> dict:
+def clean_task(settings: Settings, model_version: str, device: str, mask: dict | None = None) -> dict:
+    from model.masks import MaskRule
     from pipeline import clean
 
     since = datetime.now(UTC)
@@ -28,7 +29,8 @@ def clean_task(settings: Settings, model_version: str, device: str) -> dict:
         total = summaries.pending_cleanings(catalog, model_version)
         progress = artifacts.Progress("clean-progress", 100, f"cleaning {total} images with {model_version}")
         with progress.watch(lambda: summaries.cleaning_percent(catalog, model_version, since, total)):
-            summary = clean.clean(catalog, blobs, settings, model_version=model_version, device=device)
+            summary = clean.clean(catalog, blobs, settings, model_version=model_version, device=device,
+                                  mask_rule=MaskRule.given(**(mask or {})))
         artifacts.publish_worst_cleanings(catalog, model_version)
     return small(summary)
 
@@ -47,10 +49,15 @@ def clean(
     device: Device = "auto",
     write_report: bool = True,
     home: str | None = None,
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = None,
+    dilate: Annotated[int, Field(ge=0, le=512)] | None = None,
+    feather: Annotated[int, Field(ge=0, le=512)] | None = None,
 ) -> dict:
     """Clean the watermarked pool with ``model_version`` (default: the promoted remover) and
     write the HTML report. Without any remover it cleans nothing, says so, and still writes the
-    report (counts, triage, failures)."""
+    report (counts, triage, failures). ``threshold``/``dilate``/``feather`` set the mask rule
+    (``model.masks.MaskRule``; each unset one takes its default, 0.5 / 1 / 0); with none of them
+    the model's own output rule applies."""
     log = get_run_logger()
     settings = flow_settings(home)
     with open_workspace(settings) as (catalog, _):
@@ -59,7 +66,8 @@ def clean(
         log.warning("clean: no promoted remover yet; run the train flow first (nothing cleaned)")
         summary = {"model_version": None, "skipped": "no promoted remover"}
     else:
-        summary = {"model_version": version, **clean_task(settings, version, device)}
+        mask = {"threshold": threshold, "dilate": dilate, "feather": feather}
+        summary = {"model_version": version, **clean_task(settings, version, device, mask)}
     if write_report:
         summary["report"] = report_task(settings)
     return summary

@@ -8,7 +8,6 @@ inside those commands, after the telemetry variables are set, so the other comma
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import sys
@@ -18,63 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import Settings, load_settings
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Unmark: scrape, dedup, triage and clean watermarked images.")
-catalog_app = typer.Typer(no_args_is_help=True, help="Query the catalog.")
-app.add_typer(catalog_app, name="catalog")
-console = Console(stderr=False)
-err = Console(stderr=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-
-
-def _settings() -> Settings:
-    return load_settings()
-
-
-def _open(settings: Settings | None = None):  # noqa: ANN202
-    from storage import BlobStore, open_catalog
-
-    settings = settings or _settings()
-    return settings, open_catalog(settings), BlobStore.from_settings(settings)
-
-
-def emit(data: Any, as_json: bool, title: str = "") -> None:
-    """Print ``data`` as JSON, or as a two-column rich table (nested dicts flattened)."""
-    if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-        return
-    table = Table(title=title or None, show_header=False)
-    for k, v in _flatten(data):
-        table.add_row(k, str(v))
-    console.print(table)
-
-
-@contextlib.contextmanager
-def stage_progress(disabled: bool = False):  # noqa: ANN201
-    """A rich progress display on stderr with one bar per stage; yields ``progress(stage, done, total)``."""
-    from rich.progress import Progress
-
-    with Progress(console=err, transient=True, disable=disabled) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield progress
-
-
-def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202
-    if isinstance(d, dict):
-        if not d and prefix:
-            yield prefix.rstrip("."), "—"
-        for k, v in d.items():
-            yield from _flatten(v, f"{prefix}{k}.")
-    else:
-        yield prefix.rstrip("."), d
+from flows.cli_base import JsonOpt, app, catalog_app, console, emit, err, stage_progress
+from flows.cli_base import open_all as _open
+from flows.cli_base import settings_now as _settings
+from pipeline.config import Settings
 
 
 @app.command()
@@ -170,6 +116,9 @@ def scrape(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     emit(summary, as_json, "scrape")
+    if summary["seeds"] and summary["seeds_failed"] == summary["seeds"]:
+        err.print(f"[red]error:[/red] every seed failed ({summary['seeds']}); see the failures above")
+        raise typer.Exit(1)
 
 
 TaskRunnerOpt = Annotated[str | None, typer.Option(
@@ -212,7 +161,6 @@ def dedup(
         emit(_run_mapped("dedup", settings, regroup), as_json, "dedup")
         return
     emit(run_dedup(cat, blobs, settings, regroup=regroup), as_json, "dedup")
-
 
 
 @catalog_app.command("stats")
@@ -384,29 +332,6 @@ def evaluate(
 
 
 @app.command()
-def clean(
-    model: Annotated[str | None, typer.Option(help="remover version (default: the promoted one)")] = None,
-    device: Annotated[str, typer.Option(help="auto|cpu|cuda")] = "auto",
-    limit: Annotated[int | None, typer.Option(help="clean at most this many images")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Clean the watermarked pool with the promoted remover (tiled, batched inference)."""
-
-    from pipeline import clean as clean_step
-    from pipeline import registry
-
-    settings, cat, blobs = _open()
-    with stage_progress(disabled=as_json) as progress:
-        try:
-            result = clean_step.clean(cat, blobs, settings, model_version=model, device=device, limit=limit,
-                                      progress=progress)
-        except (registry.NoModel, clean_step.DeviceUnavailable) as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
-    emit(result, as_json, "clean")
-
-
-@app.command()
 def report(as_json: JsonOpt = False) -> None:
     """Write a static HTML report (before/after pairs, metrics, training curves, counts)."""
     from pipeline.report import report as write_report
@@ -438,6 +363,9 @@ def demo(
                       console=Console(stderr=True) if as_json else console)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+
+
+from flows import cli_clean  # noqa: E402,F401 - registers clean and clean-files on app
 
 
 def main() -> None:  # pragma: no cover

@@ -1,11 +1,11 @@
 """PyTorch side of Unmark: network, losses, synthetic watermarks, datasets, training, inference, metrics, plots. Imports nothing of ours.
 
-``from model import Remover`` cleans one image with the shipped weights (``model.api``)."""
+``from model import Remover, Detector`` cleans or scores one image (``model.api``)."""
 
 
 def __getattr__(name: str):  # the API loads torch only when asked for
-    if name == "Remover":
-        from model.api import Remover
+    if name in ("Remover", "Detector"):
+        from model import api
 
-        return Remover
+        return getattr(api, name)
     raise AttributeError(name)

@@ -1,13 +1,20 @@
-"""Clean one image in Python, with no catalog, database or Prefect::
+"""Clean or score one image in Python, with no catalog, database or Prefect::
 
-    from model import Remover
+    from model import Detector, Remover
     out, mask = Remover.load().clean(pil_or_array)   # the shipped weights
-    out, mask = Remover.load("run/best.pt").clean(array, threshold=0.5, dilate=2)
+    out, mask = Remover.load("run/best.pt").clean(array, threshold=0.5, dilate=2, feather=4)
+    score = Detector.load("detector.pt").score(pil_or_array)   # watermark probability in [0, 1]
 
 ``Remover.load()`` takes ``model/weights/remover.pt`` (fp16 weights, loaded as float32) or any
 Unmark remover checkpoint path or bytes. ``clean`` runs the tiled inference engine
 (``model.infer.Cleaner``) at the image's own size and returns the output (uint8 HxWx3) and the
-mask it used (bool HxW). Outside the mask the output is the input, bit for bit.
+mask it used (bool HxW). Outside the mask the output is the input, bit for bit: the network's
+prediction is taken where the mask is, blended into the input over the feather.
+
+``Detector.load()`` takes ``model/weights/detector.pt`` when one ships (none does yet: it says
+so) or any detector checkpoint path or bytes (``model.detector.save_detector``); ``score`` is the
+probability that an image carries a mark, scored as triage scores it (at the checkpoint's
+``scales`` when it records them). ``calibration`` holds the checkpoint's thresholds, if any.
 """
 
 from __future__ import annotations
@@ -16,16 +23,17 @@ import json
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
+from model.detector import SCORE_SCALES, detector_from_bytes, score_images
+from model.device import resolve_device
 from model.infer import Cleaner
+from model.masks import MaskRule
 from model.network import load_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
 
 class Remover:
     """A loaded remover network and the inference engine that runs it."""
@@ -33,7 +41,7 @@ class Remover:
     def __init__(self, network: torch.nn.Module, config: dict | None = None, device: str = "auto"):
         self.network = network
         self.config = dict(config or {})
-        self._cleaner = Cleaner(network, device=device, harden_mask=False, tile=512, overlap=64)
+        self._cleaner = Cleaner(network, device=device, harden_mask=True, tile=512, overlap=64)
 
     @classmethod
     def load(cls, source: str | os.PathLike | bytes | None = None, device: str = "auto") -> Remover:
@@ -47,27 +55,56 @@ class Remover:
         config = json.loads(extra.get("train_config", "{}"))
         return cls(network, config, device=device)
 
-    def clean(self, image: Image.Image | np.ndarray, threshold: float = 0.5, dilate: int = 1
+    def clean(self, image: Image.Image | np.ndarray, threshold: float = 0.5, dilate: int = 1, feather: int = 0
               ) -> tuple[np.ndarray, np.ndarray]:
         """(cleaned uint8 HxWx3, mask bool HxW) for one RGB image (PIL or uint8 array; greyscale
-        and RGBA are converted). Pixels where the predicted mask probability is at most
-        ``threshold`` (after dilating the mask by ``dilate`` pixels) are copied from the input."""
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        if dilate < 0:
-            raise ValueError(f"dilate must be >= 0, got {dilate}")
+        and RGBA are converted). The mask is the predicted probability above ``threshold``,
+        dilated by ``dilate`` pixels; ``feather`` pixels outside it blend the cleaned output into
+        the input (``model.masks.MaskRule``). Pixels outside the returned mask (the dilated and
+        feathered region) are copied from the input."""
+        rule = MaskRule(threshold, dilate, feather)
         rgb = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else _as_rgb(image)
+        self._cleaner.mask_rule = rule
         res = self._cleaner.clean([rgb])[0]
-        if res.mask is None:
+        if res.weights is None:  # a network without a mask head changes the whole image
             return res.image, np.ones(rgb.shape[:2], bool)
-        mask = (res.mask > threshold).astype(np.uint8)
-        if dilate:
-            mask = cv2.dilate(mask, np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8))
-        out = rgb.copy()
-        keep = mask.astype(bool)
-        out[keep] = res.image[keep]
-        return out, keep
+        return res.image, res.weights > 0
 
+class Detector:
+    """A loaded watermark detector (``model.detector.WatermarkDetector``)."""
+
+    def __init__(self, network: torch.nn.Module, scales=SCORE_SCALES, calibration: dict | None = None,  # noqa: ANN001
+                 device: str = "auto"):
+        self.network = network.eval()
+        self.scales = tuple(int(s) for s in scales)
+        self.calibration = dict(calibration) if calibration else None
+        self.device = resolve_device(device)
+        self.network.to(self.device)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | bytes | None = None, device: str = "auto") -> Detector:
+        """The shipped detector (``source`` None), or the checkpoint at ``source`` (a path or bytes)."""
+        if source is None:
+            source = WEIGHTS_DIR / "detector.pt"
+            if not source.is_file():
+                raise FileNotFoundError(f"no detector ships in {WEIGHTS_DIR} yet: pass the path of a detector "
+                                        "checkpoint (model.detector.save_detector)")
+        if not isinstance(source, bytes):
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"no detector checkpoint at {source}")
+            source = Path(source).read_bytes()
+        try:
+            network, extra = detector_from_bytes(source)
+        except Exception as exc:  # a remover, a damaged or foreign file: say so
+            raise ValueError(f"not a detector checkpoint: {type(exc).__name__}: {exc}") from exc
+        return cls(network, extra.get("scales", SCORE_SCALES), extra.get("calibration"), device=device)
+
+    def score(self, image: Image.Image | np.ndarray) -> float:
+        """The probability (0-1) that one RGB image (PIL or uint8 array; grey and RGBA converted)
+        carries a watermark."""
+        rgb = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else _as_rgb(image)
+        with torch.inference_mode():
+            return float(score_images(self.network, [rgb], scales=self.scales, device=self.device)[0])
 
 def _as_rgb(arr: np.ndarray) -> np.ndarray:
     arr = np.asarray(arr)

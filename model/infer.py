@@ -46,11 +46,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.device import resolve_device, resolve_precision
 from model.fused import NotFusable, fuse_unet
+from model.masks import MaskRule
 from model.quant import NotQuantizable, int8_unavailable, quantized_unet, weights_key
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,13 @@ INT8_MIN_BASE = 16  # narrower U-Nets are not worth a calibration (test-sized ne
 class CleanResult:
     """One cleaned image: ``image`` uint8 HxWx3 (the input's size), ``mask`` the predicted
     watermark probability HxW float32 (None when the network has no mask head), ``seconds`` this
-    image's share of the compute time (by tile area)."""
+    image's share of the compute time (by tile area), ``weights`` the blend weights of a hardened
+    output (``model.masks.MaskRule``; None when the output was not hardened)."""
 
     image: np.ndarray
     mask: np.ndarray | None
     seconds: float
+    weights: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,9 @@ class Cleaner:
     CPU) shrinks tiles to spread them evenly instead of keeping every tile ``tile`` wide.
 
     ``harden_mask`` (mask-head networks; as ``model.evaluate.predict`` does at evaluation): the
-    output becomes ``x·(1−m) + y·m`` with the hard, one-pixel-dilated mask ``m = dilate(p > 0.5)``
-    of the blended probabilities, so pixels the mask calls clean are copied exactly; ``y`` is the
+    output becomes ``x·(1−w) + y·w`` with the weights ``w = mask_rule.weights(p)`` of the blended
+    probabilities (by default the hard, one-pixel-dilated mask ``dilate(p > 0.5)``; ``mask_rule``
+    may be changed between calls), so pixels the mask calls clean are copied exactly; ``y`` is the
     raw prediction (the network's ``raw_image`` output, or for a mask-guided U-Net input + head,
     read by a forward hook on ``model.head`` that ``close()`` removes).
 
@@ -227,8 +230,10 @@ class Cleaner:
         harden_mask: bool = False,
         compile: bool = False,
         backend: str = "auto",
+        mask_rule: MaskRule | None = None,
     ):
         self.device = resolve_device(device)
+        self.mask_rule = mask_rule or MaskRule()
         self.precision = resolve_precision(precision, self.device)
         self.multiple = int(getattr(model, "size_multiple", 1) or 1)
         if tile < self.multiple:
@@ -411,16 +416,17 @@ class Cleaner:
                 inv = torch.outer(torch.from_numpy(ny[:h]).to(dev), torch.from_numpy(nx[:w]).to(dev))
                 inv = inv.clamp_(min=1e-8).reciprocal_().float()
                 out = (acc[i][:, :h, :w] * inv).clamp_(0, 1)
-                mask = None
+                mask = weights = None
                 if macc[i] is not None:
-                    prob = macc[i][0, :h, :w] * inv
+                    mask = (macc[i][0, :h, :w] * inv).float().cpu().numpy()
                     if self.harden_mask:
-                        hard = F.max_pool2d((prob > 0.5).float()[None, None], 3, stride=1, padding=1)[0]
+                        weights = self.mask_rule.weights(mask)
+                        wt = torch.from_numpy(weights).to(dev)[None]
                         x = padded[i][:h, :w].permute(2, 0, 1).float().div_(255)
-                        out = x * (1 - hard) + out * hard
-                    mask = prob.float().cpu().numpy()
+                        out = x * (1 - wt) + out * wt
                 out = out.mul_(255).round_().to(torch.uint8)
-                results.append(CleanResult(out.permute(1, 2, 0).cpu().numpy(), mask, elapsed * area[i] / area.sum()))
+                results.append(CleanResult(out.permute(1, 2, 0).cpu().numpy(), mask, elapsed * area[i] / area.sum(),
+                                           weights))
                 acc[i] = macc[i] = padded[i] = None  # free as we go
         return results
 

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from model.device import resolve_device
 from model.infer import Cleaner
+from model.masks import MaskRule
 from model.metrics import psnr, ssim_map
 from model.network import load_checkpoint
 from pipeline import registry
@@ -260,6 +261,32 @@ def engine_options(settings: Settings, device: torch.device) -> dict[str, Any]:
     }
 
 
+def pick_device(device: str, settings: Settings) -> torch.device:
+    """``device`` (``auto``: the settings' choice); `DeviceUnavailable` for a CUDA that is not here."""
+    dev = resolve_device(device if device != "auto" else settings.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"device {device!r} asked for, but CUDA is not available here (use --device cpu or auto)")
+    return dev
+
+
+def output_rule(remover: Remover, mask_rule: MaskRule | None = None) -> tuple[bool, MaskRule]:
+    """(harden, rule) of ``remover``'s output: without ``mask_rule``, the rule the model was
+    evaluated (and promoted) with (``config["harden_mask"]``, the default mask rule); with one, a
+    hardened output by that rule."""
+    return bool(remover.config.get("harden_mask", False)) or mask_rule is not None, mask_rule or MaskRule()
+
+
+def mask_settings(harden: bool, rule: MaskRule) -> dict[str, Any]:
+    """How a cleaning's output was masked, as its metrics record it."""
+    return {"harden_mask": harden, **(rule.as_metrics() if harden else {})}
+
+
+def make_cleaner(remover: Remover, settings: Settings, dev: torch.device, mask_rule: MaskRule | None = None) -> Cleaner:
+    """The engine for ``remover`` with its ``output_rule``."""
+    harden, rule = output_rule(remover, mask_rule)
+    return Cleaner(remover.model, device=dev, harden_mask=harden, mask_rule=rule, **engine_options(settings, dev))
+
+
 def _detector(catalog: Catalog, blobs: BlobStore):  # noqa: ANN202
     """The promoted watermark detector (``pipeline.triage``), or None when there is none."""
     try:
@@ -347,14 +374,14 @@ def clean(
     device: str = "auto",
     limit: int | None = None,
     progress: Progress | None = None,
+    mask_rule: MaskRule | None = None,
 ) -> dict[str, Any]:
     """Clean every watermarked image the remover (promoted, or ``model_version``) has not cleaned
-    yet; returns counts, timings and the model version."""
+    yet; returns counts, timings and the model version. ``mask_rule`` (threshold, dilate,
+    feather) hardens the output with that rule; None keeps the model's own (``make_cleaner``)."""
     t0 = time.perf_counter()
     remover = load_remover(catalog, blobs, model_version)
-    dev = resolve_device(device if device != "auto" else settings.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable(f"device {device!r} asked for, but CUDA is not available here (use --device cpu or auto)")
+    dev = pick_device(device, settings)
     detector = _detector(catalog, blobs)
     pool, pairs = work_items(catalog, remover.version, detector.version if detector else None)
     if limit is not None:
@@ -371,13 +398,9 @@ def clean(
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         return summary
 
-    opts = engine_options(settings, dev)
-    # the same output rule the model was evaluated (and promoted) with
-    harden = bool(remover.config.get("harden_mask", False))
-    cleaner = Cleaner(remover.model, device=dev, harden_mask=harden, **opts)
-    summary.update({"tile": opts["tile"], "overlap": opts["overlap"], "precision": cleaner.precision,
-                    "backend": cleaner.backend,
-                    "harden_mask": harden})
+    cleaner = make_cleaner(remover, settings, dev, mask_rule)
+    summary.update({"tile": cleaner.tile, "overlap": cleaner.overlap, "precision": cleaner.precision,
+                    "backend": cleaner.backend, **mask_settings(cleaner.harden_mask, cleaner.mask_rule)})
     compute_s = 0.0
     done = 0
     chunk: list[Decoded] = []
@@ -468,6 +491,9 @@ def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: Bl
             _, out_key = blobs.put(encode_output(res.image, d.alpha, settings.output_format))
             if res.mask is not None:  # what the model took for the mark: the report shows it
                 _, m["mask_key"] = blobs.put(encode_mask(res.mask))
+            if res.weights is not None:  # the region the output took from the model (clean-files' masks)
+                _, m["weights_key"] = blobs.put(encode_mask(res.weights))
+            m.update(mask_settings(cleaner.harden_mask, cleaner.mask_rule))
             row = dict(image_id=d.item.image_id, model_version=version, source="model", output_key=out_key,
                        psnr_vs_input=m["psnr_vs_input"], ssim_vs_input=m["ssim_vs_input"],
                        changed_fraction=m["changed_fraction"], score_before=scores_before[k],

@@ -101,10 +101,14 @@ def _limit_and_load(im: Image.Image, max_pixels: int) -> None:
 
 def open_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
     """Decode validated bytes to an RGB or RGBA Pillow image with EXIF orientation applied."""
+    inspect_image(data, max_pixels)
+    return displayed(Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS))
+
+
+def displayed(im: Image.Image) -> Image.Image:
+    """An opened image as the pipeline sees it: EXIF orientation applied, RGB or RGBA."""
     from PIL import ImageOps
 
-    inspect_image(data, max_pixels)
-    im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     im = ImageOps.exif_transpose(im)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         return im.convert("RGBA")

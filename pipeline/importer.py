@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,19 @@ def iter_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+@dataclass(frozen=True)
+class ImportedFile:
+    """One file's import: its content hash when it is in the catalog now, else the error."""
+
+    path: Path
+    sha256: str | None = None
+    error: BaseException | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.error is None else getattr(self.error, "reason", type(self.error).__name__)
+
+
 def import_paths(
     paths: Iterable[str | os.PathLike],
     catalog: Catalog,
@@ -50,8 +63,25 @@ def import_paths(
     settings: Settings,
     source: str = "import",
 ) -> ImportStats:
+    """Import the image files named or found under folders in ``paths`` (``iter_image_files``)."""
+    return import_files(iter_image_files(paths), catalog, blobs, settings, source)[0]
+
+
+def import_files(
+    files: Iterable[Path],
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    source: str = "import",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ImportStats, list[ImportedFile]]:
+    """Store each file's bytes as a blob and its image row and sighting (a ``file://`` URL); a
+    file that is not an acceptable image (``pipeline.images.inspect_image``) or cannot be read is a
+    ``failures`` row (stage ``import``). Returns the counts and one ``ImportedFile`` per file;
+    ``progress(done, total)`` hears of each file."""
+    files = list(files)
     stats = ImportStats()
-    files = iter_image_files(paths)
+    done: list[ImportedFile] = []
     batch: list[tuple[Path, dict]] = []
 
     def flush() -> None:
@@ -73,16 +103,20 @@ def import_paths(
                 if exists is None:
                     s.add(Sighting(image_id=ids[row["sha256"]], page_id=None, image_url=url, alt=None, found_by="import"))
                 q.clear_failure(s, "import", url)
+        done.extend(ImportedFile(path, row["sha256"]) for path, row in batch)
         batch.clear()
 
     for path in files:
         stats.seen += 1
+        if progress:
+            progress(stats.seen - 1, len(files))
         try:
             data = path.read_bytes()
             info = inspect_image(data, settings.max_image_pixels)
         except (BadImage, OSError) as exc:
             stats.failed += 1
-            reason = getattr(exc, "reason", type(exc).__name__)
+            done.append(ImportedFile(path, error=exc))
+            reason = done[-1].reason
             stats.failures[reason] = stats.failures.get(reason, 0) + 1
             with catalog.write() as s:
                 q.record_failure(s, "import", path.resolve().as_uri(), exc)
@@ -95,4 +129,6 @@ def import_paths(
         if len(batch) >= settings.write_batch_size:
             flush()
     flush()
-    return stats
+    if progress:
+        progress(len(files), len(files))
+    return stats, done

@@ -296,11 +296,12 @@ class Crawl:
         self.waiters: dict[str, list[tuple[str, ImageRef]]] = {}
         self.pending_pages: dict[str, _PendingPage] = {}
         self.robots_failures: list[tuple[str, BaseException]] = []
+        self.seeds: set[str] = set()  # set by run(): a seed whose own fetch fails counts in seeds_failed
         self.memory = {"validators": True, "sightings": True, "image_failures": True}  # set by run()
         self._known: dict[str, int] = {}  # image URL -> image id, for the page batch in hand
         self._failed: dict[str, str] = {}  # image URL -> failure class, for the page batch in hand
         self.stats: dict = {
-            "seeds": 0, "pages_fetched": 0, "pages_not_modified": 0, "pages_failed": 0, "pages_opted_out": 0,
+            "seeds": 0, "seeds_failed": 0, "pages_fetched": 0, "pages_not_modified": 0, "pages_failed": 0, "pages_opted_out": 0,
             "pages_disallowed": 0, "sitemaps": 0, "images_found": 0, "images_fetched": 0, "images_new": 0,
             "images_known_url": 0, "images_too_small": 0, "images_opted_out": 0, "images_failed": 0,
             "images_skipped_failed": 0, "bytes": 0, "failures": {},
@@ -401,6 +402,7 @@ class Crawl:
     def run(self, seeds: list[str]) -> dict:
         started = time.monotonic()
         self.stats["seeds"] = len(seeds)
+        self.seeds = set(seeds)
         with self.catalog.session() as s:
             # what earlier runs left; this run's own pages and image URLs are remembered in memory
             self.memory = q.scrape_memory(s, IMAGE_STAGE)
@@ -511,6 +513,7 @@ class Crawl:
         if page.final_url and page.final_url != page.url:
             self.seen_pages.add(page.final_url)
         if page.error is not None:
+            st["seeds_failed"] += page.url in self.seeds
             if getattr(page.error, "reason", "") == "robots":
                 st["pages_disallowed"] += 1
             else:
@@ -634,8 +637,8 @@ def scrape(
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Crawl from ``seeds`` (page URLs, sitemap.xml URLs, or files listing URLs) and store every
-    image found into ``blobs`` and ``catalog``. Returns counts for the run (pages fetched / not
-    modified / failed / opted out, images found / fetched / new / too small / failed, failures by
+    image found into ``blobs`` and ``catalog``. Returns counts for the run (seeds and the seeds
+    whose own fetch failed, pages fetched / not modified / failed / opted out, images found / fetched / new / too small / failed, failures by
     reason, pages_per_s, images_per_s).
 
     ``allow_private_hosts`` lets the crawl reach loopback (tests, the demo); ``resolver(host,

@@ -45,6 +45,9 @@ def latest_artifact(key: str):
         (train, {"max_minutes": 0}),
         (train, {"perceptual": "vgg19"}),
         (clean, {"device": "tpu"}),
+        (clean, {"threshold": 1.5}),
+        (clean, {"dilate": -1}),
+        (clean, {"feather": -2}),
         (nightly, {"train_profile": "seed-ish"}),
         (nightly, {"finish_within_minutes": -1}),
     ],
@@ -59,6 +62,29 @@ def test_clean_without_a_remover_cleans_nothing_and_says_so(settings):
     out = clean(home=str(settings.home))
     assert out["model_version"] is None and out["skipped"] == "no promoted remover"
     assert Path(out["report"]).exists()  # the report still shows the catalog
+
+
+def test_clean_flow_passes_the_mask_controls_to_every_cleaning(settings, catalog, blobs, tmp_path, monkeypatch):
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sqlalchemy import select
+
+    from storage.models import Cleaning
+    from tests.pipeline.test_clean import add_image, register_remover, tiny_remover
+
+    monkeypatch.setenv("UNMARK_NUM_WORKERS", "0")
+    monkeypatch.setenv("UNMARK_CLEAN_TILE", "48")
+    register_remover(catalog, blobs, tiny_remover(tmp_path))
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    add_image(catalog, blobs, buf.getvalue(), "watermarked", 40, 40)
+    out = clean(home=str(settings.home), write_report=False, dilate=4, feather=2)
+    assert out["cleaned"] == 1 and (out["mask_threshold"], out["mask_dilate"], out["mask_feather"]) == (0.5, 4, 2)
+    with catalog.session() as s:
+        m = s.scalar(select(Cleaning.metrics))
+    assert (m["harden_mask"], m["mask_dilate"], m["mask_feather"]) == (True, 4, 2)
 
 
 def test_artifacts_and_progress_reach_the_api(settings, catalog):

@@ -51,3 +51,71 @@ def test_bad_input_is_a_clear_error(checkpoint, tmp_path):
         r.clean(np.zeros((8, 8, 3), np.uint8), threshold=1.0)
     with pytest.raises(FileNotFoundError, match="no remover checkpoint"):
         Remover.load(tmp_path / "missing.pt")
+
+
+class _DarkenBright(torch.nn.Module):
+    """A mask head that fires on bright pixels and a prediction that is black everywhere."""
+
+    def forward(self, x):
+        return {"image": torch.zeros_like(x), "mask_logits": (x.mean(1, keepdim=True) - 0.5) * 40}
+
+
+def test_dilate_and_feather_widen_the_mask_and_fade_into_the_input():
+    torch.set_num_threads(1)
+    r = Remover(_DarkenBright(), device="cpu")
+    img = np.full((40, 40, 3), 120, np.uint8)
+    img[16:24, 16:24] = 250  # an 8x8 bright mark
+    out, mask = r.clean(img, dilate=0)
+    assert mask.sum() == 64 and (out[16:24, 16:24] == 0).all() and np.array_equal(out[~mask], img[~mask])
+    out, mask = r.clean(img, dilate=2)
+    assert mask.sum() == 144 and (out[14:26, 14:26] == 0).all() and out[13, 20, 0] == 120
+    out, mask = r.clean(img, dilate=0, feather=3)
+    assert mask.sum() == 14 * 14 - 4  # the feather reaches 3 pixels out (Euclidean: the corners round off)
+    # along a row leaving the mark: weights 3/4, 1/2, 1/4 at distances 1, 2, 3, then the input
+    assert list(out[20, 24:28, 0]) == [30, 60, 90, 120]
+    assert np.array_equal(out[~mask], img[~mask])
+
+
+def test_detector_scores_pil_and_arrays_like_triage_and_clear_errors(tmp_path):
+    from model import Detector
+    from model.api import WEIGHTS_DIR
+    from model.detector import WatermarkDetector, save_detector, score_images
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = WatermarkDetector(widths=(8, 8, 8, 8))
+    with torch.no_grad():
+        net.head.weight.normal_(std=50)
+    path = save_detector(net, tmp_path / "d.pt", scales=[64], calibration={"low": 0.2, "high": 0.8})
+    det = Detector.load(path, device="cpu")
+    assert det.scales == (64,) and det.calibration == {"low": 0.2, "high": 0.8}
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (2, 48, 80, 3), dtype=np.uint8)
+    sa, sb = det.score(a), det.score(Image.fromarray(b))
+    assert isinstance(sa, float) and 0 < sa < 1 and sa != sb
+    assert sa == pytest.approx(float(score_images(net.eval(), [a], scales=(64,))[0]), abs=1e-6)
+    assert det.score(Image.fromarray(a)) == pytest.approx(sa) and det.score(a[..., 0]) > 0
+    assert Detector.load(path.read_bytes(), device="cpu").score(a) == pytest.approx(sa)
+    with pytest.raises(FileNotFoundError, match="no detector checkpoint"):
+        Detector.load(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="not a detector checkpoint"):
+        Detector.load(b"not a checkpoint")
+    if not (WEIGHTS_DIR / "detector.pt").exists():
+        with pytest.raises(FileNotFoundError, match="no detector ships"):
+            Detector.load()
+
+
+@pytest.mark.slow
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's example, as written, with the shipped weights."""
+    import re
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## The Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out, mask = np.asarray(Image.open("astronaut-clean.png")), np.asarray(Image.open("astronaut-mask.png"))
+    assert out.shape == (512, 512, 3) and mask.shape == (512, 512) and "cleaned" in capsys.readouterr().out

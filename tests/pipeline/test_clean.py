@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -187,6 +187,31 @@ def test_clean_records_outputs_metrics_and_statuses(small_settings, catalog, blo
     assert len(_cleanings(catalog)) == 7
     with catalog.session() as s:
         assert s.scalar(select(Failure.attempts)) == 2
+
+
+def test_mask_rule_hardens_the_output_and_is_recorded(small_settings, catalog, blobs, remover, pool):
+    from model.masks import MaskRule
+
+    res = clean_step.clean(catalog, blobs, small_settings, mask_rule=MaskRule(threshold=0.3, dilate=2, feather=3))
+    assert res["harden_mask"] is True and (res["mask_threshold"], res["mask_dilate"], res["mask_feather"]) == (0.3, 2, 3)
+    for name in ("exif", "grey", "tiny"):
+        c = _cleanings(catalog)[pool[name]]
+        assert (c.metrics["mask_threshold"], c.metrics["mask_dilate"], c.metrics["mask_feather"]) == (0.3, 2, 3)
+        weights = np.asarray(_decode(blobs, c.metrics["weights_key"]))
+        assert weights.shape == np.asarray(_decode(blobs, c.output_key)).shape[:2] and weights.max() == 255
+    # without a rule the model's own output (this one is not hardened) is recorded as such
+    with catalog.write() as s:
+        s.execute(delete(Cleaning))
+    clean_step.clean(catalog, blobs, small_settings)
+    c = _cleanings(catalog)[pool["grey"]]
+    assert c.metrics["harden_mask"] is False and "mask_threshold" not in c.metrics and "weights_key" not in c.metrics
+
+
+def test_cli_refuses_bad_mask_options(small_settings, monkeypatch):
+    monkeypatch.setenv("UNMARK_HOME", str(small_settings.home))
+    for opt, value in (("--threshold", "1.5"), ("--dilate", "-1"), ("--feather", "-3")):
+        r = CliRunner().invoke(app, ["clean", opt, value])
+        assert r.exit_code == 2 and opt.strip("-") in r.output
 
 
 def test_jpeg_output_and_no_real_pair_compute(small_settings, catalog, blobs, remover, pool):

@@ -625,3 +625,24 @@ def test_a_failing_catalog_write_ends_the_crawl_with_its_error(site, catalog, bl
     with pytest.raises(DatabaseError, match="sightings"):
         run(site, catalog, blobs, fast.model_copy(update={"write_batch_size": 2}))
     assert not [t for t in threading.enumerate() if t.name == "unmark-scrape-writer"]
+
+
+def test_cli_exits_non_zero_only_when_every_seed_failed(site, settings, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("UNMARK_HOME", str(settings.home))
+    monkeypatch.setenv("UNMARK_MAX_RETRIES", "0")
+    site.page("/ok.html", "<img src='/img/1.png'>")
+    site.static("/img/1.png", png_bytes(1), "image/png")
+    runner = CliRunner()
+    r = runner.invoke(app, ["scrape", site.url("/gone.html"), site.url("/also-gone.html"), "--allow-private-hosts", "--json"])
+    assert r.exit_code == 1, r.output
+    assert "every seed failed" in r.output and json.loads(r.stdout)["seeds_failed"] == 2
+    r = runner.invoke(app, ["scrape", site.url("/gone.html"), site.url("/ok.html"), "--allow-private-hosts", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["seeds"] == 2 and out["seeds_failed"] == 1 and out["images_new"] == 1

@@ -1,0 +1,68 @@
+"""What every ``unmark`` command shares: the Typer app, the consoles, settings and workspace,
+JSON-or-table output and the progress display. The commands live in ``flows.cli`` and
+``flows.cli_clean``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Unmark: scrape, dedup, triage and clean watermarked images.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Query the catalog.")
+app.add_typer(catalog_app, name="catalog")
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+def settings_now() -> Settings:
+    return load_settings()
+
+def open_all(settings: Settings | None = None):  # noqa: ANN202
+    from storage import BlobStore, open_catalog
+
+    settings = settings or settings_now()
+    return settings, open_catalog(settings), BlobStore.from_settings(settings)
+
+def emit(data: Any, as_json: bool, title: str = "") -> None:
+    """Print ``data`` as JSON, or as a two-column rich table (nested dicts flattened)."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    table = Table(title=title or None, show_header=False)
+    for k, v in _flatten(data):
+        table.add_row(k, str(v))
+    console.print(table)
+
+@contextlib.contextmanager
+def stage_progress(disabled: bool = False):  # noqa: ANN201
+    """A rich progress display on stderr with one bar per stage; yields ``progress(stage, done, total)``."""
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True, disable=disabled) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield progress
+
+def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202
+    if isinstance(d, dict):
+        if not d and prefix:
+            yield prefix.rstrip("."), "—"
+        for k, v in d.items():
+            yield from _flatten(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), d
+
