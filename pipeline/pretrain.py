@@ -127,7 +127,14 @@ def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: di
     test = summary["test"]
     metrics = {"psnr": test["model"]["psnr"], "ssim": test["model"]["ssim"],
                "masked_psnr": test["model"].get("masked_psnr"), "input_psnr": test["input"]["psnr"],
-               "inpaint_psnr": test["inpaint"]["psnr"], "samples": test.get("samples")}
+               "inpaint_psnr": test["inpaint"]["psnr"], "samples": test.get("n"),
+               "inpaint_masked_psnr": test["inpaint"].get("masked_psnr"),
+               "input_masked_psnr": test["input"].get("masked_psnr"),
+               **({"oracle_restore_psnr": test["oracle_restore"]["psnr"],
+                   "oracle_restore_masked_psnr": test["oracle_restore"]["masked_psnr"]}
+                  if "oracle_restore" in test else {}),
+               **({"mask_telea_psnr": test["mask_telea"]["psnr"]} if "mask_telea" in test else {}),
+               **({"mask_iou": test["mask"]["iou"], "mask_f1": test["mask"]["f1"]} if "mask" in test else {})}
     weights = save_checkpoint(model, out / "remover.pt", train_config=json.dumps(config),
                               metrics_json=json.dumps(metrics), steps=summary["steps"])
     with open(out / "remover-manifest.tsv", "w") as fh:
@@ -147,6 +154,24 @@ def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: di
     card = out / "remover.md"
     card.write_text(_card(config, summary, metrics, splits, runs, weights))
     return {"weights": str(weights), "card": str(card)}
+
+
+def _metrics_table(m: dict) -> str:
+    def f(v: float | None) -> str:
+        return "–" if v is None else f"{v:.2f}"
+
+    rows = [("this model", m["psnr"], m.get("masked_psnr")), ("the input", m["input_psnr"], m.get("input_masked_psnr")),
+            ("OpenCV Telea given the true mask", m["inpaint_psnr"], m.get("inpaint_masked_psnr"))]
+    if "oracle_restore_psnr" in m:
+        rows.append(("oracle: the true mask, α and W, then this restorer", m["oracle_restore_psnr"],
+                     m.get("oracle_restore_masked_psnr")))
+    if "mask_telea_psnr" in m:
+        rows.append(("oracle: this model's mask, then Telea", m["mask_telea_psnr"], None))
+    table = "| | PSNR (dB) | inside the mark |\n| --- | --- | --- |\n" + "\n".join(
+        f"| {name} | {f(a)} | {f(b)} |" for name, a, b in rows)
+    if "mask_iou" in m:
+        table += f"\n\nPredicted mask against the true one: IoU {m['mask_iou']:.3f}, F1 {m['mask_f1']:.3f}."
+    return table
 
 
 def _describe(config: dict) -> str:
@@ -190,12 +215,8 @@ test samples.
   minutes in this run's schedule, {hours:.2f} hours over all runs below.
 - Loss: {json.dumps(config['loss'])}; perceptual: {config['perceptual']} ({config['perceptual_reason']}).
 
-## Metrics (synthetic test split: fixed samples of the held-out photos, whole image)
-| | PSNR (dB) |
-| --- | --- |
-| this model | {metrics['psnr']:.2f} |
-| the input | {metrics['input_psnr']:.2f} |
-| OpenCV Telea given the true mask | {metrics['inpaint_psnr']:.2f} |
+## Metrics (synthetic test split: {metrics.get('samples')} fixed samples of the held-out photos with held-out marks, whole image)
+{_metrics_table(metrics)}
 
 SSIM {metrics['ssim']:.4f}. SWCNN protocol figures are in `bench/RESULTS.md`.
 
