@@ -13,6 +13,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RESULTS_MD = BENCH / "RESULTS.md"
 RESULTS_DIR = BENCH / "results"
+HISTORY_DIR = BENCH / "history"
 sys.path.insert(0, str(BENCH.parent))
 
 
@@ -42,22 +43,42 @@ def command() -> str:
 
 
 def write_results(name: str, figures: dict, markdown_body: str) -> None:
-    """Write ``bench/results/<name>.json`` and append a dated section to ``bench/RESULTS.md``
-    (``UNMARK_BENCH_DRY=1``: print the section instead; for exploratory runs)."""
+    """Record one benchmark's figures: ``bench/results/<name>.json`` (the figures, the command,
+    the machine, the commit and the markdown body: the data), a dated section appended to
+    ``bench/history/<YYYY-MM-DD>.md`` (the log), and ``bench/RESULTS.md`` rewritten from every
+    results file (today's figures, one section per benchmark). ``UNMARK_BENCH_DRY=1``: print the
+    figures instead, for exploratory runs."""
     if os.environ.get("UNMARK_BENCH_DRY"):
         print(f"[dry run: not recorded] {name}: {json.dumps(figures, default=str)}")
         return
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    figures = {**figures, "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-               "command": command()}
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
-    section = (f"\n## {name} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-               f"Command: `{command()}`  \nMachine: {figures['machine']}  \nCommit: {_git_head()}\n\n"
-               f"{markdown_body.strip()}\n")
-    if not RESULTS_MD.exists():
-        RESULTS_MD.write_text("# Benchmark results\n\nEach section is appended by the script named in it.\n")
-    with open(RESULTS_MD, "a") as fh:
-        fh.write(section)
+    now = datetime.now(UTC)
+    figures = {**figures, "date": now.isoformat(timespec="seconds"), "machine": machine(), "command": command(),
+               "commit": _git_head(), "markdown": markdown_body.strip()}
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    HISTORY_DIR.mkdir(parents=True, exist_ok=True)
+    with open(HISTORY_DIR / f"{now:%Y-%m-%d}.md", "a") as fh:
+        fh.write(_section(name, figures) + "\n")
+    render_results()
+
+
+def _section(name: str, r: dict) -> str:
+    return (f"\n## {name} — {r.get('date', '?')[:16].replace('T', ' ')} UTC\n\n"
+            f"Command: `{r.get('command', '?')}`  \nMachine: {r.get('machine', '?')}  \nCommit: {r.get('commit', '?')}\n\n"
+            f"{r.get('markdown', '').strip()}\n")
+
+
+def render_results() -> Path:
+    """``bench/RESULTS.md`` from ``bench/results/*.json``: the latest figures of each benchmark."""
+    sections = []
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        sections.append(_section(path.stem, json.loads(path.read_text())))
+    RESULTS_MD.write_text(
+        "# Benchmark results: the latest figures\n\n"
+        "One section per benchmark, generated from `bench/results/<name>.json` by `bench/_common.py` each time\n"
+        "a benchmark records a run (re-render: `python bench/_common.py`). Every earlier run is in\n"
+        "`bench/history/`, by date.\n" + "".join(sections))
+    return RESULTS_MD
 
 
 def _git_head() -> str:
@@ -83,3 +104,7 @@ def offline_photo_files(folder: Path, name: str = "photo{i}.jpg") -> list[Path]:
         Image.fromarray(arr).save(p, quality=92)
         paths.append(p)
     return paths
+
+
+if __name__ == "__main__":
+    print(render_results())

@@ -44,7 +44,7 @@ CELL = 16  # input pixels per output cell
 # Long sides a whole image is scored at (never upsampled), the score being the maximum over them.
 # One view up to 768 px: on four saved detectors it ranked held-out marks better than the maximum
 # over 384 and 768 px (ROC-AUC +0.011 to +0.021, fewer uncertain images) at 1.6-1.9x the images/s; a
-# second scale is a second chance for a clean photo to light up a cell (bench/RESULTS.md, triage).
+# second scale is a second chance for a clean photo to light up a cell (bench/results/triage.json).
 SCORE_SCALES = (768,)
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def score_images(
 
     ``bf16`` (default: where the device does bf16 natively) runs the network channels-last under
     bf16 autocast: 1.55× the images/s on an AVX512-BF16 CPU, image logits within 0.07 of float32
-    (bench/RESULTS.md, triage). Calibration and triage both score with the default, so a threshold
+    (bench/results/triage.json). Calibration and triage both score with the default, so a threshold
     is always applied to scores made the same way."""
     model.eval()
     device = torch.device(device)

@@ -21,8 +21,8 @@ about 3× faster than fp32 for the seed network; fp32 otherwise. ``precision=`` 
 Backend: in fp32 on the CPU a U-Net runs as ``model.fused.FusedUNet`` (an inference-only copy with
 BatchNorm folded, activations fused into the oneDNN convolutions, gate and head projections
 merged; channels-last), which measured ~1.3× faster per pixel than the plain channels-last model
-and as fast as ``torch.jit.trace`` + ``freeze`` without a trace per tile shape (bench/RESULTS.md
-"infer"). ``backend="auto"`` picks it after checking it against the plain model on a small probe
+and as fast as ``torch.jit.trace`` + ``freeze`` without a trace per tile shape (bench/results/infer.json).
+``backend="auto"`` picks it after checking it against the plain model on a small probe
 input, and falls back to the plain model for networks it does not know. ``backend=`` overrides.
 
 On a CPU with VNNI (8-bit dot products) ``auto`` then tries the int8 copy (``model.quant``: FX
@@ -214,7 +214,7 @@ class Cleaner:
     (``batch_size``×3×``tile``×``tile``: tiles are not shrunk, small images are padded up to a
     tile, a short last batch is padded), since each new shape costs a compilation of minutes.
     On a CPU without native bf16 it made a 320² tile of the seed network ~1.3× cheaper, which the
-    extra pixels of fixed tiles ate up at 1024×768 (bench/RESULTS.md); compilation takes minutes.
+    extra pixels of fixed tiles ate up at 1024×768 (bench/results/infer.json); compilation takes minutes.
     Off by default; try it for large pools on the machine that will run them."""
 
     def __init__(

@@ -17,7 +17,7 @@ with marks from ``model.watermarks``, seeded, never the images being cleaned), s
 always gets the same int8 copy. ``quantized_unet`` caches the copy per model object and weights,
 so every Cleaner a process builds for the same network reuses it.
 
-Measured (bench/RESULTS.md "int8"): per 512² tile 2.0× (seed size) and 1.5× (quick-cpu size)
+Measured (bench/results/infer.json): per 512² tile 2.0× (seed size) and 1.5× (quick-cpu size)
 cheaper than ``model.fused``; the output agrees with fp32 to 56–66 dB PSNR on real photos and the
 trained remover's PSNR against the clean photo moves by ≤ 0.01 dB.
 

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
     # --- dedup -------------------------------------------------------------------------
     # Max Hamming distance between the 128-bit (pHash ‖ dHash) codes of two near duplicates;
-    # chosen from the precision/recall curve in bench/dedup.py (see bench/RESULTS.md).
+    # chosen from the precision/recall curve in bench/dedup.py (bench/results/dedup.json).
     dedup_threshold: int = 22
     dedup_workers: int = 0  # hashing processes; 0 = one per core
     dedup_chunk_size: int = 64  # images per hashing task
@@ -76,13 +76,13 @@ class Settings(BaseSettings):
     # Families the detector never trains on. Plain lines, rectangles and circles ("shape") look
     # like picture content (fences, horizons, flat walls): trained on them, detectors fired on
     # clean photos, and one trained without them ranked held-out marks better
-    # (bench/RESULTS.md, triage). The remover still trains on every family.
+    # (bench/results/triage.json). The remover still trains on every family.
     detector_skip_families: str = "shape"
     # Share of each detector training batch drawn from hard negatives: clean windows around the
     # cells that fire most on the clean training photos scored whole, re-mined every
     # detector_mine_every steps (model.detector.mine_hard_cells). Four 40-minute seeds with 0.25
     # against two without: mean accuracy 0.883 vs 0.839, images left uncertain 31 % vs 48 %
-    # (bench/RESULTS.md, triage); 0 turns it off.
+    # (bench/results/triage.json); 0 turns it off.
     detector_hard_negatives: float = 0.25
     detector_mine_every: int = 1000
 
@@ -93,13 +93,13 @@ class Settings(BaseSettings):
 
     # --- cleaning (pipeline/clean.py, model/infer.py) ----------------------------------
     # Tiles: None = by device (CUDA 512/64; CPU 512/32: with the fused CPU backend, fewer overlap
-    # pixels beat smaller tiles; see bench/RESULTS.md "infer"). Any size works: memory depends on
+    # pixels beat smaller tiles; bench/results/infer.json). Any size works: memory depends on
     # the tile, not the image.
     clean_tile: int | None = None
     clean_overlap: int | None = None
     clean_batch_size: int | None = None  # tiles per forward pass; None = by device
     clean_precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16")
-    clean_compile: bool = False  # torch.compile the remover (minutes to compile; see bench/RESULTS.md "infer")
+    clean_compile: bool = False  # torch.compile the remover (minutes to compile; bench/results/infer.json)
     clean_backend: str = Field(default="auto", description="auto | eager | fused (CPU fp32: BatchNorm folded, fused activations) | int8 (CPU with VNNI: calibrated int8 copy; auto takes it where faster and ≥40 dB from fp32)")
     clean_chunk_images: int = 8  # images decoded, cleaned and committed together
     num_workers: int = 2  # DataLoader processes decoding images for the cleaner (0 = in-process)

@@ -11,7 +11,7 @@ brightened, rotated, re-encoded or watermarked copies of one photo):
    are near duplicates when the Hamming distance between their 128-bit (pHash ‖ dHash) codes, or
    between one's code and the code of one of the other's eight 90 % crop windows (so that crops
    match; ``pipeline.perceptual``), is at most ``settings.dedup_threshold`` (chosen from the
-   precision/recall curve, see ``bench/dedup.py`` and ``bench/RESULTS.md``);
+   precision/recall curve, see ``bench/dedup.py`` and ``bench/results/dedup.json``);
 3. join matches with union-find, starting from the groups already stored, so a new image that
    matches two groups merges them; pick each changed group's canonical image (highest
    resolution, then larger file, then first seen) and point every member at it.

@@ -218,7 +218,7 @@ test samples.
 ## Metrics (synthetic test split: {metrics.get('samples')} fixed samples of the held-out photos with held-out marks, whole image)
 {_metrics_table(metrics)}
 
-SSIM {metrics['ssim']:.4f}. SWCNN protocol figures are in `bench/RESULTS.md`.
+SSIM {metrics['ssim']:.4f}. SWCNN protocol figures: `bench/results/shipped_remover.json`.
 
 ## Runs
 | finished (UTC) | started from | steps (total) | hours | device | test PSNR | input | Telea |
