@@ -15,6 +15,8 @@ exactly how ``model.watermarks`` composites). So the remover is two networks in 
    input, the inverted estimate, the coarse mark probability and α (8 channels) and predicts a
    residual on the estimate (it refines the inversion and, where the mark is opaque, fills it:
    the learned inpainting branch) and a refined mask logit (the coarse logit plus a correction).
+   At inference the restorer runs only on the box around what the localiser marked: a clean
+   image never reaches it, and a corner logo costs a corner's worth of restoring.
 4. ``image = I·(1 − m) + raw·m`` with ``m = sigmoid(mask logit)``; ``raw_image`` is the raw
    prediction, which ``model.evaluate.predict`` and ``model.infer.Cleaner`` re-blend with a hard,
    dilated mask so that pixels outside it stay the input's, bit for bit.
@@ -40,6 +42,8 @@ ALPHA_CAP = 0.9  # inversion uses min(α, ALPHA_CAP): 1/(1 − α) amplifies the
 RESTORE_TILE = 512  # restorer tile (pixels) for images over RESTORE_MAX_PIXELS at inference
 RESTORE_OVERLAP = 64
 RESTORE_MAX_PIXELS = 1024 * 1024
+BOX_LOGIT = -0.85  # inference restores the box around pixels whose coarse mark probability is above 0.3
+BOX_MARGIN = 32  # pixels of context around that box
 FILLS = ("none", "telea")  # where the mark is opaque, the restorer starts from the input or from Telea's fill
 LOCATE_TERMS = ("loc_bce", "loc_dice", "loc_alpha", "loc_colour", "loc_invert")
 
@@ -190,12 +194,42 @@ class LocateRestore(nn.Module):
                 return torch.stack([t[i, :, y : y + size, x0 : x0 + size] for i, (y, x0) in enumerate(corners)])
             out = self.restore(window(x), window(up["logits"]), window(up["alpha"]), window(up["colour"]))
             out["alpha"], out["colour"] = window(up["alpha"]), window(up["colour"])
-        elif self.training or H * W <= RESTORE_MAX_PIXELS:
+        elif self.training:
             out = self.restore(x, up["logits"], up["alpha"], up["colour"])
             out["alpha"], out["colour"] = up["alpha"], up["colour"]
         else:
-            out = self._restore_tiled(x, up)
+            out = self._restore_where_marked(x, up)
         out.update(coarse_logits=maps["logits"], alpha_view=maps["alpha"], colour_view=maps["colour"])
+        return out
+
+    @torch.no_grad()
+    def _restore_where_marked(self, x: torch.Tensor, up: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Inference: the restorer runs only on the box around what the localiser marked (its
+        probability above ``BOX_PROB``, padded by ``BOX_MARGIN`` pixels of context, on the grid of
+        ``size_multiple``); outside it the output is the input and the mask the coarse one. An
+        image with no mark never reaches the restorer."""
+        B, _, H, W = x.shape
+        m = self.size_multiple
+        marked = (up["logits"] > BOX_LOGIT).any(0)[0]  # (H, W) over the batch
+        rows, cols = torch.nonzero(marked.any(1)), torch.nonzero(marked.any(0))
+        out = {"image": x, "raw_image": x, "mask_logits": up["logits"], "inverted": x,
+               "alpha": up["alpha"], "colour": up["colour"]}
+        if len(rows) == 0:
+            return out
+        y0 = max(0, (int(rows[0]) - BOX_MARGIN) // m * m)
+        y1 = min(H, -(-(int(rows[-1]) + 1 + BOX_MARGIN) // m) * m)
+        x0 = max(0, (int(cols[0]) - BOX_MARGIN) // m * m)
+        x1 = min(W, -(-(int(cols[-1]) + 1 + BOX_MARGIN) // m) * m)
+        box = (..., slice(y0, y1), slice(x0, x1))
+        sub_x, sub = x[box], {k: v[box] for k, v in up.items()}
+        if (y1 - y0) * (x1 - x0) <= RESTORE_MAX_PIXELS:
+            inner = self.restore(sub_x, sub["logits"], sub["alpha"], sub["colour"])
+        else:
+            inner = self._restore_tiled(sub_x, sub)
+        for k in ("image", "raw_image", "mask_logits", "inverted"):
+            full = out[k].clone()
+            full[box] = inner[k].to(full.dtype)
+            out[k] = full
         return out
 
     @torch.no_grad()

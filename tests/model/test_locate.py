@@ -229,3 +229,28 @@ def test_telea_fill_starts_opaque_marks_from_opencv_and_is_recorded_in_the_confi
     assert not torch.allclose(plain["raw_image"][0][:, inside], expect[:, inside], atol=0.05)
     with pytest.raises(ValueError, match="fill must be"):
         LocateRestore(fill="median")
+
+
+def test_inference_restores_only_the_box_around_the_mark():
+    """A clean image never reaches the restorer and comes back unchanged; a mark in one corner
+    costs a restore of that corner's box only, and outside it the output is the input."""
+    m = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32).eval()
+    with torch.no_grad():
+        m.restorer.out.weight.normal_(0, 0.3)
+    shapes = []
+    m.restorer.register_forward_pre_hook(lambda _mod, args: shapes.append(tuple(args[0].shape[2:])))
+    x = torch.rand(1, 3, 128, 160)
+    with torch.no_grad():
+        clean = m(x)
+    assert shapes == [] and torch.equal(clean["image"], x)
+    with torch.no_grad():  # now the localiser marks the top-left corner of the view
+        m.localiser.out.bias[0] = -6.0
+        bump = torch.zeros(1, 1, *view_size(128, 160, 32))
+        bump[..., :4, :4] = 12.0
+        orig = m.localiser.forward
+        m.localiser.forward = lambda v: {**orig(v), "logits": orig(v)["logits"] + bump}
+        out = m(x)
+    assert len(shapes) == 1 and shapes[0][0] < 128 and shapes[0][1] < 160 and shapes[0][0] % 16 == 0
+    h, w = shapes[0]
+    assert torch.equal(out["image"][..., h:, :], x[..., h:, :]) and torch.equal(out["image"][..., :, w:], x[..., :, w:])
+    assert not torch.equal(out["raw_image"][..., :h, :w], x[..., :h, :w])
