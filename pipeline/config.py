@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 0.5  # first retry waits this, doubling (Retry-After wins when sent)
     max_backoff_s: float = 60.0  # cap on any one wait, Retry-After included
     max_crawl_delay_s: float = 30.0  # cap on a robots.txt Crawl-delay
+    scrape_icons: bool = False  # also take <link rel=icon> / apple-touch-icon images
+    max_stylesheets_per_page: int = 20  # linked and @import-ed sheets read for images, per page
+    max_import_depth: int = 3  # @import levels followed from a page's own sheets
 
     # --- dedup -------------------------------------------------------------------------
     # Max Hamming distance between the 128-bit (pHash ‖ dHash) codes of two near duplicates;

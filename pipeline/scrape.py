@@ -2,10 +2,11 @@
 into the catalog.
 
 Stages (one module each): ``fetch`` (HTTP: SSRF guard, retries, caps, per-host politeness),
-``robots`` (robots.txt and the noai/noindex opt-outs), ``extract`` (images and links of a page),
-``pipeline.images`` (the one validator of image bytes). This module runs the crawl: a bounded
-thread pool does the network and the hashing; the calling thread is the catalog's one writer and
-commits rows in batches.
+``robots`` (robots.txt and the noai/noindex opt-outs), ``extract`` / ``embeds`` (images, links and
+stylesheets of a page), ``sheets`` (linked stylesheets, fetched under the page rules),
+``pipeline.images`` (the one validator of image bytes), ``scrape_writer`` (the catalog's one
+writer, committing rows in batches). This module runs the crawl: a bounded thread pool does the
+network and the hashing; the calling thread hands rows to the writer.
 
 Idempotent and resumable: each image's blob is written (atomically) before its row, and made
 durable by one ``BlobStore.sync`` before the transaction that holds the row; a page gets its
@@ -18,7 +19,6 @@ started again ends with the same rows as an uninterrupted run.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -34,6 +34,8 @@ from pipeline.extract import ExtractError, ImageRef, extract, normalize_url
 from pipeline.fetch import Fetcher, FetchError, host_key
 from pipeline.images import BadImage, inspect_image, sniff_format
 from pipeline.robots import ROBOTS_MAX_BYTES, RobotsPolicy, agent_token, opt_out_of, parse_directives
+from pipeline.scrape_writer import FLUSH_EVERY_S, Writer
+from pipeline.sheets import SHEET_STAGE, Stylesheets
 from pipeline.ssrf import Resolver
 from storage import BlobStore, Catalog
 from storage import queries as q
@@ -42,7 +44,6 @@ from storage.models import utcnow
 PAGE_STAGE, IMAGE_STAGE, ROBOTS_STAGE = "scrape.page", "scrape.image", "scrape.robots"
 # Image failures that a re-run does not retry: the bytes at that URL were judged, not missed.
 PERMANENT = {"not-image", "format", "too-small", "too-many-pixels", "corrupt", "too-large", "http-404", "http-410"}
-FLUSH_EVERY_S = 1.0
 
 
 class SeedError(ValueError):
@@ -116,6 +117,8 @@ class PageResult:
     links: list[str] = field(default_factory=list)
     sitemap: tuple[str, list[str]] | None = None
     error: Exception | None = None
+    failures: list[tuple[str, str, Exception]] = field(default_factory=list)  # (stage, subject, error) beside the page's own
+    cleared: list[tuple[str, str]] = field(default_factory=list)  # (stage, subject) that succeeded this time
 
 
 @dataclass
@@ -133,139 +136,6 @@ class _PendingPage:
     last_modified: str | None
 
 
-# --- the batched writer -----------------------------------------------------------------
-
-
-@dataclass
-class _Batch:
-    """Rows for one write transaction, filled by the crawl thread."""
-
-    pages: dict[str, dict] = field(default_factory=dict)
-    images: dict[str, dict] = field(default_factory=dict)
-    sightings: list[tuple[str, str | int, ImageRef]] = field(default_factory=list)  # (page url, sha256 | image id, ref)
-    failures: list[tuple[str, str, str, str]] = field(default_factory=list)  # (stage, subject, error class, message)
-    cleared: list[tuple[str, str]] = field(default_factory=list)
-    completed: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
-
-    def size(self) -> int:
-        return len(self.pages) + len(self.images) + len(self.sightings) + len(self.failures) + len(self.completed)
-
-
-class _Writer:
-    """The catalog's one writer. The crawl thread fills the batch in hand (``batch``, through
-    ``page`` and ``failure`` or directly) and ``flush`` hands it to a writer thread, which commits the
-    batches one at a time, in order. The crawl thread goes on dispatching meanwhile: a commit (its
-    ``syncfs`` and SQLite steps, each giving up the GIL and waiting to get it back among the
-    fetching threads) would otherwise stall the crawl for a quarter of its time. ``close`` commits
-    what is left and waits; an error of the writer thread is raised in the crawl thread at the next
-    ``flush`` or at ``close``."""
-
-    def __init__(self, catalog: Catalog, blobs: BlobStore, batch_size: int):
-        self.catalog = catalog
-        self.blobs = blobs
-        self.batch_size = batch_size
-        self.batch = _Batch()
-        self.page_ids: dict[str, int] = {}  # writer thread only
-        self.last_flush = time.monotonic()
-        self.new_images = 0
-        self.error: BaseException | None = None
-        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)  # a bound on rows in waiting
-        self._thread: threading.Thread | None = None  # started by the first flush
-
-    def size(self) -> int:
-        return self.batch.size()
-
-    def page(self, url: str, **fields) -> None:
-        self.batch.pages.setdefault(url, {}).update(fields)
-
-    def failure(self, stage: str, subject: str, error: Exception) -> None:
-        reason = getattr(error, "reason", None) or type(error).__name__
-        self.batch.failures.append((stage, subject, reason, str(error)))
-
-    def due(self) -> bool:
-        return self.size() >= self.batch_size or (self.size() and time.monotonic() - self.last_flush >= FLUSH_EVERY_S)
-
-    def flush(self) -> None:
-        """Hand the batch in hand to the writer thread (it waits only while two are queued)."""
-        self.last_flush = time.monotonic()
-        if self.error is not None:
-            raise self.error
-        if not self.size():
-            return
-        self._hand_over()
-
-    def _hand_over(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="unmark-scrape-writer", daemon=True)
-            self._thread.start()
-        batch, self.batch = self.batch, _Batch()
-        self._queue.put(batch)
-
-    def close(self) -> None:
-        """Commit what is in hand and everything queued; raises the writer thread's error."""
-        try:
-            if self.error is None and self.size():
-                self._hand_over()
-        finally:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join()
-                self._thread = None
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None:
-                return
-            if self.error is not None:
-                continue  # drained, not committed: the crawl thread raises the error
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # noqa: BLE001 - handed to the crawl thread
-                self.error = exc
-
-    def _commit(self, b: _Batch) -> None:
-        if b.images:
-            self.blobs.sync()  # the workers' blobs are durable before any row names them
-        with self.catalog.write() as s:
-            if b.pages:
-                self.page_ids.update(q.upsert_pages(s, [
-                    {"url": url, **fields, "host": fields.get("host") or host_key(url)}
-                    for url, fields in b.pages.items()
-                ]))
-            if b.images:
-                rows = list(b.images.values())
-                known = set(q.image_ids_by_sha(s, [r["sha256"] for r in rows]))
-                ids = q.add_images(s, rows)
-                self.new_images += len(set(ids) - known)
-            else:
-                ids = {}
-            shas = [ref for _, ref, _ in b.sightings if isinstance(ref, str) and ref not in ids]
-            if shas:
-                ids.update(q.image_ids_by_sha(s, shas))
-            missing = list(dict.fromkeys(p for p, _, _ in b.sightings if p not in self.page_ids))
-            if missing:
-                self.page_ids.update(q.page_ids_by_url(s, missing))
-            q.add_sightings(s, [
-                {"image_id": ids[ref] if isinstance(ref, str) else ref, "page_id": self.page_ids[p],
-                 "image_url": r.url, "alt": r.alt, "found_by": r.found_by}
-                for p, ref, r in b.sightings
-            ])
-            for stage, subject, reason, message in b.failures:
-                q.record_failure(s, stage, subject, message, error_class=reason)
-            by_stage: dict[str, list[str]] = {}
-            for stage, subject in b.cleared:
-                by_stage.setdefault(stage, []).append(subject)
-            for stage, subjects in by_stage.items():
-                q.clear_failures(s, stage, subjects)
-            if b.completed:
-                # the page's last sighting is in this transaction (or an earlier one): complete
-                q.upsert_pages(s, [{"url": url, "host": host_key(url), "etag": etag, "last_modified": last_modified}
-                                   for url, (etag, last_modified) in b.completed.items()])
-
-
 # --- the crawl --------------------------------------------------------------------------
 
 
@@ -281,7 +151,9 @@ class Crawl:
         self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
         self.token = agent_token(settings.user_agent)
         self.robots = RobotsPolicy(settings.user_agent, self._fetch_robots, self._robots_failed)
-        self.writer = _Writer(catalog, blobs, settings.write_batch_size)
+        self.writer = Writer(catalog, blobs, settings.write_batch_size)
+        self.sheets = Stylesheets(self._fetch_sheet, settings.max_stylesheets_per_page, settings.max_import_depth,
+                                  settings.max_images_per_page)
         self.progress = progress
         self.sites: set[str] = set()
         self.seen_pages: set[str] = set()
@@ -303,7 +175,8 @@ class Crawl:
             "seeds": 0, "pages_fetched": 0, "pages_not_modified": 0, "pages_failed": 0, "pages_opted_out": 0,
             "pages_disallowed": 0, "sitemaps": 0, "images_found": 0, "images_fetched": 0, "images_new": 0,
             "images_known_url": 0, "images_too_small": 0, "images_opted_out": 0, "images_failed": 0,
-            "images_skipped_failed": 0, "bytes": 0, "failures": {},
+            "images_skipped_failed": 0, "images_candidates": 0, "sheets_fetched": 0, "sheets_failed": 0, "bytes": 0,
+            "failures": {},
         }
 
     # --- robots ----------------------------------------------------------------------
@@ -322,6 +195,25 @@ class Crawl:
         return ok
 
     # --- worker side -----------------------------------------------------------------
+
+    def _fetch_sheet(self, url: str) -> tuple[str, str]:
+        resp = self.fetcher.get(url, self.settings.max_page_bytes, allow=self._allowed)
+        if not 200 <= resp.status < 300:
+            raise FetchError(url, f"http-{resp.status}", status=resp.status)
+        charset = content_charset(resp.headers.get("Content-Type")) or "utf-8"
+        try:
+            return resp.url, resp.body.decode(charset, "replace")
+        except LookupError:
+            return resp.url, resp.body.decode("utf-8", "replace")
+
+    def _add_sheet_images(self, out: PageResult, sheets: list[str]) -> None:
+        """The images of the page's stylesheets, after its own (each URL once)."""
+        got = self.sheets.images(sheets)
+        out.failures.extend((SHEET_STAGE, url, exc) for url, exc in got.failed)
+        out.cleared.extend((SHEET_STAGE, url) for url in got.fetched)
+        have = {r.url for r in out.images}
+        room = self.settings.max_images_per_page - len(out.images)
+        out.images.extend([r for r in got.images if r.url not in have][:max(0, room)])
 
     def _fetch_page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
         try:
@@ -360,7 +252,7 @@ class Crawl:
         try:
             found = extract(body, resp.url, content_charset(resp.headers.get("Content-Type")),
                             robots_names=("robots", self.token), max_links=s.max_links_per_page,
-                            max_images=s.max_images_per_page)
+                            max_images=s.max_images_per_page, icons=s.scrape_icons)
         except ExtractError as exc:
             out.error = exc
             return out
@@ -368,6 +260,8 @@ class Crawl:
         out.opted_out = opt_out_of(directives)
         out.images = [] if out.opted_out else found.images
         out.links = [] if ("nofollow" in directives or "none" in directives) else found.links
+        if found.stylesheets and not out.opted_out:
+            self._add_sheet_images(out, found.stylesheets)
         return out
 
     def _fetch_image(self, url: str) -> ImageResult:
@@ -520,6 +414,11 @@ class Crawl:
             self._fail(PAGE_STAGE, page.url, page.error)
             return
         w.batch.cleared.append((PAGE_STAGE, page.url))
+        for stage, subject, exc in page.failures:
+            st["sheets_failed"] += stage == SHEET_STAGE
+            self._fail(stage, subject, exc)
+        st["sheets_fetched"] += sum(stage == SHEET_STAGE for stage, _ in page.cleared)
+        w.batch.cleared.extend(page.cleared)
         if page.sitemap is not None:
             st["sitemaps"] += 1
             kind, locs = page.sitemap
@@ -554,7 +453,7 @@ class Crawl:
 
     def _images_of(self, page: PageResult) -> int:
         """Sightings for known images, downloads for new URLs; returns how many are awaited."""
-        st, w = self.stats, self.writer
+        st = self.stats
         st["images_found"] += len(page.images)
         known, failed = self._known, self._failed  # filled by _prefetch_image_state for this batch
         outstanding = 0
@@ -579,8 +478,19 @@ class Crawl:
                 self.waiters[ref.url].append((page.url, ref))
                 outstanding += 1
             elif state is not None:
-                w.batch.sightings.append((page.url, state, ref))
+                self._sight(page.url, state, ref)
         return outstanding
+
+    def _sight(self, page_url: str, image: str | int, ref: ImageRef) -> None:
+        """A sighting of ``image`` at ``ref.url``, and one for each of its lesser candidates (the
+        same picture at other sizes: not downloaded, and from now on known as this image)."""
+        sightings = self.writer.batch.sightings
+        sightings.append((page_url, image, ref))
+        for url in ref.also:
+            if self.image_state.get(url, "?") in ("?", image):
+                self.image_state[url] = image
+                self.stats["images_candidates"] += 1
+                sightings.append((page_url, image, ImageRef(url, ref.alt, "candidate")))
 
     def _on_image(self, res: ImageResult) -> None:
         st, w = self.stats, self.writer
@@ -599,7 +509,7 @@ class Crawl:
             if res.url in self.retrying:
                 w.batch.cleared.append((IMAGE_STAGE, res.url))
             for page_url, ref in waiters:
-                w.batch.sightings.append((page_url, res.sha256, ref))
+                self._sight(page_url, res.sha256, ref)
         for page_url, _ in waiters:
             pending = self.pending_pages[page_url]
             pending.outstanding -= 1

@@ -208,6 +208,10 @@ TRICKY_PAGES = {
    text  </a><area href="/img/area.png"><a href="/page.html" rel="NoFollow  next">p</a>
 <a href="#top">t</a><a href="/doc.pdf">pdf</a><A HREF="/UPPER.PNG">Upper</A><img src="/dup.png" src="/dup2.png">
 <style>   </style><style></style><template><a href="/img/in-template.png">t<b>x</b></a></template>
+<input type="IMAGE" src="/in.png" alt="go"><object data="/obj.png" type="image/png"></object><embed src="/e.png">
+<video poster="/poster.jpg"></video><svg viewBox="0 0 1 1"><image xlink:href="/svg.png"/><image href="/svg2.png"></image></svg>
+<link rel="preload" as="image" href="/pre.png" imagesrcset="/pre.png 1x, /pre2.png 2x"><link rel="stylesheet" href="/s.css">
+<link rel="icon" href="/favicon.png"><div style="background: image-set('/is1.png' 1x, '/is2.png' 2x)">s</div>
 <p><a href="/img/unclosed.png">never closed
 </body></html>""",
     "base": """<base target="_top"><base href=" https://cdn.test/assets/ "><img src="rel.png">
@@ -237,10 +241,16 @@ def test_fast_parse_agrees_with_beautifulsoup(name, charset):
     assert [el.key() for el in fast] == [el.key() for el in soup]
     a = _walk(fast, "http://s.test/d/", ("robots", "unmarkbot"), 20_000, 1_000)
     b = _walk(soup, "http://s.test/d/", ("robots", "unmarkbot"), 20_000, 1_000)
-    assert (a.images, a.links, a.robots, a.base) == (b.images, b.links, b.robots, b.base)
+    assert (a.images, a.links, a.robots, a.base, a.stylesheets) == (b.images, b.links, b.robots, b.base, b.stylesheets)
     if name == "embedding":
         assert {i.found_by for i in a.images} >= {"og:image", "twitter:image", "link", "css", "img", "srcset",
-                                                   "lazy", "picture", "href"}
+                                                   "lazy", "picture", "href", "input", "object", "embed", "poster",
+                                                   "svg", "preload"}
+        assert {i.url.rsplit("/", 1)[1]: i.also for i in a.images if i.also} == {
+            "b.png": ("http://s.test/s.png",), "ll.png": ("http://s.test/ls.png",),
+            "pic-l.png": ("http://s.test/pic-s.png",), "pre2.png": ("http://s.test/pre.png",),
+            "is2.png": ("http://s.test/is1.png",)}
+        assert a.stylesheets == ["http://s.test/s.css"] and "http://s.test/favicon.png" not in {i.url for i in a.images}
         assert ImageRef("http://s.test/img/linked.jpg", "a bold café end", "href") in a.images
 
 
