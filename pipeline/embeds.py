@@ -63,6 +63,7 @@ class Extracted:
     robots: list[str] = field(default_factory=list)  # contents of <meta name="robots"> and ours
     base: str = ""
     stylesheets: list[str] = field(default_factory=list)  # <link rel=stylesheet> and @import targets
+    scripts: int = 0  # <script> elements (``--render auto`` renders a page with scripts and no image)
 
 
 def normalize_url(url: str) -> str | None:
@@ -266,6 +267,8 @@ def walk(elements: list, page_url: str, robots_names: tuple[str, ...], max_links
             w.add(attrs["poster"], "poster", title)
         elif name == "image" and (attrs.get("href") or attrs.get("xlink:href")):
             w.add(attrs.get("href") or attrs.get("xlink:href"), "svg", title)
+        elif name == "script":
+            out.scripts += 1
         elif name == "meta":
             key = (attrs.get("property") or attrs.get("name") or "").lower()
             if key in META_IMAGE:

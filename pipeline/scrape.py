@@ -33,6 +33,7 @@ from pipeline.config import Settings
 from pipeline.extract import ExtractError, ImageRef, extract, normalize_url
 from pipeline.fetch import Fetcher, FetchError, host_key
 from pipeline.images import BadImage, inspect_image, sniff_format
+from pipeline.render_step import RenderModeError, RenderStep, check_mode
 from pipeline.robots import ROBOTS_MAX_BYTES, RobotsPolicy, agent_token, opt_out_of, parse_directives
 from pipeline.scrape_writer import FLUSH_EVERY_S, Writer
 from pipeline.sheets import SHEET_STAGE, Stylesheets
@@ -50,19 +51,33 @@ class SeedError(ValueError):
     """A seed that is neither an http(s) URL nor a readable file of URLs."""
 
 
-def expand_seeds(seeds: Iterable[str]) -> list[str]:
-    """Seed URLs; an argument naming a local file contributes one URL per line (``#`` comments)."""
+def expand_seeds(seeds: Iterable[str], render: dict[str, str] | None = None) -> list[str]:
+    """Seed URLs; an argument naming a local file contributes one URL per line (``#`` comments).
+
+    A seed may carry options after the URL: ``https://site/ render=always`` renders that seed's
+    site (``never`` / ``auto`` / ``always``); ``render`` (when given) receives ``{site: mode}``."""
     out: list[str] = []
     for seed in seeds:
         seed = seed.strip()
         path = Path(seed)
         if "://" not in seed and path.is_file():
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            out.extend(s for s in expand_seeds(ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")))
+            out.extend(expand_seeds((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), render))
             continue
-        url = normalize_url(seed)
+        first, *options = seed.split()
+        url = normalize_url(first) if first else None
         if url is None:
             raise SeedError(f"not an http(s) URL or a file of URLs: {seed!r}")
+        for option in options:
+            key, _, value = option.partition("=")
+            if key != "render":
+                raise SeedError(f"unknown seed option {option!r} in {seed!r} (known: render=never|auto|always)")
+            try:
+                mode = check_mode(value, f"seed {first}")
+            except RenderModeError as exc:
+                raise SeedError(str(exc)) from exc
+            if render is not None:
+                render[site_of(url)] = mode
         out.append(url)
     return list(dict.fromkeys(out))
 
@@ -145,13 +160,17 @@ class Crawl:
 
     def __init__(self, catalog: Catalog, blobs: BlobStore, settings: Settings, max_pages: int, max_depth: int,
                  allow_private_hosts: bool, resolver: Resolver | None,
-                 progress: Callable[[dict], None] | None = None):
+                 progress: Callable[[dict], None] | None = None, render: str | None = None,
+                 site_render: dict[str, str] | None = None):
         self.catalog, self.blobs, self.settings = catalog, blobs, settings
         self.max_pages, self.max_depth = max_pages, max_depth
         self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
         self.token = agent_token(settings.user_agent)
         self.robots = RobotsPolicy(settings.user_agent, self._fetch_robots, self._robots_failed)
         self.writer = Writer(catalog, blobs, settings.write_batch_size)
+        self.site_render = dict(site_render or {})
+        self.render = RenderStep(settings, render or settings.render, self.site_render,
+                                 lambda url, cap: self.fetcher.get(url, cap, allow=self._allowed), site_of)
         self.sheets = Stylesheets(self._fetch_sheet, settings.max_stylesheets_per_page, settings.max_import_depth,
                                   settings.max_images_per_page)
         self.progress = progress
@@ -258,10 +277,13 @@ class Crawl:
             return out
         directives = parse_directives(resp.robots_tags, self.token) | parse_directives(found.robots, "")
         out.opted_out = opt_out_of(directives)
+        follow = not ("nofollow" in directives or "none" in directives)
         out.images = [] if out.opted_out else found.images
-        out.links = [] if ("nofollow" in directives or "none" in directives) else found.links
+        out.links = found.links if follow else []
         if found.stylesheets and not out.opted_out:
             self._add_sheet_images(out, found.stylesheets)
+        if not out.opted_out and self.render.wanted(resp.url, len(out.images), found.scripts):
+            self.render.apply(out, body, resp.headers.get("Content-Type") or "", follow)
         return out
 
     def _fetch_image(self, url: str) -> ImageResult:
@@ -319,7 +341,9 @@ class Crawl:
                         validators = self._validators([url for url, _ in batch])
                         for url, depth in batch:
                             self.pages_in_flight += 1
-                            self._submit("page", self._fetch_page, url, depth, validators.get(url, (None, None)))
+                            # a page rendered every time is read again whole, not answered by a 304
+                            kept = (None, None) if self.render.always(url) else validators.get(url, (None, None))
+                            self._submit("page", self._fetch_page, url, depth, kept)
                     if not self.futures:
                         break
                     done = [(self.futures.pop(fut), fut.result()) for fut in self._completed(FLUSH_EVERY_S)]
@@ -340,6 +364,7 @@ class Crawl:
                     fut.cancel()
                 self._drain_robots_failures()
                 try:
+                    self.render.close()
                     self.writer.close()
                 finally:
                     self.fetcher.close()
@@ -427,6 +452,8 @@ class Crawl:
                 url = normalize_url(loc)
                 if url:
                     self.sites.add(site_of(url))
+                    if site_of(page.url) in self.site_render:  # listed sites render as the sitemap's
+                        self.site_render.setdefault(site_of(url), self.site_render[site_of(page.url)])
                     # listed pages are seeds (depth of the sitemap); listed sitemaps are not pages
                     self.enqueue(url, page.depth, counted=kind == "urlset")
             return
@@ -521,6 +548,7 @@ class Crawl:
         elapsed = time.monotonic() - started
         st = dict(self.stats)
         st["images_new"] = self.writer.new_images
+        st.update(self.render.stats)
         st["elapsed_s"] = round(elapsed, 3)
         pages = st["pages_fetched"] + st["pages_not_modified"]
         st["pages_per_s"] = round(pages / elapsed, 2) if elapsed > 0 else 0.0
@@ -542,6 +570,7 @@ def scrape(
     allow_private_hosts: bool = False,
     resolver: Resolver | None = None,
     progress: Callable[[dict], None] | None = None,
+    render: str | None = None,
 ) -> dict:
     """Crawl from ``seeds`` (page URLs, sitemap.xml URLs, or files listing URLs) and store every
     image found into ``blobs`` and ``catalog``. Returns counts for the run (pages fetched / not
@@ -549,11 +578,18 @@ def scrape(
     reason, pages_per_s, images_per_s).
 
     ``allow_private_hosts`` lets the crawl reach loopback (tests, the demo); ``resolver(host,
-    port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch."""
+    port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch.
+    ``render`` (``never`` / ``auto`` / ``always``; default ``settings.render``) loads pages in
+    headless Chromium too (``pipeline.render``); a seed's own ``render=`` option wins for its site.
+    Raises ``SeedError`` for a bad seed, ``RenderModeError`` for a bad mode, ``RenderUnavailable``
+    when rendering is asked for and cannot run, all before any request."""
+    site_render: dict[str, str] = {}
+    urls = expand_seeds(seeds, site_render)
     crawl = Crawl(
         catalog, blobs, settings,
         max_pages=settings.max_pages if max_pages is None else max_pages,
         max_depth=settings.max_depth if max_depth is None else max_depth,
         allow_private_hosts=allow_private_hosts, resolver=resolver, progress=progress,
+        render=check_mode(render, "--render") if render is not None else None, site_render=site_render,
     )
-    return crawl.run(expand_seeds(seeds))
+    return crawl.run(urls)

@@ -263,3 +263,15 @@ def test_pages_without_a_declared_charset_or_with_a_bom_go_to_beautifulsoup():
     assert _fast_elements(page.encode(), "no-such-charset") is None
     assert extract(b"\xef\xbb\xbf" + page.encode(), "http://s.test/", "utf-8").images[0].alt == "Café"
     assert extract(page.encode("cp1252"), "http://s.test/", "no-such-charset").images[0].url == "http://s.test/c.png"
+
+
+def test_seed_options_set_the_render_mode_of_their_site(tmp_path):
+    modes: dict[str, str] = {}
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("http://www.a.test/ render=ALWAYS\nhttp://b.test/x\n")
+    assert expand_seeds([str(seeds), "http://c.test/ render=auto"], modes) == [
+        "http://www.a.test/", "http://b.test/x", "http://c.test/"]
+    assert modes == {"a.test": "always", "c.test": "auto"}
+    for bad, message in (("http://a.test/ render=sometimes", "render mode"), ("http://a.test/ depth=2", "unknown seed option")):
+        with pytest.raises(ValueError, match=message):
+            expand_seeds([bad], {})
