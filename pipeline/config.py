@@ -61,9 +61,9 @@ class Settings(BaseSettings):
     render_timeout_s: float = 15.0  # a page's whole time in the browser: load, scrolls, reading the DOM
     render_max_requests: int = 200  # requests one page may make through the fetcher
     render_restart_every: int = 100  # pages, then a fresh browser process
-    render_concurrency: int = 2  # pages in the browser at once
+    render_concurrency: int = 4  # pages in the browser at once (bench/render.py)
     render_max_scrolls: int = 20  # viewport steps down a page (lazy loading, infinite scroll)
-    render_settle_s: float = 0.25  # quiet time (no request in flight or started) that ends a wait
+    render_settle_s: float = 0.15  # quiet time (no request in flight or started) that ends a wait
     # where a browser request that escaped interception would go: a loopback port nothing serves
     # (tests listen there to prove that nothing arrives)
     render_trap_proxy: str = "http://127.0.0.1:9"

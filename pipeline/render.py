@@ -271,7 +271,7 @@ class Renderer:
         except PlaywrightError as exc:
             raise RenderError(page.url, "render-load", str(exc).splitlines()[0][:300]) from exc
         await self._settle(page, deadline)
-        height, seen = 0, -1
+        height, seen = await tab.evaluate("document.documentElement.scrollHeight"), len(page.requested)
         for _ in range(self.max_scrolls):
             if time.monotonic() > deadline:
                 break

@@ -3,7 +3,9 @@ into the catalog.
 
 Stages (one module each): ``fetch`` (HTTP: SSRF guard, retries, caps, per-host politeness),
 ``robots`` (robots.txt and the noai/noindex opt-outs), ``extract`` / ``embeds`` (images, links and
-stylesheets of a page), ``sheets`` (linked stylesheets, fetched under the page rules),
+stylesheets of a page), ``sheets`` (linked stylesheets, fetched under the page rules), ``seeds``
+(seed URLs and their options, sites, sitemaps), ``render_step`` / ``render`` (pages in headless
+Chromium, ``--render``),
 ``pipeline.images`` (the one validator of image bytes), ``scrape_writer`` (the catalog's one
 writer, committing rows in batches). This module runs the crawl: a bounded thread pool does the
 network and the hashing; the calling thread hands rows to the writer.
@@ -24,18 +26,16 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
-
-from lxml import etree
 
 from pipeline.config import Settings
 from pipeline.extract import ExtractError, ImageRef, extract, normalize_url
 from pipeline.fetch import Fetcher, FetchError, host_key
 from pipeline.images import BadImage, inspect_image, sniff_format
-from pipeline.render_step import RenderModeError, RenderStep, check_mode
+from pipeline.render_step import RenderStep, check_mode
 from pipeline.robots import ROBOTS_MAX_BYTES, RobotsPolicy, agent_token, opt_out_of, parse_directives
 from pipeline.scrape_writer import FLUSH_EVERY_S, Writer
+from pipeline.seeds import SeedError, expand_seeds, site_of, sitemap_locs  # noqa: F401 - re-exported
 from pipeline.sheets import SHEET_STAGE, Stylesheets
 from pipeline.ssrf import Resolver
 from storage import BlobStore, Catalog
@@ -47,72 +47,12 @@ PAGE_STAGE, IMAGE_STAGE, ROBOTS_STAGE = "scrape.page", "scrape.image", "scrape.r
 PERMANENT = {"not-image", "format", "too-small", "too-many-pixels", "corrupt", "too-large", "http-404", "http-410"}
 
 
-class SeedError(ValueError):
-    """A seed that is neither an http(s) URL nor a readable file of URLs."""
-
-
-def expand_seeds(seeds: Iterable[str], render: dict[str, str] | None = None) -> list[str]:
-    """Seed URLs; an argument naming a local file contributes one URL per line (``#`` comments).
-
-    A seed may carry options after the URL: ``https://site/ render=always`` renders that seed's
-    site (``never`` / ``auto`` / ``always``); ``render`` (when given) receives ``{site: mode}``."""
-    out: list[str] = []
-    for seed in seeds:
-        seed = seed.strip()
-        path = Path(seed)
-        if "://" not in seed and path.is_file():
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            out.extend(expand_seeds((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), render))
-            continue
-        first, *options = seed.split()
-        url = normalize_url(first) if first else None
-        if url is None:
-            raise SeedError(f"not an http(s) URL or a file of URLs: {seed!r}")
-        for option in options:
-            key, _, value = option.partition("=")
-            if key != "render":
-                raise SeedError(f"unknown seed option {option!r} in {seed!r} (known: render=never|auto|always)")
-            try:
-                mode = check_mode(value, f"seed {first}")
-            except RenderModeError as exc:
-                raise SeedError(str(exc)) from exc
-            if render is not None:
-                render[site_of(url)] = mode
-        out.append(url)
-    return list(dict.fromkeys(out))
-
-
-def site_of(url: str) -> str:
-    host = (urlsplit(url).hostname or "").lower()
-    return host[4:] if host.startswith("www.") else host
-
-
 def content_charset(content_type: str | None) -> str | None:
     for part in (content_type or "").split(";")[1:]:
         k, _, v = part.partition("=")
         if k.strip().lower() == "charset" and v.strip():
             return v.strip().strip("\"'")
     return None
-
-
-def sitemap_locs(body: bytes) -> tuple[str, list[str]] | None:
-    """``("urlset" | "sitemapindex", [loc, ...])`` when ``body`` is an XML sitemap, else None."""
-    head = body[:2048].lstrip()
-    if not (head.startswith(b"<?xml") or head.startswith(b"<urlset") or head.startswith(b"<sitemapindex")):
-        return None
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, recover=True)
-    try:
-        root = etree.fromstring(body, parser=parser)
-    except etree.XMLSyntaxError:
-        return None
-    if root is None:
-        return None
-    kind = etree.QName(root).localname
-    if kind not in ("urlset", "sitemapindex"):
-        return None
-    locs = [el.text.strip() for el in root.iter() if isinstance(el.tag, str)
-            and etree.QName(el).localname == "loc" and el.text and el.text.strip()]
-    return kind, locs
 
 
 # --- what the workers hand back ---------------------------------------------------------
