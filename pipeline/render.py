@@ -124,6 +124,7 @@ class Renderer:
         self.stats = {"pages_rendered": 0, "render_errors": 0, "render_requests": 0, "render_refused": 0,
                       "render_launches": 0}
         self._concurrency = max(1, concurrency)
+        self._stats_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="unmark-render-fetch")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="unmark-render", daemon=True)
@@ -144,9 +145,10 @@ class Renderer:
             self._call(self._render(_Page(url, html, content_type or "text/html", out)), self.timeout_s + 30)
         except Exception as exc:  # noqa: BLE001 - the static result of the page stands
             out.error = exc if isinstance(exc, RenderError) else RenderError(url, "render", f"{type(exc).__name__}: {exc}")
-        self.stats["render_errors" if out.error else "pages_rendered"] += 1
-        self.stats["render_requests"] += out.requests
-        self.stats["render_refused"] += len(out.failures)
+        with self._stats_lock:  # page workers render at once
+            self.stats["render_errors" if out.error else "pages_rendered"] += 1
+            self.stats["render_requests"] += out.requests
+            self.stats["render_refused"] += len(out.failures)
         return out
 
     def close(self) -> None:
