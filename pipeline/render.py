@@ -273,16 +273,21 @@ class Renderer:
         except PlaywrightError as exc:
             raise RenderError(page.url, "render-load", str(exc).splitlines()[0][:300]) from exc
         await self._settle(page, deadline)
-        height, seen = await tab.evaluate("document.documentElement.scrollHeight"), len(page.requested)
+        stable = 0  # looks at the bottom in a row that saw nothing grow or load
         for _ in range(self.max_scrolls):
             if time.monotonic() > deadline:
                 break
-            at_bottom, height_now = await tab.evaluate(SCROLL_JS)
-            await self._settle(page, deadline, quiet=0.05 if not at_bottom else self.settle_s)
-            if at_bottom and height_now == height and len(page.requested) == seen:
-                break  # nothing grew since the last look at the bottom
-            if at_bottom:
-                height, seen = height_now, len(page.requested)
+            at_bottom, height = await tab.evaluate(SCROLL_JS)
+            if not at_bottom:
+                stable = 0
+                await self._settle(page, deadline, quiet=0.05)
+                continue
+            activity = page.out.requests + len(page.requested)
+            await self._settle(page, deadline)
+            grown = await tab.evaluate("(document.scrollingElement || document.documentElement).scrollHeight")
+            stable = stable + 1 if grown == height and page.out.requests + len(page.requested) == activity else 0
+            if stable >= 2:  # twice: an observer's callback may come a frame after the first look
+                break
         dom = await tab.evaluate(COLLECT_JS, [self.max_images, self.max_links])
         self._collect(page, dom)
 
