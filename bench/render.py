@@ -94,7 +94,8 @@ def main() -> None:
                 "pages_per_s_two_free_cores": round(2 / per_page, 2),
                 "pages_rendered": s["pages_rendered"], "wall_s": round(s["wall_s"], 2),
                 "images_fetched": s["images_fetched"], "render_requests": s["render_requests"],
-                "render_errors": s["render_errors"], "render_launches": s["render_launches"]}
+                "render_errors": s["render_errors"], "render_launches": s["render_launches"],
+                "failures": s["failures"]}
             rows.append(f"| {c} | {s['pages_rendered']} | {s['wall_s']:.1f} | **{rate:.2f}** | {per_page:.3f} "
                         f"| {2 / per_page:.1f} | {s['images_fetched']} "
                         f"| {s['render_errors']} | {s['render_launches']} |")

@@ -185,13 +185,16 @@ class Renderer:
         self._browser = await self._pw.chromium.launch(
             executable_path=self.executable, headless=True, proxy={"server": self.trap},
             args=["--proxy-bypass-list=<-loopback>", *QUIET_ARGS])
-        self._browser.on("disconnected", lambda _b: self._forget())
+        self._browser.on("disconnected", self._forget)
         self._since_launch = 0
         self.stats["render_launches"] += 1
 
-    def _forget(self) -> None:
-        self._browser = None
-        self._contexts = {}
+    def _forget(self, browser=None) -> None:  # noqa: ANN001
+        """The browser is gone (a crash, or closed): the next page launches one. A late
+        ``disconnected`` of a browser already replaced leaves the new one alone."""
+        if browser is None or browser is self._browser:
+            self._browser = None
+            self._contexts = {}
 
     async def _close_browser(self) -> None:
         browser, self._browser, self._contexts = self._browser, None, {}
