@@ -142,7 +142,7 @@ class Renderer:
         ``html`` (already fetched). Never raises: a failed render is ``Rendered.error``."""
         out = Rendered()
         try:
-            self._call(self._render(_Page(url, html, content_type or "text/html", out)), self.timeout_s + 30)
+            self._call(self._render(_Page(url, html, content_type or "text/html", out)), None)  # bounded inside
         except Exception as exc:  # noqa: BLE001 - the static result of the page stands
             out.error = exc if isinstance(exc, RenderError) else RenderError(url, "render", f"{type(exc).__name__}: {exc}")
         with self._stats_lock:  # page workers render at once
@@ -163,7 +163,7 @@ class Renderer:
         """Kill the browser process (tests: the next page must relaunch it)."""
         self._call(self._kill(), 30)
 
-    def _call(self, coro, timeout: float):  # noqa: ANN001, ANN202
+    def _call(self, coro, timeout: float | None):  # noqa: ANN001, ANN202
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     # --- the event-loop thread ---------------------------------------------------------
@@ -244,25 +244,31 @@ class Renderer:
             return ctx
 
     async def _render(self, page: _Page) -> None:
+        """One page, once a browser slot is free: the wait for a slot is not the page's time
+        (page workers queue here), and everything after it is bounded."""
         async with self._sem:
-            ctx = await self._context(host_key(page.url))
-            tab = None
             try:
-                tab = await ctx.new_page()
-                await tab.route("**/*", lambda route: self._answer(route, page))
-                await tab.route_web_socket("**/*", lambda ws: self._refuse_socket(ws, page))
-                await asyncio.wait_for(self._load_and_read(tab, page), self.timeout_s)
+                await asyncio.wait_for(self._render_in_slot(page), self.timeout_s + 60)  # launch, load, close
             except TimeoutError as exc:
                 raise RenderError(page.url, "render-timeout", f"over {self.timeout_s}s") from exc
-            finally:
-                if tab is not None:
-                    try:
-                        await tab.close()
-                    except Exception:  # noqa: BLE001 - a crashed browser took it along
-                        pass
-                async with self._idle:
-                    self._active -= 1
-                    self._idle.notify_all()
+
+    async def _render_in_slot(self, page: _Page) -> None:
+        ctx = await self._context(host_key(page.url))
+        tab = None
+        try:
+            tab = await ctx.new_page()
+            await tab.route("**/*", lambda route: self._answer(route, page))
+            await tab.route_web_socket("**/*", lambda ws: self._refuse_socket(ws, page))
+            await asyncio.wait_for(self._load_and_read(tab, page), self.timeout_s)
+        finally:
+            if tab is not None:
+                try:
+                    await asyncio.wait_for(tab.close(), 10)
+                except Exception:  # noqa: BLE001 - a crashed browser took it along
+                    pass
+            async with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
 
     async def _load_and_read(self, tab, page: _Page) -> None:  # noqa: ANN001
         from playwright.async_api import Error as PlaywrightError
