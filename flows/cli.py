@@ -97,11 +97,17 @@ def scrape(
     max_pages: Annotated[int | None, typer.Option(help="pages to fetch in this run (default: settings)")] = None,
     max_depth: Annotated[int | None, typer.Option(help="link hops from a seed (default: settings)")] = None,
     allow_private_hosts: Annotated[bool, typer.Option(help="also reach loopback (tests, the demo); nothing else private")] = False,
+    render: Annotated[str | None, typer.Option(
+        help="load pages in headless Chromium too: never | auto (pages with scripts and no image) | always "
+             "(default: settings); a seed 'URL render=MODE' sets its own site")] = None,
+    icons: Annotated[bool | None, typer.Option("--icons/--no-icons", help="also take <link rel=icon> images")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Crawl pages from the seeds and store every image found (robots.txt and opt-outs obeyed)."""
     gc.disable()  # start-up (imports, catalog) makes long-lived objects only: no collections
     try:
+        from pipeline.render import RenderUnavailable
+        from pipeline.render_step import RenderModeError
         from pipeline.scrape import SeedError
         from pipeline.scrape import scrape as run_scrape
 
@@ -110,9 +116,11 @@ def scrape(
         gc.freeze()  # the imported modules stay: the crawl's collections (and the one at exit) skip them
         gc.enable()
     try:
+        if icons is not None:
+            settings = settings.model_copy(update={"scrape_icons": icons})
         summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
-                             allow_private_hosts=allow_private_hosts)
-    except SeedError as exc:
+                             allow_private_hosts=allow_private_hosts, render=render)
+    except (SeedError, RenderModeError, RenderUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     emit(summary, as_json, "scrape")

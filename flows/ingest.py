@@ -42,7 +42,8 @@ def read_seeds(settings: Settings, seeds: list[str], seeds_file: str | None) -> 
         for line in path.read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             if line:
-                out.append(str(AnyHttpUrl(line)))
+                url, *options = line.split()  # options (render=MODE) are the scraper's to check
+                out.append(" ".join([str(AnyHttpUrl(url)), *options]))
     return list(dict.fromkeys(out))
 
 
@@ -51,12 +52,12 @@ def read_seeds(settings: Settings, seeds: list[str], seeds_file: str | None) -> 
 @task(name="scrape-batch", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),
       retry_jitter_factor=0.5, cache_policy=NO_CACHE)
 def scrape_batch(settings: Settings, seeds: list[str], max_pages: int, max_depth: int,
-                 allow_private_hosts: bool) -> dict:
+                 allow_private_hosts: bool, render: str | None = None) -> dict:
     from pipeline import scrape
 
     with open_workspace(settings) as (catalog, blobs):
         summary = scrape.scrape(seeds, catalog, blobs, settings, max_pages=max_pages, max_depth=max_depth,
-                                allow_private_hosts=allow_private_hosts)
+                                allow_private_hosts=allow_private_hosts, render=render)
     return small(summary)
 
 
@@ -99,6 +100,7 @@ def ingest(
     max_pages: Annotated[int, Field(ge=1, le=1_000_000)] = 200,
     max_depth: Annotated[int, Field(ge=0, le=50)] = 3,
     allow_private_hosts: bool = False,
+    render: Literal["never", "auto", "always"] | None = None,
     retrain_detector: bool = False,
     hosts_per_batch: Annotated[int, Field(ge=1, le=1000)] = 4,
     home: str | None = None,
@@ -107,7 +109,9 @@ def ingest(
     """Scrape ``seeds`` (and the seeds file) in host batches, then dedup and triage the catalog.
     ``task_runner="dask"`` (default: ``UNMARK_TASK_RUNNER``) hashes and scores on Dask workers.
     ``max_pages`` bounds the whole run (shared between batches by their number of seeds).
-    ``allow_private_hosts`` permits loopback only (tests and the demo). Returns counts."""
+    ``allow_private_hosts`` permits loopback only (tests and the demo). ``render`` loads pages in
+    headless Chromium too (default: ``UNMARK_RENDER``; a seed line ``URL render=MODE`` sets its
+    own site). Returns counts."""
     log = get_run_logger()
     settings = flow_settings(home)
     urls = read_seeds(settings, [str(u) for u in seeds], seeds_file)
@@ -119,7 +123,7 @@ def ingest(
         progress = artifacts.Progress("ingest-progress", len(batches) + 2, "ingest: scrape batches, dedup, triage")
         futures = [
             scrape_batch.submit(settings, batch, max(1, math.ceil(max_pages * len(batch) / len(urls))),
-                                max_depth, allow_private_hosts)
+                                max_depth, allow_private_hosts, render)
             for batch in batches
         ]
         for fut in as_completed(futures):

@@ -52,6 +52,21 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 0.5  # first retry waits this, doubling (Retry-After wins when sent)
     max_backoff_s: float = 60.0  # cap on any one wait, Retry-After included
     max_crawl_delay_s: float = 30.0  # cap on a robots.txt Crawl-delay
+    scrape_icons: bool = False  # also take <link rel=icon> / apple-touch-icon images
+    max_stylesheets_per_page: int = 20  # linked and @import-ed sheets read for images, per page
+    max_import_depth: int = 3  # @import levels followed from a page's own sheets
+    # rendered pages (pipeline/render.py): never | auto (pages with scripts and no static image) | always
+    render: str = "never"
+    chromium_path: str | None = None  # default: `chromium` on PATH
+    render_timeout_s: float = 15.0  # a page's whole time in the browser: load, scrolls, reading the DOM
+    render_max_requests: int = 200  # requests one page may make through the fetcher
+    render_restart_every: int = 100  # pages, then a fresh browser process
+    render_concurrency: int = 4  # pages in the browser at once (bench/render.py)
+    render_max_scrolls: int = 20  # viewport steps down a page (lazy loading, infinite scroll)
+    render_settle_s: float = 0.15  # quiet time (no request in flight or started) that ends a wait
+    # where a browser request that escaped interception would go: a loopback port nothing serves
+    # (tests listen there to prove that nothing arrives)
+    render_trap_proxy: str = "http://127.0.0.1:9"
 
     # --- dedup -------------------------------------------------------------------------
     # Max Hamming distance between the 128-bit (pHash ‖ dHash) codes of two near duplicates;

@@ -2,10 +2,13 @@
 into the catalog.
 
 Stages (one module each): ``fetch`` (HTTP: SSRF guard, retries, caps, per-host politeness),
-``robots`` (robots.txt and the noai/noindex opt-outs), ``extract`` (images and links of a page),
-``pipeline.images`` (the one validator of image bytes). This module runs the crawl: a bounded
-thread pool does the network and the hashing; the calling thread is the catalog's one writer and
-commits rows in batches.
+``robots`` (robots.txt and the noai/noindex opt-outs), ``extract`` / ``embeds`` (images, links and
+stylesheets of a page), ``sheets`` (linked stylesheets, fetched under the page rules), ``seeds``
+(seed URLs and their options, sites, sitemaps), ``render_step`` / ``render`` (pages in headless
+Chromium, ``--render``),
+``pipeline.images`` (the one validator of image bytes), ``scrape_writer`` (the catalog's one
+writer, committing rows in batches). This module runs the crawl: a bounded thread pool does the
+network and the hashing; the calling thread hands rows to the writer.
 
 Idempotent and resumable: each image's blob is written (atomically) before its row, and made
 durable by one ``BlobStore.sync`` before the transaction that holds the row; a page gets its
@@ -18,22 +21,22 @@ started again ends with the same rows as an uninterrupted run.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
-
-from lxml import etree
 
 from pipeline.config import Settings
 from pipeline.extract import ExtractError, ImageRef, extract, normalize_url
 from pipeline.fetch import Fetcher, FetchError, host_key
 from pipeline.images import BadImage, inspect_image, sniff_format
+from pipeline.render_step import RenderStep, check_mode
 from pipeline.robots import ROBOTS_MAX_BYTES, RobotsPolicy, agent_token, opt_out_of, parse_directives
+from pipeline.scrape_writer import FLUSH_EVERY_S, Writer
+from pipeline.seeds import SeedError, expand_seeds, site_of, sitemap_locs  # noqa: F401 - re-exported
+from pipeline.sheets import SHEET_STAGE, Stylesheets
 from pipeline.ssrf import Resolver
 from storage import BlobStore, Catalog
 from storage import queries as q
@@ -42,33 +45,6 @@ from storage.models import utcnow
 PAGE_STAGE, IMAGE_STAGE, ROBOTS_STAGE = "scrape.page", "scrape.image", "scrape.robots"
 # Image failures that a re-run does not retry: the bytes at that URL were judged, not missed.
 PERMANENT = {"not-image", "format", "too-small", "too-many-pixels", "corrupt", "too-large", "http-404", "http-410"}
-FLUSH_EVERY_S = 1.0
-
-
-class SeedError(ValueError):
-    """A seed that is neither an http(s) URL nor a readable file of URLs."""
-
-
-def expand_seeds(seeds: Iterable[str]) -> list[str]:
-    """Seed URLs; an argument naming a local file contributes one URL per line (``#`` comments)."""
-    out: list[str] = []
-    for seed in seeds:
-        seed = seed.strip()
-        path = Path(seed)
-        if "://" not in seed and path.is_file():
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            out.extend(s for s in expand_seeds(ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")))
-            continue
-        url = normalize_url(seed)
-        if url is None:
-            raise SeedError(f"not an http(s) URL or a file of URLs: {seed!r}")
-        out.append(url)
-    return list(dict.fromkeys(out))
-
-
-def site_of(url: str) -> str:
-    host = (urlsplit(url).hostname or "").lower()
-    return host[4:] if host.startswith("www.") else host
 
 
 def content_charset(content_type: str | None) -> str | None:
@@ -77,26 +53,6 @@ def content_charset(content_type: str | None) -> str | None:
         if k.strip().lower() == "charset" and v.strip():
             return v.strip().strip("\"'")
     return None
-
-
-def sitemap_locs(body: bytes) -> tuple[str, list[str]] | None:
-    """``("urlset" | "sitemapindex", [loc, ...])`` when ``body`` is an XML sitemap, else None."""
-    head = body[:2048].lstrip()
-    if not (head.startswith(b"<?xml") or head.startswith(b"<urlset") or head.startswith(b"<sitemapindex")):
-        return None
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, recover=True)
-    try:
-        root = etree.fromstring(body, parser=parser)
-    except etree.XMLSyntaxError:
-        return None
-    if root is None:
-        return None
-    kind = etree.QName(root).localname
-    if kind not in ("urlset", "sitemapindex"):
-        return None
-    locs = [el.text.strip() for el in root.iter() if isinstance(el.tag, str)
-            and etree.QName(el).localname == "loc" and el.text and el.text.strip()]
-    return kind, locs
 
 
 # --- what the workers hand back ---------------------------------------------------------
@@ -116,6 +72,8 @@ class PageResult:
     links: list[str] = field(default_factory=list)
     sitemap: tuple[str, list[str]] | None = None
     error: Exception | None = None
+    failures: list[tuple[str, str, Exception]] = field(default_factory=list)  # (stage, subject, error) beside the page's own
+    cleared: list[tuple[str, str]] = field(default_factory=list)  # (stage, subject) that succeeded this time
 
 
 @dataclass
@@ -133,139 +91,6 @@ class _PendingPage:
     last_modified: str | None
 
 
-# --- the batched writer -----------------------------------------------------------------
-
-
-@dataclass
-class _Batch:
-    """Rows for one write transaction, filled by the crawl thread."""
-
-    pages: dict[str, dict] = field(default_factory=dict)
-    images: dict[str, dict] = field(default_factory=dict)
-    sightings: list[tuple[str, str | int, ImageRef]] = field(default_factory=list)  # (page url, sha256 | image id, ref)
-    failures: list[tuple[str, str, str, str]] = field(default_factory=list)  # (stage, subject, error class, message)
-    cleared: list[tuple[str, str]] = field(default_factory=list)
-    completed: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
-
-    def size(self) -> int:
-        return len(self.pages) + len(self.images) + len(self.sightings) + len(self.failures) + len(self.completed)
-
-
-class _Writer:
-    """The catalog's one writer. The crawl thread fills the batch in hand (``batch``, through
-    ``page`` and ``failure`` or directly) and ``flush`` hands it to a writer thread, which commits the
-    batches one at a time, in order. The crawl thread goes on dispatching meanwhile: a commit (its
-    ``syncfs`` and SQLite steps, each giving up the GIL and waiting to get it back among the
-    fetching threads) would otherwise stall the crawl for a quarter of its time. ``close`` commits
-    what is left and waits; an error of the writer thread is raised in the crawl thread at the next
-    ``flush`` or at ``close``."""
-
-    def __init__(self, catalog: Catalog, blobs: BlobStore, batch_size: int):
-        self.catalog = catalog
-        self.blobs = blobs
-        self.batch_size = batch_size
-        self.batch = _Batch()
-        self.page_ids: dict[str, int] = {}  # writer thread only
-        self.last_flush = time.monotonic()
-        self.new_images = 0
-        self.error: BaseException | None = None
-        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)  # a bound on rows in waiting
-        self._thread: threading.Thread | None = None  # started by the first flush
-
-    def size(self) -> int:
-        return self.batch.size()
-
-    def page(self, url: str, **fields) -> None:
-        self.batch.pages.setdefault(url, {}).update(fields)
-
-    def failure(self, stage: str, subject: str, error: Exception) -> None:
-        reason = getattr(error, "reason", None) or type(error).__name__
-        self.batch.failures.append((stage, subject, reason, str(error)))
-
-    def due(self) -> bool:
-        return self.size() >= self.batch_size or (self.size() and time.monotonic() - self.last_flush >= FLUSH_EVERY_S)
-
-    def flush(self) -> None:
-        """Hand the batch in hand to the writer thread (it waits only while two are queued)."""
-        self.last_flush = time.monotonic()
-        if self.error is not None:
-            raise self.error
-        if not self.size():
-            return
-        self._hand_over()
-
-    def _hand_over(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="unmark-scrape-writer", daemon=True)
-            self._thread.start()
-        batch, self.batch = self.batch, _Batch()
-        self._queue.put(batch)
-
-    def close(self) -> None:
-        """Commit what is in hand and everything queued; raises the writer thread's error."""
-        try:
-            if self.error is None and self.size():
-                self._hand_over()
-        finally:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join()
-                self._thread = None
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None:
-                return
-            if self.error is not None:
-                continue  # drained, not committed: the crawl thread raises the error
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # noqa: BLE001 - handed to the crawl thread
-                self.error = exc
-
-    def _commit(self, b: _Batch) -> None:
-        if b.images:
-            self.blobs.sync()  # the workers' blobs are durable before any row names them
-        with self.catalog.write() as s:
-            if b.pages:
-                self.page_ids.update(q.upsert_pages(s, [
-                    {"url": url, **fields, "host": fields.get("host") or host_key(url)}
-                    for url, fields in b.pages.items()
-                ]))
-            if b.images:
-                rows = list(b.images.values())
-                known = set(q.image_ids_by_sha(s, [r["sha256"] for r in rows]))
-                ids = q.add_images(s, rows)
-                self.new_images += len(set(ids) - known)
-            else:
-                ids = {}
-            shas = [ref for _, ref, _ in b.sightings if isinstance(ref, str) and ref not in ids]
-            if shas:
-                ids.update(q.image_ids_by_sha(s, shas))
-            missing = list(dict.fromkeys(p for p, _, _ in b.sightings if p not in self.page_ids))
-            if missing:
-                self.page_ids.update(q.page_ids_by_url(s, missing))
-            q.add_sightings(s, [
-                {"image_id": ids[ref] if isinstance(ref, str) else ref, "page_id": self.page_ids[p],
-                 "image_url": r.url, "alt": r.alt, "found_by": r.found_by}
-                for p, ref, r in b.sightings
-            ])
-            for stage, subject, reason, message in b.failures:
-                q.record_failure(s, stage, subject, message, error_class=reason)
-            by_stage: dict[str, list[str]] = {}
-            for stage, subject in b.cleared:
-                by_stage.setdefault(stage, []).append(subject)
-            for stage, subjects in by_stage.items():
-                q.clear_failures(s, stage, subjects)
-            if b.completed:
-                # the page's last sighting is in this transaction (or an earlier one): complete
-                q.upsert_pages(s, [{"url": url, "host": host_key(url), "etag": etag, "last_modified": last_modified}
-                                   for url, (etag, last_modified) in b.completed.items()])
-
-
 # --- the crawl --------------------------------------------------------------------------
 
 
@@ -275,13 +100,19 @@ class Crawl:
 
     def __init__(self, catalog: Catalog, blobs: BlobStore, settings: Settings, max_pages: int, max_depth: int,
                  allow_private_hosts: bool, resolver: Resolver | None,
-                 progress: Callable[[dict], None] | None = None):
+                 progress: Callable[[dict], None] | None = None, render: str | None = None,
+                 site_render: dict[str, str] | None = None):
         self.catalog, self.blobs, self.settings = catalog, blobs, settings
         self.max_pages, self.max_depth = max_pages, max_depth
         self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
         self.token = agent_token(settings.user_agent)
         self.robots = RobotsPolicy(settings.user_agent, self._fetch_robots, self._robots_failed)
-        self.writer = _Writer(catalog, blobs, settings.write_batch_size)
+        self.writer = Writer(catalog, blobs, settings.write_batch_size)
+        self.site_render = dict(site_render or {})
+        self.render = RenderStep(settings, render or settings.render, self.site_render,
+                                 lambda url, cap: self.fetcher.get(url, cap, allow=self._allowed), site_of)
+        self.sheets = Stylesheets(self._fetch_sheet, settings.max_stylesheets_per_page, settings.max_import_depth,
+                                  settings.max_images_per_page)
         self.progress = progress
         self.sites: set[str] = set()
         self.seen_pages: set[str] = set()
@@ -304,7 +135,8 @@ class Crawl:
             "seeds": 0, "seeds_failed": 0, "pages_fetched": 0, "pages_not_modified": 0, "pages_failed": 0, "pages_opted_out": 0,
             "pages_disallowed": 0, "sitemaps": 0, "images_found": 0, "images_fetched": 0, "images_new": 0,
             "images_known_url": 0, "images_too_small": 0, "images_opted_out": 0, "images_failed": 0,
-            "images_skipped_failed": 0, "bytes": 0, "failures": {},
+            "images_skipped_failed": 0, "images_candidates": 0, "sheets_fetched": 0, "sheets_failed": 0, "bytes": 0,
+            "failures": {},
         }
 
     # --- robots ----------------------------------------------------------------------
@@ -323,6 +155,25 @@ class Crawl:
         return ok
 
     # --- worker side -----------------------------------------------------------------
+
+    def _fetch_sheet(self, url: str) -> tuple[str, str]:
+        resp = self.fetcher.get(url, self.settings.max_page_bytes, allow=self._allowed)
+        if not 200 <= resp.status < 300:
+            raise FetchError(url, f"http-{resp.status}", status=resp.status)
+        charset = content_charset(resp.headers.get("Content-Type")) or "utf-8"
+        try:
+            return resp.url, resp.body.decode(charset, "replace")
+        except LookupError:
+            return resp.url, resp.body.decode("utf-8", "replace")
+
+    def _add_sheet_images(self, out: PageResult, sheets: list[str]) -> None:
+        """The images of the page's stylesheets, after its own (each URL once)."""
+        got = self.sheets.images(sheets)
+        out.failures.extend((SHEET_STAGE, url, exc) for url, exc in got.failed)
+        out.cleared.extend((SHEET_STAGE, url) for url in got.fetched)
+        have = {r.url for r in out.images}
+        room = self.settings.max_images_per_page - len(out.images)
+        out.images.extend([r for r in got.images if r.url not in have][:max(0, room)])
 
     def _fetch_page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
         try:
@@ -361,14 +212,19 @@ class Crawl:
         try:
             found = extract(body, resp.url, content_charset(resp.headers.get("Content-Type")),
                             robots_names=("robots", self.token), max_links=s.max_links_per_page,
-                            max_images=s.max_images_per_page)
+                            max_images=s.max_images_per_page, icons=s.scrape_icons)
         except ExtractError as exc:
             out.error = exc
             return out
         directives = parse_directives(resp.robots_tags, self.token) | parse_directives(found.robots, "")
         out.opted_out = opt_out_of(directives)
+        follow = not ("nofollow" in directives or "none" in directives)
         out.images = [] if out.opted_out else found.images
-        out.links = [] if ("nofollow" in directives or "none" in directives) else found.links
+        out.links = found.links if follow else []
+        if found.stylesheets and not out.opted_out:
+            self._add_sheet_images(out, found.stylesheets)
+        if not out.opted_out and self.render.wanted(resp.url, len(out.images), found.scripts):
+            self.render.apply(out, body, resp.headers.get("Content-Type") or "", follow)
         return out
 
     def _fetch_image(self, url: str) -> ImageResult:
@@ -427,7 +283,9 @@ class Crawl:
                         validators = self._validators([url for url, _ in batch])
                         for url, depth in batch:
                             self.pages_in_flight += 1
-                            self._submit("page", self._fetch_page, url, depth, validators.get(url, (None, None)))
+                            # a page rendered every time is read again whole, not answered by a 304
+                            kept = (None, None) if self.render.always(url) else validators.get(url, (None, None))
+                            self._submit("page", self._fetch_page, url, depth, kept)
                     if not self.futures:
                         break
                     done = [(self.futures.pop(fut), fut.result()) for fut in self._completed(FLUSH_EVERY_S)]
@@ -448,6 +306,7 @@ class Crawl:
                     fut.cancel()
                 self._drain_robots_failures()
                 try:
+                    self.render.close()
                     self.writer.close()
                 finally:
                     self.fetcher.close()
@@ -523,6 +382,11 @@ class Crawl:
             self._fail(PAGE_STAGE, page.url, page.error)
             return
         w.batch.cleared.append((PAGE_STAGE, page.url))
+        for stage, subject, exc in page.failures:
+            st["sheets_failed"] += stage == SHEET_STAGE
+            self._fail(stage, subject, exc)
+        st["sheets_fetched"] += sum(stage == SHEET_STAGE for stage, _ in page.cleared)
+        w.batch.cleared.extend(page.cleared)
         if page.sitemap is not None:
             st["sitemaps"] += 1
             kind, locs = page.sitemap
@@ -531,6 +395,8 @@ class Crawl:
                 url = normalize_url(loc)
                 if url:
                     self.sites.add(site_of(url))
+                    if site_of(page.url) in self.site_render:  # listed sites render as the sitemap's
+                        self.site_render.setdefault(site_of(url), self.site_render[site_of(page.url)])
                     # listed pages are seeds (depth of the sitemap); listed sitemaps are not pages
                     self.enqueue(url, page.depth, counted=kind == "urlset")
             return
@@ -557,7 +423,7 @@ class Crawl:
 
     def _images_of(self, page: PageResult) -> int:
         """Sightings for known images, downloads for new URLs; returns how many are awaited."""
-        st, w = self.stats, self.writer
+        st = self.stats
         st["images_found"] += len(page.images)
         known, failed = self._known, self._failed  # filled by _prefetch_image_state for this batch
         outstanding = 0
@@ -582,8 +448,19 @@ class Crawl:
                 self.waiters[ref.url].append((page.url, ref))
                 outstanding += 1
             elif state is not None:
-                w.batch.sightings.append((page.url, state, ref))
+                self._sight(page.url, state, ref)
         return outstanding
+
+    def _sight(self, page_url: str, image: str | int, ref: ImageRef) -> None:
+        """A sighting of ``image`` at ``ref.url``, and one for each of its lesser candidates (the
+        same picture at other sizes: not downloaded, and from now on known as this image)."""
+        sightings = self.writer.batch.sightings
+        sightings.append((page_url, image, ref))
+        for url in ref.also:
+            if self.image_state.get(url, "?") in ("?", image):
+                self.image_state[url] = image
+                self.stats["images_candidates"] += 1
+                sightings.append((page_url, image, ImageRef(url, ref.alt, "candidate")))
 
     def _on_image(self, res: ImageResult) -> None:
         st, w = self.stats, self.writer
@@ -602,7 +479,7 @@ class Crawl:
             if res.url in self.retrying:
                 w.batch.cleared.append((IMAGE_STAGE, res.url))
             for page_url, ref in waiters:
-                w.batch.sightings.append((page_url, res.sha256, ref))
+                self._sight(page_url, res.sha256, ref)
         for page_url, _ in waiters:
             pending = self.pending_pages[page_url]
             pending.outstanding -= 1
@@ -614,6 +491,7 @@ class Crawl:
         elapsed = time.monotonic() - started
         st = dict(self.stats)
         st["images_new"] = self.writer.new_images
+        st.update(self.render.stats)
         st["elapsed_s"] = round(elapsed, 3)
         pages = st["pages_fetched"] + st["pages_not_modified"]
         st["pages_per_s"] = round(pages / elapsed, 2) if elapsed > 0 else 0.0
@@ -635,6 +513,7 @@ def scrape(
     allow_private_hosts: bool = False,
     resolver: Resolver | None = None,
     progress: Callable[[dict], None] | None = None,
+    render: str | None = None,
 ) -> dict:
     """Crawl from ``seeds`` (page URLs, sitemap.xml URLs, or files listing URLs) and store every
     image found into ``blobs`` and ``catalog``. Returns counts for the run (seeds and the seeds
@@ -642,11 +521,18 @@ def scrape(
     reason, pages_per_s, images_per_s).
 
     ``allow_private_hosts`` lets the crawl reach loopback (tests, the demo); ``resolver(host,
-    port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch."""
+    port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch.
+    ``render`` (``never`` / ``auto`` / ``always``; default ``settings.render``) loads pages in
+    headless Chromium too (``pipeline.render``); a seed's own ``render=`` option wins for its site.
+    Raises ``SeedError`` for a bad seed, ``RenderModeError`` for a bad mode, ``RenderUnavailable``
+    when rendering is asked for and cannot run, all before any request."""
+    site_render: dict[str, str] = {}
+    urls = expand_seeds(seeds, site_render)
     crawl = Crawl(
         catalog, blobs, settings,
         max_pages=settings.max_pages if max_pages is None else max_pages,
         max_depth=settings.max_depth if max_depth is None else max_depth,
         allow_private_hosts=allow_private_hosts, resolver=resolver, progress=progress,
+        render=check_mode(render, "--render") if render is not None else None, site_render=site_render,
     )
-    return crawl.run(expand_seeds(seeds))
+    return crawl.run(urls)

@@ -38,6 +38,8 @@ def test_read_seeds_from_named_file_and_default_file(settings, tmp_path):
     (settings.home / "seeds.txt").write_text("http://d.test/\n")
     assert read_seeds(settings, [], None) == ["http://d.test/"]
     assert read_seeds(settings, ["http://e.test/"], None) == ["http://e.test/"]
+    f.write_text("http://r.test/ render=always  # a per-seed option rides along to the scraper\n")
+    assert read_seeds(settings, [], str(f)) == ["http://r.test/ render=always"]
     f.write_text("ftp://nope.test/\n")
     with pytest.raises(ValidationError):
         read_seeds(settings, [], str(f))

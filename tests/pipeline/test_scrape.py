@@ -23,15 +23,6 @@ def site():
     s.close()
 
 
-@pytest.fixture
-def fast(settings):
-    """Settings with short timeouts and backoff, so failure paths take fractions of a second."""
-    return settings.model_copy(update={
-        "connect_timeout_s": 1.0, "read_timeout_s": 0.5, "download_deadline_s": 2.0, "retry_backoff_s": 0.05,
-        "max_retries": 2, "per_host_concurrency": 4, "global_concurrency": 8, "write_batch_size": 40,
-    })
-
-
 def run(site, catalog, blobs, settings, path="/", **kw):
     kw.setdefault("allow_private_hosts", True)
     return scrape([site.url(path)], catalog, blobs, settings, **kw)
@@ -97,6 +88,9 @@ def test_finds_every_embedding_style(site, catalog, blobs, fast):
         "/img/dup-a.png": ("img", None), "/img/dup-b.png": ("img", None),
         "/assets/based.png": ("img", "based"),
     }
+    # lesser srcset candidates: sightings of the image fetched in their place, never downloaded
+    candidates = {"/img/small.png": ("candidate", "srcset alt"), "/img/lazyset-s.png": ("candidate", None),
+                  "/img/pic-s.png": ("candidate", "picture alt")}
     for i, path in enumerate(want):
         body = jpeg_bytes(i) if path.endswith(".jpg") else png_bytes(i)
         site.static(path, body, "image/jpeg" if path.endswith(".jpg") else "image/png")
@@ -112,10 +106,12 @@ def test_finds_every_embedding_style(site, catalog, blobs, fast):
     summary = run(site, catalog, blobs, fast)
 
     got = sightings(catalog)
-    assert {p: v[:2] for p, v in got.items()} == want
+    assert {p: v[:2] for p, v in got.items()} == want | candidates
     assert got["/img/dup-a.png"][2] == got["/img/dup-b.png"][2]  # exact duplicates fold by sha256
+    assert got["/img/small.png"][2] == got["/img/big.png"][2] and got["/img/pic-s.png"][2] == got["/img/pic-l.png"][2]
     c = counts(catalog)
-    assert c["images"] == len(want) - 1 and c["sightings"] == len(want)
+    assert c["images"] == len(want) - 1 and c["sightings"] == len(want) + len(candidates)
+    assert summary["images_candidates"] == len(candidates)
     assert summary["images_new"] == len(want) - 1 and summary["images_fetched"] == len(want)
     assert summary["images_too_small"] == 1 and failures(catalog)["/img/tiny.png"] == "too-small"
     assert summary["pages_fetched"] == 2 and summary["pages_disallowed"] == 1

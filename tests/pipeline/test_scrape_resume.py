@@ -73,6 +73,33 @@ def count_images(db: str) -> int:
         return 0
 
 
+def kill_when(cmd: list[str], env: dict, db: str, images: int, timeout_s: float, kill) -> subprocess.Popen:  # noqa: ANN001
+    """Start ``cmd`` in its own session and ``kill(pid, SIGKILL)`` it once the catalog holds
+    ``images`` images (``os.killpg`` takes its whole process group)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while count_images(db) < images and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the scrape finished before it could be killed"
+        kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    return proc
+
+
+def kill_then_rerun(cmd: list[str], env: dict, db: str, images: int, timeout_s: float,
+                    kill) -> tuple[int, subprocess.CompletedProcess]:  # noqa: ANN001
+    """``kill_when``, then ``cmd`` again to its end: (images when killed, the finished run)."""
+    proc = kill_when(cmd, env, db, images, timeout_s, kill)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = count_images(db)
+    assert 0 < killed_at
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return killed_at, done
+
+
 def test_kill_9_halfway_then_rerun_gives_exact_counts(tmp_path, unmark_env, settings):
     site = Site(latency_s=0.03)
     try:
@@ -82,21 +109,7 @@ def test_kill_9_halfway_then_rerun_gives_exact_counts(tmp_path, unmark_env, sett
         cmd = [sys.executable, "-m", "flows.cli", "scrape", site.url("/"), "--allow-private-hosts", "--json"]
         db = str(settings.home / "catalog.sqlite")
 
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 60
-            while count_images(db) < 25 and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.02)
-            assert proc.poll() is None, "the scrape finished before it could be killed"
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        killed_at = count_images(db)
-        assert 0 < killed_at
-
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
+        killed_at, _ = kill_then_rerun(cmd, env, db, 25, 60, os.kill)
         resumed = snapshot(settings)
 
         reference_settings = load_settings(home=tmp_path / "reference")

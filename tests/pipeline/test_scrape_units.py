@@ -208,6 +208,10 @@ TRICKY_PAGES = {
    text  </a><area href="/img/area.png"><a href="/page.html" rel="NoFollow  next">p</a>
 <a href="#top">t</a><a href="/doc.pdf">pdf</a><A HREF="/UPPER.PNG">Upper</A><img src="/dup.png" src="/dup2.png">
 <style>   </style><style></style><template><a href="/img/in-template.png">t<b>x</b></a></template>
+<input type="IMAGE" src="/in.png" alt="go"><object data="/obj.png" type="image/png"></object><embed src="/e.png">
+<video poster="/poster.jpg"></video><svg viewBox="0 0 1 1"><image xlink:href="/svg.png"/><image href="/svg2.png"></image></svg>
+<link rel="preload" as="image" href="/pre.png" imagesrcset="/pre.png 1x, /pre2.png 2x"><link rel="stylesheet" href="/s.css">
+<link rel="icon" href="/favicon.png"><div style="background: image-set('/is1.png' 1x, '/is2.png' 2x)">s</div>
 <p><a href="/img/unclosed.png">never closed
 </body></html>""",
     "base": """<base target="_top"><base href=" https://cdn.test/assets/ "><img src="rel.png">
@@ -237,10 +241,16 @@ def test_fast_parse_agrees_with_beautifulsoup(name, charset):
     assert [el.key() for el in fast] == [el.key() for el in soup]
     a = _walk(fast, "http://s.test/d/", ("robots", "unmarkbot"), 20_000, 1_000)
     b = _walk(soup, "http://s.test/d/", ("robots", "unmarkbot"), 20_000, 1_000)
-    assert (a.images, a.links, a.robots, a.base) == (b.images, b.links, b.robots, b.base)
+    assert (a.images, a.links, a.robots, a.base, a.stylesheets) == (b.images, b.links, b.robots, b.base, b.stylesheets)
     if name == "embedding":
         assert {i.found_by for i in a.images} >= {"og:image", "twitter:image", "link", "css", "img", "srcset",
-                                                   "lazy", "picture", "href"}
+                                                   "lazy", "picture", "href", "input", "object", "embed", "poster",
+                                                   "svg", "preload"}
+        assert {i.url.rsplit("/", 1)[1]: i.also for i in a.images if i.also} == {
+            "b.png": ("http://s.test/s.png",), "ll.png": ("http://s.test/ls.png",),
+            "pic-l.png": ("http://s.test/pic-s.png",), "pre2.png": ("http://s.test/pre.png",),
+            "is2.png": ("http://s.test/is1.png",)}
+        assert a.stylesheets == ["http://s.test/s.css"] and "http://s.test/favicon.png" not in {i.url for i in a.images}
         assert ImageRef("http://s.test/img/linked.jpg", "a bold café end", "href") in a.images
 
 
@@ -253,3 +263,15 @@ def test_pages_without_a_declared_charset_or_with_a_bom_go_to_beautifulsoup():
     assert _fast_elements(page.encode(), "no-such-charset") is None
     assert extract(b"\xef\xbb\xbf" + page.encode(), "http://s.test/", "utf-8").images[0].alt == "Café"
     assert extract(page.encode("cp1252"), "http://s.test/", "no-such-charset").images[0].url == "http://s.test/c.png"
+
+
+def test_seed_options_set_the_render_mode_of_their_site(tmp_path):
+    modes: dict[str, str] = {}
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("http://www.a.test/ render=ALWAYS\nhttp://b.test/x\n")
+    assert expand_seeds([str(seeds), "http://c.test/ render=auto"], modes) == [
+        "http://www.a.test/", "http://b.test/x", "http://c.test/"]
+    assert modes == {"a.test": "always", "c.test": "auto"}
+    for bad, message in (("http://a.test/ render=sometimes", "render mode"), ("http://a.test/ depth=2", "unknown seed option")):
+        with pytest.raises(ValueError, match=message):
+            expand_seeds([bad], {})
