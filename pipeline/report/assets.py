@@ -29,6 +29,7 @@ from storage import BlobStore
 
 THUMB = 320  # longest side of a thumbnail, px
 ZOOM_MAX = 384  # longest side of a zoomed crop, px (larger regions are scaled down to it)
+ZOOM_SHOW = 200  # a smaller crop is shown magnified a whole number of times up to about this, px
 PAD = 0.15  # padding around the marked region, as a fraction of its longer side (at least 8 px)
 
 
@@ -81,10 +82,22 @@ class Zoom:
     scale: float  # 1.0: full resolution
 
     @property
+    def size(self) -> tuple[int, int]:
+        """The crops' size in pixels (the region's, times ``scale``)."""
+        x0, y0, x1, y1 = self.box
+        return max(1, round((x1 - x0) * self.scale)), max(1, round((y1 - y0) * self.scale))
+
+    @property
+    def magnify(self) -> int:
+        """A whole-number factor to show a small crop at: its pixels stay sharp squares."""
+        return max(1, ZOOM_SHOW // max(self.size))
+
+    @property
     def note(self) -> str:
         x0, y0, x1, y1 = self.box
         size = f"{x1 - x0}×{y1 - y0} px at ({x0}, {y0})"
-        return f"{size}, full resolution" if self.scale == 1.0 else f"{size}, scaled 1:{1 / self.scale:.1f}"
+        shown = f", shown {self.magnify}×" if self.magnify > 1 else ""
+        return (f"{size}, full resolution" if self.scale == 1.0 else f"{size}, scaled 1:{1 / self.scale:.1f}") + shown
 
 
 class Assets:
@@ -169,6 +182,6 @@ class Assets:
             sx, sy = im.size[0] / before.size[0], im.size[1] / before.size[1]  # an output of another size
             crop = im.crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)))
             if scale < 1.0:
-                crop = crop.resize((max(1, round(w * scale)), max(1, round(h * scale))), PILImage.LANCZOS)
+                crop = crop.resize(Zoom("", "", box, scale).size, PILImage.LANCZOS)
             write_atomic(self.folder / f"{stem}_{which}.jpg", _jpeg(crop, quality=92))
         return {"box": list(box), "scale": scale}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from pipeline.report.assets import Assets, write_atomic
+from pipeline.report.assets import Assets, Zoom, write_atomic
 from pipeline.report.html import e, fmt, img, page
 from storage import Catalog
 from storage.models import Cleaning, Image
@@ -92,6 +92,13 @@ def _data(r: dict) -> str:
     return " ".join(out)
 
 
+def _zoomed(src: str, alt: str, z: Zoom, lazy: bool) -> str:
+    w, h = z.size
+    k = z.magnify
+    return (f'<img src="{e(src)}" alt="{e(alt)}" width="{w * k}" height="{h * k}" '
+            f'loading="{"lazy" if lazy else "eager"}">')
+
+
 def _row(r: dict, assets: Assets, lazy: bool) -> str:
     sha = r["sha256"][:12]
     after_key = r["metrics"].get("model_output") or r["output_key"]
@@ -104,8 +111,8 @@ def _row(r: dict, assets: Assets, lazy: bool) -> str:
         cells.append(f'<td class="pair">{img(assets.overlay(r["input_key"], mask_key), "mask " + sha, lazy)}'
                      '<div class=muted>predicted mask (red)</div></td>')
         z = assets.zoom(r["input_key"], after_key, mask_key)
-        cells.append(f'<td><div class="zoom">{img(z.before, "marked region before " + sha, lazy)}'
-                     f'{img(z.after, "marked region after " + sha, lazy)}</div>'
+        cells.append(f'<td><div class="zoom">{_zoomed(z.before, "marked region before " + sha, z, lazy)}'
+                     f'{_zoomed(z.after, "marked region after " + sha, z, lazy)}</div>'
                      f'<div class=muted>before | after · {e(z.note)}</div></td>' if z else
                      '<td class="muted">nothing marked</td>')
     else:

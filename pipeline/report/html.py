@@ -21,8 +21,7 @@ h1 { margin-bottom: 0 } h2 { border-bottom: 1px solid #ccc; margin-top: 2em }
 table { border-collapse: collapse; } td, th { padding: 4px 8px; border-bottom: 1px solid #eee; vertical-align: top; text-align: left }
 .num { text-align: right; font-variant-numeric: tabular-nums }
 .pair img { max-width: 240px; max-height: 240px; display: block; background: #ddd }
-.zoom { display: flex; gap: 4px } .zoom img { max-width: 200px; max-height: 240px; min-width: 96px;
-  image-rendering: pixelated; display: block; background: #ddd }
+.zoom { display: flex; gap: 4px } .zoom img { image-rendering: pixelated; display: block; background: #ddd }
 .muted { color: #777 } .metrics td { padding: 1px 6px; border: 0 }
 .cards { display: flex; flex-wrap: wrap; gap: 12px } .card { border: 1px solid #ddd; padding: 6px }
 .figs { display: flex; flex-wrap: wrap; gap: 12px } .figs figure { margin: 0; max-width: 440px }

@@ -40,9 +40,10 @@ def visuals_section(run_dir: Path, version: str, assets_dir: Path) -> str:
         return f'<p class="muted">no figures recorded for {e(version)} (drawn at the end of each training run)</p>'
     try:
         info = json.loads(manifest.read_text())
-        figures = list(info.get("figures", []))
-    except (ValueError, AttributeError) as exc:
-        return f'<p class="muted">unreadable {e(manifest)}: {e(exc)}</p>'
+        figures = [f for f in info.get("figures", []) if isinstance(f, dict)]
+        notes = [n for n in info.get("skipped", []) + info.get("failed", []) if isinstance(n, dict)]
+    except (OSError, ValueError, AttributeError, TypeError) as exc:  # a run folder is a user's: it may be edited
+        return f'<p class="muted">unreadable {e(manifest)}: {e(type(exc).__name__)}: {e(exc)}</p>'
     dest = assets_dir / f"visuals-{_safe(version)}"
     dest.mkdir(parents=True, exist_ok=True)
     cards = []
@@ -57,7 +58,7 @@ def visuals_section(run_dir: Path, version: str, assets_dir: Path) -> str:
         cards.append(f'<figure><a href="{e(rel)}"><img src="{e(rel)}" alt="{e(fig.get("title", out.stem))}" '
                      f'loading="{"eager" if i < 2 else "lazy"}"></a><figcaption>{e(fig.get("title", out.stem))}'
                      "</figcaption></figure>")
-    skipped = [f"{e(s.get('figure'))}: {e(s.get('reason'))}" for s in info.get("skipped", []) + info.get("failed", [])]
+    skipped = [f"{e(n.get('figure'))}: {e(n.get('reason'))}" for n in notes]
     return ("<h3>Figures on fixed test samples</h3>" + (f'<div class="figs">{"".join(cards)}</div>' if cards else
                                                          '<p class="muted">none of the listed figures is on disk</p>')
             + (f'<p class="muted">not drawn: {"; ".join(skipped)}</p>' if skipped else ""))

@@ -92,6 +92,12 @@ def test_report_files_and_relative_links(cleaned_home, catalog, blobs):
     figs = [s for s in srcs if s.startswith("assets/visuals-remover-test/")]
     assert {"s0-side_by_side.png", "s0-attention_gate_maps.png", "first_layer_kernels.png"} <= {s.split("/")[-1] for s in figs}
     assert "sample 0: attention-gate maps" in page
+    # the fixture's mark (40×12 px at (10, 20), padded by 8): a 56×28 region shown 3×, before and after
+    zooms = re.findall(r'<img src="(assets/zoom_[^"]+)" alt="marked region (before|after) [^"]+" width="(\d+)" '
+                       r'height="(\d+)"', page)
+    assert len(zooms) >= 4 and {(w, h) for _, _, w, h in zooms} == {("168", "84")}
+    assert "56×28 px at (2, 12), full resolution, shown 3×" in page
+    assert all(PILImage.open(path.parent / src).size == (56, 28) for src, _, _, _ in zooms)
     # the predicted mask of every model cleaning, stored by the clean step and shown tinted
     masks = [s for s in srcs if "/mask_" in s]
     assert len(masks) >= 4 and "predicted mask" in page
@@ -142,6 +148,7 @@ def test_zoom_is_the_padded_mask_box_at_full_resolution(settings, blobs, tmp_pat
     assets = Assets(tmp_path / "assets", blobs, settings.max_image_pixels)
     z = assets.zoom(image_key, after_key, mask_key)
     assert z is not None and z.box == (42, 12, 90, 50) and z.scale == 1.0 and "full resolution" in z.note
+    assert z.size == (48, 38) and z.magnify == 4 and "shown 4×" in z.note  # small: shown magnified
     before = np.asarray(PILImage.open(tmp_path / z.before), dtype=float)
     after = np.asarray(PILImage.open(tmp_path / z.after), dtype=float)
     assert before.shape == after.shape == (38, 48, 3)
@@ -162,7 +169,7 @@ def test_zoom_of_a_large_region_an_empty_mask_and_a_bad_blob(settings, blobs, tm
     _, junk = blobs.put(b"not an image at all")
     assets = Assets(tmp_path / "assets", blobs, settings.max_image_pixels)
     z = assets.zoom(big, big, full)
-    assert z.box == (0, 0, 800, 600) and z.scale == ZOOM_MAX / 800 and "scaled 1:2.1" in z.note
+    assert z.box == (0, 0, 800, 600) and z.scale == ZOOM_MAX / 800 and "scaled 1:2.1" in z.note and z.magnify == 1
     assert PILImage.open(tmp_path / z.before).size == (ZOOM_MAX, 288)
     assert assets.zoom(big, big, empty) is None
     assert assets.zoom(junk, big, full) is None and assets.zoom(big, big, junk) is None
@@ -305,3 +312,14 @@ def test_the_browser_check_sees_a_broken_page(tmp_path):
     dom, console = _browse(broken.as_uri(), tmp_path)
     assert "0 of 1 images loaded" in dom and 'data-count="2"' in dom and "image failed to load" in dom
     assert any("notAFunction" in line for line in console), console
+
+
+def test_a_damaged_figure_list_is_a_note_not_a_crash(cleaned_home, catalog, blobs):
+    manifest = cleaned_home.runs_dir / "remover-test" / "visuals" / "visuals.json"
+    for damaged, note in (("{not json", "unreadable"), ('["a list"]', "unreadable"),
+                          ('{"figures": [1, {"file": "../../../etc/passwd"}], "failed": [{"figure": "x", "reason": "<b>"}]}',
+                           "none of the listed figures is on disk")):
+        manifest.write_text(damaged)
+        page = report(catalog, blobs, cleaned_home).read_text()
+        assert note in page and "Before / after" in page and "curves-" in page, damaged
+    assert "x: &lt;b&gt;" in page and "passwd" not in page
