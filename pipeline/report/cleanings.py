@@ -99,6 +99,9 @@ def _zoomed(src: str, alt: str, z: Zoom, lazy: bool) -> str:
             f'loading="{"lazy" if lazy else "eager"}">')
 
 
+FILTERS = (("all", "all"), ("model", "model cleanings"), ("duplicate", "real pairs"), ("marked", "a marked region"))
+
+
 def _row(r: dict, assets: Assets, lazy: bool) -> str:
     sha = r["sha256"][:12]
     after_key = r["metrics"].get("model_output") or r["output_key"]
@@ -116,6 +119,7 @@ def _row(r: dict, assets: Assets, lazy: bool) -> str:
                      f'<div class=muted>before | after · {e(z.note)}</div></td>' if z else
                      '<td class="muted">nothing marked</td>')
     else:
+        z = None
         cells.append('<td class="pair muted">no mask head</td><td></td>')
     if r["source"] == "duplicate" and after_key != r["output_key"]:
         cells.append(f'<td class="pair">{img(assets.thumb(r["output_key"]), "clean copy " + sha, lazy)}'
@@ -123,7 +127,8 @@ def _row(r: dict, assets: Assets, lazy: bool) -> str:
     else:
         cells.append("<td></td>")
     cells.append(f"<td>{_metrics_cell(r)}</td>")
-    return f"<tr {_data(r)}>" + "".join(cells) + "</tr>"
+    return (f'<tr {_data(r)} data-source="{e(r["source"])}" data-marked="{1 if z else 0}">'
+            + "".join(cells) + "</tr>")
 
 
 def pair_table(rows: list[dict], assets: Assets, eager: int = EAGER_ROWS) -> str:
@@ -157,7 +162,9 @@ def _nav(order: str, n: int, pages: int) -> str:
 def _sort_buttons() -> str:
     return ('<p class="sorts">sort this page: ' + "".join(
         f'<button type="button" data-sort="{k}" data-dir="{d}">{e(label)} first</button>' for k, d, label in SORTS)
-        + ' <span id="sorted-by" class="muted"></span></p>')
+        + ' <span id="sorted-by" class="muted"></span></p><p class="sorts">show: ' + "".join(
+        f'<button type="button" data-filter="{k}">{e(label)}</button>' for k, label in FILTERS)
+        + ' <span id="filtered-by" class="muted"></span></p>')
 
 
 def write_pages(out_dir: Path, orders: dict[str, list[dict]], criterion: str, assets: Assets, generated: str,

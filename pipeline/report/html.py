@@ -5,8 +5,10 @@ The script (no server, works from ``file://``) does three things once a page has
   ``naturalWidth`` into ``data-natural-width`` (the tests read both in a headless browser);
 - counts script errors and images that failed to load into ``#page-errors``
   (``data-count``), caught from the start of the page;
-- sorts the rows of ``table.cleanings`` by a ``data-*`` value when a sort button is pressed, or
-  on load when the address ends in ``#sort=KEY-asc|desc`` (so a sorted page can be linked).
+- sorts the rows of ``table.cleanings`` by a ``data-*`` value when a sort button is pressed, and
+  filters them (all | model | duplicate, i.e. real pairs | marked: a region was found) when a
+  filter button is; or on load, from the address: ``#sort=KEY-asc|desc&filter=WHICH`` (so a
+  sorted, filtered page can be linked).
 """
 
 from __future__ import annotations
@@ -55,9 +57,24 @@ function unmarkSort(key, dir) {
 document.querySelectorAll('button[data-sort]').forEach(function (b) {
   b.addEventListener('click', function () { unmarkSort(b.getAttribute('data-sort'), parseInt(b.getAttribute('data-dir'), 10)); });
 });
+function unmarkFilter(which) {
+  var n = 0;
+  document.querySelectorAll('table.cleanings tbody tr').forEach(function (r) {
+    var keep = which === 'all' || r.getAttribute('data-source') === which || (which === 'marked' && r.getAttribute('data-marked') === '1');
+    r.hidden = !keep;
+    if (keep) { n++; }
+  });
+  var shown = document.getElementById('filtered-by');
+  if (shown) { shown.textContent = which === 'all' ? '' : n + ' shown (' + which + ')'; }
+}
+document.querySelectorAll('button[data-filter]').forEach(function (b) {
+  b.addEventListener('click', function () { unmarkFilter(b.getAttribute('data-filter')); });
+});
 window.addEventListener('load', function () {
-  var m = /#sort=([a-z_]+)-(asc|desc)$/.exec(location.hash);
+  var m = /[#&]sort=([a-z_]+)-(asc|desc)(&|$)/.exec(location.hash);
   if (m) { unmarkSort(m[1], m[2] === 'asc' ? 1 : -1); }
+  var f = /[#&]filter=(all|model|duplicate|marked)(&|$)/.exec(location.hash);
+  if (f) { unmarkFilter(f[1]); }
   var imgs = document.querySelectorAll('img'), ok = 0;
   imgs.forEach(function (im) {
     im.setAttribute('data-natural-width', im.naturalWidth);

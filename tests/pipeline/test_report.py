@@ -301,6 +301,15 @@ def test_sorting_a_page_in_chromium(cleaned_home, catalog, blobs, tmp_path):
     got = _rows(dom, "psnr")
     assert console == [] and len(got) == 5 and got == sorted(got) and got != as_written
     assert "sorted on this page by psnr (ascending)" in dom
+    # filtered: only the two cleanings with a marked region stay shown, still sorted
+    dom, console = _browse(page.as_uri() + "#sort=psnr-asc&filter=marked", tmp_path)
+    rows = re.findall(r"<tr data-id[^>]*>", dom)
+    shown = [r for r in rows if "hidden" not in r]
+    assert console == [] and len(rows) == 5 and len(shown) == 2 and all('data-marked="1"' in r for r in shown)
+    assert "2 shown (marked)" in dom and _rows("".join(shown), "psnr") == sorted(_rows("".join(shown), "psnr"))
+    dom, _ = _browse(page.as_uri() + "#filter=duplicate", tmp_path)
+    shown = [r for r in re.findall(r"<tr data-id[^>]*>", dom) if "hidden" not in r]
+    assert len(shown) == 1 and 'data-source="duplicate"' in shown[0]
 
 
 @needs_chromium
