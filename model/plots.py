@@ -7,8 +7,8 @@ Run figures take the training history (one dict per epoch, as `model.train` writ
 Network figures take a remover and one image, and read its insides through forward hooks:
     attention_gate_maps, activations (every level), decoder_feature_maps, first_layer_kernels,
     gradient_saliency, and for a locate-then-restore remover localiser_maps (its mask, α and
-    colour over the reduced view). ``trunk`` names the U-Net inside the remover to read (e.g. the localiser's
-    of a ``LocateRestore``, ``model.localiser.trunk``); the image still goes through the whole
+    colour over the reduced view). ``trunk`` names the U-Net inside the remover to read (e.g.
+    a ``LocateRestore``'s ``model.localiser.trunk``); the image still goes through the whole
     remover. A network without the part a figure reads raises ``NotApplicable``.
 
 Every function returns the path it wrote.
