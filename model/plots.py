@@ -4,9 +4,12 @@ Image figures take numpy images HxWx3 (uint8, or float in [0, 1]):
     residual_histogram, quality_maps (local PSNR and SSIM), side_by_side, watermark_residual
 Run figures take the training history (one dict per epoch, as `model.train` writes it):
     training_curves (loss terms, PSNR, SSIM), lr_schedule
-Network figures take a `UNet` and one image, and read its insides through forward hooks:
+Network figures take a remover and one image, and read its insides through forward hooks:
     attention_gate_maps, activations (every level), decoder_feature_maps, first_layer_kernels,
-    gradient_saliency
+    gradient_saliency, and for a locate-then-restore remover localiser_maps (its mask, α and
+    colour over the reduced view). ``trunk`` names the U-Net inside the remover to read (e.g.
+    a ``LocateRestore``'s ``model.localiser.trunk``); the image still goes through the whole
+    remover. A network without the part a figure reads raises ``NotApplicable``.
 
 Every function returns the path it wrote.
 """
@@ -24,6 +27,19 @@ from matplotlib.figure import Figure
 
 from model.losses import TERMS
 from model.metrics import local_psnr_map, psnr, ssim, ssim_map
+
+
+class NotApplicable(ValueError):
+    """The figure reads a part (attention gates, encoder levels) that this network does not have."""
+
+
+def _unet(net, figure: str, *parts: str):
+    missing = [p for p in parts if not hasattr(net, p)]
+    if missing:
+        raise NotApplicable(f"{figure}: {type(net).__name__} has no {', '.join(missing)}")
+    if any(len(getattr(net, p)) == 0 for p in parts if isinstance(getattr(net, p), torch.nn.ModuleList)):
+        raise NotApplicable(f"{figure}: {type(net).__name__} has no {'/'.join(parts)}")
+    return net
 
 
 def _float(img) -> np.ndarray:
@@ -205,9 +221,10 @@ def _level_names(model) -> dict[str, torch.nn.Module]:
     return mods
 
 
-def attention_gate_maps(model, image, path) -> Path:
+def attention_gate_maps(model, image, path, trunk=None) -> Path:
     """The attention coefficient of every skip connection's gate, upsampled over the image."""
-    gates = {f"gate {i} (1/{2**i})": model.gates[len(model.gates) - 1 - i].psi for i in range(len(model.gates))}
+    net = _unet(model if trunk is None else trunk, "attention gate maps", "gates")
+    gates = {f"gate {i} (1/{2**i})": net.gates[len(net.gates) - 1 - i].psi for i in range(len(net.gates))}
     x, (h, w), seen = _run(model, image, gates)
     fig, axes = _grid(len(gates) + 1, len(gates) + 1, 3, 3)
     axes[0].imshow(np.clip(_float(image), 0, 1))
@@ -220,9 +237,10 @@ def attention_gate_maps(model, image, path) -> Path:
     return _save(fig, path)
 
 
-def activations(model, image, path) -> Path:
+def activations(model, image, path, trunk=None) -> Path:
     """Mean |activation| over channels at every level, encoder to decoder."""
-    levels = _level_names(model)
+    levels = _level_names(_unet(model if trunk is None else trunk, "activations", "encoders", "decoders",
+                                "attention"))
     _, _, seen = _run(model, image, levels)
     fig, axes = _grid(len(seen) + 1, min(len(seen) + 1, 5), 2.8, 2.8)
     axes[0].imshow(np.clip(_float(image), 0, 1))
@@ -233,11 +251,12 @@ def activations(model, image, path) -> Path:
     return _save(fig, path)
 
 
-def decoder_feature_maps(model, image, path, channels: int = 8) -> Path:
+def decoder_feature_maps(model, image, path, channels: int = 8, trunk=None) -> Path:
     """The first `channels` feature maps of each decoder level (rows: deepest to full size),
     the channels ordered by activation energy."""
-    n = len(model.decoders)
-    decs = {f"dec{n - 1 - j}": d for j, d in enumerate(model.decoders)}
+    net = _unet(model if trunk is None else trunk, "decoder feature maps", "decoders")
+    n = len(net.decoders)
+    decs = {f"dec{n - 1 - j}": d for j, d in enumerate(net.decoders)}
     _, _, seen = _run(model, image, decs)
     k = min(channels, min(a.shape[1] for a in seen.values()))
     fig = Figure(figsize=(1.8 * k, 1.9 * n))
@@ -256,11 +275,12 @@ def decoder_feature_maps(model, image, path, channels: int = 8) -> Path:
 
 def first_layer_kernels(model, path) -> Path:
     """The first conv's 3×3 RGB kernels, each min–max scaled to show its colour/orientation."""
-    wt = model.encoders[0].block[0].weight.detach().float().cpu()  # (out, in, 3, 3)
+    wt = _unet(model, "first-layer kernels", "encoders").encoders[0].block[0].weight.detach().float().cpu()  # (out, in, 3, 3)
     n = wt.shape[0]
     fig, axes = _grid(n, min(n, 8), 1.2, 1.2)
     for i, ax in enumerate(axes[:n]):
         k = wt[i]
+        k = k[:3] if k.shape[0] >= 3 else k[:1]  # a trunk fed more than RGB: its first three inputs
         k = (k - k.min()) / (k.max() - k.min() + 1e-12)
         ax.imshow(k.permute(1, 2, 0).numpy() if k.shape[0] == 3 else k[0].numpy(), interpolation="nearest")
         ax.set_title(str(i), fontsize=6)
@@ -295,4 +315,40 @@ def gradient_saliency(model, image, path) -> Path:
     axes[2].imshow(np.clip(_float(image), 0, 1))
     axes[2].imshow(sal / (sal.max() + 1e-12), cmap="hot", alpha=0.6)
     axes[2].set_title("overlay")
+    return _save(fig, path)
+
+
+def localiser_maps(model, image, path, mask=None, alpha=None) -> Path:
+    """A locate-then-restore remover's localiser at its reduced view: the mark probability, its
+    opacity α and its colour W (shown where the probability is over 0.5), next to the true mask
+    and α when known (HxW arrays in [0, 1], at the image's size)."""
+    if not hasattr(model, "localiser"):
+        raise NotApplicable(f"localiser maps: {type(model).__name__} has no localiser")
+    x, hw = _batch(model, image)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        model.train(was_training)
+    prob = torch.sigmoid(out["coarse_logits"])[0, 0].float().cpu().numpy()
+    a = out["alpha_view"][0, 0].float().cpu().numpy()
+    colour = out["colour_view"][0].float().permute(1, 2, 0).cpu().numpy()
+    shown = np.where((prob > 0.5)[..., None], colour, 0.5)
+    truth = {k: np.asarray(v, dtype=float).squeeze() for k, v in (("true mask", mask), ("true α", alpha)) if v is not None}
+    fig, axes = _grid(4 + len(truth), 4 + len(truth), 3, 3)
+    axes[0].imshow(np.clip(_float(image), 0, 1))
+    axes[0].set_title(f"input {hw[1]}×{hw[0]}", fontsize=8)
+    im = axes[1].imshow(prob, cmap="magma", vmin=0, vmax=1)
+    axes[1].set_title(f"mark probability {prob.shape[1]}×{prob.shape[0]}\n{100 * (prob > 0.5).mean():.1f}% over 0.5", fontsize=8)
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    im = axes[2].imshow(a, cmap="viridis", vmin=0, vmax=1)
+    axes[2].set_title(f"opacity α, mean {a.mean():.2f}", fontsize=8)
+    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    axes[3].imshow(np.clip(shown, 0, 1))
+    axes[3].set_title("colour W where p > 0.5", fontsize=8)
+    for ax, (name, t) in zip(axes[4:], truth.items(), strict=True):
+        ax.imshow(t, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=8)
     return _save(fig, path)

@@ -61,6 +61,7 @@ from model.trainconfig import (
     loader_workers,
     profile_config,
 )
+from model.visuals import draw_run_visuals
 
 __all__ = ["PROFILES", "RunLocked", "TrainConfig", "WallClockSchedule", "build_network", "fixed_test_set",
            "loader_workers", "one_cycle_factor", "profile_config", "run_is_locked", "score_on_test", "train"]
@@ -428,6 +429,8 @@ def _finish(run: _Run, t_start: float, say: Callable[[str], None]) -> dict:
     if state["history"]:
         summary["plots"] = [str(training_curves(state["history"], run_dir / "curves.png")),
                             str(lr_schedule(state["history"], run_dir / "lr.png"))]
+    summary["visuals"] = draw_run_visuals(best, fixed_test_set(run.paths["test"], cfg, run.eval_renderer),
+                                          run_dir / "visuals", say, harden_mask=cfg.harden_mask)
     runfiles.write_json(run_dir / "summary.json", summary)
     runfiles.changelog(run_dir, f"finished after {state['epoch']} epochs / {state['step']} steps "
                                 f"({state['stopped_by']}); test PSNR {test['model']['psnr']:.2f} dB (input "

@@ -94,3 +94,18 @@ def test_first_layer_kernels(tmp_path, model):
 def test_saliency_without_a_mask_head(tmp_path, scene):
     _, marked, _ = scene
     _assert_real_png(plots.gradient_saliency(_trained(scene, mask_head=False), marked, tmp_path / "sal.png"))
+
+
+def test_a_part_the_network_lacks_is_not_applicable(tmp_path, scene):
+    """A locate-then-restore remover has no gates of its own: the figure names the trunk to read."""
+    from model.locate import LocateRestore
+
+    _, marked, _ = scene
+    net = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32).eval()
+    with pytest.raises(plots.NotApplicable, match="LocateRestore has no gates"):
+        plots.attention_gate_maps(net, marked, tmp_path / "gates.png")
+    with pytest.raises(plots.NotApplicable, match="no localiser"):
+        plots.localiser_maps(UNet(base=8, depth=2), marked, tmp_path / "loc.png")
+    assert not (tmp_path / "gates.png").exists()
+    _assert_real_png(plots.attention_gate_maps(net, marked, tmp_path / "gates.png", trunk=net.restorer.trunk))
+    assert all(not m._forward_hooks for m in net.modules())

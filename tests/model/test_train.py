@@ -130,6 +130,11 @@ def test_tiny_run_writes_every_file_and_beats_nothing_silently(photos, tmp_path)
     assert extra["epoch"] == summary["best_epoch"]
     assert model.config["mask_guided"] is True
     assert "finished after 2 epochs" in (run / "changelog.md").read_text()
+    # the seed's figures on two fixed test samples, listed in the summary and in visuals.json
+    figures = json.loads((run / "visuals" / "visuals.json").read_text())
+    assert {"s0-residual_histogram.png", "s1-quality_maps.png", "s0-attention_gate_maps.png",
+            "first_layer_kernels.png"} <= {f["file"] for f in figures["figures"]}
+    assert figures["failed"] == [] and summary["visuals"] and all(Path(p).is_file() for p in summary["visuals"])
 
 
 def test_loader_workers_by_device():
@@ -242,5 +247,8 @@ def test_locate_restore_profile_trains_resumes_and_reports_both_oracles(photos, 
     test = s["test"]
     assert {"model", "input", "inpaint", "oracle_restore", "mask_telea", "mask"} <= set(test)
     assert 0.0 <= test["mask"]["iou"] <= 1.0
+    names = {Path(p).name for p in s["visuals"]}
+    assert {"s0-localiser_maps.png", "s0-localiser-attention_gate_maps.png", "s0-restorer-activations.png",
+            "restorer-first_layer_kernels.png"} <= names
     more = train(photos[:3], photos[3:5], photos[5:], dataclasses.replace(cfg, epochs=3), run, log=None)
     assert more["steps"] == 3 * cfg.steps_per_epoch  # resumed after epoch 2, not restarted
