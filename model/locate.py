@@ -134,6 +134,7 @@ class LocateRestore(nn.Module):
     mask_head = True
     mask_guided = True
     whole_image = True  # model.infer.Cleaner hands it whole images, never its own tiles
+    restore_everywhere = False  # inference restores the whole image, not only the marked box (plots)
 
     @torch.no_grad()
     def warm_start_from_unet(self, unet_config: dict, state: dict[str, torch.Tensor]) -> None:
@@ -194,7 +195,7 @@ class LocateRestore(nn.Module):
                 return torch.stack([t[i, :, y : y + size, x0 : x0 + size] for i, (y, x0) in enumerate(corners)])
             out = self.restore(window(x), window(up["logits"]), window(up["alpha"]), window(up["colour"]))
             out["alpha"], out["colour"] = window(up["alpha"]), window(up["colour"])
-        elif self.training:
+        elif self.training or self.restore_everywhere:
             out = self.restore(x, up["logits"], up["alpha"], up["colour"])
             out["alpha"], out["colour"] = up["alpha"], up["colour"]
         else:

@@ -203,12 +203,17 @@ def _hooks(modules: dict[str, torch.nn.Module]):
 def _run(model, image, modules):
     x, hw = _batch(model, image)
     was_training = model.training
+    everywhere = getattr(model, "restore_everywhere", None)  # a locate-then-restore network: draw every part
     model.eval()
+    if everywhere is not None:
+        model.restore_everywhere = True
     try:
         with _hooks(modules) as seen, torch.no_grad():
             model(x)
     finally:
         model.train(was_training)
+        if everywhere is not None:
+            model.restore_everywhere = everywhere
     return x, hw, seen
 
 
