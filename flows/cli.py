@@ -17,9 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.cli_base import JsonOpt, app, catalog_app, console, emit, err, stage_progress
+from flows.cli_base import JsonOpt, app, catalog_app, console, emit, err, stage_progress, stopped_exit
 from flows.cli_base import open_all as _open
 from flows.cli_base import settings_now as _settings
+from pipeline import stopping
 from pipeline.config import Settings
 
 
@@ -110,11 +111,14 @@ def scrape(
         gc.freeze()  # the imported modules stay: the crawl's collections (and the one at exit) skip them
         gc.enable()
     try:
-        summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
-                             allow_private_hosts=allow_private_hosts)
+        with stopping.on_signals(stopping.StopFlag()) as stop:
+            summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
+                                 allow_private_hosts=allow_private_hosts, stop=stop)
     except SeedError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    except stopping.Stopped as exc:
+        stopped_exit(exc, as_json, "scrape")
     emit(summary, as_json, "scrape")
     if summary["seeds"] and summary["seeds_failed"] == summary["seeds"]:
         err.print(f"[red]error:[/red] every seed failed ({summary['seeds']}); see the failures above")
@@ -365,7 +369,7 @@ def demo(
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
 
 
-from flows import cli_clean  # noqa: E402,F401 - registers clean and clean-files on app
+from flows import cli_check, cli_clean  # noqa: E402,F401 - register check, clean and clean-files on app
 
 
 def main() -> None:  # pragma: no cover

@@ -26,11 +26,21 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a t
 def settings_now() -> Settings:
     return load_settings()
 
+EXIT_CATALOG = 3  # the catalog could not be opened: damaged, or its database unreachable
+
 def open_all(settings: Settings | None = None):  # noqa: ANN202
+    """Settings, catalog and blob store; a catalog that cannot be opened (a damaged file, say) is
+    a one-line error and exit ``EXIT_CATALOG``, before any step starts."""
     from storage import BlobStore, open_catalog
+    from storage.db import CatalogError
 
     settings = settings or settings_now()
-    return settings, open_catalog(settings), BlobStore.from_settings(settings)
+    try:
+        cat = open_catalog(settings)
+    except CatalogError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_CATALOG) from exc
+    return settings, cat, BlobStore.from_settings(settings)
 
 def emit(data: Any, as_json: bool, title: str = "") -> None:
     """Print ``data`` as JSON, or as a two-column rich table (nested dicts flattened)."""
@@ -56,6 +66,15 @@ def stage_progress(disabled: bool = False):  # noqa: ANN201
             bar.update(tasks[stage], completed=done, total=total)
 
         yield progress
+
+def stopped_exit(exc: Any, as_json: bool, title: str) -> None:
+    """A step stopped by a signal (``pipeline.stopping.Stopped``): what it did (with ``stopped``
+    naming the signal), the reason on stderr, and exit ``EXIT_STOPPED``."""
+    from pipeline.stopping import EXIT_STOPPED
+
+    emit({**exc.summary, "stopped": exc.reason}, as_json, f"{title} (stopped)")
+    err.print(f"[red]stopped:[/red] {exc}")
+    raise typer.Exit(EXIT_STOPPED) from exc
 
 def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202
     if isinstance(d, dict):

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     # --- catalog -----------------------------------------------------------------------
     sqlite_busy_timeout_ms: int = 60_000
     write_batch_size: int = 500
+    catalog_retry_s: float = 60.0  # how long a lost database connection is retried before a step fails
 
     # --- scraping ----------------------------------------------------------------------
     user_agent: str = "UnmarkBot/0.1 (+https://example.invalid/unmark)"

@@ -35,6 +35,7 @@ from pipeline.fetch import Fetcher, FetchError, host_key
 from pipeline.images import BadImage, inspect_image, sniff_format
 from pipeline.robots import ROBOTS_MAX_BYTES, RobotsPolicy, agent_token, opt_out_of, parse_directives
 from pipeline.ssrf import Resolver
+from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog
 from storage import queries as q
 from storage.models import utcnow
@@ -222,13 +223,14 @@ class _Writer:
             if self.error is not None:
                 continue  # drained, not committed: the crawl thread raises the error
             try:
-                self._commit(batch)
+                self.catalog.retry(self._commit, batch)  # a lost connection: the batch again, whole
             except BaseException as exc:  # noqa: BLE001 - handed to the crawl thread
                 self.error = exc
 
     def _commit(self, b: _Batch) -> None:
         if b.images:
             self.blobs.sync()  # the workers' blobs are durable before any row names them
+        new_images = 0  # counted once the transaction commits: a retried one is not counted twice
         with self.catalog.write() as s:
             if b.pages:
                 self.page_ids.update(q.upsert_pages(s, [
@@ -239,7 +241,7 @@ class _Writer:
                 rows = list(b.images.values())
                 known = set(q.image_ids_by_sha(s, [r["sha256"] for r in rows]))
                 ids = q.add_images(s, rows)
-                self.new_images += len(set(ids) - known)
+                new_images = len(set(ids) - known)
             else:
                 ids = {}
             shas = [ref for _, ref, _ in b.sightings if isinstance(ref, str) and ref not in ids]
@@ -264,6 +266,7 @@ class _Writer:
                 # the page's last sighting is in this transaction (or an earlier one): complete
                 q.upsert_pages(s, [{"url": url, "host": host_key(url), "etag": etag, "last_modified": last_modified}
                                    for url, (etag, last_modified) in b.completed.items()])
+        self.new_images += new_images
 
 
 # --- the crawl --------------------------------------------------------------------------
@@ -275,8 +278,9 @@ class Crawl:
 
     def __init__(self, catalog: Catalog, blobs: BlobStore, settings: Settings, max_pages: int, max_depth: int,
                  allow_private_hosts: bool, resolver: Resolver | None,
-                 progress: Callable[[dict], None] | None = None):
+                 progress: Callable[[dict], None] | None = None, stop: StopFlag | None = None):
         self.catalog, self.blobs, self.settings = catalog, blobs, settings
+        self.stop = stop  # once set: no new pages; those in flight finish with their images
         self.max_pages, self.max_depth = max_pages, max_depth
         self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
         self.token = agent_token(settings.user_agent)
@@ -403,9 +407,8 @@ class Crawl:
         started = time.monotonic()
         self.stats["seeds"] = len(seeds)
         self.seeds = set(seeds)
-        with self.catalog.session() as s:
-            # what earlier runs left; this run's own pages and image URLs are remembered in memory
-            self.memory = q.scrape_memory(s, IMAGE_STAGE)
+        # what earlier runs left; this run's own pages and image URLs are remembered in memory
+        self.memory = self.catalog.read(q.scrape_memory, IMAGE_STAGE)
         for url in seeds:
             self.sites.add(site_of(url))
             path = urlsplit(url).path.lower()
@@ -417,7 +420,8 @@ class Crawl:
             try:
                 while True:
                     batch: list[tuple[str, int]] = []
-                    while self.frontier and self.pages_in_flight + len(batch) < page_window:
+                    stopping = self.stop is not None and self.stop.requested
+                    while self.frontier and not stopping and self.pages_in_flight + len(batch) < page_window:
                         url, depth, counted = self.frontier.popleft()
                         if counted and self.pages_started >= self.max_pages:
                             continue
@@ -451,6 +455,8 @@ class Crawl:
                     self.writer.close()
                 finally:
                     self.fetcher.close()
+        if self.stop is not None:
+            self.stop.check("scrape", self._summary(started))
         return self._summary(started)
 
     def _submit(self, kind: str, fn: Callable, *args) -> None:
@@ -474,8 +480,7 @@ class Crawl:
         """The stored ETag / Last-Modified of those ``urls`` that have any (one query)."""
         if not self.memory["validators"]:
             return {}
-        with self.catalog.session() as s:
-            return q.page_validators(s, urls)
+        return self.catalog.read(q.page_validators, urls)
 
     def _prefetch_image_state(self, pages: list[PageResult]) -> None:
         """What the catalog knows of the image URLs these pages show that this run has not met:
@@ -635,6 +640,7 @@ def scrape(
     allow_private_hosts: bool = False,
     resolver: Resolver | None = None,
     progress: Callable[[dict], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> dict:
     """Crawl from ``seeds`` (page URLs, sitemap.xml URLs, or files listing URLs) and store every
     image found into ``blobs`` and ``catalog``. Returns counts for the run (seeds and the seeds
@@ -642,11 +648,13 @@ def scrape(
     reason, pages_per_s, images_per_s).
 
     ``allow_private_hosts`` lets the crawl reach loopback (tests, the demo); ``resolver(host,
-    port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch."""
+    port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch.
+    Once ``stop`` is set, no new page is started; the pages in flight finish, everything is
+    committed and ``Stopped`` is raised (``pipeline.stopping``)."""
     crawl = Crawl(
         catalog, blobs, settings,
         max_pages=settings.max_pages if max_pages is None else max_pages,
         max_depth=settings.max_depth if max_depth is None else max_depth,
-        allow_private_hosts=allow_private_hosts, resolver=resolver, progress=progress,
+        allow_private_hosts=allow_private_hosts, resolver=resolver, progress=progress, stop=stop,
     )
     return crawl.run(expand_seeds(seeds))

@@ -33,6 +33,16 @@ class BlobError(RuntimeError):
         self.key = key
 
 
+class BlobCorrupt(BlobError):
+    """A content-addressed blob whose bytes no longer hash to its key (bit rot, a bad copy, a
+    partial write that was never atomic): it is never handed out as if it were the image."""
+
+    def __init__(self, key: str, actual: str):
+        self.reason = f"bytes hash to {actual[:16]}…, not to the key"
+        super().__init__(key, self.reason)
+        self.actual = actual
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -44,6 +54,15 @@ def blob_key(sha256: str) -> str:
     if not _SHA256_HEX.fullmatch(sha256):
         raise BlobError(sha256, "not a lowercase hex sha256")
     return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def check_content(key: str, data: bytes) -> bytes:
+    """``data`` when it hashes to ``key``'s sha256 (or the key is not content-addressed);
+    otherwise ``BlobCorrupt``."""
+    name = key.rsplit("/", 1)[-1]
+    if _SHA256_HEX.fullmatch(name) and key == blob_key(name) and (actual := sha256_bytes(data)) != name:
+        raise BlobCorrupt(key, actual)
+    return data
 
 
 def _fsync_path(path: str) -> None:
@@ -210,11 +229,14 @@ class BlobStore:
     def put_file(self, path: str | os.PathLike) -> tuple[str, str]:
         return self.put(Path(path).read_bytes())
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, verify: bool = True) -> bytes:
+        """The blob's bytes. A content-addressed key (``ab/cd/<sha256>``) is checked against its
+        bytes (``verify``): a mismatch raises ``BlobCorrupt``, never returns the wrong bytes."""
         try:
-            return self.fs.cat_file(self.path(key))
+            data = self.fs.cat_file(self.path(key))
         except FileNotFoundError as exc:
             raise BlobError(key, "not found") from exc
+        return check_content(key, data) if verify else data
 
     def open(self, key: str, mode: str = "rb"):  # noqa: ANN201
         return self.fs.open(self.path(key), mode)
