@@ -15,9 +15,20 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_base import JsonOpt, app, catalog_app, console, emit, err, stage_progress, stopped_exit
+from flows.cli_base import (
+    JsonOpt,
+    app,
+    catalog_app,
+    console,
+    emit,
+    err,
+    fault_exit,
+    stage_progress,
+    stopped_exit,
+)
 from flows.cli_base import open_all as _open
 from flows.cli_base import settings_now as _settings
 from pipeline import stopping
@@ -372,8 +383,17 @@ def demo(
 from flows import cli_check, cli_clean  # noqa: E402,F401 - register check, clean and clean-files on app
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The ``unmark`` entry point: the commands, with the faults of ``fault_exit`` as one clear
+    line and their own exit status instead of a traceback."""
+    try:
+        app()
+    except Exception as exc:
+        known = fault_exit(exc)
+        if known is None:
+            raise
+        err.print(f"[red]error:[/red] {escape(known[1])}", soft_wrap=True, highlight=False)
+        sys.exit(known[0])
 
 
 if __name__ == "__main__":  # pragma: no cover

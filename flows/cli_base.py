@@ -27,6 +27,35 @@ def settings_now() -> Settings:
     return load_settings()
 
 EXIT_CATALOG = 3  # the catalog could not be opened: damaged, or its database unreachable
+EXIT_UNAVAILABLE = 4  # the catalog's database or the object store stayed unreachable past its deadline
+EXIT_DISK_FULL = 5  # no space left for a blob or the catalog
+
+
+def fault_exit(exc: BaseException) -> tuple[int, str] | None:
+    """(exit status, one-line message) for the faults a step stops on with a named error rather
+    than a traceback: a damaged catalog, a server or store gone past its deadline, a full disk,
+    a second stop signal. None for anything else (a bug: the traceback is what is wanted)."""
+    from pipeline.stopping import EXIT_STOPPED, Stopped
+    from storage.blobs import BlobStoreUnavailable, DiskFull
+    from storage.db import CatalogError
+    from storage.integrity import is_malformed
+    from storage.retry import CatalogUnavailable
+
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, Stopped):
+        return EXIT_STOPPED, str(exc)
+    if isinstance(exc, DiskFull):
+        return EXIT_DISK_FULL, str(exc)
+    if isinstance(exc, CatalogUnavailable | BlobStoreUnavailable):
+        return EXIT_UNAVAILABLE, str(exc)
+    if isinstance(exc, CatalogError):
+        return EXIT_CATALOG, str(exc)
+    if orig is not None and type(orig).__module__ == "sqlite3":
+        if "disk is full" in str(orig):
+            return EXIT_DISK_FULL, f"disk full: no space left for the catalog {settings_now().catalog_url}; free space and re-run"
+        if is_malformed(orig):
+            return EXIT_CATALOG, f"catalog {settings_now().catalog_url} is damaged: {orig}; run `unmark check`"
+    return None
 
 def open_all(settings: Settings | None = None):  # noqa: ANN202
     """Settings, catalog and blob store; a catalog that cannot be opened (a damaged file, say) is
@@ -38,7 +67,7 @@ def open_all(settings: Settings | None = None):  # noqa: ANN202
     try:
         cat = open_catalog(settings)
     except CatalogError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_CATALOG) from exc
     return settings, cat, BlobStore.from_settings(settings)
 
@@ -73,7 +102,7 @@ def stopped_exit(exc: Any, as_json: bool, title: str) -> None:
     from pipeline.stopping import EXIT_STOPPED
 
     emit({**exc.summary, "stopped": exc.reason}, as_json, f"{title} (stopped)")
-    err.print(f"[red]stopped:[/red] {exc}")
+    err.print(f"[red]stopped:[/red] {exc}", soft_wrap=True)
     raise typer.Exit(EXIT_STOPPED) from exc
 
 def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202

@@ -26,7 +26,7 @@ def check(
         cat = open_catalog(settings)
     except CatalogError as exc:
         emit({"ok": False, "integrity": str(exc), "problems": {"integrity": 1}}, as_json, "check")
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_CATALOG) from exc
     try:
         report = verify(cat, BlobStore.from_settings(settings), hashes=hashes).as_dict()

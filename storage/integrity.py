@@ -1,8 +1,9 @@
 """Is the catalog whole? A cheap look at a SQLite file before it is opened, and a full check of
 the catalog against its blob store (``verify``, what ``unmark check`` prints).
 
-The look at open costs one 100-byte read: the file must start with SQLite's magic string, and be
-at least as long as the page count its header gives (a file cut short, by a full disk or a bad
+The look at open costs one 100-byte read: the file must start with SQLite's magic string, and (with no
+write-ahead log holding pages yet to be copied back) be at least as long as the page count its
+header gives (a file cut short, by a full disk or a bad
 copy, is caught there, at open, with the path and both sizes, rather than as "database disk
 image is malformed" deep inside a step). ``verify`` reads everything: ``PRAGMA
 integrity_check``, every blob a row names (present, and its bytes hash to its key), and every
@@ -60,8 +61,12 @@ def check_sqlite_file(path: Path) -> None:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
-    # the header's page count is valid only when its change counter matches (SQLite's own rule)
-    if header[24:28] == header[92:96] and pages * page_size > size:
+    # the header's page count is valid only when its change counter matches (SQLite's own rule);
+    # with a write-ahead log the file may lawfully be shorter (a checkpoint cut short by a full
+    # disk has written page 1 but not the pages after it, which are still in the log)
+    wal = path.with_name(path.name + "-wal")
+    in_log = wal.exists() and wal.stat().st_size > 0
+    if header[24:28] == header[92:96] and pages * page_size > size and not in_log:
         raise CatalogCorrupt(str(path), f"cut short: {size} bytes, its header says {pages} pages of {page_size} "
                                         f"({pages * page_size} bytes)")
 
