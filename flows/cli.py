@@ -96,10 +96,13 @@ def import_(
 
     settings, cat, blobs = _open()
     try:
-        stats = import_paths(paths, cat, blobs, settings, source=source)
+        with stopping.on_signals(stopping.StopFlag()) as stop:
+            stats = import_paths(paths, cat, blobs, settings, source=source, stop=stop)
     except FileNotFoundError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    except stopping.Stopped as exc:
+        stopped_exit(exc, as_json, "import")
     emit(stats.as_dict(), as_json, "import")
 
 

@@ -70,7 +70,7 @@ def test_sigterm_mid_scrape_commits_what_is_done_and_the_rerun_is_exact(tmp_path
     assert took < STOP_BOUND_S
 
 
-N_CLEAN = 16
+N_CLEAN = 10
 
 
 def _clean_pool(settings, tmp_path) -> None:
@@ -79,7 +79,7 @@ def _clean_pool(settings, tmp_path) -> None:
     try:
         register_remover(cat, blobs, tiny_remover(tmp_path, base=8, depth=3))
         for i in range(N_CLEAN):
-            add_image(cat, blobs, _encode(PILImage.fromarray(_photo(128, 160, 10 + i)), "PNG"), "watermarked", 160, 128)
+            add_image(cat, blobs, _encode(PILImage.fromarray(_photo(96, 128, 10 + i)), "PNG"), "watermarked", 128, 96)
     finally:
         cat.dispose()
 
@@ -148,3 +148,36 @@ def test_stop_flag_before_start_raises_stopped_with_nothing_claimed(settings, tm
     assert info.value.summary["claimed"] == 0
     state = snapshot(settings)
     assert state["n_cleanings"] == 0 and not state["held_claims"]
+
+
+def test_sigterm_mid_import_commits_the_files_read_and_the_rerun_is_exact(tmp_path, settings, unmark_env):
+    from tests.pipeline.scrape_site import png_bytes
+
+    src = tmp_path / "src"
+    src.mkdir()
+    n = 1000
+    for i in range(n):
+        (src / f"{i:05d}.png").write_bytes(png_bytes(i, 8, 8))
+    env = {**unmark_env, "UNMARK_WRITE_BATCH_SIZE": "50"}
+    db = str(settings.home / "catalog.sqlite")
+    proc = popen(unmark("import", str(src), "--json"), env)
+    deadline = time.monotonic() + 120
+    while count_images(db) < 60 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the import finished before it could be stopped"
+    took, out, err = _stop(proc)
+    assert proc.returncode == EXIT_STOPPED, err[-2000:]
+    partial = json.loads(out)
+    assert partial["stopped"] == "SIGTERM" and 0 < partial["added"] < n
+    at_stop = snapshot(settings)
+    assert at_stop["n_images"] == partial["added"] and not at_stop["orphans"] and not at_stop["dangling"]
+
+    r = subprocess.run(unmark("import", str(src), "--json"), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["added"] == n - partial["added"]  # nothing imported twice
+    ref = load_settings(home=tmp_path / "reference")
+    r = subprocess.run(unmark("import", str(src), "--json"), env={**env, "UNMARK_HOME": str(ref.home)},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0
+    assert_same_rows(snapshot(settings), snapshot(ref), ("images", "n_images", "failures"))
+    assert took < STOP_BOUND_S
