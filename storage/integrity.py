@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from storage.blobs import BlobCorrupt, BlobError, BlobStore
 from storage.db import Catalog, CatalogError
@@ -128,13 +129,20 @@ def _integrity(catalog: Catalog) -> str:
 def verify(catalog: Catalog, blobs: BlobStore, hashes: bool = True) -> Report:
     """Check the whole catalog: the file (SQLite), every named blob (there, and, with ``hashes``,
     its bytes hash to its content key), and every stored blob that no row names."""
-    report = Report(integrity=_integrity(catalog))
+    try:
+        report = Report(integrity=_integrity(catalog))
+    except DBAPIError as exc:  # too damaged for the check itself to run
+        report = Report(integrity=f"integrity_check failed: {exc.orig}")
     if report.integrity.split(" ")[0] != "ok":
         report.problems.append(Problem("integrity", catalog.url, report.integrity))
     named: dict[str, str] = {}
-    for key, owner in named_blobs(catalog):
-        report.rows_checked += 1
-        named.setdefault(key, owner)
+    try:
+        for key, owner in named_blobs(catalog):
+            report.rows_checked += 1
+            named.setdefault(key, owner)
+    except DBAPIError as exc:  # rows that cannot be read: the blobs cannot be matched to them
+        report.problems.append(Problem("integrity", catalog.url, f"rows unreadable: {exc.orig}"))
+        return report
     for key, owner in named.items():
         report.blobs_checked += 1
         try:
