@@ -15,11 +15,23 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_base import JsonOpt, app, catalog_app, console, emit, err, stage_progress
+from flows.cli_base import (
+    JsonOpt,
+    app,
+    catalog_app,
+    console,
+    emit,
+    err,
+    fault_exit,
+    stage_progress,
+    stopped_exit,
+)
 from flows.cli_base import open_all as _open
 from flows.cli_base import settings_now as _settings
+from pipeline import stopping
 from pipeline.config import Settings
 
 
@@ -84,10 +96,13 @@ def import_(
 
     settings, cat, blobs = _open()
     try:
-        stats = import_paths(paths, cat, blobs, settings, source=source)
+        with stopping.on_signals(stopping.StopFlag()) as stop:
+            stats = import_paths(paths, cat, blobs, settings, source=source, stop=stop)
     except FileNotFoundError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    except stopping.Stopped as exc:
+        stopped_exit(exc, as_json, "import")
     emit(stats.as_dict(), as_json, "import")
 
 
@@ -118,11 +133,14 @@ def scrape(
     try:
         if icons is not None:
             settings = settings.model_copy(update={"scrape_icons": icons})
-        summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
-                             allow_private_hosts=allow_private_hosts, render=render)
+        with stopping.on_signals(stopping.StopFlag()) as stop:
+            summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
+                                 allow_private_hosts=allow_private_hosts, render=render, stop=stop)
     except (SeedError, RenderModeError, RenderUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    except stopping.Stopped as exc:
+        stopped_exit(exc, as_json, "scrape")
     emit(summary, as_json, "scrape")
     if summary["seeds"] and summary["seeds_failed"] == summary["seeds"]:
         err.print(f"[red]error:[/red] every seed failed ({summary['seeds']}); see the failures above")
@@ -373,11 +391,20 @@ def demo(
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
 
 
-from flows import cli_clean  # noqa: E402,F401 - registers clean and clean-files on app
+from flows import cli_check, cli_clean  # noqa: E402,F401 - register check, clean and clean-files on app
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The ``unmark`` entry point: the commands, with the faults of ``fault_exit`` as one clear
+    line and their own exit status instead of a traceback."""
+    try:
+        app()
+    except Exception as exc:
+        known = fault_exit(exc)
+        if known is None:
+            raise
+        err.print(f"[red]error:[/red] {escape(known[1])}", soft_wrap=True, highlight=False)
+        sys.exit(known[0])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,11 +26,50 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a t
 def settings_now() -> Settings:
     return load_settings()
 
+EXIT_CATALOG = 3  # the catalog could not be opened: damaged, or its database unreachable
+EXIT_UNAVAILABLE = 4  # the catalog's database or the object store stayed unreachable past its deadline
+EXIT_DISK_FULL = 5  # no space left for a blob or the catalog
+
+
+def fault_exit(exc: BaseException) -> tuple[int, str] | None:
+    """(exit status, one-line message) for the faults a step stops on with a named error rather
+    than a traceback: a damaged catalog, a server or store gone past its deadline, a full disk,
+    a second stop signal. None for anything else (a bug: the traceback is what is wanted)."""
+    from pipeline.stopping import EXIT_STOPPED, Stopped
+    from storage.blobs import BlobStoreUnavailable, DiskFull
+    from storage.db import CatalogError
+    from storage.integrity import is_malformed
+    from storage.retry import CatalogUnavailable
+
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, Stopped):
+        return EXIT_STOPPED, str(exc)
+    if isinstance(exc, DiskFull):
+        return EXIT_DISK_FULL, str(exc)
+    if isinstance(exc, CatalogUnavailable | BlobStoreUnavailable):
+        return EXIT_UNAVAILABLE, str(exc)
+    if isinstance(exc, CatalogError):
+        return EXIT_CATALOG, str(exc)
+    if orig is not None and type(orig).__module__ == "sqlite3":
+        if "disk is full" in str(orig):
+            return EXIT_DISK_FULL, f"disk full: no space left for the catalog {settings_now().catalog_url}; free space and re-run"
+        if is_malformed(orig):
+            return EXIT_CATALOG, f"catalog {settings_now().catalog_url} is damaged: {orig}; run `unmark check`"
+    return None
+
 def open_all(settings: Settings | None = None):  # noqa: ANN202
+    """Settings, catalog and blob store; a catalog that cannot be opened (a damaged file, say) is
+    a one-line error and exit ``EXIT_CATALOG``, before any step starts."""
     from storage import BlobStore, open_catalog
+    from storage.db import CatalogError
 
     settings = settings or settings_now()
-    return settings, open_catalog(settings), BlobStore.from_settings(settings)
+    try:
+        cat = open_catalog(settings)
+    except CatalogError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_CATALOG) from exc
+    return settings, cat, BlobStore.from_settings(settings)
 
 def emit(data: Any, as_json: bool, title: str = "") -> None:
     """Print ``data`` as JSON, or as a two-column rich table (nested dicts flattened)."""
@@ -56,6 +95,15 @@ def stage_progress(disabled: bool = False):  # noqa: ANN201
             bar.update(tasks[stage], completed=done, total=total)
 
         yield progress
+
+def stopped_exit(exc: Any, as_json: bool, title: str) -> None:
+    """A step stopped by a signal (``pipeline.stopping.Stopped``): what it did (with ``stopped``
+    naming the signal), the reason on stderr, and exit ``EXIT_STOPPED``."""
+    from pipeline.stopping import EXIT_STOPPED
+
+    emit({**exc.summary, "stopped": exc.reason}, as_json, f"{title} (stopped)")
+    err.print(f"[red]stopped:[/red] {exc}", soft_wrap=True)
+    raise typer.Exit(EXIT_STOPPED) from exc
 
 def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202
     if isinstance(d, dict):

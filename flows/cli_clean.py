@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_base import JsonOpt, app, emit, err, stage_progress
+from flows.cli_base import JsonOpt, app, emit, err, stage_progress, stopped_exit
 from flows.cli_base import open_all as _open
 
 ThresholdOpt = Annotated[float | None, typer.Option(help="mask: predicted probability above which a pixel is a mark (default 0.5)")]
@@ -39,17 +39,20 @@ def clean(
     """Clean the watermarked pool with the promoted remover (tiled, batched inference)."""
 
     from pipeline import clean as clean_step
-    from pipeline import registry
+    from pipeline import registry, stopping
 
     rule = mask_rule(threshold, dilate, feather)
     settings, cat, blobs = _open()
     with stage_progress(disabled=as_json) as progress:
         try:
-            result = clean_step.clean(cat, blobs, settings, model_version=model, device=device, limit=limit,
-                                      progress=progress, mask_rule=rule)
+            with stopping.on_signals(stopping.StopFlag()) as stop:
+                result = clean_step.clean(cat, blobs, settings, model_version=model, device=device, limit=limit,
+                                          progress=progress, mask_rule=rule, stop=stop)
         except (registry.NoModel, clean_step.DeviceUnavailable) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
+        except stopping.Stopped as exc:
+            stopped_exit(exc, as_json, "clean")
     emit(result, as_json, "clean")
 
 

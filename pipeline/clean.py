@@ -51,6 +51,7 @@ from model.network import load_checkpoint
 from pipeline import registry
 from pipeline.config import Settings
 from pipeline.images import open_image
+from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, claims, status
 from storage import queries as q
 from storage.db import insert_ignore
@@ -304,7 +305,7 @@ def _record_duplicates(catalog: Catalog, version: str, items: Sequence[WorkItem]
     rows = [dict(image_id=it.image_id, model_version=version, output_key=it.clean_key, source="duplicate",
                  score_before=it.score_before, metrics={"clean_copy": it.clean_sha}, runtime_s=0.0)
             for it in items]
-    _commit(catalog, rows, [])
+    catalog.retry(_commit, catalog, rows, [])
 
 
 def _commit(catalog: Catalog, rows: list[dict], failed: list[tuple[WorkItem, BaseException]],
@@ -345,13 +346,13 @@ def _enqueue(catalog: Catalog, stage: str, version: str, items: Sequence[WorkIte
 
 
 def _claimed_batches(catalog: Catalog, stage: str, worker: str, settings: Settings,
-                     limit: int | None) -> Iterator[list[int]]:
+                     limit: int | None, stop: StopFlag | None = None) -> Iterator[list[int]]:
     """Batches of image ids claimed for ``worker`` until the stage has nothing left: no free
     claim, none held by another worker. While others hold claims it waits and tries again, so the
     images of a worker that died come back when its lease runs out, and a run ends only when the
     pool is done (or ``limit`` images were claimed)."""
     taken = 0
-    while limit is None or taken < limit:
+    while (limit is None or taken < limit) and not (stop is not None and stop.requested):
         n = settings.claim_batch if limit is None else min(settings.claim_batch, limit - taken)
         ids = claims.claim(catalog, stage, worker, n, settings.claim_lease_s)
         if ids:
@@ -360,9 +361,8 @@ def _claimed_batches(catalog: Catalog, stage: str, worker: str, settings: Settin
             continue
         if claims.free_dead_local(catalog, stage):
             continue  # a killed run on this machine held them: free now, no need to wait
-        with catalog.session() as s:
-            if claims.progress(s, stage)["held"] == 0:
-                return
+        if catalog.read(claims.progress, stage)["held"] == 0:
+            return
         time.sleep(min(5.0, max(0.2, settings.claim_lease_s / 20)))
 
 
@@ -375,15 +375,17 @@ def clean(
     limit: int | None = None,
     progress: Progress | None = None,
     mask_rule: MaskRule | None = None,
+    stop: StopFlag | None = None,
 ) -> dict[str, Any]:
     """Clean every watermarked image the remover (promoted, or ``model_version``) has not cleaned
     yet; returns counts, timings and the model version. ``mask_rule`` (threshold, dilate,
-    feather) hardens the output with that rule; None keeps the model's own (``make_cleaner``)."""
+    feather) hardens the output with that rule; None keeps the model's own (``make_cleaner``).
+    Once ``stop`` is set, the chunk in hand is committed, the claims released and ``Stopped`` raised."""
     t0 = time.perf_counter()
     remover = load_remover(catalog, blobs, model_version)
     dev = pick_device(device, settings)
     detector = _detector(catalog, blobs)
-    pool, pairs = work_items(catalog, remover.version, detector.version if detector else None)
+    pool, pairs = catalog.retry(work_items, catalog, remover.version, detector.version if detector else None)
     if limit is not None:
         pool, pairs = pool[:limit], pairs[: max(0, limit - len(pool))]
 
@@ -408,13 +410,13 @@ def clean(
     # (storage/claims.py) before it is cleaned, and recorded only while the claim is held.
     stage, worker = f"{STAGE}:{remover.version}", claims.worker_id(STAGE)
     by_id = {it.image_id: it for it in items}
-    _enqueue(catalog, stage, remover.version, items)
+    catalog.retry(_enqueue, catalog, stage, remover.version, items)  # lost connections: run again whole
     summary.update({"worker": worker, "claimed": 0, "lost": 0})
 
     def flush() -> None:
         nonlocal compute_s, done
         rows, failed = _clean_chunk(chunk, cleaner, detector, blobs, settings, remover.version)
-        summary["lost"] += _commit(catalog, rows, failed, (stage, worker))
+        summary["lost"] += catalog.retry(_commit, catalog, rows, failed, (stage, worker))
         compute_s += sum(r["runtime_s"] for r in rows)
         summary["cleaned"] += sum(1 for r in rows if r["source"] == "model")
         summary["failed"] += len(failed)
@@ -424,24 +426,41 @@ def clean(
             progress("clean", done, len(items))
 
     try:
-        for batch in _claimed_batches(catalog, stage, worker, settings, limit):
+        for batch in _claimed_batches(catalog, stage, worker, settings, limit, stop):
             summary["claimed"] += len(batch)
-            if any(i not in by_id for i in batch):  # queued by another run: look them up
-                more_pool, more_pairs = work_items(catalog, remover.version, detector.version if detector else None)
-                by_id.update({it.image_id: it for it in more_pool + more_pairs})
-            gone = [i for i in batch if i not in by_id]  # cleaned or re-labelled meanwhile
-            if gone:
-                with catalog.write() as s:
-                    claims.complete(s, stage, worker, gone)
-            for dec in iter_decoded([by_id[i] for i in batch if i in by_id], settings):
+            todo = _batch_items(catalog, batch, by_id, (stage, worker), remover.version,
+                                detector.version if detector else None)
+            for dec in iter_decoded(todo, settings):
                 chunk.append(dec)
                 if len(chunk) >= settings.clean_chunk_images:
                     flush()
+                    if stop is not None and stop.requested:
+                        break  # the next claim sees the flag too: nothing more is taken
                     claims.renew(catalog, stage, worker, batch, settings.claim_lease_s)
             if chunk:
                 flush()
     finally:
         claims.release(catalog, stage, worker)  # whatever an error left unfinished, others may take
+    if stop is not None:
+        stop.check("clean", summary)
+    return _finish(summary, t0, compute_s, settings)
+
+
+def _batch_items(catalog: Catalog, batch: Sequence[int], by_id: dict[int, WorkItem], claim: tuple[str, str],
+                 version: str, detector_version: str | None) -> list[WorkItem]:
+    """The work items of a claimed ``batch`` (``by_id`` learns those another run queued); ids
+    with nothing left to do (cleaned or re-labelled meanwhile) are completed at once."""
+    if any(i not in by_id for i in batch):  # queued by another run: look them up
+        more_pool, more_pairs = catalog.retry(work_items, catalog, version, detector_version)
+        by_id.update({it.image_id: it for it in more_pool + more_pairs})
+    gone = [i for i in batch if i not in by_id]
+    if gone:
+        with catalog.write() as s:
+            claims.complete(s, *claim, gone)
+    return [by_id[i] for i in batch if i in by_id]
+
+
+def _finish(summary: dict[str, Any], t0: float, compute_s: float, settings: Settings) -> dict[str, Any]:
     summary["compute_s"] = round(compute_s, 2)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     n = summary["cleaned"] + (summary["duplicates"] if settings.clean_score_real_pairs else 0)

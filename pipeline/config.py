@@ -26,10 +26,12 @@ class Settings(BaseSettings):
     blob_key_id: str | None = None
     blob_secret: str | None = None
     blob_region: str | None = None  # S3 region name (set it for S3 so nothing asks AWS for one)
+    blob_retry_s: float = 60.0  # how long an object store that does not answer is retried before a step fails
 
     # --- catalog -----------------------------------------------------------------------
     sqlite_busy_timeout_ms: int = 60_000
     write_batch_size: int = 500
+    catalog_retry_s: float = 60.0  # how long a lost database connection is retried before a step fails
 
     # --- scraping ----------------------------------------------------------------------
     user_agent: str = "UnmarkBot/0.1 (+https://example.invalid/unmark)"

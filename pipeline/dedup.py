@@ -41,7 +41,7 @@ from pipeline.images import BadImage
 from pipeline.perceptual import HASH_IMPL, N_WINDOWS, hash_image
 from storage import BlobStore, Catalog, status
 from storage import queries as q
-from storage.blobs import BlobError
+from storage.blobs import BlobError, check_content
 from storage.models import Image, WindowHash
 
 STAGE = "dedup"
@@ -76,7 +76,7 @@ def _read_blob(store: BlobStore, key: str) -> bytes:
     if not store.is_local:
         return store.get(key)
     try:
-        return store.local_path(key).read_bytes()
+        return check_content(key, store.local_path(key).read_bytes())
     except FileNotFoundError as exc:
         raise BlobError(key, "not found") from exc
 

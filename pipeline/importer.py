@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from pipeline.config import Settings
 from pipeline.images import BadImage, inspect_image
+from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog
 from storage import queries as q
 from storage.models import Sighting
@@ -62,9 +63,10 @@ def import_paths(
     blobs: BlobStore,
     settings: Settings,
     source: str = "import",
+    stop: StopFlag | None = None,
 ) -> ImportStats:
     """Import the image files named or found under folders in ``paths`` (``iter_image_files``)."""
-    return import_files(iter_image_files(paths), catalog, blobs, settings, source)[0]
+    return import_files(iter_image_files(paths), catalog, blobs, settings, source, stop=stop)[0]
 
 
 def import_files(
@@ -74,11 +76,13 @@ def import_files(
     settings: Settings,
     source: str = "import",
     progress: Callable[[int, int], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> tuple[ImportStats, list[ImportedFile]]:
     """Store each file's bytes as a blob and its image row and sighting (a ``file://`` URL); a
     file that is not an acceptable image (``pipeline.images.inspect_image``) or cannot be read is a
     ``failures`` row (stage ``import``). Returns the counts and one ``ImportedFile`` per file;
-    ``progress(done, total)`` hears of each file."""
+    ``progress(done, total)`` hears of each file. Once ``stop`` is set, the files read so far
+    are committed and ``Stopped`` is raised."""
     files = list(files)
     stats = ImportStats()
     done: list[ImportedFile] = []
@@ -107,6 +111,8 @@ def import_files(
         batch.clear()
 
     for path in files:
+        if stop is not None and stop.requested:
+            break
         stats.seen += 1
         if progress:
             progress(stats.seen - 1, len(files))
@@ -129,6 +135,8 @@ def import_files(
         if len(batch) >= settings.write_batch_size:
             flush()
     flush()
+    if stop is not None:
+        stop.check("import", stats.as_dict())
     if progress:
         progress(len(files), len(files))
     return stats, done

@@ -38,6 +38,7 @@ from pipeline.scrape_writer import FLUSH_EVERY_S, Writer
 from pipeline.seeds import SeedError, expand_seeds, site_of, sitemap_locs  # noqa: F401 - re-exported
 from pipeline.sheets import SHEET_STAGE, Stylesheets
 from pipeline.ssrf import Resolver
+from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog
 from storage import queries as q
 from storage.models import utcnow
@@ -101,8 +102,9 @@ class Crawl:
     def __init__(self, catalog: Catalog, blobs: BlobStore, settings: Settings, max_pages: int, max_depth: int,
                  allow_private_hosts: bool, resolver: Resolver | None,
                  progress: Callable[[dict], None] | None = None, render: str | None = None,
-                 site_render: dict[str, str] | None = None):
+                 site_render: dict[str, str] | None = None, stop: StopFlag | None = None):
         self.catalog, self.blobs, self.settings = catalog, blobs, settings
+        self.stop = stop  # once set: no new pages; those in flight finish with their images
         self.max_pages, self.max_depth = max_pages, max_depth
         self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
         self.token = agent_token(settings.user_agent)
@@ -259,9 +261,8 @@ class Crawl:
         started = time.monotonic()
         self.stats["seeds"] = len(seeds)
         self.seeds = set(seeds)
-        with self.catalog.session() as s:
-            # what earlier runs left; this run's own pages and image URLs are remembered in memory
-            self.memory = q.scrape_memory(s, IMAGE_STAGE)
+        # what earlier runs left; this run's own pages and image URLs are remembered in memory
+        self.memory = self.catalog.read(q.scrape_memory, IMAGE_STAGE)
         for url in seeds:
             self.sites.add(site_of(url))
             path = urlsplit(url).path.lower()
@@ -273,7 +274,8 @@ class Crawl:
             try:
                 while True:
                     batch: list[tuple[str, int]] = []
-                    while self.frontier and self.pages_in_flight + len(batch) < page_window:
+                    stopping = self.stop is not None and self.stop.requested
+                    while self.frontier and not stopping and self.pages_in_flight + len(batch) < page_window:
                         url, depth, counted = self.frontier.popleft()
                         if counted and self.pages_started >= self.max_pages:
                             continue
@@ -310,6 +312,8 @@ class Crawl:
                     self.writer.close()
                 finally:
                     self.fetcher.close()
+        if self.stop is not None:
+            self.stop.check("scrape", self._summary(started))
         return self._summary(started)
 
     def _submit(self, kind: str, fn: Callable, *args) -> None:
@@ -333,8 +337,7 @@ class Crawl:
         """The stored ETag / Last-Modified of those ``urls`` that have any (one query)."""
         if not self.memory["validators"]:
             return {}
-        with self.catalog.session() as s:
-            return q.page_validators(s, urls)
+        return self.catalog.read(q.page_validators, urls)
 
     def _prefetch_image_state(self, pages: list[PageResult]) -> None:
         """What the catalog knows of the image URLs these pages show that this run has not met:
@@ -514,6 +517,7 @@ def scrape(
     resolver: Resolver | None = None,
     progress: Callable[[dict], None] | None = None,
     render: str | None = None,
+    stop: StopFlag | None = None,
 ) -> dict:
     """Crawl from ``seeds`` (page URLs, sitemap.xml URLs, or files listing URLs) and store every
     image found into ``blobs`` and ``catalog``. Returns counts for the run (seeds and the seeds
@@ -525,7 +529,9 @@ def scrape(
     ``render`` (``never`` / ``auto`` / ``always``; default ``settings.render``) loads pages in
     headless Chromium too (``pipeline.render``); a seed's own ``render=`` option wins for its site.
     Raises ``SeedError`` for a bad seed, ``RenderModeError`` for a bad mode, ``RenderUnavailable``
-    when rendering is asked for and cannot run, all before any request."""
+    when rendering is asked for and cannot run, all before any request. Once ``stop`` is set, no
+    new page is started; the pages in flight finish, everything is committed and ``Stopped`` is
+    raised (``pipeline.stopping``)."""
     site_render: dict[str, str] = {}
     urls = expand_seeds(seeds, site_render)
     crawl = Crawl(
@@ -533,6 +539,6 @@ def scrape(
         max_pages=settings.max_pages if max_pages is None else max_pages,
         max_depth=settings.max_depth if max_depth is None else max_depth,
         allow_private_hosts=allow_private_hosts, resolver=resolver, progress=progress,
-        render=check_mode(render, "--render") if render is not None else None, site_render=site_render,
+        render=check_mode(render, "--render") if render is not None else None, site_render=site_render, stop=stop,
     )
     return crawl.run(urls)

@@ -102,13 +102,14 @@ class Writer:
             if self.error is not None:
                 continue  # drained, not committed: the crawl thread raises the error
             try:
-                self._commit(batch)
+                self.catalog.retry(self._commit, batch)  # a lost connection: the batch again, whole
             except BaseException as exc:  # noqa: BLE001 - handed to the crawl thread
                 self.error = exc
 
     def _commit(self, b: Batch) -> None:
         if b.images:
             self.blobs.sync()  # the workers' blobs are durable before any row names them
+        new_images = 0  # counted once the transaction commits: a retried one is not counted twice
         with self.catalog.write() as s:
             if b.pages:
                 self.page_ids.update(q.upsert_pages(s, [
@@ -119,7 +120,7 @@ class Writer:
                 rows = list(b.images.values())
                 known = set(q.image_ids_by_sha(s, [r["sha256"] for r in rows]))
                 ids = q.add_images(s, rows)
-                self.new_images += len(set(ids) - known)
+                new_images = len(set(ids) - known)
             else:
                 ids = {}
             shas = [ref for _, ref, _ in b.sightings if isinstance(ref, str) and ref not in ids]
@@ -144,3 +145,4 @@ class Writer:
                 # the page's last sighting is in this transaction (or an earlier one): complete
                 q.upsert_pages(s, [{"url": url, "host": host_key(url), "etag": etag, "last_modified": last_modified}
                                    for url, (etag, last_modified) in b.completed.items()])
+        self.new_images += new_images

@@ -37,6 +37,7 @@ from pipeline.config import Settings
 from pipeline.images import BadImage, open_image
 from storage import BlobStore, Catalog, status
 from storage import queries as q
+from storage.blobs import BlobError
 from storage.models import Image
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def score_chunk(
         try:
             decoded.append(_decode(blobs, key, settings.max_image_pixels))
             good.append((iid, sha))
-        except (BadImage, OSError, ValueError) as exc:
+        except (BadImage, BlobError, OSError, ValueError) as exc:
             bad.append((iid, sha, exc))
     scores = detector.score(decoded) if decoded else np.array([])
     counts = {"clean": 0, "watermarked": 0, "uncertain": 0, "failed": len(bad)}

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import os
 import random
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,51 @@ class BlobError(RuntimeError):
         self.key = key
 
 
+class BlobCorrupt(BlobError):
+    """A content-addressed blob whose bytes no longer hash to its key (bit rot, a bad copy, a
+    partial write that was never atomic): it is never handed out as if it were the image."""
+
+    def __init__(self, key: str, actual: str):
+        self.reason = f"bytes hash to {actual[:16]}…, not to the key"
+        super().__init__(key, self.reason)
+        self.actual = actual
+
+
+class BlobStoreUnavailable(BlobError):
+    """The object store did not answer for a key within the retry deadline."""
+
+    def __init__(self, key: str, root: str, waited_s: float, error: BaseException):
+        super().__init__(key, f"store {root} unreachable for {waited_s:.0f} s (gave up): {type(error).__name__}: {error}")
+        self.waited_s = waited_s
+
+
+class DiskFull(BlobError):
+    """A local blob could not be written: no space left on the device holding ``path``."""
+
+    def __init__(self, key: str, path: str):
+        super().__init__(key, f"disk full: no space left on the device holding {path}; free space and re-run")
+        self.path = path
+
+
+# errors of a store that is down or unreachable (the connection, not the request): botocore's
+# connection errors by name (botocore is optional), and the OS's own
+_UNREACHABLE_NAMES = {"EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+                      "ServerDisconnectedError", "ClientConnectorError", "ClientOSError", "HTTPClientError"}
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def store_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` (or its cause) says the object store could not be reached."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in _UNREACHABLE_NAMES:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -44,6 +91,15 @@ def blob_key(sha256: str) -> str:
     if not _SHA256_HEX.fullmatch(sha256):
         raise BlobError(sha256, "not a lowercase hex sha256")
     return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def check_content(key: str, data: bytes) -> bytes:
+    """``data`` when it hashes to ``key``'s sha256 (or the key is not content-addressed);
+    otherwise ``BlobCorrupt``."""
+    name = key.rsplit("/", 1)[-1]
+    if _SHA256_HEX.fullmatch(name) and key == blob_key(name) and (actual := sha256_bytes(data)) != name:
+        raise BlobCorrupt(key, actual)
+    return data
 
 
 def _fsync_path(path: str) -> None:
@@ -111,8 +167,9 @@ def _syncfs(path: str) -> bool:
 class BlobStore:
     """Blobs under ``root`` (a local folder or an fsspec URL such as ``s3://bucket/prefix``)."""
 
-    def __init__(self, root: str | os.PathLike, storage_options: dict | None = None):
+    def __init__(self, root: str | os.PathLike, storage_options: dict | None = None, retry_s: float = 60.0):
         root = str(root)
+        self.retry_s = retry_s  # how long an object store that does not answer is retried
         self.fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
         self.root = path.rstrip("/")
         self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
@@ -124,7 +181,24 @@ class BlobStore:
 
     @classmethod
     def from_settings(cls, settings) -> BlobStore:  # noqa: ANN001
-        return cls(settings.blob_root, settings.blob_storage_options())
+        return cls(settings.blob_root, settings.blob_storage_options(), settings.blob_retry_s)
+
+    def _remote(self, key: str, fn, *args):  # noqa: ANN001, ANN202
+        """``fn(*args)`` against the object store, retried with backoff while the store is
+        unreachable, for up to ``retry_s``; then ``BlobStoreUnavailable``. Other errors (a
+        missing key, a refusal) are raised at once."""
+        start, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                waited = time.monotonic() - start
+                if not store_unreachable(exc):
+                    raise
+                if waited >= self.retry_s:
+                    raise BlobStoreUnavailable(key, self.root, waited, exc) from exc
+                time.sleep(min(2.0, 0.1 * 2**attempt, max(0.0, self.retry_s - waited)))
+                attempt += 1
 
     def path(self, key: str) -> str:
         if ".." in key.split("/") or key.startswith("/"):
@@ -153,8 +227,8 @@ class BlobStore:
         """Store ``data`` at ``key`` atomically unless the key exists already."""
         target = self.path(key)
         if not self.is_local:
-            if not self.fs.exists(target):
-                self.fs.pipe_file(target, data)
+            # an object is written whole or not at all, so a put retried after a lost answer is safe
+            self._remote(key, lambda: self.fs.exists(target) or self.fs.pipe_file(target, data))
             return key
         # (a blob of the wrong size, e.g. emptied by a power cut before it was synced, is rewritten)
         folder = os.path.dirname(target)
@@ -173,6 +247,10 @@ class BlobStore:
         except FileNotFoundError:  # the folder was removed since
             os.makedirs(folder, exist_ok=True)
             fd, tmp = _temp_file(folder)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise DiskFull(key, folder) from exc
+            raise
         try:
             try:
                 view = memoryview(data)
@@ -188,9 +266,11 @@ class BlobStore:
             else:
                 with self._unsynced_lock:
                     self._unsynced.append((target, folder))
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno in _FULL:
+                raise DiskFull(key, folder) from exc
             raise
         return key
 
@@ -210,11 +290,14 @@ class BlobStore:
     def put_file(self, path: str | os.PathLike) -> tuple[str, str]:
         return self.put(Path(path).read_bytes())
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, verify: bool = True) -> bytes:
+        """The blob's bytes. A content-addressed key (``ab/cd/<sha256>``) is checked against its
+        bytes (``verify``): a mismatch raises ``BlobCorrupt``, never returns the wrong bytes."""
         try:
-            return self.fs.cat_file(self.path(key))
+            data = self.fs.cat_file(self.path(key)) if self.is_local else self._remote(key, self.fs.cat_file, self.path(key))
         except FileNotFoundError as exc:
             raise BlobError(key, "not found") from exc
+        return check_content(key, data) if verify else data
 
     def open(self, key: str, mode: str = "rb"):  # noqa: ANN201
         return self.fs.open(self.path(key), mode)

@@ -87,35 +87,40 @@ def claim(
 ) -> list[int]:
     """Take up to ``limit`` free image ids of ``stage`` for ``worker`` (committed before it
     returns). Free: not done, and never claimed or its lease expired. Rows already claimed
-    ``max_attempts`` times (images that kill their worker) are left alone."""
-    with catalog.write() as s:
-        now = db_now(s)
-        free = [Claim.stage == stage, Claim.done_at.is_(None), Claim.expires_at <= now]
-        if max_attempts is not None:
-            free.append(Claim.attempts < max_attempts)
-        pick = (
-            select(Claim.image_id)
-            .where(*free)
-            .order_by(Claim.image_id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+    ``max_attempts`` times (images that kill their worker) are left alone. Retried whole after a
+    lost connection (``Catalog.transact``)."""
+    return catalog.transact(_claim, stage, worker, limit, lease_s, max_attempts)
+
+
+def _claim(s: Session, stage: str, worker: str, limit: int, lease_s: float, max_attempts: int | None) -> list[int]:
+    now = db_now(s)
+    free = [Claim.stage == stage, Claim.done_at.is_(None), Claim.expires_at <= now]
+    if max_attempts is not None:
+        free.append(Claim.attempts < max_attempts)
+    pick = (
+        select(Claim.image_id)
+        .where(*free)
+        .order_by(Claim.image_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+    )
+    ids = list(s.scalars(pick))
+    if ids:
+        s.execute(
+            update(Claim)
+            .where(Claim.stage == stage, Claim.image_id.in_(ids))
+            .values(worker=worker, claimed_at=now, expires_at=now + timedelta(seconds=lease_s),
+                    attempts=Claim.attempts + 1)
         )
-        ids = list(s.scalars(pick))
-        if ids:
-            s.execute(
-                update(Claim)
-                .where(Claim.stage == stage, Claim.image_id.in_(ids))
-                .values(worker=worker, claimed_at=now, expires_at=now + timedelta(seconds=lease_s),
-                        attempts=Claim.attempts + 1)
-            )
-        return ids
+    return ids
 
 
 def renew(catalog: Catalog, stage: str, worker: str, image_ids: Sequence[int], lease_s: float = 300.0) -> list[int]:
     """Extend ``worker``'s lease on those of ``image_ids`` it still holds; returns them."""
     if not image_ids:
         return []
-    with catalog.write() as s:
+
+    def once(s: Session) -> list[int]:
         now = db_now(s)
         held = s.scalars(
             update(Claim)
@@ -125,6 +130,7 @@ def renew(catalog: Catalog, stage: str, worker: str, image_ids: Sequence[int], l
             .returning(Claim.image_id)
         )
         return sorted(held)
+    return catalog.transact(once)
 
 
 def complete(session: Session, stage: str, worker: str, image_ids: Sequence[int]) -> list[int]:
@@ -147,7 +153,7 @@ def complete(session: Session, stage: str, worker: str, image_ids: Sequence[int]
 def release(catalog: Catalog, stage: str, worker: str, image_ids: Sequence[int] | None = None) -> int:
     """Give back (all, or ``image_ids`` of) what ``worker`` holds and has not done, so others can
     take it at once; a release does not count as an attempt. Returns how many rows."""
-    with catalog.write() as s:
+    def once(s: Session) -> int:
         cond = [Claim.stage == stage, Claim.worker == worker, Claim.done_at.is_(None)]
         if image_ids is not None:
             cond.append(Claim.image_id.in_(list(image_ids)))
@@ -157,6 +163,7 @@ def release(catalog: Catalog, stage: str, worker: str, image_ids: Sequence[int] 
             .values(worker=None, expires_at=FREE, attempts=case((Claim.attempts > 0, Claim.attempts - 1), else_=0))
         )
         return res.rowcount
+    return catalog.transact(once)
 
 
 def _local_pid(worker: str, host: str) -> int | None:

@@ -14,9 +14,9 @@ import contextvars
 import functools
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -34,6 +34,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.retry import retrying, wait_for_connections
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -41,6 +43,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _IMMEDIATE: contextvars.ContextVar[bool] = contextvars.ContextVar("unmark_sqlite_immediate", default=False)
 # An arbitrary constant: the PostgreSQL advisory lock that serialises migrations.
 _PG_MIGRATION_LOCK = 0x756E6D61726B
+T = TypeVar("T")
 
 
 def default_catalog_url(home: Path) -> str:
@@ -74,8 +77,10 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if _IMMEDIATE.get() else "BEGIN")
 
 
-def make_engine(url: str, busy_timeout_ms: int = 60_000) -> Engine:
-    """One engine per process. SQLite files get their folder created and the pragmas above."""
+def make_engine(url: str, busy_timeout_ms: int = 60_000, retry_s: float = 60.0) -> Engine:
+    """One engine per process. SQLite files get their folder created and the pragmas above; a
+    server's connections are pinged at checkout and retried for ``retry_s`` while it restarts
+    (``storage.retry``)."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
@@ -83,7 +88,9 @@ def make_engine(url: str, busy_timeout_ms: int = 60_000) -> Engine:
         engine = create_engine(u, connect_args={"timeout": busy_timeout_ms / 1000})
         _sqlite_pragmas(engine, busy_timeout_ms)
         return engine
-    return create_engine(u, pool_pre_ping=True)
+    engine = create_engine(u, pool_pre_ping=True)
+    wait_for_connections(engine, retry_s)
+    return engine
 
 
 def _alembic_config(connection=None) -> Config:  # noqa: ANN001
@@ -207,9 +214,10 @@ def migrate(engine: Engine) -> str | None:
 class Catalog:
     """The catalog of one process: an engine, a session factory, and read/write sessions."""
 
-    def __init__(self, url: str, busy_timeout_ms: int = 60_000, write_batch_size: int = 500):
+    def __init__(self, url: str, busy_timeout_ms: int = 60_000, write_batch_size: int = 500, retry_s: float = 60.0):
         self.url = url
-        self.engine = make_engine(url, busy_timeout_ms)
+        self.retry_s = retry_s
+        self.engine = make_engine(url, busy_timeout_ms, retry_s)
         self.write_batch_size = write_batch_size
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
@@ -238,6 +246,25 @@ class Catalog:
         finally:
             _IMMEDIATE.reset(token)
 
+    def retry(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, one whole transaction, run again after a lost connection for up
+        to ``retry_s`` (``storage.retry.retrying``)."""
+        return retrying(fn, *args, deadline_s=self.retry_s, url=make_url(self.url).render_as_string(), **kwargs)
+
+    def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(session, *args, **kwargs)`` in a read session, retried like ``retry``."""
+        def once() -> T:
+            with self.session() as s:
+                return fn(s, *args, **kwargs)
+        return self.retry(once)
+
+    def transact(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(session, *args, **kwargs)`` in one write transaction, retried whole like ``retry``."""
+        def once() -> T:
+            with self.write() as s:
+                return fn(s, *args, **kwargs)
+        return self.retry(once)
+
     def migrate(self) -> str | None:
         return migrate(self.engine)
 
@@ -247,16 +274,24 @@ class Catalog:
 
 def open_catalog(settings: Any = None, *, url: str | None = None, migrate_schema: bool = True) -> Catalog:
     """Open (and by default migrate) the catalog named by ``settings.catalog_url`` or ``url``."""
+    from storage.integrity import CatalogCorrupt, check_sqlite_file, file_of, is_malformed, sqlite_path
+
     if url is None:
         url = settings.catalog_url
+    if (path := sqlite_path(url)) is not None:
+        check_sqlite_file(path)  # a file cut short is named here, not deep in a step
     kwargs = {}
     if settings is not None:
-        kwargs = {"busy_timeout_ms": settings.sqlite_busy_timeout_ms, "write_batch_size": settings.write_batch_size}
+        kwargs = {"busy_timeout_ms": settings.sqlite_busy_timeout_ms, "write_batch_size": settings.write_batch_size,
+                  "retry_s": settings.catalog_retry_s}
     cat = Catalog(url, **kwargs)
     if migrate_schema:
         try:
             cat.migrate()
-        except Exception as exc:  # pragma: no cover - re-raised with the URL for a clear message
+        except Exception as exc:  # re-raised with the URL for a clear message
+            cat.dispose()
+            if is_malformed(exc):
+                raise CatalogCorrupt(file_of(url), str(getattr(exc, "orig", exc))) from exc
             raise CatalogError(f"could not migrate catalog {make_url(url).render_as_string()}: {exc}") from exc
     return cat
 

@@ -81,21 +81,34 @@ class PostgresServer:
              "-E", "UTF8", "--locale=C", "--no-sync"],
             check=True, capture_output=True, env=self._env(), cwd=self.root, **self._run_as,
         )
-        log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - closed in stop()
         for _attempt in range(5):
             self.port = free_port()
-            self.proc = subprocess.Popen(
-                [str(self.bindir / "postgres"), "-D", str(self.data), "-k", str(self.root),
-                 "-h", "127.0.0.1", "-p", str(self.port),
-                 # a test server: durability off, small memory
-                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "shared_buffers=32MB", "-c", "max_connections=200"],
-                stdout=log, stderr=log, env=self._env(), cwd=self.root, **self._run_as,
-            )
-            self._log = log
+            self._spawn()
             if self._wait_ready(timeout_s):
                 return self
         raise RuntimeError(f"postgres did not start; log:\n{self.log_tail()}")
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.data), "-k", str(self.root),
+             "-h", "127.0.0.1", "-p", str(self.port),
+             # a test server: durability off, small memory
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "shared_buffers=32MB", "-c", "max_connections=200"],
+            stdout=self._log, stderr=self._log, env=self._env(), cwd=self.root, **self._run_as,
+        )
+
+    def restart(self, down_s: float = 0.0, timeout_s: float = 60.0) -> None:
+        """What ``pg_ctl restart -m fast`` does, by PID: a fast shutdown (SIGINT: every session is
+        terminated, transactions in flight roll back), ``down_s`` with nothing listening, then the
+        same data directory on the same port again."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        time.sleep(down_s)
+        self._spawn()
+        if not self._wait_ready(timeout_s):
+            raise RuntimeError(f"postgres did not come back on port {self.port}; log:\n{self.log_tail()}")
 
     def _wait_ready(self, timeout_s: float) -> bool:
         import psycopg
@@ -147,9 +160,9 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """A PostgreSQL server for the whole session (skips only if PostgreSQL is not installed)."""
+@contextlib.contextmanager
+def running_server():
+    """A started ``PostgresServer``, stopped on exit (the test skips if PostgreSQL is not installed)."""
     bindir = find_pg_bindir()
     if bindir is None:
         pytest.skip("PostgreSQL binaries not found (apt-get install postgresql; ./dev test does it)")
@@ -158,6 +171,13 @@ def postgres_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the whole session (skips only if PostgreSQL is not installed)."""
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,0 +1,108 @@
+"""The object store stops answering (the network to the real S3 API server goes down: connections
+reset, the port refuses) and comes back. Puts are retried with backoff and ride the outage out;
+past the deadline a step fails with a clear, named error and exit 4; no catalog row ever points
+at a blob that was not written, and a re-run ends with the rows and objects of a fault-free run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+from pipeline.config import load_settings
+from storage import BlobStore
+from storage.blobs import BlobStoreUnavailable, blob_key, sha256_bytes
+from tests.faults import catalog_state as cs
+from tests.pipeline.scrape_site import png_bytes
+
+
+@pytest.fixture
+def store(s3_server, s3_bucket):
+    """(proxy in front of the session's S3 server, bucket, UNMARK_* environment for it)."""
+    from s3server import S3_KEY_ID, S3_REGION, S3_SECRET, s3_env
+    from tcpproxy import TcpProxy
+
+    proxy = TcpProxy(int(s3_server.endpoint.rsplit(":", 1)[1]))
+    env = {**s3_env(), "UNMARK_BLOB_ROOT": f"s3://{s3_bucket}/blobs", "UNMARK_BLOB_ENDPOINT_URL": proxy.endpoint,
+           "UNMARK_BLOB_KEY_ID": S3_KEY_ID, "UNMARK_BLOB_SECRET": S3_SECRET, "UNMARK_BLOB_REGION": S3_REGION}
+    try:
+        yield proxy, s3_bucket, env
+    finally:
+        proxy.close()
+
+
+def _settings(home, env: dict, **more):
+    return load_settings(home=home, blob_root=env["UNMARK_BLOB_ROOT"], blob_endpoint_url=env["UNMARK_BLOB_ENDPOINT_URL"],
+                         blob_key_id=env["UNMARK_BLOB_KEY_ID"], blob_secret=env["UNMARK_BLOB_SECRET"],
+                         blob_region=env["UNMARK_BLOB_REGION"], **more)
+
+
+def test_put_rides_out_an_outage_and_gives_up_clearly_past_its_deadline(store, tmp_path):
+    proxy, _, env = store
+    blobs = BlobStore.from_settings(_settings(tmp_path / "h", env, blob_retry_s=20.0))
+    blobs.put(b"warm-up")  # a live connection in the pool, which the outage resets
+    proxy.down()
+    threading.Timer(2.0, proxy.up).start()
+    t = time.monotonic()
+    sha, key = blobs.put(b"written during the outage")
+    assert time.monotonic() - t >= 1.5  # it waited for the store rather than failing
+    assert blobs.get(key) == b"written during the outage" and sha == sha256_bytes(b"written during the outage")
+
+    short = BlobStore.from_settings(_settings(tmp_path / "h", env, blob_retry_s=1.0))
+    proxy.down()
+    t = time.monotonic()
+    with pytest.raises(BlobStoreUnavailable, match="unreachable for"):
+        short.put(b"never written")
+    assert time.monotonic() - t < 30
+    proxy.up()
+    assert not short.exists(blob_key(sha256_bytes(b"never written")))
+
+
+def test_outage_mid_scrape_completes_with_the_rows_and_objects_of_a_fault_free_run(store, tmp_path, unmark_env):
+    proxy, _, env = store
+    settings = _settings(tmp_path / "home", env)
+    db = str(settings.home / "catalog.sqlite")
+    from tests.pipeline.test_scrape_resume import count_images
+
+    with cs.crawl_site() as site:
+        proc, _ = cs.scrape_until(site.url("/"), {**unmark_env, **env}, lambda: count_images(db))
+        proxy.down()
+        time.sleep(3.0)
+        proxy.up()
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+        assert json.loads(out)["images_failed"] == 0  # no image lost to the outage
+        got = cs.snapshot(settings)
+        want = cs.reference_scrape(site.url("/"), tmp_path / "reference")
+    cs.assert_same_rows(got, want, ("n_images", "images", "n_sightings", "sightings", "pages", "failures"))
+
+
+def test_store_down_past_the_deadline_fails_import_clearly_and_the_rerun_is_exact(store, tmp_path, unmark_env):
+    proxy, _, env = store
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"{i}.png").write_bytes(png_bytes(300 + i, 64, 48))
+    run_env = {**unmark_env, **env, "UNMARK_BLOB_RETRY_S": "1", "UNMARK_WRITE_BATCH_SIZE": "3"}
+    settings = _settings(tmp_path / "home", env)
+    proxy.down()
+    try:
+        r = subprocess.run(cs.unmark("import", str(src), "--json"), env=run_env, capture_output=True, text=True,
+                           cwd=cs.ROOT, timeout=120)
+    finally:
+        proxy.up()
+    assert r.returncode == 4, r.stderr[-2000:]
+    assert "unreachable" in r.stderr and "Traceback" not in r.stderr
+    assert cs.snapshot(settings)["n_images"] == 0  # no row for a blob that was never written
+
+    r = subprocess.run(cs.unmark("import", str(src), "--json"), env=run_env, capture_output=True, text=True,
+                       cwd=cs.ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref = load_settings(home=tmp_path / "reference")
+    r = subprocess.run(cs.unmark("import", str(src), "--json"), env={**unmark_env, "UNMARK_HOME": str(ref.home)},
+                       capture_output=True, text=True, cwd=cs.ROOT, timeout=120)
+    assert r.returncode == 0
+    cs.assert_same_rows(cs.snapshot(settings), cs.snapshot(ref), ("images", "n_images", "failures"))
