@@ -105,10 +105,18 @@ def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: fl
     bank = MARK_BANK + (f" + {icon_logos} {BANK_VERSION} logos a renderer (train identities; val/test: "
                         f"held-out identities)" if icon_logos else "")
     card = export_weights(run_dir, out_dir, summary, {"train": train_p, "val": val_p, "test": test_p},
-                          command=command, mark_bank=bank, hours_this_run=hours, started_from=str(init) if init else
+                          command=command, mark_bank=bank, hours_this_run=hours, started_from=_shown(init) if init else
                           ("resumed run" if resuming else "scratch"))
     return {**{k: summary[k] for k in ("steps", "epochs", "train_minutes", "best_val_psnr")},
             "test": summary["test"], "weights": card["weights"], "card": card["card"]}
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the card shows it: relative to the repository when inside it (no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(WEIGHTS_DIR.resolve().parents[1]))
+    except ValueError:
+        return Path(path).name
 
 
 def _sha256(path: Path) -> str:
