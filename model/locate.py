@@ -365,9 +365,5 @@ def locate_loss(out: dict[str, torch.Tensor], mask: torch.Tensor, alpha: torch.T
     return total, terms
 
 
-def is_locate_config(config: dict) -> bool:
-    return config.get("arch") == "locate-restore"
-
-
-__all__ = ["ALPHA_CAP", "LOCATE_TERMS", "LocateRestore", "invert", "is_locate_config", "locate_loss",
+__all__ = ["ALPHA_CAP", "LOCATE_TERMS", "LocateRestore", "invert", "locate_loss",
            "mark_scores", "pick_crops", "view_size"]
