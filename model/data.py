@@ -176,11 +176,18 @@ class WatermarkPairs(Dataset):
     ``renderer`` defaults to ``WatermarkRenderer(seed=seed)``; pass one built with a fixed seed
     (its logo bank depends on it) for a validation set that is the same in every run.
     ``cache_mb``: decoded photos kept per process (least recently used out first; 0 turns it off).
+    ``clean_share``: the share of samples left unmarked (family ``"clean"``: input = the clean photo
+    through the same artefacts, empty mask, α = 0), so that a network learns to leave clean photos
+    (scene text and all) alone.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], size: int = 256, pairing: str = "supervised",
                  train: bool = True, seed: int = 0, samples_per_image: int = 1,
-                 renderer: WatermarkRenderer | None = None, context: float = 1.0, cache_mb: float = 256.0):
+                 renderer: WatermarkRenderer | None = None, context: float = 1.0, cache_mb: float = 256.0,
+                 clean_share: float = 0.0):
+        if not 0.0 <= clean_share < 1.0:
+            raise ValueError(f"clean_share is a share of the samples in [0, 1), not {clean_share}")
+        self.clean_share = float(clean_share)
         if pairing not in PAIRINGS:
             raise ValueError(f"unknown pairing {pairing!r}: {' or '.join(PAIRINGS)}")
         if not paths:
@@ -261,6 +268,8 @@ class WatermarkPairs(Dataset):
         rng = self._rng(index)
         path = self.paths[index // self.samples_per_image]
         clean = self._crop(self._load(path), rng)
+        if self.clean_share and rng.random() < self.clean_share:
+            return self._unmarked(clean, rng, path)
         view1 = self.renderer.render(clean, rng, postprocess=False)
         marked, mask = view1.composite, view1.mask
         alpha, colour = view1.alpha, view1.colour
@@ -283,6 +292,20 @@ class WatermarkPairs(Dataset):
         inp = apply(self.input_stage, rng, inp)["image"]
         return {"input": inp, "target": target, "mask": mask, "clean": clean, "alpha": alpha, "colour": colour,
                 "family": view1.family, "style": view1.style, "path": path}
+
+    def _unmarked(self, clean: np.ndarray, rng: np.random.Generator, path: str) -> dict:
+        """A sample with no mark: the clean crop (cut to ``size``) through the same artefacts."""
+        if self._canvas != self.size:
+            y0 = int(rng.integers(0, clean.shape[0] - self.size + 1))
+            x0 = int(rng.integers(0, clean.shape[1] - self.size + 1))
+            clean = np.ascontiguousarray(clean[y0 : y0 + self.size, x0 : x0 + self.size])
+        out = apply(self.shared_stage, rng, clean, target=clean.copy(), clean=clean.copy())
+        target, clean = out["target"], out["clean"]
+        inp = apply(self.input_stage, rng, out["image"])["image"]
+        h, w = clean.shape[:2]
+        return {"input": inp, "target": target, "mask": np.zeros((h, w), bool), "clean": clean,
+                "alpha": np.zeros((h, w), np.float32), "colour": np.zeros((h, w, 3), np.float32),
+                "family": "clean", "style": {}, "path": path}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.sample(index)

@@ -68,8 +68,9 @@ class MarkBank:
         return cls(torch.from_numpy(out).to(device), fams)
 
     def composite(self, clean: torch.Tensor, generator: torch.Generator | None = None,
-                  jpeg_p: float = 0.35, noise_p: float = 0.25) -> dict[str, torch.Tensor]:
-        """Watermark a batch of clean crops (B,3,H,W) in [0, 1] on their device."""
+                  jpeg_p: float = 0.35, noise_p: float = 0.25, clean_share: float = 0.0) -> dict[str, torch.Tensor]:
+        """Watermark a batch of clean crops (B,3,H,W) in [0, 1] on their device; a ``clean_share``
+        of them stays unmarked (empty mask, α = 0), through the same JPEG and noise."""
         B, _, H, W = clean.shape
         dev = clean.device
         g = generator
@@ -94,6 +95,7 @@ class MarkBank:
         a = warped[:, 3:4].clamp(0, 1)
         p = warped[:, :3].clamp(min=0)
         gain = (0.5 + 0.7 * rand(B)).view(B, 1, 1, 1)  # opacity gain, α kept ≤ 1
+        gain = torch.where((rand(B) < clean_share).view(B, 1, 1, 1), torch.zeros_like(gain), gain)
         a_new = (a * gain).clamp(max=1.0)
         p = p * (a_new / a.clamp_min(1e-6))
         a = a_new

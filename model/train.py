@@ -220,7 +220,8 @@ def _setup(paths: dict[str, list[str]], config: TrainConfig, run_dir: Path, rend
     pairs = CleanCrops if on_device else WatermarkPairs
     train_ds = pairs(paths["train"], size=whole, pairing=config.pairing, train=True, seed=config.seed,
                      samples_per_image=config.samples_per_image, renderer=renderer,
-                     context=1.0 if (locating or on_device) else config.mark_context)
+                     context=1.0 if (locating or on_device) else config.mark_context,
+                     **({} if on_device else {"clean_share": config.clean_share}))
     val_ds = WatermarkPairs(paths["val"], size=config.eval_size, pairing=config.pairing, train=False,
                             seed=config.seed + 1, samples_per_image=config.eval_samples_per_image,
                             renderer=eval_renderer)
@@ -309,7 +310,8 @@ def _loss(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict
     restores one window of each (near its mark), and adds the localiser's terms."""
     cfg, dev = run.config, run.device
     if run.bank is not None:
-        batch = run.bank.composite(batch["clean"].to(dev, non_blocking=True), run.gens["synth"])
+        batch = run.bank.composite(batch["clean"].to(dev, non_blocking=True), run.gens["synth"],
+                                   clean_share=cfg.clean_share)
     x = batch["input"].to(dev, non_blocking=True)
     target = batch["target"].to(dev, non_blocking=True)
     mask = batch["mask"].to(dev, non_blocking=True)

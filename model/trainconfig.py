@@ -31,6 +31,7 @@ class TrainConfig:
     batch_size: int = 8
     samples_per_image: int = 1  # training samples drawn per image per pass
     mark_context: float = 1.0  # training marks drawn on a canvas this many times the crop, then cut
+    clean_share: float = 0.0  # training samples left unmarked (empty mask): the localiser learns that clean is clean
     eval_samples_per_image: int = 1
     val_limit: int | None = 64  # val samples scored after each epoch (None: all)
     families: list[str] | None = None  # watermark families drawn (None: all)
@@ -144,10 +145,10 @@ _LOCATE_LOSS = {"loc_bce": 1.0, "loc_dice": 1.0, "loc_alpha": 1.0, "loc_colour":
 # window per image, near the mark. Evaluated, like the shipped model runs, with a 192 px view.
 PROFILES["locate-cpu"] = dataclasses.replace(
     PROFILES["quick-cpu"], profile="locate-cpu", arch="locate-restore", view=192, train_views=[96, 128, 160, 192],
-    loc_base=16, loss={**PROFILES["quick-cpu"].loss, **_LOCATE_LOSS})
+    loc_base=16, clean_share=0.2, loss={**PROFILES["quick-cpu"].loss, **_LOCATE_LOSS})
 PROFILES["tiny-locate"] = dataclasses.replace(
     PROFILES["tiny"], profile="tiny-locate", arch="locate-restore", size=32, mark_context=2.0, view=32,
-    train_views=[32], loc_base=8, depth=2, loss={**PROFILES["tiny"].loss, **_LOCATE_LOSS})
+    train_views=[32], loc_base=8, clean_share=0.2, depth=2, loss={**PROFILES["tiny"].loss, **_LOCATE_LOSS})
 
 
 def profile_config(name: str, **overrides) -> TrainConfig:

@@ -78,6 +78,32 @@ def test_supervised_target_is_the_clean_crop(photos, renderer):
         assert not np.array_equal(s["input"], s["clean"])
 
 
+@pytest.mark.parametrize("context", [1.0, 2.0])
+def test_a_clean_share_of_samples_carries_no_mark(photos, renderer, context):
+    ds = WatermarkPairs(photos, size=48, seed=3, samples_per_image=40, renderer=renderer, clean_share=0.3,
+                        context=context)
+    samples = [ds.sample(i) for i in range(len(ds))]
+    clean = [s for s in samples if s["family"] == "clean"]
+    assert 0.2 < len(clean) / len(samples) < 0.4
+    for s in clean:
+        assert s["input"].shape == (48, 48, 3) and not s["mask"].any() and not s["alpha"].any()
+        assert np.array_equal(s["target"], s["clean"]) and not s["colour"].any()
+    if context == 1.0:  # (a window cut from a larger canvas may miss its mark)
+        assert all(s["mask"].any() for s in samples if s["family"] != "clean")
+    fixed = WatermarkPairs(photos, size=48, seed=3, train=False, samples_per_image=10, renderer=renderer,
+                           clean_share=0.5)
+    i = next(i for i in range(len(fixed)) if fixed.sample(i)["family"] == "clean")
+    item = fixed[i]
+    assert float(item["mask"].sum()) == 0.0 and float(item["alpha"].sum()) == 0.0
+    assert item["input"].shape == item["alpha"].shape[:0] + (3, 48, 48)
+
+
+def test_clean_share_outside_its_range_is_refused(photos, renderer):
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="clean_share"):
+            WatermarkPairs(photos, size=48, renderer=renderer, clean_share=bad)
+
+
 def test_self_supervised_target_is_another_mark_of_the_same_family(photos, renderer):
     ds = WatermarkPairs(photos, size=64, pairing="self-supervised", seed=2, renderer=renderer)
     ds.input_stage = []

@@ -48,6 +48,16 @@ def test_composite_follows_the_rule_and_leaves_unmarked_pixels(bank):
     assert float(diff[m].min()) >= MIN_DIFF - 1e-6
 
 
+def test_a_clean_share_of_the_batch_stays_unmarked(bank):
+    clean = _clean(32, 32, 32)
+    out = bank.composite(clean, torch.Generator().manual_seed(2), jpeg_p=0.0, noise_p=0.0, clean_share=0.5)
+    empty = ~out["mask"].flatten(1).any(1)
+    assert 8 <= int(empty.sum()) <= 24
+    assert torch.equal(out["input"][empty], clean[empty]) and float(out["alpha"][empty].abs().max()) == 0.0
+    none = bank.composite(clean, torch.Generator().manual_seed(2), jpeg_p=0.0, noise_p=0.0, clean_share=0.0)
+    assert int((~none["mask"].flatten(1).any(1)).sum()) < int(empty.sum())
+
+
 def test_composite_is_seeded_and_reencodes_odd_sizes(bank):
     clean = _clean(4, 40, 56)
     a = bank.composite(clean, torch.Generator().manual_seed(5), jpeg_p=1.0, noise_p=1.0)
