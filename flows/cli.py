@@ -37,13 +37,14 @@ from pipeline.config import Settings
 
 @app.command()
 def init(as_json: JsonOpt = False) -> None:
-    """Create or migrate the catalog; register the shipped remover when none is promoted."""
+    """Create or migrate the catalog; register the shipped remover and detector when none is promoted."""
     settings, cat, blobs = _open()
-    from pipeline.registry import register_shipped
+    from pipeline.registry import register_shipped, register_shipped_detector
     from storage.db import current_revision
 
     try:
-        shipped = register_shipped(cat, blobs)
+        shipped = {k: v for k, v in (("remover", register_shipped(cat, blobs)),
+                                     ("detector", register_shipped_detector(cat, blobs))) if v}
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -83,6 +84,31 @@ def pretrain_remover_cmd(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     emit(result, as_json, "pretrain remover")
+
+
+@pretrain_app.command("detector")
+def pretrain_detector_cmd(
+    images: Annotated[list[str], typer.Option("--images", help="folders of clean photos (repeat the option)")],
+    minutes: Annotated[float, typer.Option(help="fine-tuning time for detection (0: calibrate only)")] = 0.0,
+    resume: Annotated[bool, typer.Option(help="continue from the shipped detector.pt (else the remover's localiser)")] = True,
+    out: Annotated[str | None, typer.Option(help="where the remover is read and the detector goes (default model/weights)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the shipped detector from the shipped remover's localiser: fine-tune, calibrate, measure; write the card."""
+    from pipeline.pretrain import WEIGHTS_DIR
+    from pipeline.pretrain_detector import pretrain_detector
+
+    settings = _settings()
+    command = "unmark pretrain detector " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unmark pretrain detector"
+    try:
+        result = pretrain_detector(images, minutes, out_dir=out or WEIGHTS_DIR, resume=resume, threads=threads,
+                                   target_precision=settings.triage_target_precision, command=command,
+                                   log=lambda m: err.print(m))
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    emit(result, as_json, "pretrain detector")
 
 
 @app.command("import")

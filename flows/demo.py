@@ -6,12 +6,11 @@ ends within ``minutes``, then ``clean`` (and the report). A live progress displa
 the catalog while the flow runs; a summary table and the report's path end it. The caller sets
 the environment first (``demo_environment``).
 
-One step the nightly pipeline does not have: the detector is trained from scratch on first use,
-and the few minutes a 2-core CPU can give it in the demo may leave it no better than chance.
-When its held-out ROC-AUC is below ``MIN_DETECTOR_AUC``, its labels get fewer than
-``MIN_SITE_ACCURACY`` of the site's images right, or they leave the remover nothing to train or to
-clean, the demo records the site's true labels (it built the site), as a reviewer would, and says
-so (and how triage did on the site) in its summary.
+The demo trusts its detector: triage labels the site with the shipped detector (registered
+first, as ``unmark init`` does) and the summary shows how those labels compare with the site's
+truth (``pipeline.demo.triage_agreement``: the demo built the site, so it knows). Nothing
+replaces triage's labels. When they leave a split of the clean pool empty, training is skipped
+(and says why) and the shipped remover cleans.
 """
 
 from __future__ import annotations
@@ -42,16 +41,9 @@ from flows.runtime import flow_settings
 from flows.train import train
 from pipeline import summaries
 from pipeline.config import Settings
-from pipeline.demo import apply_site_labels, build_site, serve_site, site_labels, triage_agreement
-from pipeline.registry import register_shipped
+from pipeline.demo import build_site, serve_site, site_labels, triage_agreement
+from pipeline.registry import WEIGHTS_DIR, register_shipped, register_shipped_detector
 from pipeline.workspace import open_workspace
-
-# Below this held-out ROC-AUC the demo's detector (trained for minutes on a CPU) is no judge.
-MIN_DETECTOR_AUC = 0.8
-# Triage's labels are kept only when at least this share of the site's images got their true label:
-# a held-out ROC-AUC of 0.82 once came with 1 of the site's 12 watermarked images found and 10 called
-# clean, which trained the remover on watermarked images.
-MIN_SITE_ACCURACY = 0.9
 
 
 class LiveDisplay:
@@ -155,15 +147,10 @@ def summary_table(catalog, result: dict, manifest: dict, minutes: float) -> Tabl
     on_site = (f"triage on the site: {site.get('right')} of {site.get('images')} images right, "
                f"{site.get('watermarked_found')} of {site.get('watermarked')} watermarked found, "
                f"{site.get('watermarked_called_clean')} called clean") if site.get("images") else "triage on the site: —"
-    if review.get("applied"):
-        table.add_row("review", f"the detector (ROC-AUC {_num(review.get('detector_auc'))} after its short cold "
-                                f"start; {on_site}) left pools {review.get('pools_from_triage')}; the demo "
-                                f"recorded its site's true labels {review.get('labels')} (a longer --minutes "
-                                "trains it longer)")
-    elif review:
-        table.add_row("review", f"triage's labels kept (detector ROC-AUC {_num(review.get('detector_auc'))}; "
-                                f"{on_site})")
-    if train:
+    table.add_row("triage vs the site", on_site + (f" (accuracy {_num(review.get('accuracy'))})" if site else ""))
+    if train.get("skipped"):
+        table.add_row("remover", f"training skipped: {train['skipped']}")
+    elif train:
         psnr = test.get("psnr")
         base = test.get("input_psnr")
         table.add_row("remover", f"{train.get('version')}: {train.get('epochs')} epochs in "
@@ -185,27 +172,17 @@ def _num(v: Any) -> str:
     return f"{v:.2f}" if isinstance(v, float) else ("—" if v is None else str(v))
 
 
-@task(name="review-triage", cache_policy=NO_CACHE)
-def review_triage(settings: Settings, detector: str | None, labels: dict[str, str], site_url: str) -> dict:
-    """Keep triage's labels when the detector is good enough (held-out ROC-AUC), they agree with
-    the site's truth on at least ``MIN_SITE_ACCURACY`` of its images, and they leave the remover a
-    clean pool in every split and something to clean; otherwise record the site's true labels."""
+@task(name="triage-vs-site", cache_policy=NO_CACHE)
+def review_triage(settings: Settings, labels: dict[str, str], site_url: str) -> dict:
+    """How triage's labels compare with the site's truth, and the pools they leave; nothing is
+    changed."""
     with open_workspace(settings) as (catalog, _):
-        auc = summaries.model_metric(catalog, detector, "roc_auc")
-        before = summaries.pool_sizes(catalog)
         site = triage_agreement(catalog, labels, site_url)
-        accuracy = site["right"] / site["images"] if site["images"] else None
-        usable = (auc is not None and auc >= MIN_DETECTOR_AUC and accuracy is not None
-                  and accuracy >= MIN_SITE_ACCURACY and min(before.values()) > 0)
-        if usable:
-            return {"applied": False, "detector_auc": auc, "site": site, "pools": before}
-        applied = apply_site_labels(catalog, labels, site_url)
-        after = summaries.pool_sizes(catalog)
-    get_run_logger().warning(
-        "demo: detector ROC-AUC %s after its short cold start, %s of the site's %s images right, pools %s: "
-        "recorded the site's true labels %s", auc, site["right"], site["images"], before, applied)
-    return {"applied": True, "detector_auc": auc, "site": site, "pools_from_triage": before, "labels": applied,
-            "pools": after}
+        pools = summaries.pool_sizes(catalog)
+    accuracy = site["right"] / site["images"] if site["images"] else None
+    get_run_logger().info("demo: triage got %s of the site's %s images right; pools %s", site["right"],
+                          site["images"], pools)
+    return {"site": site, "accuracy": accuracy, "pools": pools}
 
 
 @flow(name="demo", validate_parameters=True)
@@ -217,9 +194,11 @@ def demo(site_url: str, labels: dict[str, str], profile: str = "locate-cpu", per
     settings = flow_settings(home)
     out: dict = {"ingest": ingest(seeds=[site_url + "index.html"], allow_private_hosts=True, max_pages=100,
                                   max_depth=3, home=home)}
-    out["review"] = review_triage(settings, (out["ingest"].get("triage") or {}).get("detector"), labels, site_url)
+    out["review"] = review_triage(settings, labels, site_url)
+    empty = [k for k in ("train", "val", "test") if not out["review"]["pools"][k]]
     minutes = train_minutes(time.monotonic() - start, finish_within_minutes, 2.0, None)
-    out["train"] = train(profile=profile, max_minutes=minutes, perceptual=perceptual, home=home)
+    out["train"] = ({"skipped": f"triage left the clean pool's {', '.join(empty)} split(s) empty"} if empty else
+                    train(profile=profile, max_minutes=minutes, perceptual=perceptual, home=home))
     out["clean"] = clean(device="auto", home=home)
     out["minutes"] = round((time.monotonic() - start) / 60.0, 2)
     return out
@@ -241,11 +220,12 @@ def run_demo(settings: Settings, minutes: float = 12.0, perceptual: str = "off",
                   f"(catalog {settings.catalog_url}); Prefect embedded, home {_prefect_home()}")
     console.print(f"perceptual loss: [bold]{perceptual}[/bold] (no ImageNet VGG16 weights offline; "
                   "`--perceptual random` uses random VGG features, slower per step)")
-    if use_shipped:
-        with open_workspace(settings) as (catalog, blobs):
-            shipped = register_shipped(catalog, blobs)
-        if shipped:
-            console.print(f"shipped remover registered and promoted: {shipped['version']}")
+    with open_workspace(settings) as (catalog, blobs):
+        detector = register_shipped_detector(catalog, blobs, settings.shipped_weights or WEIGHTS_DIR)
+        shipped = register_shipped(catalog, blobs) if use_shipped else None
+    for kind, got in (("detector", detector), ("remover", shipped)):
+        if got:
+            console.print(f"shipped {kind} registered and promoted: {got['version']}")
     manifest = build_site(settings.home / "demo-site", max_side=max_side, photos=photos)
     console.print(f"sample site: {manifest.as_dict()} in {manifest.root}")
     with serve_site(manifest.root) as url:

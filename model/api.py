@@ -11,10 +11,12 @@ Unmark remover checkpoint path or bytes. ``clean`` runs the tiled inference engi
 mask it used (bool HxW). Outside the mask the output is the input, bit for bit: the network's
 prediction is taken where the mask is, blended into the input over the feather.
 
-``Detector.load()`` takes ``model/weights/detector.pt`` when one ships (none does yet: it says
-so) or any detector checkpoint path or bytes (``model.detector.save_detector``); ``score`` is the
-probability that an image carries a mark, scored as triage scores it (at the checkpoint's
-``scales`` when it records them). ``calibration`` holds the checkpoint's thresholds, if any.
+``Detector.load()`` takes ``model/weights/detector.pt`` (the shipped detector: the shipped
+remover's localiser, ``model.detector.LocaliserDetector``) or any detector checkpoint path or
+bytes (``model.detector.save_detector``); ``score`` is the probability that an image carries a
+mark, scored as triage scores it (at the checkpoint's ``scales`` when it records them).
+``calibration`` holds the checkpoint's triage thresholds (``low``/``high``), if any, and
+``threshold`` its best-accuracy single threshold, if any.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Detector:
         self.network = network.eval()
         self.scales = tuple(int(s) for s in scales)
         self.calibration = dict(calibration) if calibration else None
+        self.threshold: float | None = None
         self.device = resolve_device(device)
         self.network.to(self.device)
 
@@ -87,7 +90,7 @@ class Detector:
         if source is None:
             source = WEIGHTS_DIR / "detector.pt"
             if not source.is_file():
-                raise FileNotFoundError(f"no detector ships in {WEIGHTS_DIR} yet: pass the path of a detector "
+                raise FileNotFoundError(f"no detector ships in {WEIGHTS_DIR}: pass the path of a detector "
                                         "checkpoint (model.detector.save_detector)")
         if not isinstance(source, bytes):
             if not Path(source).is_file():
@@ -97,14 +100,20 @@ class Detector:
             network, extra = detector_from_bytes(source)
         except Exception as exc:  # a remover, a damaged or foreign file: say so
             raise ValueError(f"not a detector checkpoint: {type(exc).__name__}: {exc}") from exc
-        return cls(network, extra.get("scales", SCORE_SCALES), extra.get("calibration"), device=device)
+        det = cls(network, extra.get("scales", SCORE_SCALES), extra.get("calibration"), device=device)
+        det.threshold = extra.get("threshold")
+        return det
 
     def score(self, image: Image.Image | np.ndarray) -> float:
         """The probability (0-1) that one RGB image (PIL or uint8 array; grey and RGBA converted)
         carries a watermark."""
-        rgb = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else _as_rgb(image)
+        return float(self.score_many([image])[0])
+
+    def score_many(self, images: list[Image.Image | np.ndarray]) -> np.ndarray:
+        """``score`` of each image, batched."""
+        rgb = [np.asarray(im.convert("RGB")) if isinstance(im, Image.Image) else _as_rgb(im) for im in images]
         with torch.inference_mode():
-            return float(score_images(self.network, [rgb], scales=self.scales, device=self.device)[0])
+            return score_images(self.network, rgb, scales=self.scales, device=self.device)
 
 def _as_rgb(arr: np.ndarray) -> np.ndarray:
     arr = np.asarray(arr)

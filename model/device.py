@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -55,3 +56,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
+
+
+def same_shape_batches(items: list[tuple[int, torch.Tensor]], batch_size: int, device: torch.device | str
+                       ) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """``(index, tensor)`` pairs grouped by tensor shape into stacked batches of at most
+    ``batch_size`` on ``device``: (the indices, the batch)."""
+    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    for i, t in items:
+        groups.setdefault(tuple(t.shape), []).append((i, t))
+    for group in groups.values():
+        for k in range(0, len(group), batch_size):
+            chunk = group[k : k + batch_size]
+            yield [i for i, _ in chunk], torch.stack([t for _, t in chunk]).to(device)

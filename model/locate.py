@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from model.device import same_shape_batches
 from model.network import UNet
 
 ALPHA_CAP = 0.9  # inversion uses min(α, ALPHA_CAP): 1/(1 − α) amplifies the input's noise 10× there
@@ -275,31 +276,22 @@ def _view_tensor(image: Image.Image | np.ndarray, view: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mark_scores(model: LocateRestore, images: list[Image.Image | np.ndarray],
+def mark_scores(model: nn.Module, images: list[Image.Image | np.ndarray],
                 top_fraction: float = SCORE_TOP_FRACTION, batch_size: int = 8) -> np.ndarray:
     """Watermark score in [0, 1] per image from the localiser alone: the mean of the top
     ``top_fraction`` of its mark probabilities over the reduced view. The view has the same size
     whatever the photo's (long side ``view``), so a score means the same on a 4000 px photo and a
-    400 px one; the restorer never runs."""
-    import numpy as np
-
+    400 px one; the restorer never runs. ``model``: a ``LocateRestore`` or any module with a
+    ``localiser`` and ``config["view"]`` (``model.detector.LocaliserDetector``)."""
     model.eval()
     dev = next(model.parameters()).device
     view = model.config["view"]
     out = np.zeros(len(images), np.float64)
-    jobs: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-    for i, im in enumerate(images):
-        t = _view_tensor(im, view)
-        jobs.setdefault(tuple(t.shape[1:]), []).append((i, t))
-    for items in jobs.values():
-        for k in range(0, len(items), batch_size):
-            chunk = items[k : k + batch_size]
-            x = torch.stack([t for _, t in chunk]).to(dev)
-            prob = torch.sigmoid(model.localiser(x)["logits"].float()).flatten(1)  # (B, h·w)
-            n = max(1, round(top_fraction * prob.shape[1]))
-            top = prob.topk(n, dim=1).values.mean(1).cpu().numpy()
-            for (i, _), v in zip(chunk, top, strict=True):
-                out[i] = float(v)
+    jobs = [(i, _view_tensor(im, view)) for i, im in enumerate(images)]
+    for idx, x in same_shape_batches(jobs, batch_size, dev):
+        prob = torch.sigmoid(model.localiser(x)["logits"].float()).flatten(1)  # (B, h·w)
+        n = max(1, round(top_fraction * prob.shape[1]))
+        out[idx] = prob.topk(n, dim=1).values.mean(1).cpu().numpy()
     return out
 
 

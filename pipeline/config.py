@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     dedup_chunk_size: int = 64  # images per hashing task
 
     # --- triage ------------------------------------------------------------------------
+    # where the shipped detector and remover are read from (None: model/weights/; a folder without
+    # them: nothing ships, and triage's cold start trains a cell detector on the pool)
+    shipped_weights: Path | None = None
     triage_target_precision: float = 0.98
     triage_batch_size: int = 32
     # cold-start / retrain length (self-supervised pairs); whichever of steps and minutes ends

@@ -337,9 +337,10 @@ DEMO_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "MPLBACKEND": "Agg",
-    # The detector is trained from scratch on first use; on a 2-core CPU the demo can give it
-    # minutes, not the default ten, so it settles for a clean pool at 75% precision, not 98%
-    # (its summary prints the detector's held-out ROC-AUC, so the trade is visible).
+    # Only where no detector ships (UNMARK_SHIPPED_WEIGHTS names a folder without one) is a detector
+    # trained from scratch on first use; on a 2-core CPU the demo can give it minutes, not the
+    # default twenty, so it settles for a clean pool at 75% precision, not 98%. The shipped detector
+    # keeps its own calibrated thresholds.
     "UNMARK_TRIAGE_TARGET_PRECISION": "0.75",
     "UNMARK_DETECTOR_VAL_SAMPLES": "80",
 }
@@ -410,20 +411,3 @@ def triage_agreement(catalog, labels: dict[str, str], base_url: str) -> dict[str
                 out["watermarked_found"] += row["label"] == "watermarked"
                 out["watermarked_called_clean"] += row["label"] == "clean"
     return out
-
-
-def apply_site_labels(catalog, labels: dict[str, str], base_url: str) -> dict[str, int]:  # noqa: ANN001
-    """Record the site's true labels on its images (as a reviewer confirming
-    triage would), with the stable split for clean ones. Returns counts per label set."""
-    from storage import queries as q
-    from storage import status
-
-    counts: dict[str, int] = {}
-    with catalog.write() as s:
-        for row in q.list_images(s):
-            label = labels.get(site_path(row["url"], base_url))
-            if label is None:
-                continue
-            status.mark_reviewed(s, row["id"], row["sha256"], label)
-            counts[label] = counts.get(label, 0) + 1
-    return counts

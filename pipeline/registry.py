@@ -6,7 +6,8 @@ checkpoint blobs. Every step that loads, registers or promotes a model goes thro
 - `checkpoint`: the checkpoint bytes of a found model.
 - `register`: store a checkpoint blob and its row, promoting it when asked.
 - `register_shipped`: the pretrained remover in ``model/weights/`` becomes the promoted remover
-  of a catalog that has none (``unmark init``, the demo).
+  of a catalog that has none (``unmark init``, the demo); `register_shipped_detector` does the
+  same for the shipped detector (``detector.pt``, the remover's localiser with its calibration).
 """
 
 from __future__ import annotations
@@ -94,6 +95,40 @@ def register_shipped(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path
     with catalog.write() as s:
         if q.get_model(s, version) is None:
             key = register(s, blobs, version, "remover", data, config=config, metrics=metrics, promote=True)
+        else:
+            q.promote_model(s, version)
+            key = q.get_model(s, version).checkpoint_key
+    return {"version": version, "checkpoint": key}
+
+
+def register_shipped_detector(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path = WEIGHTS_DIR
+                              ) -> dict | None:
+    """Register ``weights_dir/detector.pt`` as the promoted detector when the catalog promotes none.
+
+    Returns ``{"version", "checkpoint"}`` when it registered one, else None (a detector is already
+    promoted, or none ships). A file that is not a calibrated detector checkpoint is a clear error.
+    """
+    from model.detector import detector_from_bytes
+
+    path = Path(weights_dir) / "detector.pt"
+    if find(catalog, "detector") is not None or not path.exists():
+        return None
+    data = path.read_bytes()
+    try:
+        model, extra = detector_from_bytes(data)
+        calibration = dict(extra["calibration"])
+    except Exception as exc:  # a damaged or foreign file, or one without thresholds: register nothing
+        raise ValueError(f"shipped weights {path} are not a calibrated detector checkpoint: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    version = "detector-shipped-" + hashlib.sha256(data).hexdigest()[:12]
+    config = {**model.config, "calibration": calibration, "scales": list(extra.get("scales", [])),
+              "shipped": path.name}
+    with catalog.write() as s:
+        if q.get_model(s, version) is None:
+            metrics = dict(extra.get("metrics", {}))
+            if "roc_auc" in metrics.get("test", {}):  # the held-out figure summaries show
+                metrics["roc_auc"] = metrics["test"]["roc_auc"]
+            key = register(s, blobs, version, "detector", data, config=config, metrics=metrics, promote=True)
         else:
             q.promote_model(s, version)
             key = q.get_model(s, version).checkpoint_key

@@ -1,9 +1,12 @@
 """``unmark triage``: sort every image into clean / watermarked / uncertain with the detector.
 
-Cold start: when no detector is promoted, one is trained (self-supervised) on the current pool,
-validated and calibrated on held-out watermark styles, registered and promoted. Later runs reuse
-the promoted detector; ``retrain_detector=True`` trains a new one on the pool minus images already
-judged watermarked. Every image whose score came from another detector version (or none) is
+Cold start: when no detector is promoted, the shipped one (``model/weights/detector.pt``: the
+shipped remover's localiser with its calibration) is registered and promoted, as ``unmark init``
+does; only where none ships is one trained (self-supervised, a cell-grid CNN) on the current pool,
+validated and calibrated on held-out watermark styles. Later runs reuse the promoted detector.
+``retrain_detector=True`` fine-tunes a localiser detector on the pool minus images already judged
+watermarked and promotes it only if it ranks the same held-out images better (a cell detector is
+retrained from scratch, as before). Every image whose score came from another detector version (or none) is
 (re-)scored in batches; unreadable images become failure rows and the batch goes on. Clean images
 get their stable split.
 """
@@ -157,6 +160,53 @@ def train_and_register(
     return LoadedDetector(model, version, cal, config["scales"])
 
 
+def fine_tune_and_register(catalog: Catalog, blobs: BlobStore, settings: Settings, current: LoadedDetector,
+                           progress: Progress | None = None) -> tuple[LoadedDetector, dict]:
+    """Fine-tune a copy of the promoted localiser detector on the pool (minus images judged
+    watermarked), score both on the same held-out pool photos, register the new one, and promote
+    it only when its ROC-AUC there is higher. Returns the detector to use and the comparison."""
+    import copy
+
+    from model.detector import train_localiser_detector
+    from model.watermarks import WatermarkRenderer
+
+    with tempfile.TemporaryDirectory(prefix="unmark-detector-") as tmp:
+        paths = _training_paths(catalog, blobs, Path(tmp), exclude_watermarked=True)
+        if len(paths) < 2:
+            raise NoTrainingImages("retraining the detector needs at least two readable images in the pool")
+        order = np.random.default_rng(0).permutation(len(paths))
+        n_val = max(1, len(paths) // 5)
+        val = [paths[i] for i in order[:n_val]]
+        train = [paths[i] for i in order[n_val:]]
+        from model.data import load_rgb
+        from model.detector import clean_and_marked
+
+        images, labels, _ = clean_and_marked([load_rgb(p) for p in val])
+        before = current.score(images)
+        model = copy.deepcopy(current.model)
+        cb = (lambda step, total, _loss: progress("detector", step, total)) if progress else None
+        report = train_localiser_detector(model, train, WatermarkRenderer(seed=0, icon_logos=64, icon_split="train"),
+                                          steps=settings.detector_steps, minutes=settings.detector_max_minutes,
+                                          progress=cb)
+    after = model.score(images)
+    cal = calibrate(after, labels, settings.triage_target_precision)
+    auc_before, auc_after = roc_auc(before, labels), roc_auc(after, labels)
+    better = auc_after > auc_before
+    version = "detector-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    comparison = {"held_out_images": len(images), "roc_auc_before": auc_before, "roc_auc_after": auc_after,
+                  "before": current.version, "promoted": better}
+    metrics = {"fine_tune": report, **comparison, "at_calibration": cal.__dict__,
+               "at_high_threshold": detection_metrics(after, labels, cal.high)}
+    config = {**model.config, "calibration": cal.__dict__, "scales": [], "fine_tuned_from": current.version}
+    with catalog.write() as s:
+        registry.register(s, blobs, version, "detector", detector_to_bytes(model, half=True, version=version,
+                                                                           calibration=cal.__dict__),
+                          config=config, metrics=metrics, promote=better)
+    log.info("detector %s fine-tuned from %s: held-out ROC-AUC %.3f → %.3f (%s)", version, current.version,
+             auc_before, auc_after, "promoted" if better else "kept the old one")
+    return (LoadedDetector(model, version, cal, []) if better else current), {**comparison, "version": version}
+
+
 def _decode(blobs: BlobStore, key: str, max_pixels: int):  # noqa: ANN202
     im = open_image(blobs.get(key), max_pixels)
     return im.convert("RGB")
@@ -206,9 +256,15 @@ def triage(
     ``score_chunks(detector, chunks)`` replaces the in-process ``score_chunk`` loop (it yields one
     count dict per chunk, in order): the flows pass one that scores the chunks on Dask workers."""
     t0 = time.perf_counter()
-    trained = None
-    detector = None if retrain_detector else load_promoted_detector(catalog, blobs)
-    if detector is None:
+    trained, fine_tune = None, None
+    detector = load_promoted_detector(catalog, blobs)
+    if detector is None and registry.register_shipped_detector(catalog, blobs, settings.shipped_weights
+                                                               or registry.WEIGHTS_DIR):
+        detector = load_promoted_detector(catalog, blobs)
+    if retrain_detector and detector is not None and getattr(detector.model, "scores_whole_images", False):
+        detector, fine_tune = fine_tune_and_register(catalog, blobs, settings, detector, progress)
+        trained = fine_tune["version"]
+    elif detector is None or retrain_detector:
         detector = train_and_register(catalog, blobs, settings, exclude_watermarked=retrain_detector,
                                       progress=progress)
         trained = detector.version
@@ -230,6 +286,7 @@ def triage(
     return {
         "detector": detector.version,
         "trained_detector": trained,
+        **({"fine_tune": fine_tune} if fine_tune else {}),
         "scored": len(ids),
         **totals,
         "thresholds": {"low": detector.calibration.low, "high": detector.calibration.high},

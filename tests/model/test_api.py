@@ -100,9 +100,10 @@ def test_detector_scores_pil_and_arrays_like_triage_and_clear_errors(tmp_path):
         Detector.load(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="not a detector checkpoint"):
         Detector.load(b"not a checkpoint")
-    if not (WEIGHTS_DIR / "detector.pt").exists():
-        with pytest.raises(FileNotFoundError, match="no detector ships"):
-            Detector.load()
+    shipped = Detector.load(device="cpu")  # model/weights/detector.pt, with its triage thresholds
+    assert (WEIGHTS_DIR / "detector.pt").exists() and shipped.calibration["low"] <= shipped.calibration["high"]
+    assert shipped.threshold is not None and 0 <= shipped.score(a) <= 1
+    assert shipped.score_many([a, b]).shape == (2,)
 
 
 @pytest.mark.slow

@@ -117,10 +117,11 @@ def test_console_script_in_subprocess(settings, unmark_env):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["revision"] == "0001" or out["revision"]
-    assert out["registered"]["version"].startswith("remover-shipped-")  # the weights in model/weights/
+    assert out["registered"]["remover"]["version"].startswith("remover-shipped-")  # the weights in model/weights/
+    assert out["registered"]["detector"]["version"].startswith("detector-shipped-")
     r = subprocess.run(cmd + ["catalog", "stats", "--json"], env=unmark_env, capture_output=True, text=True, timeout=120)
     assert json.loads(r.stdout) == {"pages": 0, "images": {}, "failures": {}, "dedup": {}, "cleanings": 0,
-                                    "models": {"remover": 1}}
+                                    "models": {"remover": 1, "detector": 1}}
     r = subprocess.run(cmd + ["init", "--json"], env=unmark_env, capture_output=True, text=True, timeout=120)
-    assert json.loads(r.stdout)["registered"] == {}  # a remover is promoted: nothing registered again
+    assert json.loads(r.stdout)["registered"] == {}  # both are promoted: nothing registered again
     assert os.path.exists(settings.home / "catalog.sqlite")

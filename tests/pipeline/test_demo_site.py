@@ -96,12 +96,12 @@ def test_demo_environment_sets_defaults_without_overriding_the_user(tmp_path, mo
     assert "PREFECT_API_URL" not in os.environ  # embedded mode
 
 
-def test_triage_agreement_and_site_labels_on_a_catalog(tmp_path, catalog, blobs, settings):
-    """``triage_agreement`` counts triage's labels against the truth (uncertain is never right),
-    and ``apply_site_labels`` then makes every known image right; images off the site are ignored."""
+def test_triage_agreement_on_a_catalog(tmp_path, catalog, blobs, settings):
+    """``triage_agreement`` counts triage's labels against the truth (uncertain is never right);
+    images off the site are ignored."""
     from sqlalchemy import update
 
-    from pipeline.demo import apply_site_labels, triage_agreement
+    from pipeline.demo import triage_agreement
     from pipeline.importer import import_paths
     from storage import queries as q
     from storage.models import Image as ImageRow
@@ -122,8 +122,6 @@ def test_triage_agreement_and_site_labels_on_a_catalog(tmp_path, catalog, blobs,
             s.execute(update(ImageRow).where(ImageRow.id == row["id"]).values(label=label, status=label))
     assert triage_agreement(catalog, truth, base) == {
         "images": 5, "right": 2, "watermarked": 3, "watermarked_found": 1, "watermarked_called_clean": 1}
-    assert apply_site_labels(catalog, truth, base) == {"clean": 2, "watermarked": 3}
-    assert triage_agreement(catalog, truth, base)["right"] == 5
 
 
 def test_site_path_matches_the_site_on_any_port():

@@ -35,7 +35,8 @@ def _photos():
 
 
 @pytest.fixture
-def tiny_settings(settings):
+def tiny_settings(settings, tmp_path):
+    settings.shipped_weights = tmp_path / "no-weights"  # nothing ships: the cold start trains a cell detector
     settings.detector_steps = 8
     settings.detector_crop = 64
     settings.detector_batch_size = 4
@@ -119,9 +120,14 @@ def test_detector_family_settings_are_checked(tiny_settings, catalog, blobs, poo
         assert q.promoted_model(s, "detector") is None
 
 
-def test_cli_cold_start_on_empty_catalog_is_a_clear_error(settings):
-    r = CliRunner().invoke(app, ["triage"], env={"UNMARK_HOME": str(settings.home)})
+def test_cli_cold_start_on_empty_catalog_is_a_clear_error(settings, tmp_path):
+    """With nothing shipped and nothing to train on, triage says so; with the shipped detector an
+    empty catalog is simply nothing to score."""
+    env = {"UNMARK_HOME": str(settings.home), "UNMARK_SHIPPED_WEIGHTS": str(tmp_path / "none")}
+    r = CliRunner().invoke(app, ["triage"], env=env)
     assert r.exit_code == 2 and "no readable images" in r.output
+    r = CliRunner().invoke(app, ["triage", "--json"], env={"UNMARK_HOME": str(settings.home)})
+    assert r.exit_code == 0 and json.loads(r.output)["scored"] == 0
 
 
 def test_cli_triage_json(tiny_settings, pool, monkeypatch):
@@ -292,7 +298,8 @@ def test_mining_finds_each_photos_hottest_cells_inside_the_photo():
     """``mine_hard_cells`` gives each photo's top cell logits at each scale, as the model itself
     computes them on that view, hottest first, never a cell of the replicated padding; and
     ``hard_window`` cuts a window at that scale that contains the cell."""
-    from model.detector import CELL, _rescale, hard_window, mine_hard_cells, prepare
+    from model.detector import CELL, hard_window, mine_hard_cells, prepare
+    from model.detector.training import _rescale
 
     torch.manual_seed(0)
     model = WatermarkDetector()
