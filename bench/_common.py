@@ -55,11 +55,19 @@ def write_results(name: str, figures: dict, markdown_body: str) -> None:
     now = datetime.now(UTC)
     figures = {**figures, "date": now.isoformat(timespec="seconds"), "machine": machine(), "command": command(),
                "commit": _git_head(), "markdown": markdown_body.strip()}
+    figures = json.loads(_unplaced(json.dumps(figures, default=str)))
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
     HISTORY_DIR.mkdir(parents=True, exist_ok=True)
     with open(HISTORY_DIR / f"{now:%Y-%m-%d}.md", "a") as fh:
         fh.write(_section(name, figures) + "\n")
     render_results()
+
+
+def _unplaced(text: str) -> str:
+    """``text`` with this checkout's absolute paths made relative to the repository (and the
+    shared folder beside it shown as ``../shared``): results name no machine paths."""
+    root = Path(__file__).resolve().parents[1]
+    return text.replace(str(root) + "/", "").replace(str(root.parent / "shared"), "../shared")
 
 
 def _section(name: str, r: dict) -> str:
