@@ -28,7 +28,7 @@ from model.network import UNet, load_checkpoint, save_checkpoint
 from model.watermarks import WatermarkRenderer
 from pipeline import triage as triage_step
 from pipeline.importer import import_paths
-from pipeline.pretrain_detector import pretrain_detector
+from pipeline.pretrain_detector import TOP_FRACTIONS, pretrain_detector
 from pipeline.registry import register_shipped_detector
 from storage import queries as q
 from storage.models import Image as ImageRow
@@ -121,6 +121,7 @@ def test_pretrain_detector_calibrates_measures_and_writes_an_fp16_detector_and_c
     payload = torch.load(out / "detector.pt", weights_only=False)
     assert {t.dtype for t in payload["state_dict"].values() if t.is_floating_point()} == {torch.float16}
     cal = payload["extra"]["calibration"]
+    assert payload["config"]["top_fraction"] in TOP_FRACTIONS  # the val photos' best pooling share
     assert cal["low"] <= cal["high"] and cal["target_precision"] == 0.98
     assert first["fine_tune"] is None and first["test"]["images"] >= 2
     assert 0 <= first["test"]["uncertain"] <= 1 and "precision_at_10pct" in first["test"]
