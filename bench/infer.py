@@ -142,7 +142,7 @@ def fidelity_worker(threads: int, checkpoint: str | None) -> dict:
 
     from model.infer import Cleaner
     from model.network import load_checkpoint
-    from model.watermarks import WatermarkRenderer
+    from model.synth.renderer import WatermarkRenderer
 
     torch.set_num_threads(threads)
     renderer, rng = WatermarkRenderer(seed=0), np.random.default_rng(0)

@@ -25,8 +25,8 @@ from _common import write_results
 from model.evaluate import swcnn_protocol
 from model.locate import FILLS
 from model.network import load_checkpoint, save_checkpoint
+from model.synth.renderer import WatermarkRenderer
 from model.train import fixed_test_set, profile_config, score_on_test
-from model.watermarks import WatermarkRenderer
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"

@@ -3,7 +3,7 @@
     python bench/synth.py [--n 400] [--size 256] [--context 1] [--images DIR] [--workers N]
 
 One process, one thread everywhere (torch, OpenCV, BLAS), reading photos from disk as training
-does: decode, augment, watermark, artifacts, tensors (``model.data.WatermarkPairs``). The rate per
+does: decode, augment, watermark, artifacts, tensors (``model.synth.pairs.WatermarkPairs``). The rate per
 core is items / CPU seconds of this process, so other work on the machine does not deflate it;
 the wall-clock rate is reported next to it. Photos: ``../shared/corpus/voc150`` when present,
 else the sample photos that ship with scikit-image, scikit-learn and matplotlib.
@@ -12,7 +12,7 @@ Writes ``bench/results/synth.json`` (``triplets_per_s_per_core``), appends to ``
 and saves a contact sheet of 64 samples to ``bench/out/synth_contact_sheet.png``.
 
 ``--workers N`` also times what training's DataLoader delivers (batches of 8, wall-clock pairs/s)
-with N worker processes, once started under ``model.data.one_opencv_thread`` (OpenCV on one thread in
+with N worker processes, once started under ``model.synth.pairs.one_opencv_thread`` (OpenCV on one thread in
 each worker, as ``model.train`` starts them) and once without it (every worker inherits this
 process's OpenCV pool: ``--opencv-threads``, default one per core).
 """
@@ -36,8 +36,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import BENCH, offline_photo_files, write_results  # noqa: E402
 
-from model.data import WatermarkPairs, one_opencv_thread, split_paths  # noqa: E402
-from model.watermarks import FAMILIES, WatermarkRenderer  # noqa: E402
+from model.synth.pairs import WatermarkPairs, one_opencv_thread, split_paths  # noqa: E402
+from model.synth.renderer import FAMILIES, WatermarkRenderer  # noqa: E402
 
 GOAL = 25.0
 CORPUS = BENCH.parent.parent / "shared" / "corpus" / "voc150"

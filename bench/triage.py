@@ -43,7 +43,7 @@ from model.detector import (
     score_images,
     train_detector,
 )
-from model.watermarks import FAMILIES, WatermarkRenderer
+from model.synth.renderer import FAMILIES, WatermarkRenderer
 from pipeline.config import Settings
 from pipeline.triage import detector_train_families
 

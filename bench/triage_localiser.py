@@ -8,7 +8,7 @@ folder), minus its 11 photos with real overlays, which are scored on their own. 
 139 clean photos are split in half by the seed: the calibration half picks the thresholds, the
 test half is scored. Each photo appears once clean (with the renderer's re-encoding odds) and once
 marked by a renderer drawing every family with logos from the *held-out* icon identities
-(``model.icons`` val split; the localiser trained on the train identities).
+(``model.synth.icons`` val split; the localiser trained on the train identities).
 
 Figures per seed and their mean: accuracy and ROC-AUC at balanced classes; precision and recall
 of the watermarked call at 10 % prevalence (from the test's true- and false-positive rates at the
@@ -33,7 +33,7 @@ from PIL import Image
 from model.detector import best_accuracy_threshold, calibrate, roc_auc
 from model.locate import mark_scores
 from model.network import load_checkpoint
-from model.watermarks import WatermarkRenderer
+from model.synth.renderer import WatermarkRenderer
 from pipeline.pretrain import KNOWN_OVERLAYS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,7 +38,7 @@ from PIL import Image
 
 from model.device import native_bf16
 from model.schedule import one_cycle_factor
-from model.watermarks import mark_window
+from model.synth.renderer import mark_window
 
 CELL = 16  # input pixels per output cell
 # Long sides a whole image is scored at (never upsampled), the score being the maximum over them.

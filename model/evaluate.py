@@ -169,7 +169,7 @@ def evaluate_pairs(
     limit: int | None = None,
     baselines: Sequence[str] = ("input", "inpaint"),
 ) -> dict:
-    """Score ``model`` on a fixed synthetic split (items as ``model.data.WatermarkPairs`` gives:
+    """Score ``model`` on a fixed synthetic split (items as ``model.synth.pairs.WatermarkPairs`` gives:
     ``input``, ``clean``, ``mask`` tensors) against the input itself and Telea inpainting.
 
     Returns ``{"n": n, "model": {...}, "input": {...}, "inpaint": {...}, "seconds": s}``, each

@@ -13,7 +13,7 @@ the oneDNN int8 kernels; no compiler, any tile shape):
   whole gain over its input), and the output: both heads, ``input + residual`` and the mask blend.
 
 Calibration runs the fp32 model over a fixed set of watermarked photos (``skimage.data`` photos
-with marks from ``model.watermarks``, seeded, never the images being cleaned), so a given network
+with marks from ``model.synth.renderer``, seeded, never the images being cleaned), so a given network
 always gets the same int8 copy. ``quantized_unet`` caches the copy per model object and weights,
 so every Cleaner a process builds for the same network reuses it.
 
@@ -143,7 +143,7 @@ def _photo(name: str) -> np.ndarray:
 
 def _mark(images: list[np.ndarray], seed: int) -> list[np.ndarray]:
     """The images with one seeded watermark each (unmarked where no renderer can be built)."""
-    from model.watermarks import WatermarkRenderer
+    from model.synth.renderer import WatermarkRenderer
 
     try:
         renderer = WatermarkRenderer(seed=seed, n_logos=4)

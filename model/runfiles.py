@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from model.data import one_opencv_thread
+from model.synth.pairs import one_opencv_thread
 
 
 class RunLocked(RuntimeError):

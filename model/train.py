@@ -2,8 +2,8 @@
 
 ``train(train_paths, val_paths, test_paths, config, run_dir)`` trains the network ``config``
 builds (``model.trainconfig``: a ``model.network.UNet`` or a ``model.locate.LocateRestore``) on
-synthetic pairs (``model.data.WatermarkPairs``, or clean crops watermarked on the device by
-``model.synth``), and leaves in ``run_dir`` (written through ``model.runfiles``):
+synthetic pairs (``model.synth.pairs.WatermarkPairs``, or clean crops watermarked on the device by
+``model.synth.device_pairs``), and leaves in ``run_dir`` (written through ``model.runfiles``):
 
 - ``config.json``   the resolved ``TrainConfig`` (perceptual weights choice and why included)
 - ``last.pt``       the whole training state, written atomically after every epoch (resume)
@@ -41,7 +41,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from model import runfiles
-from model.data import CleanCrops, WatermarkPairs
 from model.device import resolve_device
 from model.evaluate import BASELINES, evaluate_pairs
 from model.locate import LOCATE_TERMS, LocateRestore, locate_loss, pick_crops
@@ -50,7 +49,8 @@ from model.network import UNet, count_parameters, load_checkpoint, save_checkpoi
 from model.plots import lr_schedule, training_curves
 from model.runfiles import RunLocked, run_is_locked, run_lock
 from model.schedule import one_cycle_factor
-from model.synth import MarkBank
+from model.synth.device_pairs import MarkBank
+from model.synth.pairs import CleanCrops, WatermarkPairs
 from model.trainconfig import (
     PERCEPTUAL_CHOICES,
     PROFILES,
@@ -94,7 +94,7 @@ def train(
     run_dir: str | Path,
     resume: bool = True,
     log: Callable[[str], None] | None = print,
-    renderer=None,  # noqa: ANN001 - a model.watermarks.WatermarkRenderer (None: the default)
+    renderer=None,  # noqa: ANN001 - a model.synth.renderer.WatermarkRenderer (None: the default)
     on_epoch: Callable[[list[dict]], None] | None = None,
     init_weights: str | Path | bytes | None = None,
     eval_renderer=None,  # noqa: ANN001 - the renderer of the val/test samples (None: ``renderer``)

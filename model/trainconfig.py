@@ -53,7 +53,7 @@ class TrainConfig:
     view: int = 192  # locate-restore: the localiser's view (long side, px) at inference and evaluation
     train_views: list[int] | None = None  # locate-restore: views drawn per training step (None: [view])
     loc_base: int = 16  # locate-restore: the localiser's width
-    synth: str = "cpu"  # cpu: loader processes draw the pairs | device: composited on the device (model.synth)
+    synth: str = "cpu"  # cpu: loader processes draw the pairs | device: composited on the device (model.synth.device_pairs)
     bank_size: int = 2048  # synth=device: marks pre-rendered into the bank
     base: int = 32
     depth: int = 4

@@ -111,7 +111,7 @@ def draw_run_visuals(model: torch.nn.Module, samples: Sequence[dict], out_dir: s
                      log: Callable[[str], None] | None = print, harden_mask: bool = False,
                      n_samples: int = N_SAMPLES, max_side: int = MAX_SIDE) -> list[str]:
     """Draw the figures (see the module docstring) into ``out_dir``; return the paths written.
-    ``samples`` is the run's fixed test set (items as ``model.data.WatermarkPairs`` gives them)."""
+    ``samples`` is the run's fixed test set (items as ``model.synth.pairs.WatermarkPairs`` gives them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _m: None)

@@ -27,10 +27,10 @@ import torch
 
 from model import train as trainer
 from model.api import WEIGHTS_DIR
-from model.data import split_paths
-from model.icons import BANK_VERSION
 from model.network import load_checkpoint, save_checkpoint
-from model.watermarks import FAMILIES, WatermarkRenderer
+from model.synth.icons import BANK_VERSION
+from model.synth.pairs import split_paths
+from model.synth.renderer import FAMILIES, WatermarkRenderer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # Photos of ../shared/corpus/voc150 that carry a real overlay (its README): never clean targets.

@@ -91,7 +91,7 @@ def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_water
 def detector_train_families(holdout: Sequence[str], skip: str) -> tuple[str, ...]:
     """The watermark families a detector trains on: every family neither held out (for its
     validation) nor in ``skip`` (comma-separated, ``Settings.detector_skip_families``)."""
-    from model.watermarks import FAMILIES
+    from model.synth.renderer import FAMILIES
 
     skipped = tuple(f for f in skip.split(",") if f)
     unknown = (set(holdout) | set(skipped)) - set(FAMILIES)
@@ -108,7 +108,7 @@ def train_and_register(
     progress: Progress | None = None,
 ) -> LoadedDetector:
     """Train a detector on the pool, calibrate it on held-out styles, register and promote it."""
-    from model.watermarks import FAMILIES, WatermarkRenderer
+    from model.synth.renderer import FAMILIES, WatermarkRenderer
 
     holdout = tuple(f for f in settings.detector_holdout_families.split(",") if f)
     train_fams = detector_train_families(holdout, settings.detector_skip_families)

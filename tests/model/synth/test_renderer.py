@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.watermarks import FAMILIES, Watermarked, WatermarkRenderer, channel_max
+from model.synth.layers import channel_max
+from model.synth.renderer import FAMILIES, Watermarked, WatermarkRenderer
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,7 @@ def test_any_image_shape_renders(renderer, shape):
 
 
 def test_luma_is_the_mean_luma_of_any_view():
-    from model.watermarks import _luma
+    from model.synth.layers import luma as _luma
 
     img = np.random.default_rng(3).integers(0, 256, (61, 47, 3), dtype=np.uint8)
     for view in (img, img[:, ::-1], img[5:50, 3:40], np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)):
@@ -217,7 +218,7 @@ def _whole_image_vary_alpha(layer, rng):
 
 
 def _whole_image_adjust_under(layer, clean, rng):
-    from model.watermarks import _over
+    from model.synth.layers import over as _over
 
     support = (layer[..., 3] > 0.02).astype(np.float32)
     k = max(3, (min(clean.shape[:2]) // 32) | 1)

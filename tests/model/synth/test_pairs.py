@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from model.data import (
+from model.synth.layers import channel_max
+from model.synth.pairs import (
     WatermarkPairs,
     clean_augmentations,
     load_rgb,
@@ -23,7 +24,7 @@ from model.data import (
     shared_artifacts,
     split_paths,
 )
-from model.watermarks import WatermarkRenderer, channel_max
+from model.synth.renderer import WatermarkRenderer
 from storage.queries import split_for
 
 
@@ -143,7 +144,7 @@ def test_validation_items_are_fixed_per_index(photos, renderer):
 
 _DIGEST = """
 import hashlib, sys
-from model.data import WatermarkPairs
+from model.synth.pairs import WatermarkPairs
 ds = WatermarkPairs(sys.argv[1:], size=64, train=False, seed=3, pairing="self-supervised")
 h = hashlib.sha256()
 for i in range(len(ds)):

@@ -10,7 +10,7 @@ Each sample, in order:
    shadow, rain. These change what the photo looks like, so the target must show them too.
    Validation/test samples skip this stage: a seeded crop only (upscaled first when the photo is
    smaller than ``size``), so the split measures the model and not the augmentation draw.
-3. **Watermark** (``model.watermarks.WatermarkRenderer``, its own post-processing off). With
+3. **Watermark** (``model.synth.renderer.WatermarkRenderer``, its own post-processing off). With
    ``context`` c > 1 (training only), stage 2 crops c·``size`` pixels, the mark is drawn on that
    canvas, and a ``size`` window (usually one holding part of the mark) is cut from input, target,
    clean and mask alike: marks then come larger than the window, as large logos do on full-size
@@ -52,7 +52,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, get_worker_info
 
-from model.watermarks import WatermarkRenderer, channel_max, mark_window, reencode_artifacts
+from model.synth.layers import channel_max, reencode_artifacts
+from model.synth.renderer import WatermarkRenderer, mark_window
 
 PAIRINGS = ("supervised", "self-supervised")
 
@@ -326,7 +327,7 @@ def _tensor(img: np.ndarray) -> torch.Tensor:
 
 class CleanCrops(WatermarkPairs):
     """The clean half of ``WatermarkPairs``: items ``{"clean": (3,H,W)}`` only, for runs whose
-    marks are composited on the training device (``model.synth.MarkBank``)."""
+    marks are composited on the training device (``model.synth.device_pairs.MarkBank``)."""
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import ImageFont, features
 
-from model import fonts
-from model.fonts import SCRIPTS, FontFace, covers, find_script_fonts, glyph_bitmap, missing_codepoint
-from model.watermarks import WatermarkRenderer, rasterise
+from model.synth import fonts
+from model.synth.fonts import SCRIPTS, FontFace, covers, find_script_fonts, glyph_bitmap, missing_codepoint
+from model.synth.renderer import WatermarkRenderer
+from model.synth.text import rasterise
 
 REQUIRED = {"english", "spanish", "french", "german", "chinese", "japanese", "korean", "russian", "arabic", "hindi"}
 
@@ -86,11 +87,11 @@ def test_scripts_without_fonts_are_skipped_with_one_warning(monkeypatch, caplog,
     monkeypatch.setattr(fonts, "_fc_faces", lambda lang: list(latin_only))
     find_script_fonts.cache_clear()
     request.addfinalizer(find_script_fonts.cache_clear)
-    with caplog.at_level(logging.WARNING, logger="model.watermarks"):
+    with caplog.at_level(logging.WARNING, logger="model.synth.renderer"):
         renderer = WatermarkRenderer(seed=0, families=["text"])
     assert {"chinese", "japanese", "korean", "hindi"}.isdisjoint(renderer.available_scripts())
     assert "english" in renderer.available_scripts()
-    warnings = [r for r in caplog.records if r.name == "model.watermarks"]
+    warnings = [r for r in caplog.records if r.name == "model.synth.renderer"]
     assert len(warnings) == 1
     for name in ("chinese", "japanese", "korean", "hindi"):
         assert name in warnings[0].getMessage()

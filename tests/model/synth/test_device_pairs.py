@@ -1,4 +1,4 @@
-"""model.synth: marks composited on the training device from a pre-rendered bank follow the
+"""model.synth.device_pairs: marks composited on the training device from a pre-rendered bank follow the
 renderer's compositing rule exactly, and a run can train on them."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.synth import MIN_DIFF, MarkBank
-from model.watermarks import WatermarkRenderer
+from model.synth.device_pairs import MIN_DIFF, MarkBank
+from model.synth.renderer import WatermarkRenderer
 
 torch.set_num_threads(1)
 

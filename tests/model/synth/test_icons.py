@@ -1,4 +1,4 @@
-"""model/icons.py: the installed pictogram sets without brand icons, the identity split, the
+"""model/synth/icons.py: the installed pictogram sets without brand icons, the identity split, the
 rasteriser, the logo layouts, and the renderer drawing icon logos."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import ImageFont
 
-from model.icons import LAYOUTS, IconBank, icon_files, icon_logo, rasterise, split_of
-from model.watermarks import PALETTE, WatermarkRenderer
+from model.synth.icons import LAYOUTS, IconBank, icon_files, icon_logo, rasterise, split_of
+from model.synth.layers import PALETTE
+from model.synth.renderer import WatermarkRenderer
 
 
 def test_sets_are_large_and_hold_no_brand_icons():

@@ -15,7 +15,7 @@ photos, and the marks are made on the device:
    so α = A and W = P/A are known per pixel. Re-encoding artefacts follow: differentiable JPEG
    (kornia) on part of the batch and Gaussian noise on another part.
 
-The output has the keys of ``model.data.WatermarkPairs`` batches (``input``, ``target``, ``mask``,
+The output has the keys of ``model.synth.pairs.WatermarkPairs`` batches (``input``, ``target``, ``mask``,
 ``clean``, ``alpha``, ``colour``), so the training loop takes either.
 """
 
@@ -28,7 +28,7 @@ import torch
 from kornia.enhance import jpeg_codec_differentiable
 from kornia.geometry.transform import warp_affine
 
-from model.watermarks import FAMILIES, WatermarkRenderer
+from model.synth.renderer import FAMILIES, WatermarkRenderer
 
 MIN_DIFF = 2 / 255  # a pixel is in the mask when the mark changed it by at least this much
 
