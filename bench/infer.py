@@ -3,12 +3,12 @@
     python bench/infer.py [--threads 1] [--images 3] [--naive-large] [--gpu] [--checkpoint PATH]
 
 Each measurement runs in its own subprocess (so its peak RSS is its own), on the seed-size U-Net
-(``model.network.UNet()``: base 32, depth 4, ~3.5 M parameters; untrained weights are fine for
+(``model.remover.network.UNet()``: base 32, depth 4, ~3.5 M parameters; untrained weights are fine for
 speed; the residual head and the attention gain are randomised so the network is not the identity
 and the seam check below means something).
 
 - ``naive``: the whole image in one fp32 forward pass (padded to the size multiple).
-- ``engine``: ``model.infer.Cleaner`` with the settings the clean step uses on this device
+- ``engine``: ``model.remover.infer.Cleaner`` with the settings the clean step uses on this device
   (``pipeline.clean.engine_options``, backend ``auto``: on a VNNI CPU the int8 copy when its
   probes pass, else the fused fp32 copy; 512 tiles); the fused and the int8 backends forced
   (at 1024×768 and 4000×3000, each with its set-up CPU seconds: the int8 calibration); also with
@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 def _network():
     import torch
 
-    from model.network import UNet
+    from model.remover.network import UNet
 
     torch.manual_seed(0)
     net = UNet().eval()  # the seed size
@@ -97,7 +97,7 @@ def jit_worker(w: int, h: int, n: int, threads: int) -> dict:
 
     import torch
 
-    from model.fused import fuse_unet
+    from model.remover.fused import fuse_unet
 
     warnings.filterwarnings("ignore")  # torch.jit's deprecation and tracer warnings
     torch.set_num_threads(threads)
@@ -140,8 +140,8 @@ def fidelity_worker(threads: int, checkpoint: str | None) -> dict:
     import skimage.data as sd
     import torch
 
-    from model.infer import Cleaner
-    from model.network import load_checkpoint
+    from model.remover.infer import Cleaner
+    from model.remover.network import load_checkpoint
     from model.synth.renderer import WatermarkRenderer
 
     torch.set_num_threads(threads)
@@ -172,7 +172,7 @@ def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, comp
 
     torch.set_num_threads(threads)
     from model.device import resolve_device
-    from model.infer import Cleaner
+    from model.remover.infer import Cleaner
     from pipeline.clean import engine_options
     from pipeline.config import load_settings
 
@@ -231,7 +231,7 @@ def gpu_worker(sizes: list[tuple[int, int]], n: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from model.infer import Cleaner
+    from model.remover.infer import Cleaner
     from pipeline.clean import engine_options
     from pipeline.config import load_settings
 

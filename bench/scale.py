@@ -138,7 +138,7 @@ def bench_hash(n: int, work: Path) -> dict:
 def _remover(path: Path) -> bytes:
     import torch
 
-    from model.network import UNet, save_checkpoint
+    from model.remover.network import UNet, save_checkpoint
 
     torch.manual_seed(0)
     net = UNet(base=16, depth=3, mask_head=True)

@@ -13,7 +13,7 @@ and saves a contact sheet of 64 samples to ``bench/out/synth_contact_sheet.png``
 
 ``--workers N`` also times what training's DataLoader delivers (batches of 8, wall-clock pairs/s)
 with N worker processes, once started under ``model.synth.pairs.one_opencv_thread`` (OpenCV on one thread in
-each worker, as ``model.train`` starts them) and once without it (every worker inherits this
+each worker, as ``model.remover.train`` starts them) and once without it (every worker inherits this
 process's OpenCV pool: ``--opencv-threads``, default one per core).
 """
 

@@ -1,4 +1,4 @@
-"""Triage with the shipped remover's localiser (``model.locate.mark_scores``), measured as a user
+"""Triage with the shipped remover's localiser (``model.remover.locate.mark_scores``), measured as a user
 meets it: whole photos it never saw, at 10 % prevalence, over three seeds.
 
     python bench/triage_localiser.py [--weights model/weights/remover.pt] [--seeds 0,1,2]
@@ -31,8 +31,8 @@ from _common import write_results
 from PIL import Image
 
 from model.detector import best_accuracy_threshold, calibrate, roc_auc
-from model.locate import mark_scores
-from model.network import load_checkpoint
+from model.remover.locate import mark_scores
+from model.remover.network import load_checkpoint
 from model.synth.renderer import WatermarkRenderer
 from pipeline.pretrain import KNOWN_OVERLAYS
 

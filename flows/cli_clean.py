@@ -17,7 +17,7 @@ FeatherOpt = Annotated[int | None, typer.Option(help="mask: fade the cleaned reg
 
 def mask_rule(threshold: float | None, dilate: int | None, feather: int | None):  # noqa: ANN201
     """The ``MaskRule`` the options name (None when none is given: the model's own), or exit 2."""
-    from model.masks import MaskRule
+    from model.remover.masks import MaskRule
 
     try:
         return MaskRule.given(threshold, dilate, feather)

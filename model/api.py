@@ -29,9 +29,9 @@ from PIL import Image
 
 from model.detector import SCORE_SCALES, detector_from_bytes, score_images
 from model.device import resolve_device
-from model.infer import Cleaner
-from model.masks import MaskRule
-from model.network import load_checkpoint
+from model.remover.infer import Cleaner
+from model.remover.masks import MaskRule
+from model.remover.network import load_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

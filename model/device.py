@@ -5,10 +5,12 @@
   with AVX512-BF16 or AMX).
 - `resolve_precision`: ``auto`` → bf16 or fp16 on CUDA, bf16 on a CPU that does it natively,
   fp32 elsewhere.
+- `autocast`: the autocast context a resolved precision runs under.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -55,3 +57,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
+
+
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast a resolved ``precision`` runs under on ``device``: bf16 or fp16 autocast, and
+    for ``fp32`` a context that changes nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

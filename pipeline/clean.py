@@ -4,7 +4,7 @@ What gets cleaned (DESIGN.md, "Life of an image"):
 - the watermarked pool (watermarked images whose dedup group has no clean member) not yet cleaned
   by this model version: each is decoded in DataLoader workers (EXIF orientation applied; grey,
   palette and 16-bit images become RGB; RGBA keeps its alpha, re-attached after cleaning the RGB),
-  cleaned by the tiled engine (``model.infer``; with the hardened mask when the model was
+  cleaned by the tiled engine (``model.remover.infer``; with the hardened mask when the model was
   evaluated that way, ``config["harden_mask"]``), encoded as PNG or JPEG q95
   (``settings.output_format``; images with alpha are always PNG), stored as a blob, and described
   by a ``cleanings`` row;
@@ -44,10 +44,10 @@ from sqlalchemy import exists, select
 from torch.utils.data import DataLoader, Dataset
 
 from model.device import resolve_device
-from model.infer import Cleaner
-from model.masks import MaskRule
 from model.metrics import psnr, ssim_map
-from model.network import load_checkpoint
+from model.remover.infer import Cleaner
+from model.remover.masks import MaskRule
+from model.remover.network import load_checkpoint
 from pipeline import registry
 from pipeline.config import Settings
 from pipeline.images import open_image

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import delete, select
 
-from model.masks import MaskRule
+from model.remover.masks import MaskRule
 from pipeline import registry
 from pipeline.clean import (
     WorkItem,

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from model import train as trainer
 from model.api import WEIGHTS_DIR
-from model.network import load_checkpoint, save_checkpoint
+from model.remover import train as trainer
+from model.remover.network import load_checkpoint, save_checkpoint
 from model.synth.icons import BANK_VERSION
 from model.synth.pairs import split_paths
 from model.synth.renderer import FAMILIES, WatermarkRenderer

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from model import train as trainer
-from model.network import load_checkpoint
+from model.remover import train as trainer
+from model.remover.network import load_checkpoint
 from pipeline import registry
 from pipeline.config import Settings
 from storage import BlobStore, Catalog

@@ -71,7 +71,7 @@ def test_composite_is_seeded_and_reencodes_odd_sizes(bank):
 def test_a_run_trains_on_device_composited_pairs(tmp_path):
     from PIL import Image
 
-    from model.train import profile_config, train
+    from model.remover.train import profile_config, train
 
     rng = np.random.default_rng(0)
     paths = []

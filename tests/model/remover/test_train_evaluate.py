@@ -1,4 +1,4 @@
-"""model/evaluate.py: the SWCNN protocol (reproduces the paper's input PSNRs) and the synthetic
+"""model/remover/evaluate.py: the SWCNN protocol (reproduces the paper's input PSNRs) and the synthetic
 test-split scoring with its baselines."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.evaluate import (
+from model.remover.evaluate import (
     SWCNN_INPUT_PSNR,
     alpha_key,
     evaluate_pairs,
@@ -21,9 +21,9 @@ from model.evaluate import (
     swcnn_read_image,
     swcnn_watermark,
 )
-from model.network import UNet
+from model.remover.network import UNet
 
-SWCNN = Path(__file__).resolve().parents[3] / "shared" / "benchmarks" / "swcnn"
+SWCNN = Path(__file__).resolve().parents[4] / "shared" / "benchmarks" / "swcnn"
 
 
 @pytest.mark.skipif(not (SWCNN / "images").is_dir(), reason="../shared/benchmarks/swcnn not present")

@@ -12,7 +12,7 @@ probability map ``p`` in three steps, each one a user control (``--threshold``, 
    instead of ending at a hard edge.
 
 Where ``w`` is 0 the output is the input, bit for bit. The default rule (0.5, 1, 0) is the one
-the engine has always used for a hardened mask (``model.infer.Cleaner``).
+the engine has always used for a hardened mask (``model.remover.infer.Cleaner``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Image figures take numpy images HxWx3 (uint8, or float in [0, 1]):
     residual_histogram, quality_maps (local PSNR and SSIM), side_by_side, watermark_residual
-Run figures take the training history (one dict per epoch, as `model.train` writes it):
+Run figures take the training history (one dict per epoch, as `model.remover.train` writes it):
     training_curves (loss terms, PSNR, SSIM), lr_schedule
 Network figures take a remover and one image, and read its insides through forward hooks:
     attention_gate_maps, activations (every level), decoder_feature_maps, first_layer_kernels,
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from model.losses import TERMS
 from model.metrics import local_psnr_map, psnr, ssim, ssim_map
+from model.remover.losses import TERMS
 
 
 class NotApplicable(ValueError):

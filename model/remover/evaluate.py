@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from model.device import autocast
 from model.metrics import psnr, ssim
 
 SWCNN_ALPHAS = (0.3, 0.5, 0.7, 1.0)
@@ -64,15 +65,14 @@ def predict(
     if ph or pw:
         mode = "reflect" if ph < h and pw < w else "replicate"
         xp = F.pad(x, (0, pw, 0, ph), mode=mode)
-    dev_type = x.device.type
-    dtype = torch.bfloat16 if dev_type == "cpu" else torch.float16
+    precision = ("bf16" if x.device.type == "cpu" else "fp16") if amp else "fp32"
     residual: list[torch.Tensor] = []
     hook = None
     if harden_mask and getattr(model, "mask_guided", False) and hasattr(model, "head"):
         # A mask-guided UNet returns the soft blend; its raw prediction is input + head output.
         hook = model.head.register_forward_hook(lambda _m, _i, o: residual.append(o))
     try:
-        with torch.autocast(device_type=dev_type, dtype=dtype, enabled=amp):
+        with autocast(x.device, precision):
             out = model(xp)
     finally:
         if hook is not None:

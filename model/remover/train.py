@@ -1,9 +1,9 @@
 """Training runs for the watermark remover: pure torch, a folder of images in, a run folder out.
 
 ``train(train_paths, val_paths, test_paths, config, run_dir)`` trains the network ``config``
-builds (``model.trainconfig``: a ``model.network.UNet`` or a ``model.locate.LocateRestore``) on
+builds (``model.remover.trainconfig``: a ``model.remover.network.UNet`` or a ``model.remover.locate.LocateRestore``) on
 synthetic pairs (``model.synth.pairs.WatermarkPairs``, or clean crops watermarked on the device by
-``model.synth.device_pairs``), and leaves in ``run_dir`` (written through ``model.runfiles``):
+``model.synth.device_pairs``), and leaves in ``run_dir`` (written through ``model.remover.runfiles``):
 
 - ``config.json``   the resolved ``TrainConfig`` (perceptual weights choice and why included)
 - ``last.pt``       the whole training state, written atomically after every epoch (resume)
@@ -40,18 +40,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from model import runfiles
 from model.device import resolve_device
-from model.evaluate import BASELINES, evaluate_pairs
-from model.locate import LOCATE_TERMS, LocateRestore, locate_loss, pick_crops
-from model.losses import RemovalLoss
-from model.network import UNet, count_parameters, load_checkpoint, save_checkpoint
-from model.plots import lr_schedule, training_curves
-from model.runfiles import RunLocked, run_is_locked, run_lock
-from model.schedule import one_cycle_factor
-from model.synth.device_pairs import MarkBank
-from model.synth.pairs import CleanCrops, WatermarkPairs
-from model.trainconfig import (
+from model.remover import runfiles
+from model.remover.evaluate import BASELINES, evaluate_pairs
+from model.remover.locate import LOCATE_TERMS, LocateRestore, locate_loss, pick_crops
+from model.remover.losses import RemovalLoss
+from model.remover.network import UNet, count_parameters, load_checkpoint, save_checkpoint
+from model.remover.plots import lr_schedule, training_curves
+from model.remover.runfiles import RunLocked, run_is_locked, run_lock
+from model.remover.trainconfig import (
     PERCEPTUAL_CHOICES,
     PROFILES,
     TrainConfig,
@@ -61,7 +58,10 @@ from model.trainconfig import (
     loader_workers,
     profile_config,
 )
-from model.visuals import draw_run_visuals
+from model.remover.visuals import draw_run_visuals
+from model.schedule import one_cycle_factor
+from model.synth.device_pairs import MarkBank
+from model.synth.pairs import CleanCrops, WatermarkPairs
 
 __all__ = ["PROFILES", "RunLocked", "TrainConfig", "WallClockSchedule", "build_network", "fixed_test_set",
            "loader_workers", "one_cycle_factor", "profile_config", "run_is_locked", "score_on_test", "train"]

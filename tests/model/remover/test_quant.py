@@ -1,4 +1,4 @@
-"""The int8 inference copy of the U-Net (model/quant.py) and how the engine chooses it."""
+"""The int8 inference copy of the U-Net (model/remover/quant.py) and how the engine chooses it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import model.infer
-import model.quant
-from model.infer import Cleaner
-from model.quant import NotQuantizable, int8_unavailable, quantized_unet
-from tests.model.test_fused import _unet
+import model.remover.infer
+import model.remover.quant
+from model.remover.infer import Cleaner
+from model.remover.quant import NotQuantizable, int8_unavailable, quantized_unet
+from tests.model.remover.test_fused import _unet
 
 needs_int8 = pytest.mark.skipif(int8_unavailable() is not None, reason=f"int8 backend unavailable: {int8_unavailable()}")
 
@@ -75,14 +75,14 @@ def test_int8_copy_is_cached_per_model_and_weights():
 
 def test_auto_falls_back_to_fused_with_a_log_line(monkeypatch, caplog):
     opts = dict(device="cpu", tile=64, overlap=16, precision="fp32")
-    with caplog.at_level(logging.INFO, logger="model.infer"):
+    with caplog.at_level(logging.INFO, logger="model.remover.infer"):
         assert Cleaner(_unet(base=8, depth=2), **opts).backend == "fused"  # too narrow to be worth it
     assert "int8 backend not used: network width 8 < 16" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(model.quant, "int8_unavailable", lambda: "no VNNI here (test)")
-    monkeypatch.setattr(model.infer, "int8_unavailable", lambda: "no VNNI here (test)")
+    monkeypatch.setattr(model.remover.quant, "int8_unavailable", lambda: "no VNNI here (test)")
+    monkeypatch.setattr(model.remover.infer, "int8_unavailable", lambda: "no VNNI here (test)")
     wide = _unet(base=16, depth=2)
-    with caplog.at_level(logging.INFO, logger="model.infer"):
+    with caplog.at_level(logging.INFO, logger="model.remover.infer"):
         auto = Cleaner(wide, **opts)
     assert auto.backend == "fused" and "int8 backend not used: no VNNI here (test)" in caplog.text
     with pytest.raises(NotQuantizable, match="no VNNI"):
@@ -97,7 +97,7 @@ def test_auto_judges_int8_once_per_model(caplog):
     a second Cleaner for the same network reuses it without recalibrating."""
     net = _unet(base=16, depth=2)
     opts = dict(device="cpu", tile=64, overlap=16, precision="fp32")
-    with caplog.at_level(logging.INFO, logger="model.infer"):
+    with caplog.at_level(logging.INFO, logger="model.remover.infer"):
         first = Cleaner(net, **opts)
     assert first.backend in ("int8", "fused")
     assert "cheaper than fused on a 64² probe tile" in caplog.text

@@ -1,4 +1,4 @@
-"""Locate, then restore (model.locate): the inversion, the whole-image contract, checkpoints,
+"""Locate, then restore (model.remover.locate): the inversion, the whole-image contract, checkpoints,
 tiled restore at inference, and that the localiser's loss teaches it where the mark is."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from model import locate
-from model.evaluate import evaluate_pairs, mask_scores
-from model.infer import Cleaner
-from model.locate import ALPHA_CAP, LocateRestore, invert, locate_loss, pick_crops, view_size
-from model.network import build_model, load_checkpoint, save_checkpoint
+from model.remover import locate
+from model.remover.evaluate import evaluate_pairs, mask_scores
+from model.remover.infer import Cleaner
+from model.remover.locate import ALPHA_CAP, LocateRestore, invert, locate_loss, pick_crops, view_size
+from model.remover.network import build_model, load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -168,7 +168,7 @@ def test_mark_score_does_not_drift_with_image_size():
     """The localiser scores a fixed-size view, so one scene at 4× the pixels scores the same."""
     from PIL import Image
 
-    from model.locate import mark_scores
+    from model.remover.locate import mark_scores
 
     m = _perturbed()
     rng = np.random.default_rng(0)
@@ -187,7 +187,7 @@ def test_warm_start_from_a_unet_carries_its_mask_and_residual():
     """Warm-started from a mask-head U-Net of its width, the localiser's mark logit on an image no
     larger than the view is the U-Net's mask logit, and the restorer's residual head is the
     U-Net's; a U-Net of another width is refused."""
-    from model.network import UNet
+    from model.remover.network import UNet
 
     torch.manual_seed(0)
     unet = UNet(base=8, depth=2, mask_head=True, mask_guided=True)
@@ -206,8 +206,8 @@ def test_warm_start_from_a_unet_carries_its_mask_and_residual():
 
 
 def test_telea_fill_starts_opaque_marks_from_opencv_and_is_recorded_in_the_config():
-    from model.evaluate import inpaint_telea
-    from model.locate import telea_fill
+    from model.remover.evaluate import inpaint_telea
+    from model.remover.locate import telea_fill
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, 32, 32, generator=g)

@@ -1,4 +1,4 @@
-"""model/visuals.py: the end-of-run figures for a U-Net, a locate-then-restore remover and a
+"""model/remover/visuals.py: the end-of-run figures for a U-Net, a locate-then-restore remover and a
 network with no gates (skipped, logged), on fixed samples shrunk to a small size."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from skimage import data
 
-from model import visuals
-from model.locate import LocateRestore
-from model.network import UNet
+from model.remover import visuals
+from model.remover.locate import LocateRestore
+from model.remover.network import UNet
 
 from .test_plots import _assert_real_png
 

@@ -1,4 +1,4 @@
-"""The fused CPU inference copy of the U-Net (model/fused.py) and the engine's backend choice."""
+"""The fused CPU inference copy of the U-Net (model/remover/fused.py) and the engine's backend choice."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from model.fused import FusedUNet, NotFusable, fold_batchnorm, fuse_unet
-from model.infer import Cleaner
-from model.network import UNet
+from model.remover.fused import FusedUNet, NotFusable, fold_batchnorm, fuse_unet
+from model.remover.infer import Cleaner
+from model.remover.network import UNet
 
 
 def _unet(seed: int = 0, **config) -> UNet:
@@ -135,8 +135,8 @@ def test_fused_matches_eager_on_a_trained_remover(tmp_path):
     import skimage.data as sd
     from PIL import Image
 
-    from model.network import load_checkpoint
-    from model.train import profile_config, train
+    from model.remover.network import load_checkpoint
+    from model.remover.train import profile_config, train
 
     paths = []
     for i, a in enumerate([sd.astronaut(), sd.chelsea(), sd.coffee(), sd.rocket()]):

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from model.network import UNet
+from model.remover.network import UNet
 
 ALPHA_CAP = 0.9  # inversion uses min(α, ALPHA_CAP): 1/(1 − α) amplifies the input's noise 10× there
 RESTORE_TILE = 512  # restorer tile (pixels) for images over RESTORE_MAX_PIXELS at inference
@@ -237,7 +237,7 @@ class LocateRestore(nn.Module):
     def _restore_tiled(self, x: torch.Tensor, up: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The restorer over overlapping tiles, blended with the same normalised raised-cosine
         windows as ``model.infer`` (flat memory on large images)."""
-        from model.infer import axis_tiles, axis_window  # (model.infer does not import this module)
+        from model.remover.tiles import axis_tiles, axis_window
 
         B, _, H, W = x.shape
         th, ys = axis_tiles(H, RESTORE_TILE, RESTORE_OVERLAP, self.size_multiple, even=True)

@@ -7,25 +7,20 @@ size and no seams. A network never sees more than one batch of tiles, so its fea
 same size for a 1024×768 photo and a 4000×3000 one; only the output accumulator grows with the
 image.
 
-Why the window has a dead margin: a convolution near a tile edge sees zero padding instead of the
-neighbouring pixels, so a tile's outermost pixels are the least trustworthy. Across an interior
-edge the window is 0 for the outer quarter of the overlap, then a raised cosine over the middle
-half, then 1; the neighbouring tile's window is its mirror, so the two always sum to 1 and each
-pixel is taken only from tiles that saw at least ``overlap/4`` pixels of real context around it.
-At the image border there is no neighbour and the window is 1.
+The tiles and their windows (and why a window has a dead margin) are ``model.remover.tiles``.
 
 Precision: on CUDA, autocast (bf16 where supported, else fp16) and channels-last; on the CPU,
 bf16 autocast + channels-last where the CPU has native bf16 (AVX-512 BF16 / AMX), which measured
 about 3× faster than fp32 for the seed network; fp32 otherwise. ``precision=`` overrides.
 
-Backend: in fp32 on the CPU a U-Net runs as ``model.fused.FusedUNet`` (an inference-only copy with
+Backend: in fp32 on the CPU a U-Net runs as ``model.remover.fused.FusedUNet`` (an inference-only copy with
 BatchNorm folded, activations fused into the oneDNN convolutions, gate and head projections
 merged; channels-last), which measured ~1.3× faster per pixel than the plain channels-last model
 and as fast as ``torch.jit.trace`` + ``freeze`` without a trace per tile shape (bench/results/infer.json).
 ``backend="auto"`` picks it after checking it against the plain model on a small probe
 input, and falls back to the plain model for networks it does not know. ``backend=`` overrides.
 
-On a CPU with VNNI (8-bit dot products) ``auto`` then tries the int8 copy (``model.quant``: FX
+On a CPU with VNNI (8-bit dot products) ``auto`` then tries the int8 copy (``model.remover.quant``: FX
 post-training static quantization, oneDNN int8 kernels, calibrated once per process on fixed
 watermarked photos): it is used only when it agrees with the fused copy to ≥ 40 dB PSNR on a
 held-out probe photo and runs measurably faster on a probe tile on this machine; otherwise, or
@@ -48,10 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.device import resolve_device, resolve_precision
-from model.fused import NotFusable, fuse_unet
-from model.masks import MaskRule
-from model.quant import NotQuantizable, int8_unavailable, quantized_unet, weights_key
+from model.device import autocast, resolve_device, resolve_precision
+from model.remover.fused import NotFusable, fuse_unet
+from model.remover.masks import MaskRule
+from model.remover.quant import NotQuantizable, int8_unavailable, quantized_unet, weights_key
+from model.remover.tiles import Tile, axis_cover, axis_tiles, axis_window, pad_to
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +63,7 @@ class CleanResult:
     """One cleaned image: ``image`` uint8 HxWx3 (the input's size), ``mask`` the predicted
     watermark probability HxW float32 (None when the network has no mask head), ``seconds`` this
     image's share of the compute time (by tile area), ``weights`` the blend weights of a hardened
-    output (``model.masks.MaskRule``; None when the output was not hardened)."""
+    output (``model.remover.masks.MaskRule``; None when the output was not hardened)."""
 
     image: np.ndarray
     mask: np.ndarray | None
@@ -75,74 +71,12 @@ class CleanResult:
     weights: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
-class _Tile:
-    image: int  # index in the current call
-    y: int
-    x: int
-    h: int  # tile height/width on the (possibly padded) image
-    w: int
-
-
-def axis_tiles(length: int, tile: int, overlap: int, multiple: int, even: bool) -> tuple[int, list[int]]:
-    """Tile length and start positions along one axis of ``length`` pixels.
-
-    The tile length is a multiple of ``multiple``. An axis no longer than ``tile`` is one tile
-    (padded up to the multiple). Otherwise ``even=True`` spreads the fewest tiles that keep at
-    least ``overlap`` pixels of overlap evenly (the tile shrinks, so less work is wasted on
-    overlap); ``even=False`` keeps ``tile`` fixed (every tile the same shape, best for batching
-    many images on a GPU) and aligns the last tile with the end."""
-    tile = max(multiple, tile // multiple * multiple)
-    padded = math.ceil(length / multiple) * multiple
-    if padded <= tile:
-        return padded, [0]
-    overlap = min(overlap, tile // 2)
-    n = math.ceil((length - overlap) / (tile - overlap))
-    if even:
-        tile = min(tile, math.ceil((length + (n - 1) * overlap) / n / multiple) * multiple)
-        n = math.ceil((length - overlap) / (tile - overlap))
-    stride = tile - overlap
-    starts = [min(i * stride, length - tile) for i in range(n)]
-    return tile, sorted(set(starts))
-
-
-def edge_ramp(overlap: int) -> np.ndarray:
-    """Window values for the ``overlap`` pixels at an interior tile edge, outermost first: 0 over
-    the outer quarter, a raised cosine over the middle half, 1 over the inner quarter. The mirror
-    of the neighbour's ramp, so overlapping ramps sum to 1."""
-    if overlap <= 0:
-        return np.zeros(0, dtype=np.float32)
-    dead = overlap // 4
-    rise = max(1, overlap - 2 * dead)
-    i = np.arange(overlap, dtype=np.float64)
-    t = np.clip((i - dead + 0.5) / rise, 0.0, 1.0)
-    return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
-
-
-def axis_window(tile: int, start: int, length: int, overlap: int) -> np.ndarray:
-    """1-D window for a tile at ``start``: ramps only on the sides that have a neighbour."""
-    w = np.ones(tile, dtype=np.float32)
-    ramp = edge_ramp(min(overlap, tile // 2))
-    if start > 0:
-        w[: ramp.size] = ramp
-    if start + tile < length:
-        w[tile - ramp.size :] = np.minimum(w[tile - ramp.size :], ramp[::-1])
-    return w
-
-
-def _axis_cover(tile: int, start: int, length: int, overlap: int) -> np.ndarray:
-    """The tile's 1-D window placed on the whole axis (zeros elsewhere)."""
-    out = np.zeros(length, dtype=np.float64)
-    out[start : start + tile] = axis_window(tile, start, length, overlap)
-    return out
-
-
 _int8_decisions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → (key, int8 copy | None, why)
 
 
 def _probe_psnr(ref: nn.Module, cand: nn.Module, multiple: int) -> float:
     """PSNR (dB, uint8 levels) of ``cand``'s image output against ``ref``'s on the probe photo."""
-    from model.quant import probe_image
+    from model.remover.quant import probe_image
 
     img = probe_image(max(128, 2 * multiple) // multiple * multiple)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255).contiguous(memory_format=torch.channels_last)
@@ -163,15 +97,6 @@ def _cpu_seconds(a: nn.Module, b: nn.Module, x: torch.Tensor, repeats: int = 3) 
                 net(x)
                 best[i] = min(best[i], time.process_time() - t)
     return best[0], best[1]
-
-
-def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Pad HxWxC to (h, w) by reflection (edge replication where the image is too small)."""
-    ph, pw = h - arr.shape[0], w - arr.shape[1]
-    if ph == 0 and pw == 0:
-        return arr
-    mode = "reflect" if ph < arr.shape[0] and pw < arr.shape[1] else "edge"
-    return np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
 def _to_device(arr: np.ndarray, dev: torch.device) -> torch.Tensor:
@@ -195,7 +120,7 @@ class Cleaner:
     ``batch_size`` tiles per forward (default 16 on CUDA, 2 on CPU); ``even_tiles`` (default: on the
     CPU) shrinks tiles to spread them evenly instead of keeping every tile ``tile`` wide.
 
-    ``harden_mask`` (mask-head networks; as ``model.evaluate.predict`` does at evaluation): the
+    ``harden_mask`` (mask-head networks; as ``model.remover.evaluate.predict`` does at evaluation): the
     output becomes ``x·(1−w) + y·w`` with the weights ``w = mask_rule.weights(p)`` of the blended
     probabilities (by default the hard, one-pixel-dilated mask ``dilate(p > 0.5)``; ``mask_rule``
     may be changed between calls), so pixels the mask calls clean are copied exactly; ``y`` is the
@@ -203,8 +128,8 @@ class Cleaner:
     read by a forward hook on ``model.head`` that ``close()`` removes).
 
     ``backend``: ``eager`` runs ``model`` itself; ``fused`` an inference-only copy
-    (``model.fused.fuse_unet``; CPU and fp32 only); ``int8`` a calibrated int8 copy
-    (``model.quant``; CPU with VNNI, fp32 precision); ``auto`` (default) the fused copy where it
+    (``model.remover.fused.fuse_unet``; CPU and fp32 only); ``int8`` a calibrated int8 copy
+    (``model.remover.quant``; CPU with VNNI, fp32 precision); ``auto`` (default) the fused copy where it
     applies (CPU, fp32, a U-Net it knows, no ``compile``) and agrees with the model on a probe
     input, else eager; and then the int8 copy instead where it can be built, agrees with the
     fused copy on a probe photo and is measured faster on a probe tile (``_int8_if_better``; the
@@ -385,21 +310,21 @@ class Cleaner:
         acc: list[torch.Tensor | None] = []
         macc: list[torch.Tensor | None] = []
         norms: list[tuple[np.ndarray, np.ndarray]] = []
-        buckets: dict[tuple[int, int], list[_Tile]] = {}
+        buckets: dict[tuple[int, int], list[Tile]] = {}
         area = np.zeros(len(images))
         for i, im in enumerate(images):
             h, w = im.shape[:2]
             th, tw, ys, xs = self._plan_axes(h, w)
-            padded.append(_to_device(_pad_to(im, max(h, th), max(w, tw)), dev))
+            padded.append(_to_device(pad_to(im, max(h, th), max(w, tw)), dev))
             ph, pw = padded[-1].shape[:2]
             acc.append(torch.zeros(3, ph, pw, device=dev))
             macc.append(None)
             # The tiles are the grid ys × xs and the window is separable, so the sum of the
             # windows is the outer product of two 1-D sums: no full-size weight map is needed.
-            norms.append((sum(_axis_cover(th, y, ph, self.overlap) for y in ys),
-                          sum(_axis_cover(tw, x, pw, self.overlap) for x in xs)))
+            norms.append((sum(axis_cover(th, y, ph, self.overlap) for y in ys),
+                          sum(axis_cover(tw, x, pw, self.overlap) for x in xs)))
             area[i] = len(ys) * len(xs) * th * tw
-            buckets.setdefault((th, tw), []).extend(_Tile(i, y, x, th, tw) for y in ys for x in xs)
+            buckets.setdefault((th, tw), []).extend(Tile(i, y, x, th, tw) for y in ys for x in xs)
 
         windows: dict[tuple, torch.Tensor] = {}
         with torch.inference_mode():
@@ -435,7 +360,7 @@ class Cleaner:
         for images in batches:
             yield self.clean(images)
 
-    def _window(self, t: _Tile, ph: int, pw: int, cache: dict) -> torch.Tensor:
+    def _window(self, t: Tile, ph: int, pw: int, cache: dict) -> torch.Tensor:
         key = (t.h, t.w, t.y > 0, t.y + t.h < ph, t.x > 0, t.x + t.w < pw)
         if key not in cache:
             wy = axis_window(t.h, t.y, ph, self.overlap)
@@ -452,12 +377,8 @@ class Cleaner:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self._raw.clear()
-        if self.precision == "fp32":
+        with autocast(dev, self.precision):
             out = self._net(x)
-        else:
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            with torch.autocast(device_type=dev.type, dtype=dtype):
-                out = self._net(x)
         residual = self._raw.pop("residual", None)
         image, mask_logits = (out["image"], out.get("mask_logits")) if isinstance(out, dict) else (out, None)
         if self.harden_mask and mask_logits is not None:

@@ -1,4 +1,4 @@
-"""model/train.py: the schedule, profiles, a tiny real run with its files, both pairings, the
+"""model/remover/train.py: the schedule, profiles, a tiny real run with its files, both pairings, the
 wall-time cap, resume after a kill, and the VGG weights choice."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.losses import VGGWeightsMissing
-from model.network import load_checkpoint
-from model.train import (
+from model.remover.losses import VGGWeightsMissing
+from model.remover.network import load_checkpoint
+from model.remover.train import (
     PROFILES,
     TrainConfig,
     WallClockSchedule,
@@ -29,7 +29,7 @@ from model.train import (
     train,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ _KILLABLE = """
 import sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from model.train import profile_config, train
+from model.remover.train import profile_config, train
 paths = [Path(p) for p in sys.argv[2:]]
 cfg = profile_config("tiny", epochs=40, steps_per_epoch=2)
 train(paths[:3], paths[3:4], paths[4:5], cfg, Path(sys.argv[1]), log=print)
@@ -234,7 +234,7 @@ def test_locate_restore_profile_trains_resumes_and_reports_both_oracles(photos, 
     """The locate-then-restore network trains through the same loop (whole images to the
     localiser, one window each to the restorer), its checkpoints rebuild it, a resumed run
     continues, and the final test carries mask IoU/F1 and both oracle runs."""
-    from model.locate import LOCATE_TERMS, LocateRestore
+    from model.remover.locate import LOCATE_TERMS, LocateRestore
 
     cfg = profile_config("tiny-locate")
     run = tmp_path / "run"

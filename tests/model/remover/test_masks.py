@@ -1,4 +1,4 @@
-"""model/masks.py: threshold, dilation and feather turn a probability map into blend weights of
+"""model/remover/masks.py: threshold, dilation and feather turn a probability map into blend weights of
 known values, the default rule is the engine's old one, and bad values are clear errors."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.masks import MaskRule
+from model.remover.masks import MaskRule
 
 
 def _dot(n: int = 15, p: float = 0.9) -> np.ndarray:

@@ -1,5 +1,5 @@
 """A training run's folder: its lock, its JSON and CSV files, its changelog and the RNG state that
-a resumed run restores. ``model.train`` writes every file through these."""
+a resumed run restores. ``model.remover.train`` writes every file through these."""
 
 from __future__ import annotations
 

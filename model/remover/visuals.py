@@ -12,7 +12,7 @@ on a CPU) and writes into ``out_dir``:
 - once: each trunk's first-layer kernels;
 - ``visuals.json``: the figures drawn (file, title, sample) and those skipped or failed, with why.
 
-A figure that does not apply to the network (``model.plots.NotApplicable``: attention-gate maps
+A figure that does not apply to the network (``model.remover.plots.NotApplicable``: attention-gate maps
 of a network without gates) is skipped with a log line; one that fails is logged and listed,
 and the rest are still drawn: a finished training run never fails for a figure.
 """
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import plots
-from model.evaluate import predict
+from model.remover import plots
+from model.remover.evaluate import predict
 
 N_SAMPLES = 2
 MAX_SIDE = 192  # px: the samples' longer side for the figures

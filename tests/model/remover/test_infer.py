@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from model.infer import Cleaner, axis_tiles, axis_window, edge_ramp
+from model.remover.infer import Cleaner
+from model.remover.tiles import axis_tiles, axis_window, edge_ramp
 
 
 class Identity(nn.Module):
@@ -211,8 +212,8 @@ def test_hardened_mask_copies_clean_pixels_exactly():
 
 
 def test_hardened_unet_matches_the_evaluation_predict():
-    from model.evaluate import predict
-    from model.network import UNet
+    from model.remover.evaluate import predict
+    from model.remover.network import UNet
 
     torch.manual_seed(0)
     net = UNet(base=4, depth=2, mask_guided=True).eval()
@@ -261,8 +262,8 @@ def test_bf16_error_is_small_on_a_trained_remover(tmp_path):
     import skimage.data as sd
     from PIL import Image
 
-    from model.network import load_checkpoint
-    from model.train import profile_config, train
+    from model.remover.network import load_checkpoint
+    from model.remover.train import profile_config, train
 
     paths = []
     for i, a in enumerate([sd.astronaut(), sd.chelsea(), sd.coffee(), sd.rocket()]):

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from skimage import data
 
-from model import plots
-from model.losses import RemovalLoss
-from model.network import UNet
+from model.remover import plots
+from model.remover.losses import RemovalLoss
+from model.remover.network import UNet
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_saliency_without_a_mask_head(tmp_path, scene):
 
 def test_a_part_the_network_lacks_is_not_applicable(tmp_path, scene):
     """A locate-then-restore remover has no gates of its own: the figure names the trunk to read."""
-    from model.locate import LocateRestore
+    from model.remover.locate import LocateRestore
 
     _, marked, _ = scene
     net = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32).eval()

@@ -187,9 +187,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 def build_model(config: dict) -> nn.Module:
     """Rebuild a remover from `model.config` (the dict stored in every checkpoint): a UNet, or
-    with ``arch="locate-restore"`` a ``model.locate.LocateRestore``."""
+    with ``arch="locate-restore"`` a ``model.remover.locate.LocateRestore``."""
     if config.get("arch") == "locate-restore":
-        from model.locate import LocateRestore  # (model.locate builds on this module)
+        from model.remover.locate import LocateRestore  # (model.remover.locate builds on this module)
 
         return LocateRestore(**config)
     return UNet(**config)

@@ -1,5 +1,5 @@
 """What a remover training run is made of: ``TrainConfig`` (everything a run depends on), the
-named ``PROFILES``, the network a config builds, and the numerics each device gets. ``model.train``
+named ``PROFILES``, the network a config builds, and the numerics each device gets. ``model.remover.train``
 runs them."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.device import native_bf16
-from model.locate import LocateRestore
-from model.network import UNet
+from model.device import autocast, native_bf16
+from model.remover.locate import LocateRestore
+from model.remover.network import UNet
 
 PERCEPTUAL_CHOICES = ("imagenet", "random", "off")
 
@@ -49,7 +49,7 @@ class TrainConfig:
     eval_reserve: float = 0.08  # fraction of the cap kept for the final test evaluation
     grad_clip: float | None = None
     # network
-    arch: str = "unet"  # unet | locate-restore (model.locate: a whole-image localiser, then a restorer)
+    arch: str = "unet"  # unet | locate-restore (model.remover.locate: a whole-image localiser, then a restorer)
     view: int = 192  # locate-restore: the localiser's view (long side, px) at inference and evaluation
     train_views: list[int] | None = None  # locate-restore: views drawn per training step (None: [view])
     loc_base: int = 16  # locate-restore: the localiser's width
@@ -140,7 +140,7 @@ PROFILES: dict[str, TrainConfig] = {
 }
 
 _LOCATE_LOSS = {"loc_bce": 1.0, "loc_dice": 1.0, "loc_alpha": 1.0, "loc_colour": 0.5, "loc_invert": 0.5}
-# Locate, then restore (model.locate): whole 256 px training images, the localiser at a view of
+# Locate, then restore (model.remover.locate): whole 256 px training images, the localiser at a view of
 # 96-192 px (so its upsampled maps are as coarse as on a large photo), the restorer on one 128 px
 # window per image, near the mark. Evaluated, like the shipped model runs, with a 192 px view.
 PROFILES["locate-cpu"] = dataclasses.replace(
@@ -185,11 +185,13 @@ def loader_workers(device: torch.device, config: TrainConfig) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def autocast_for(device: torch.device, config: TrainConfig):  # noqa: ANN201
-    """fp16 autocast (with the grad scaler) on CUDA, bf16 autocast on a CPU that does bf16
-    natively, nothing elsewhere."""
+def train_precision(device: torch.device, config: TrainConfig) -> str:
+    """fp16 (with the grad scaler) on CUDA, bf16 on a CPU that does bf16 natively, fp32 elsewhere."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if cpu_bf16(device, config):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return "fp16"
+    return "bf16" if cpu_bf16(device, config) else "fp32"
+
+
+def autocast_for(device: torch.device, config: TrainConfig) -> contextlib.AbstractContextManager:
+    """The autocast of a training step: that of `train_precision`."""
+    return autocast(device, train_precision(device, config))

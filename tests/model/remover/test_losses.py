@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.models.vgg import cfgs, make_layers
 
-from model.losses import (
+from model.remover.losses import (
     VGG16_FILE,
     PerceptualLoss,
     RemovalLoss,
@@ -61,7 +61,7 @@ def test_truncated_vgg_matches_torchvision_layout():
 
 def test_imagenet_weights_load_from_the_torch_cache(torch_home, caplog):
     path, features = _write_fake_torchvision_vgg16(torch_home)
-    with caplog.at_level(logging.WARNING, logger="model.losses"):
+    with caplog.at_level(logging.WARNING, logger="model.remover.losses"):
         loss = RemovalLoss(vgg="imagenet")
     assert str(path) in loss.vgg_source and loss.config["vgg"] == "imagenet"
     assert "imagenet" in caplog.text and str(path) in caplog.text
@@ -91,7 +91,7 @@ def test_a_file_that_is_not_vgg16_is_refused(torch_home):
 
 
 def test_random_vgg_is_seeded_and_recorded(caplog):
-    with caplog.at_level(logging.WARNING, logger="model.losses"):
+    with caplog.at_level(logging.WARNING, logger="model.remover.losses"):
         a = RemovalLoss(vgg="random", vgg_seed=7)
     assert "random (seed 7)" in caplog.text and a.config["vgg_source"] == "random (seed 7)"
     b = RemovalLoss(vgg="random", vgg_seed=7)

@@ -18,7 +18,7 @@ always gets the same int8 copy. ``quantized_unet`` caches the copy per model obj
 so every Cleaner a process builds for the same network reuses it.
 
 Measured (bench/results/infer.json): per 512² tile 2.0× (seed size) and 1.5× (quick-cpu size)
-cheaper than ``model.fused``; the output agrees with fp32 to 56–66 dB PSNR on real photos and the
+cheaper than ``model.remover.fused``; the output agrees with fp32 to 56–66 dB PSNR on real photos and the
 trained remover's PSNR against the clean photo moves by ≤ 0.01 dB.
 
 Needs torch's ``torch.ao.quantization`` FX API (deprecated in favour of torchao, still in torch
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.fused import head_outputs
+from model.remover.fused import head_outputs
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class _Traceable(nn.Module):
 
 class Int8UNet(nn.Module):
     """The quantized network with the `UNet` call: (B,3,H,W) in [0,1] → dict of fp32 outputs
-    (``raw_image`` too for a mask-guided network, as ``model.fused.FusedUNet`` returns)."""
+    (``raw_image`` too for a mask-guided network, as ``model.remover.fused.FusedUNet`` returns)."""
 
     def __init__(self, graph: nn.Module, model: nn.Module):
         super().__init__()
@@ -196,7 +196,7 @@ def _check_unet(model: nn.Module) -> None:
 
 
 def quantize_unet(model: nn.Module, calibration: tuple[torch.Tensor, ...] | None = None) -> Int8UNet:
-    """A calibrated int8 copy of ``model`` (a `model.network.UNet` in eval mode on the CPU); the
+    """A calibrated int8 copy of ``model`` (a `model.remover.network.UNet` in eval mode on the CPU); the
     model itself is not touched. Raises `NotQuantizable` when this machine or model cannot."""
     why = int8_unavailable()
     if why:

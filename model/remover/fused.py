@@ -1,6 +1,6 @@
 """An inference-only copy of the U-Net with the work a trained network no longer needs removed.
 
-Built by `fuse_unet(model)` from a `model.network.UNet` in eval mode; the source model is never
+Built by `fuse_unet(model)` from a `model.remover.network.UNet` in eval mode; the source model is never
 touched (every weight here is a new tensor). What changes, and why it gives the same answer:
 
 - BatchNorm in eval mode is an affine map per channel, so it is folded into the convolution

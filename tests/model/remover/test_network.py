@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from model.network import UNet, build_model, count_parameters, load_checkpoint, save_checkpoint
+from model.remover.network import UNet, build_model, count_parameters, load_checkpoint, save_checkpoint
 
 
 def _randomise_heads(model: UNet, seed: int = 0) -> UNet:
