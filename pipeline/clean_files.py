@@ -41,16 +41,15 @@ from sqlalchemy import delete, select
 from model.remover.masks import MaskRule
 from pipeline import registry
 from pipeline.clean import (
-    WorkItem,
     _clean_chunk,  # the pool step's own chunk and commit: one way to clean and record
     _commit,
-    iter_decoded,
     load_remover,
     make_cleaner,
     mask_settings,
     output_rule,
     pick_device,
 )
+from pipeline.clean_decode import WorkItem, iter_decoded
 from pipeline.config import Settings
 from pipeline.images import BadImage, displayed
 from pipeline.importer import import_files, iter_image_files
