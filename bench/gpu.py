@@ -66,7 +66,7 @@ def save(out: Path) -> None:
     (out / "gpu.json").write_text(json.dumps(RESULTS, indent=2, default=str))
 
 
-def section(name: str, out: Path, fn, *args) -> None:  # noqa: ANN001
+def section(name: str, out: Path, fn, *args) -> None:
     t0 = time.perf_counter()
     print(f"== {name}", flush=True)
     try:
@@ -99,7 +99,7 @@ def cuda_test() -> dict:
     return {"returncode": r.returncode, "tail": (r.stdout + r.stderr)[-600:]}
 
 
-def time_step(model, loss_fn, opt, data, prec: str, dev: torch.device, warm: int, n: int) -> float:  # noqa: ANN001
+def time_step(model, loss_fn, opt, data, prec: str, dev: torch.device, warm: int, n: int) -> float:
     """Median seconds of one training step in ``prec`` (fp16: autocast + grad scaler, as
     ``model.remover.train`` on CUDA; bf16: autocast; fp32: neither)."""
     x, target, mask = data

@@ -90,7 +90,7 @@ def hash_run(base_home: Path, work: Path, workers: int) -> dict:
     settings = load_settings(home=home, dask_workers=workers, dedup_chunk_size=8)
 
     @flow(name="bench-hash", validate_parameters=False)
-    def bench_hash(settings):  # noqa: ANN001, ANN202
+    def bench_hash(settings):
         with open_workspace(settings) as (catalog, blobs):
             # warm-up: every worker imports the hashing code and opens the blob store once
             with catalog.session() as s:
@@ -148,7 +148,7 @@ def _remover(path: Path) -> bytes:
     return save_checkpoint(net, path).read_bytes()
 
 
-def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:  # noqa: ANN001
+def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:
     from PIL import Image
     from sqlalchemy import update
 
@@ -172,7 +172,7 @@ def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:  # no
     cat.dispose()
 
 
-def clean_run(workers: int, n: int, pg, tmp: Path, env_base: dict, api: str) -> dict:  # noqa: ANN001
+def clean_run(workers: int, n: int, pg, tmp: Path, env_base: dict, api: str) -> dict:
     from sqlalchemy import func, select
 
     from pipeline.config import load_settings

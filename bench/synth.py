@@ -104,7 +104,24 @@ def contact_sheet(ds: WatermarkPairs, path: Path, n: int = 64, cell: int = 192) 
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
 
 
-def main() -> None:
+def _loader_rates(args: argparse.Namespace, train_paths: list, renderer: WatermarkRenderer) -> tuple[dict, int]:
+    """DataLoader pairs/s with ``args.workers`` workers, started with and without
+    ``one_opencv_thread``, and the OpenCV pool the others inherit."""
+    ds = WatermarkPairs(train_paths, size=args.size, train=True, seed=0, renderer=renderer, context=args.context,
+                        samples_per_image=64)
+    cv2.setNumThreads(args.opencv_threads)  # -1: OpenCV's default pool, as a training process has it
+    pool = cv2.getNumThreads()
+    loader: dict = {}
+    for init in (False, True, False, True):  # interleaved, so drift in the machine's load hits both
+        loader.setdefault("init" if init else "default", []).append(loader_rate(ds, args.workers, init, args.n))
+    cv2.setNumThreads(1)
+    loader = {k: round(float(np.mean(v)), 1) for k, v in loader.items()}
+    print(f"DataLoader, {args.workers} workers: {loader['default']:.1f} pairs/s with OpenCV's pool of {pool} "
+          f"threads in each, {loader['init']:.1f} with one", flush=True)
+    return loader, pool
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=400, help="items per measurement")
     ap.add_argument("--size", type=int, default=256)
@@ -116,6 +133,11 @@ def main() -> None:
     ap.add_argument("--opencv-threads", type=int, default=-1,
                     help="this process's OpenCV pool while the workers are started without one_opencv_thread "
                     "(default -1: OpenCV's default, one thread per core)")
+    return ap
+
+
+def main() -> None:
+    ap = _parser()
     args = ap.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -142,18 +164,7 @@ def main() -> None:
     val = WatermarkPairs(val_paths, size=args.size, train=False, seed=1, renderer=renderer)
     results["validation"] = measure(val, min(args.n, 4 * len(val)))
     families = per_family_ms(renderer, args.size)
-    loader = {}
-    if args.workers:
-        ds = WatermarkPairs(train_paths, size=args.size, train=True, seed=0, renderer=renderer, context=args.context,
-                            samples_per_image=64)
-        cv2.setNumThreads(args.opencv_threads)  # -1: OpenCV's default pool, as a training process has it
-        pool = cv2.getNumThreads()
-        for init in (False, True, False, True):  # interleaved, so drift in the machine's load hits both
-            loader.setdefault("init" if init else "default", []).append(loader_rate(ds, args.workers, init, args.n))
-        cv2.setNumThreads(1)
-        loader = {k: round(float(np.mean(v)), 1) for k, v in loader.items()}
-        print(f"DataLoader, {args.workers} workers: {loader['default']:.1f} pairs/s with OpenCV's pool of {pool} "
-              f"threads in each, {loader['init']:.1f} with one", flush=True)
+    loader, pool = _loader_rates(args, train_paths, renderer) if args.workers else ({}, None)
 
     sheet = BENCH / "out" / "synth_contact_sheet.png"
     contact_sheet(WatermarkPairs(train_paths, size=args.size, train=True, seed=7, renderer=renderer), sheet)

@@ -41,7 +41,7 @@ VOC = ROOT.parent / "shared" / "corpus" / "voc150"
 PREVALENCE = 0.1
 
 
-def _marked_set(paths: list[Path], renderer: WatermarkRenderer, rng: np.random.Generator):  # noqa: ANN202
+def _marked_set(paths: list[Path], renderer: WatermarkRenderer, rng: np.random.Generator):
     images, labels, small = [], [], []
     for p in paths:
         clean = np.asarray(Image.open(p).convert("RGB"))
@@ -55,7 +55,7 @@ def _marked_set(paths: list[Path], renderer: WatermarkRenderer, rng: np.random.G
     return images, np.asarray(labels), np.asarray(small)
 
 
-def one_seed(model, seed: int, photos: list[Path], real: list[Path]) -> dict:  # noqa: ANN001
+def one_seed(model, seed: int, photos: list[Path], real: list[Path]) -> dict:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(photos))
     cal = [photos[i] for i in order[: len(photos) // 2]]

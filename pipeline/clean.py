@@ -46,7 +46,7 @@ from pipeline.clean_decode import Decoded, WorkItem, iter_decoded
 from pipeline.clean_metrics import cleaning_metrics, encode_mask, encode_output, versus_clean
 from pipeline.config import Settings
 from pipeline.stopping import StopFlag
-from storage import BlobStore, Catalog, claims, status
+from storage import BlobStore, Catalog, claims, pools, status
 from storage import queries as q
 from storage.db import insert_ignore
 from storage.models import Claim, Cleaning, Image
@@ -82,10 +82,10 @@ def work_items(catalog: Catalog, version: str, detector_version: str | None) -> 
 
     with catalog.session() as s:
         pool = [WorkItem(im.id, im.sha256, im.blob_key, score_before=before(im))
-                for im in q.images_without_cleaning(s, version)]
+                for im in pools.images_without_cleaning(s, version)]
         done = set(s.scalars(select(Cleaning.image_id).where(Cleaning.model_version == version)))
         pairs = [WorkItem(wm.id, wm.sha256, wm.blob_key, cl.blob_key, cl.sha256, before(wm))
-                 for wm, cl in q.real_pairs(s) if wm.id not in done]
+                 for wm, cl in pools.real_pairs(s) if wm.id not in done]
     return pool, pairs
 
 
@@ -131,7 +131,7 @@ def make_cleaner(remover: Remover, settings: Settings, dev: torch.device, mask_r
     return Cleaner(remover.model, device=dev, harden_mask=harden, mask_rule=rule, **engine_options(settings, dev))
 
 
-def _detector(catalog: Catalog, blobs: BlobStore):  # noqa: ANN202
+def _detector(catalog: Catalog, blobs: BlobStore):
     """The promoted watermark detector (``pipeline.triage``), or None when there is none."""
     try:
         from pipeline.triage import load_promoted_detector
@@ -311,7 +311,7 @@ def _finish(summary: dict[str, Any], t0: float, compute_s: float, settings: Sett
     return summary
 
 
-def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: BlobStore,  # noqa: ANN001
+def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: BlobStore,
                  settings: Settings, version: str) -> tuple[list[dict], list[tuple[WorkItem, BaseException]]]:
     failed = [(d.item, d.error) for d in chunk if d.error is not None]
     good = [d for d in chunk if d.error is None]

@@ -159,6 +159,23 @@ def _scores(out: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> dict[str, f
     }
 
 
+def _candidates(out: np.ndarray, inp: np.ndarray, mask: np.ndarray, baselines: Sequence[str],
+                oracle: np.ndarray | None, hard: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The images scored for one sample: the model's output ``out`` and each baseline's (float32
+    HxWx3 in [0, 1]); ``mask`` is the true mask, ``hard`` the model's hardened one."""
+    scored = {"model": out}
+    if "input" in baselines:
+        scored["input"] = inp
+    if "inpaint" in baselines:
+        scored["inpaint"] = inpaint_telea(_as_u8(inp), mask).astype(np.float32) / 255.0
+    if oracle is not None:
+        scored["oracle_restore"] = oracle
+    if "mask_telea" in baselines:
+        ours = hard if hard is not None else np.zeros_like(mask)
+        scored["mask_telea"] = inpaint_telea(_as_u8(inp), ours).astype(np.float32) / 255.0
+    return scored
+
+
 def evaluate_pairs(
     model: torch.nn.Module,
     dataset: Iterable[dict],
@@ -208,16 +225,8 @@ def evaluate_pairs(
             clean = it["clean"].permute(1, 2, 0).numpy().astype(np.float32)
             inp = it["input"].permute(1, 2, 0).numpy().astype(np.float32)
             mask = it["mask"][0].numpy() > 0.5
-            scored = {"model": out}
-            if "input" in baselines:
-                scored["input"] = inp
-            if "inpaint" in baselines:
-                scored["inpaint"] = inpaint_telea(_as_u8(inp), mask).astype(np.float32) / 255.0
-            if oracle is not None:
-                scored["oracle_restore"] = oracle[i]
-            if "mask_telea" in baselines:
-                ours = hard[i] if hard is not None else np.zeros_like(mask)
-                scored["mask_telea"] = inpaint_telea(_as_u8(inp), ours).astype(np.float32) / 255.0
+            scored = _candidates(out, inp, mask, baselines, None if oracle is None else oracle[i],
+                                 None if hard is None else hard[i])
             if found is not None:
                 for k, v in mask_scores(found[i], mask).items():
                     masks[k].append(v)

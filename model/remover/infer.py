@@ -269,7 +269,7 @@ class Cleaner:
         a = a if isinstance(a, dict) else {"image": a}
         return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k in b)
 
-    def _keep_residual(self, _module, _inputs, output) -> None:  # noqa: ANN001
+    def _keep_residual(self, _module, _inputs, output) -> None:
         self._raw["residual"] = output
 
     def close(self) -> None:
@@ -368,7 +368,7 @@ class Cleaner:
             cache[key] = torch.from_numpy(np.outer(wy, wx)).to(self.device)[None]
         return cache[key]
 
-    def _run_batch(self, tiles, padded, acc, macc, windows) -> None:  # noqa: ANN001
+    def _run_batch(self, tiles, padded, acc, macc, windows) -> None:
         dev = self.device
         crops = torch.stack([padded[t.image][t.y : t.y + t.h, t.x : t.x + t.w] for t in tiles])
         if self.compiled and len(tiles) < self.batch_size:  # keep the compiled shape

@@ -50,13 +50,13 @@ def run_is_locked(run_dir: Path) -> bool:
         return True
 
 
-def write_json(path: Path, data) -> None:  # noqa: ANN001
+def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=json_default))
     tmp.replace(path)
 
 
-def json_default(o):  # noqa: ANN001, ANN202
+def json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, Path):

@@ -94,10 +94,10 @@ def train(
     run_dir: str | Path,
     resume: bool = True,
     log: Callable[[str], None] | None = print,
-    renderer=None,  # noqa: ANN001 - a model.synth.renderer.WatermarkRenderer (None: the default)
+    renderer=None,  # a model.synth.renderer.WatermarkRenderer (None: the default)
     on_epoch: Callable[[list[dict]], None] | None = None,
     init_weights: str | Path | bytes | None = None,
-    eval_renderer=None,  # noqa: ANN001 - the renderer of the val/test samples (None: ``renderer``)
+    eval_renderer=None,  # the renderer of the val/test samples (None: ``renderer``)
 ) -> dict:
     """Train, validate each epoch, checkpoint, then score the best model on the test split.
 
@@ -146,7 +146,7 @@ def train(
         return _finish(run, t_start, say)
 
 
-def fixed_test_set(test_paths: Sequence[str | Path], config: TrainConfig, renderer=None) -> WatermarkPairs:  # noqa: ANN001
+def fixed_test_set(test_paths: Sequence[str | Path], config: TrainConfig, renderer=None) -> WatermarkPairs:
     """The fixed synthetic test samples of ``test_paths`` under ``config`` (the same every call)."""
     return WatermarkPairs([str(p) for p in test_paths], size=config.eval_size, pairing=config.pairing, train=False,
                           seed=config.seed + 2, samples_per_image=config.eval_samples_per_image, renderer=renderer)
@@ -200,7 +200,7 @@ class _Run:
         return self.budget_s * (1 - self.config.eval_reserve) if self.budget_s else None
 
 
-def _setup(paths: dict[str, list[str]], config: TrainConfig, run_dir: Path, renderer, eval_renderer) -> _Run:  # noqa: ANN001
+def _setup(paths: dict[str, list[str]], config: TrainConfig, run_dir: Path, renderer, eval_renderer) -> _Run:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)

@@ -106,7 +106,7 @@ def _ink(coverage: np.ndarray, colour: np.ndarray, second: np.ndarray | None) ->
     return Image.fromarray(arr, "RGBA")
 
 
-def icon_logo(coverage: np.ndarray, rng: np.random.Generator, palette: np.ndarray, font=None,  # noqa: ANN001
+def icon_logo(coverage: np.ndarray, rng: np.random.Generator, palette: np.ndarray, font=None,
               word: str | None = None, layout: str | None = None) -> np.ndarray:
     """One logo (RGBA uint8) from an icon's ``coverage``: ``layout`` (one of ``LAYOUTS``, random when
     None), colours from ``palette`` (N×3 in [0, 1]), a wordmark ``word`` in ``font`` (a PIL font)
