@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.device import autocast
+from model.device import autocast, resolve_device
 from model.metrics import psnr, ssim
 
 SWCNN_ALPHAS = (0.3, 0.5, 0.7, 1.0)
@@ -197,7 +197,7 @@ def evaluate_pairs(
     ``oracle_restore``) and ``mask_telea`` (our hardened mask, then Telea). A mask network also
     gets ``mask``: mean IoU and F1 of its hardened mask against the true one.
     """
-    device = torch.device(device) if isinstance(device, str) else device
+    device = resolve_device(device)
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}: {', '.join(BASELINES)}")
@@ -318,7 +318,7 @@ def swcnn_protocol(
     "psnr", "input_ssim", "ssim"}, ...}, "seconds": s}`` (``psnr``/``ssim`` None without a model,
     the SSIMs None with ``score_ssim=False``: SSIM costs most of the protocol's time).
     """
-    device = torch.device(device) if isinstance(device, str) else device
+    device = resolve_device(device)
     image_paths = _numbered(Path(images_dir), ".jpg")
     logo_paths = _numbered(Path(logos_dir), ".png")
     cleans = [swcnn_read_image(p) for p in image_paths]
