@@ -150,11 +150,9 @@ def _remover(path: Path) -> bytes:
 
 def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:
     from PIL import Image
-    from sqlalchemy import update
 
-    from storage import BlobStore, open_catalog
+    from storage import BlobStore, open_catalog, status
     from storage import queries as q
-    from storage.models import Image as ImageRow
 
     cat, blobs = open_catalog(settings), BlobStore.from_settings(settings)
     _, key = blobs.put(remover)
@@ -167,8 +165,8 @@ def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:
         w, h = Image.open(io.BytesIO(data)).size
         rows.append(dict(sha256=sha, blob_key=key, mime="image/jpeg", width=w, height=h, bytes=len(data)))
     with cat.write() as s:
-        ids = list(q.add_images(s, rows).values())
-        s.execute(update(ImageRow).where(ImageRow.id.in_(ids)).values(label="watermarked", status="watermarked"))
+        for sha, image_id in q.add_images(s, rows).items():
+            status.mark_reviewed(s, image_id, sha, "watermarked")
     cat.dispose()
 
 
