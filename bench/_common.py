@@ -31,9 +31,9 @@ def machine() -> str:
 
 
 def corpus_split(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """The photos in ``folder`` (jpg/png, sorted) in ``model.data.split_paths``' train/val/test
+    """The photos in ``folder`` (jpg/png, sorted) in ``model.synth.pairs.split_paths``' train/val/test
     split: the split every remover benchmark trains and tests on."""
-    from model.data import split_paths
+    from model.synth.pairs import split_paths
 
     return split_paths(sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")))
 

@@ -3,7 +3,7 @@
     python bench/clean_files.py [--images 200] [--side 1024x768] [--threads 1]
 
 The folder: the offline sample photos (``_common.offline_photo_files``) resized to 1024×768, each
-with a seeded synthetic mark (``model.watermarks.WatermarkRenderer``), repeated with a different
+with a seeded synthetic mark (``model.synth.renderer.WatermarkRenderer``), repeated with a different
 mark until there are ``--images`` JPEGs (quality 92). Each side runs as its own ``unmark``
 process on a fresh home with the shipped remover (``unmark init``) and no detector, with
 ``--threads`` torch/OpenMP threads (default 1) and the default two decoding workers; its CPU time
@@ -43,7 +43,7 @@ def make_folder(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from model.watermarks import WatermarkRenderer
+    from model.synth.renderer import WatermarkRenderer
 
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
 """Recipes compared by their validation curves at equal training time: the ``history.json`` of two
-or more run folders (``model.train`` writes one per run), side by side at the same epochs.
+or more run folders (``model.remover.train`` writes one per run), side by side at the same epochs.
 
     python bench/compare_runs.py NAME=RUN_DIR NAME=RUN_DIR ... [--every 2] [--record NAME]
 

@@ -88,7 +88,7 @@ async def browser_images(pages: list[str], origin: str) -> dict[str, set[str]]:
                                            args=list(QUIET_ARGS))
         ctx = await browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
 
-        async def only_the_site(route) -> None:  # noqa: ANN001
+        async def only_the_site(route) -> None:
             if route.request.url.startswith(origin):
                 await route.continue_()
             else:
@@ -99,7 +99,7 @@ async def browser_images(pages: list[str], origin: str) -> dict[str, set[str]]:
             got: set[str] = set()
             tab = await ctx.new_page()
 
-            def on_response(resp, got=got) -> None:  # noqa: ANN001
+            def on_response(resp, got=got) -> None:
                 kind = (resp.headers.get("content-type") or "").split(";")[0].strip().lower()
                 if resp.request.resource_type == "image" and resp.status == 200 and kind in RASTER:
                     got.add(resp.url)

@@ -133,7 +133,7 @@ def run_unmark(imported: Path, work: Path, repeat: int) -> tuple[float, float, d
     return wall, sum(c2[:4]) - sum(c[:4]), summary, (catalog, settings)
 
 
-def unmark_groups(catalog) -> dict[str, int]:  # noqa: ANN001
+def unmark_groups(catalog) -> dict[str, int]:
     from urllib.parse import unquote
 
     from storage import queries as q
@@ -142,7 +142,7 @@ def unmark_groups(catalog) -> dict[str, int]:  # noqa: ANN001
         return {unquote(Path(r["url"]).name): r["group_id"] for r in q.list_images(s)}
 
 
-def unmark_distances(catalog) -> tuple[list[str], np.ndarray, np.ndarray]:  # noqa: ANN001
+def unmark_distances(catalog) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per pair of files: the distance Unmark's rule uses (own codes, and own code against the
     other's windows) and the full-frame distance alone; upper-triangle order."""
     from urllib.parse import unquote
@@ -253,7 +253,7 @@ def bench_index(n: int, planted: int, radius: int, seed: int = 0) -> dict:
 # --- main ---------------------------------------------------------------------------------
 
 
-def fmt_curve(rows: list[dict], keys=("pairs", "groups")) -> str:  # noqa: ANN001
+def fmt_curve(rows: list[dict], keys=("pairs", "groups")) -> str:
     head = "| threshold | " + " | ".join(f"{k} P | {k} R | {k} F1" for k in keys) + " |"
     sep = "|" + "---|" * (1 + 3 * len(keys))
     lines = [head, sep]
@@ -265,7 +265,82 @@ def fmt_curve(rows: list[dict], keys=("pairs", "groups")) -> str:  # noqa: ANN00
     return "\n".join(lines)
 
 
-def main() -> None:
+def _index_figures(n: int, threshold: int) -> dict:
+    """The hash index on ``n`` random codes: its whole measurement and its query latencies."""
+    print(f"\nindex: {n:,} random codes + planted near duplicates, radius {threshold}")
+    index = bench_index(n, 1000, threshold)
+    return {"index": index, "query_p50_ms_1e6": index["mih_p50_ms"], "query_p99_ms_1e6": index["mih_p99_ms"]}
+
+
+def _write(result: dict) -> None:
+    out = ROOT / "bench" / "results" / "dedup.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    append_results(result)
+    print(f"\nwrote {out.relative_to(ROOT)} and appended to bench/RESULTS.md")
+
+
+def _unmark_pairs(catalog) -> set[tuple[str, str]]:
+    """Every pair of files that Unmark's dedup put in one group."""
+    by_group: dict[int, list[str]] = {}
+    for f, g in unmark_groups(catalog).items():
+        by_group.setdefault(g, []).append(f)
+    return {(min(a, b), max(a, b)) for fs in by_group.values() for i, a in enumerate(fs) for b in fs[i + 1 :]}
+
+
+def _recall_per_kind(records: list[dict], kinds: list[str], pred: set) -> dict[str, float]:
+    """The recall of base-to-copy pairs, per kind of copy."""
+    out = {}
+    for kind in kinds:
+        if kind == "base":
+            continue
+        base_of = {r["group"]: r["file"] for r in records if r["kind"] == "base"}
+        pairs = {(min(base_of[r["group"]], r["file"]), max(base_of[r["group"]], r["file"]))
+                 for r in records if r["kind"] == kind}
+        out[kind] = round(len(pairs & pred) / len(pairs), 4)
+    return out
+
+
+def _peer_result(peer: dict, truth: set, thresholds: list[int], peer_times: list[float], peer_cpu: list[float],
+                 unmark_cpu: list[float], unmark_score: dict, unmark_s: float, n_images: int) -> dict:
+    """imagededup's figures beside Unmark's, for the results file."""
+    pred = {tuple(p) for p in peer["pairs"]}
+    peer_score = score(pred, truth)
+    peer_s = statistics.median(peer_times)
+    dist = {(a, b): d for a, b, d in peer["distances"]}
+    peer_curve = [{"threshold": t, "pairs": score({p for p, d in dist.items() if d <= t}, truth)}
+                  for t in thresholds]
+    return {
+        "imagededup_f1": peer_score["f1"], "imagededup": peer_score,
+        "imagededup_images_per_s": round(n_images / peer_s, 1),
+        "imagededup_seconds": [round(x, 3) for x in peer_times],
+        "imagededup_cpu_seconds": [round(x, 3) for x in peer_cpu],
+        "imagededup_images_per_cpu_s": round(n_images / statistics.median(peer_cpu), 1),
+        "cpu_ratio": round(statistics.median(peer_cpu) / statistics.median(unmark_cpu), 2),
+        "f1_ratio": round(unmark_score["f1"] / peer_score["f1"], 3),
+        "speed_ratio": round(peer_s / unmark_s, 2),
+        "curve_imagededup_phash": peer_curve,
+    }
+
+
+def _print_summary(result: dict, peer: dict | None, threshold: int) -> None:
+    print(f"\nUnmark dedup (threshold {threshold}, groups):", result["unmark"], f"{result['unmark_images_per_s']} img/s")
+    print("  recall of base-to-copy pairs:", result["unmark_recall_base_to_copy"])
+    if peer is not None:
+        print("imagededup PHash @10 (pairs):", result["imagededup"], f"{result['imagededup_images_per_s']} img/s")
+        print(f"ratios: F1 {result['f1_ratio']}x, images/s {result['speed_ratio']}x (wall), "
+              f"{result['cpu_ratio']}x (CPU seconds; robust to other load on the machine)")
+    print("\nUnmark: pairs = own code or windows within threshold; groups = after union-find")
+    print(fmt_curve(result["curve_unmark"]))
+    print("\nfull-frame code only (no windows):")
+    print(fmt_curve(result["curve_full_frame_only"]))
+    if peer is not None:
+        print("\nimagededup PHash (pairs):")
+        print(fmt_curve(result["curve_imagededup_phash"], keys=("pairs",)))
+    print("\nindex:", result["index"])
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
@@ -275,6 +350,11 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; no results file, no RESULTS.md")
     ap.add_argument("--append-only", action="store_true",
                     help="append bench/results/dedup.json to bench/RESULTS.md again; measure nothing")
+    return ap
+
+
+def main() -> None:
+    ap = _parser()
     args = ap.parse_args()
     if args.append_only:
         append_results(json.loads((ROOT / "bench" / "results" / "dedup.json").read_text()))
@@ -313,24 +393,13 @@ def main() -> None:
                       f"({len(records) / got['times'][0]:.0f} img/s), CPU {got['cpu'][0]:.2f} s")
         unmark_s = statistics.median(unmark_times)
 
-        groups = unmark_groups(catalog)
-        by_group: dict[int, list[str]] = {}
-        for f, g in groups.items():
-            by_group.setdefault(g, []).append(f)
-        unmark_pred = {(min(a, b), max(a, b)) for fs in by_group.values() for i, a in enumerate(fs) for b in fs[i + 1 :]}
+        unmark_pred = _unmark_pairs(catalog)
         unmark_score = score(unmark_pred, truth)
         files, best, full_only = unmark_distances(catalog)
         thresholds = list(range(0, 41, 2))
         unmark_curve = curve(files, best, truth, thresholds)
         full_curve = curve(files, full_only, truth, thresholds)
-        per_kind = {}
-        for kind in kinds:
-            if kind == "base":
-                continue
-            base_of = {r["group"]: r["file"] for r in records if r["kind"] == "base"}
-            pairs = {(min(base_of[r["group"]], r["file"]), max(base_of[r["group"]], r["file"]))
-                     for r in records if r["kind"] == kind}
-            per_kind[kind] = round(len(pairs & unmark_pred) / len(pairs), 4)
+        per_kind = _recall_per_kind(records, kinds, unmark_pred)
 
         result: dict = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -348,52 +417,16 @@ def main() -> None:
             "curve_unmark": unmark_curve, "curve_full_frame_only": full_curve,
         }
         if peer is not None:
-            pred = {tuple(p) for p in peer["pairs"]}
-            peer_score = score(pred, truth)
-            peer_s = statistics.median(peer_times)
-            dist = {(a, b): d for a, b, d in peer["distances"]}
-            peer_curve = [{"threshold": t, "pairs": score({p for p, d in dist.items() if d <= t}, truth)}
-                          for t in thresholds]
-            result.update({
-                "imagededup_f1": peer_score["f1"], "imagededup": peer_score,
-                "imagededup_images_per_s": round(len(records) / peer_s, 1),
-                "imagededup_seconds": [round(x, 3) for x in peer_times],
-                "imagededup_cpu_seconds": [round(x, 3) for x in peer_cpu],
-                "imagededup_images_per_cpu_s": round(len(records) / statistics.median(peer_cpu), 1),
-                "cpu_ratio": round(statistics.median(peer_cpu) / statistics.median(unmark_cpu), 2),
-                "f1_ratio": round(unmark_score["f1"] / peer_score["f1"], 3),
-                "speed_ratio": round(peer_s / unmark_s, 2),
-                "curve_imagededup_phash": peer_curve,
-            })
+            result.update(_peer_result(peer, truth, thresholds, peer_times, peer_cpu, unmark_cpu,
+                                       unmark_score, unmark_s, len(records)))
 
-    print(f"\nindex: {args.index_n:,} random codes + planted near duplicates, radius {threshold}")
-    index = bench_index(args.index_n, 1000, threshold)
-    result["index"] = index
-    result["query_p50_ms_1e6"] = index["mih_p50_ms"]
-    result["query_p99_ms_1e6"] = index["mih_p99_ms"]
+    result.update(_index_figures(args.index_n, threshold))
 
-    print(f"\nUnmark dedup (threshold {threshold}, groups):", unmark_score, f"{result['unmark_images_per_s']} img/s")
-    print("  recall of base-to-copy pairs:", per_kind)
-    if peer is not None:
-        print("imagededup PHash @10 (pairs):", result["imagededup"], f"{result['imagededup_images_per_s']} img/s")
-        print(f"ratios: F1 {result['f1_ratio']}x, images/s {result['speed_ratio']}x (wall), "
-              f"{result['cpu_ratio']}x (CPU seconds; robust to other load on the machine)")
-    print("\nUnmark: pairs = own code or windows within threshold; groups = after union-find")
-    print(fmt_curve(unmark_curve))
-    print("\nfull-frame code only (no windows):")
-    print(fmt_curve(full_curve))
-    if peer is not None:
-        print("\nimagededup PHash (pairs):")
-        print(fmt_curve(result["curve_imagededup_phash"], keys=("pairs",)))
-    print("\nindex:", index)
+    _print_summary(result, peer, threshold)
 
     if args.no_write:
         return
-    out = ROOT / "bench" / "results" / "dedup.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    append_results(result)
-    print(f"\nwrote {out.relative_to(ROOT)} and appended to bench/RESULTS.md")
+    _write(result)
 
 
 def append_results(r: dict) -> None:

@@ -12,14 +12,14 @@ run stopped by a time limit still returns what it measured):
 - ``steps``: one full training step (forward, loss, backward, AdamW) of the seed network (base 32,
   depth 4) at 256 px × 8 and × 32 with the seed's five-term loss (VGG16 layers with seeded random
   weights when the ImageNet file is absent: the same cost), in fp32, fp16 autocast + grad scaler
-  (what ``model.train`` does on CUDA) and bf16 autocast; channels-last. Median of 20 after 5
+  (what ``model.remover.train`` does on CUDA) and bf16 autocast; channels-last. Median of 20 after 5
   warm-ups, synchronised.
-- ``infer``: ``model.infer.Cleaner`` on the seed network: images/s at 2048×2048 and 4000×3000 per
+- ``infer``: ``model.remover.infer.Cleaner`` on the seed network: images/s at 2048×2048 and 4000×3000 per
   precision (fp32, fp16, bf16) and batch (1, 8, 16, 32 tiles of 512 px, overlap 64), peak GPU memory;
   timed on a second pass over the same images (the first sees every batch shape), with cuDNN's
   benchmark mode off (as the clean step runs) and then on (``infer_cudnn_benchmark``). ``steps``
   runs with it on.
-- ``train``: two runs of ``model.train.train`` side by side on the GPU, on the voc150 split that
+- ``train``: two runs of ``model.remover.train.train`` side by side on the GPU, on the voc150 split that
   ``bench/quality.py`` uses: ``seed`` (the notebook's recipe: 25 epochs, batch 8, 256 px;
   ``perceptual=random``, the ImageNet weights being absent there) and ``gpu`` (the ``quick-cpu``
   design at the seed's width: mask head, hardened mask, marks on a 2× canvas, 256 px crops,
@@ -66,7 +66,7 @@ def save(out: Path) -> None:
     (out / "gpu.json").write_text(json.dumps(RESULTS, indent=2, default=str))
 
 
-def section(name: str, out: Path, fn, *args) -> None:  # noqa: ANN001
+def section(name: str, out: Path, fn, *args) -> None:
     t0 = time.perf_counter()
     print(f"== {name}", flush=True)
     try:
@@ -99,9 +99,9 @@ def cuda_test() -> dict:
     return {"returncode": r.returncode, "tail": (r.stdout + r.stderr)[-600:]}
 
 
-def time_step(model, loss_fn, opt, data, prec: str, dev: torch.device, warm: int, n: int) -> float:  # noqa: ANN001
+def time_step(model, loss_fn, opt, data, prec: str, dev: torch.device, warm: int, n: int) -> float:
     """Median seconds of one training step in ``prec`` (fp16: autocast + grad scaler, as
-    ``model.train`` on CUDA; bf16: autocast; fp32: neither)."""
+    ``model.remover.train`` on CUDA; bf16: autocast; fp32: neither)."""
     x, target, mask = data
     scaler = torch.amp.GradScaler(dev.type, enabled=prec == "fp16")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec)
@@ -128,8 +128,8 @@ def time_step(model, loss_fn, opt, data, prec: str, dev: torch.device, warm: int
 
 
 def steps(dev: torch.device, dry: bool) -> dict:
-    from model.losses import RemovalLoss, vgg16_weights_path
-    from model.network import UNet, count_parameters
+    from model.remover.losses import RemovalLoss, vgg16_weights_path
+    from model.remover.network import UNet, count_parameters
 
     vgg = "imagenet" if vgg16_weights_path().is_file() else "random"
     size, batches, n, warm = (64, (2,), 2, 1) if dry else (256, (8, 32), 20, 5)
@@ -158,8 +158,8 @@ def steps(dev: torch.device, dry: bool) -> dict:
 def infer(dev: torch.device, dry: bool, benchmark: bool = False) -> dict:
     import numpy as np
 
-    from model.infer import Cleaner
-    from model.network import UNet
+    from model.remover.infer import Cleaner
+    from model.remover.network import UNet
 
     torch.manual_seed(0)
     net = UNet().eval()
@@ -202,7 +202,7 @@ RUNS = {
 
 def one_run(name: str, corpus: str, out: str, minutes: float, workers: int, dry: bool) -> None:
     """Child process: train run ``name`` and copy its best checkpoint and history to ``out``."""
-    from model.train import profile_config, train
+    from model.remover.train import profile_config, train
 
     try:  # a small /dev/shm (containers, VMs) breaks the loader's workers: pass batches through files
         if shutil.disk_usage("/dev/shm").free < 2**30:
@@ -259,7 +259,9 @@ def main() -> None:
     if a.child:
         one_run(a.child, a.corpus, a.out, a.minutes, a.workers, a.dry)
         return
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from model.device import resolve_device
+
+    dev = resolve_device("auto")
     if dev.type == "cpu" and not a.dry:
         sys.exit("no CUDA device: run with --dry to check the script on the CPU")
     todo = a.sections.split(",")

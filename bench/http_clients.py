@@ -96,7 +96,7 @@ def run_aiohttp(urls: list[str], concurrency: int) -> int:
     guard = AddressGuard(allow_private_hosts=True)
 
     class GuardedResolver(AbstractResolver):
-        async def resolve(self, host, port=0, family=socket.AF_INET):  # noqa: ANN001, ANN201
+        async def resolve(self, host, port=0, family=socket.AF_INET):
             address = guard.check_host(host, port)
             return [{"hostname": host, "host": address, "port": port, "family": family, "proto": 0,
                      "flags": socket.AI_NUMERICHOST}]
@@ -129,7 +129,7 @@ def run_pycurl(urls: list[str], concurrency: int) -> int:
 
     from pipeline.ssrf import address_allowed
 
-    def open_socket(purpose, address):  # noqa: ANN001, ANN202 - the guard at connect time
+    def open_socket(purpose, address):  # the guard at connect time
         family, socktype, protocol, addr = address
         if not address_allowed(addr[0], allow_loopback=True):
             return pycurl.SOCKET_BAD

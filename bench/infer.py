@@ -3,12 +3,12 @@
     python bench/infer.py [--threads 1] [--images 3] [--naive-large] [--gpu] [--checkpoint PATH]
 
 Each measurement runs in its own subprocess (so its peak RSS is its own), on the seed-size U-Net
-(``model.network.UNet()``: base 32, depth 4, ~3.5 M parameters; untrained weights are fine for
+(``model.remover.network.UNet()``: base 32, depth 4, ~3.5 M parameters; untrained weights are fine for
 speed; the residual head and the attention gain are randomised so the network is not the identity
 and the seam check below means something).
 
 - ``naive``: the whole image in one fp32 forward pass (padded to the size multiple).
-- ``engine``: ``model.infer.Cleaner`` with the settings the clean step uses on this device
+- ``engine``: ``model.remover.infer.Cleaner`` with the settings the clean step uses on this device
   (``pipeline.clean.engine_options``, backend ``auto``: on a VNNI CPU the int8 copy when its
   probes pass, else the fused fp32 copy; 512 tiles); the fused and the int8 backends forced
   (at 1024×768 and 4000×3000, each with its set-up CPU seconds: the int8 calibration); also with
@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 def _network():
     import torch
 
-    from model.network import UNet
+    from model.remover.network import UNet
 
     torch.manual_seed(0)
     net = UNet().eval()  # the seed size
@@ -97,7 +97,7 @@ def jit_worker(w: int, h: int, n: int, threads: int) -> dict:
 
     import torch
 
-    from model.fused import fuse_unet
+    from model.remover.fused import fuse_unet
 
     warnings.filterwarnings("ignore")  # torch.jit's deprecation and tracer warnings
     torch.set_num_threads(threads)
@@ -140,9 +140,9 @@ def fidelity_worker(threads: int, checkpoint: str | None) -> dict:
     import skimage.data as sd
     import torch
 
-    from model.infer import Cleaner
-    from model.network import load_checkpoint
-    from model.watermarks import WatermarkRenderer
+    from model.remover.infer import Cleaner
+    from model.remover.network import load_checkpoint
+    from model.synth.renderer import WatermarkRenderer
 
     torch.set_num_threads(threads)
     renderer, rng = WatermarkRenderer(seed=0), np.random.default_rng(0)
@@ -172,7 +172,7 @@ def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, comp
 
     torch.set_num_threads(threads)
     from model.device import resolve_device
-    from model.infer import Cleaner
+    from model.remover.infer import Cleaner
     from pipeline.clean import engine_options
     from pipeline.config import load_settings
 
@@ -231,7 +231,7 @@ def gpu_worker(sizes: list[tuple[int, int]], n: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from model.infer import Cleaner
+    from model.remover.infer import Cleaner
     from pipeline.clean import engine_options
     from pipeline.config import load_settings
 
@@ -284,76 +284,33 @@ def _machine() -> dict:
             "native_bf16": native_bf16("cpu"), "cuda": torch.cuda.is_available()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per measurement (1: stable on a shared box)")
-    ap.add_argument("--images", type=int, default=3, help="images timed at 1024x768 (1 at 4000x3000)")
-    ap.add_argument("--naive-large", action="store_true", help="also run naive fp32 at 4000x3000 (needs many GB)")
-    ap.add_argument("--gpu", action="store_true", help="GPU numbers at 512x512 and 2048x2048 (needs CUDA)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (minutes)")
-    ap.add_argument("--no-record", action="store_true", help="print only; do not write results")
-    ap.add_argument("--no-sweep", action="store_true", help="skip the tile-size sweep and the jit comparison")
-    ap.add_argument("--checkpoint", default=None, help="also check int8 fidelity on this trained remover")
-    if sys.argv[1:2] == ["--child"]:  # one measurement, in its own process
-        c = argparse.ArgumentParser()
-        c.add_argument("mode")
-        c.add_argument("--w", type=int)
-        c.add_argument("--h", type=int)
-        c.add_argument("--n", type=int, default=1)
-        c.add_argument("--threads", type=int, default=1)
-        c.add_argument("--precision", default="auto")
-        c.add_argument("--compile", action="store_true")
-        c.add_argument("--backend", default="auto")
-        c.add_argument("--tile", type=int, default=None)
-        c.add_argument("--checkpoint", default=None)
-        ca = c.parse_args(sys.argv[2:])
-        if ca.mode == "gpu":
-            res = gpu_worker([(512, 512), (2048, 2048)], ca.n)
-        elif ca.mode == "fidelity":
-            res = fidelity_worker(ca.threads, ca.checkpoint)
-        elif ca.mode == "jit":
-            res = jit_worker(ca.w, ca.h, ca.n, ca.threads)
-        else:
-            res = worker(ca.mode, ca.w, ca.h, ca.n, ca.threads, ca.precision, ca.compile, ca.backend, ca.tile)
-        print(json.dumps(res))
-        return
-    a = ap.parse_args()
+def _child(argv: list[str]) -> dict:
+    """One measurement, in its own process (``--child MODE ...``)."""
+    c = argparse.ArgumentParser()
+    c.add_argument("mode")
+    c.add_argument("--w", type=int)
+    c.add_argument("--h", type=int)
+    c.add_argument("--n", type=int, default=1)
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--precision", default="auto")
+    c.add_argument("--compile", action="store_true")
+    c.add_argument("--backend", default="auto")
+    c.add_argument("--tile", type=int, default=None)
+    c.add_argument("--checkpoint", default=None)
+    ca = c.parse_args(argv)
+    if ca.mode == "gpu":
+        res = gpu_worker([(512, 512), (2048, 2048)], ca.n)
+    elif ca.mode == "fidelity":
+        res = fidelity_worker(ca.threads, ca.checkpoint)
+    elif ca.mode == "jit":
+        res = jit_worker(ca.w, ca.h, ca.n, ca.threads)
+    else:
+        res = worker(ca.mode, ca.w, ca.h, ca.n, ca.threads, ca.precision, ca.compile, ca.backend, ca.tile)
+    return res
 
-    t0 = time.time()
-    load_start = os.getloadavg()
-    th = ["--threads", str(a.threads)]
-    runs: dict[str, dict] = {}
 
-    def measure(name: str, *args: str) -> dict:
-        print(f"[infer bench] {name} …", file=sys.stderr, flush=True)
-        runs[name] = run_child([*args, *th])
-        print(f"[infer bench] {name}: {json.dumps(runs[name])}", file=sys.stderr, flush=True)
-        return runs[name]
-
-    n = str(a.images)
-    measure("naive_1024x768", "naive", "--w", "1024", "--h", "768", "--n", n)
-    measure("engine_1024x768", "seam", "--w", "1024", "--h", "768", "--n", n)
-    measure("engine_fused_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "fused")
-    measure("engine_int8_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "int8")
-    measure("fidelity", "fidelity", *(["--checkpoint", a.checkpoint] if a.checkpoint else []))
-    measure("engine_eager_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "eager")
-    measure("engine_eager_tile320_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "eager",
-            "--tile", "320")
-    if not a.no_sweep:
-        for t in (320, 768, 1024):
-            measure(f"engine_tile{t}_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--tile", str(t))
-        measure("jit_tile", "jit", "--w", "368", "--h", "400", "--n", "3")
-    measure("engine_bf16_1024x768", "engine", "--w", "1024", "--h", "768", "--n", "1", "--precision", "bf16")
-    if not a.no_compile:
-        measure("engine_compiled_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--compile")
-    measure("naive_2048x1536", "naive", "--w", "2048", "--h", "1536", "--n", "1")
-    measure("engine_4000x3000", "engine", "--w", "4000", "--h", "3000", "--n", "1")
-    measure("engine_fused_4000x3000", "engine", "--w", "4000", "--h", "3000", "--n", "1", "--backend", "fused")
-    if a.naive_large:
-        measure("naive_4000x3000", "naive", "--w", "4000", "--h", "3000", "--n", "1")
-    if a.gpu:
-        measure("gpu", "gpu", "--n", "16")
-
+def _summary(runs: dict[str, dict], a: argparse.Namespace, t0: float, load_start: tuple) -> dict:
+    """The measurements of one bench run, summarised as bench/results/infer.json records them."""
     def get(name: str, key: str):
         return runs.get(name, {}).get(key)
 
@@ -369,7 +326,7 @@ def main() -> None:
     if r1 and r2:  # RSS = a + b·pixels through the two naive points
         b = (r2 - r1) / (2048 * 1536 - 1024 * 768)
         est = r1 + b * (4000 * 3000 - 1024 * 768)
-    result = {
+    return {
         "naive_img_per_s_1024x768": naive_s,
         "engine_img_per_s_1024x768": eng_s,
         "ratio": ratio("engine_1024x768"),
@@ -417,6 +374,64 @@ def main() -> None:
         "wall_s": round(time.time() - t0, 1),
         "runs": runs,
     }
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per measurement (1: stable on a shared box)")
+    ap.add_argument("--images", type=int, default=3, help="images timed at 1024x768 (1 at 4000x3000)")
+    ap.add_argument("--naive-large", action="store_true", help="also run naive fp32 at 4000x3000 (needs many GB)")
+    ap.add_argument("--gpu", action="store_true", help="GPU numbers at 512x512 and 2048x2048 (needs CUDA)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (minutes)")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not write results")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the tile-size sweep and the jit comparison")
+    ap.add_argument("--checkpoint", default=None, help="also check int8 fidelity on this trained remover")
+    return ap
+
+
+def main() -> None:
+    ap = _parser()
+    if sys.argv[1:2] == ["--child"]:  # one measurement, in its own process
+        print(json.dumps(_child(sys.argv[2:])))
+        return
+    a = ap.parse_args()
+
+    t0 = time.time()
+    load_start = os.getloadavg()
+    th = ["--threads", str(a.threads)]
+    runs: dict[str, dict] = {}
+
+    def measure(name: str, *args: str) -> dict:
+        print(f"[infer bench] {name} …", file=sys.stderr, flush=True)
+        runs[name] = run_child([*args, *th])
+        print(f"[infer bench] {name}: {json.dumps(runs[name])}", file=sys.stderr, flush=True)
+        return runs[name]
+
+    n = str(a.images)
+    measure("naive_1024x768", "naive", "--w", "1024", "--h", "768", "--n", n)
+    measure("engine_1024x768", "seam", "--w", "1024", "--h", "768", "--n", n)
+    measure("engine_fused_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "fused")
+    measure("engine_int8_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "int8")
+    measure("fidelity", "fidelity", *(["--checkpoint", a.checkpoint] if a.checkpoint else []))
+    measure("engine_eager_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "eager")
+    measure("engine_eager_tile320_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--backend", "eager",
+            "--tile", "320")
+    if not a.no_sweep:
+        for t in (320, 768, 1024):
+            measure(f"engine_tile{t}_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--tile", str(t))
+        measure("jit_tile", "jit", "--w", "368", "--h", "400", "--n", "3")
+    measure("engine_bf16_1024x768", "engine", "--w", "1024", "--h", "768", "--n", "1", "--precision", "bf16")
+    if not a.no_compile:
+        measure("engine_compiled_1024x768", "engine", "--w", "1024", "--h", "768", "--n", n, "--compile")
+    measure("naive_2048x1536", "naive", "--w", "2048", "--h", "1536", "--n", "1")
+    measure("engine_4000x3000", "engine", "--w", "4000", "--h", "3000", "--n", "1")
+    measure("engine_fused_4000x3000", "engine", "--w", "4000", "--h", "3000", "--n", "1", "--backend", "fused")
+    if a.naive_large:
+        measure("naive_4000x3000", "naive", "--w", "4000", "--h", "3000", "--n", "1")
+    if a.gpu:
+        measure("gpu", "gpu", "--n", "16")
+
+    result = _summary(runs, a, t0, load_start)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     if a.no_record:
         return

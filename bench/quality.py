@@ -47,7 +47,7 @@ def run_dir(profile: str, minutes: float, pairing: str, variant: str = "profile"
 
 
 def variant_overrides(profile: str, variant: str) -> dict:
-    from model.train import PROFILES
+    from model.remover.train import PROFILES
 
     over = dict(VARIANTS[variant])
     drop = set(over.pop("drop_loss", ()))
@@ -64,9 +64,9 @@ def worker(pairing: str, minutes: float, threads: int, profile: str, amp: bool, 
     import torch
 
     torch.set_num_threads(threads)
-    from model.evaluate import swcnn_protocol
-    from model.network import load_checkpoint
-    from model.train import profile_config, train
+    from model.remover.evaluate import swcnn_protocol
+    from model.remover.network import load_checkpoint
+    from model.remover.train import profile_config, train
 
     run = run_dir(profile, minutes, pairing, variant)
     tr, va, te = corpus_split(CORPUS)
@@ -109,8 +109,8 @@ def score_checkpoint(path: Path, threads: int, amp: bool) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from model.evaluate import SWCNN_PAPER_PSNR, swcnn_protocol
-    from model.network import load_checkpoint
+    from model.remover.evaluate import SWCNN_PAPER_PSNR, swcnn_protocol
+    from model.remover.network import load_checkpoint
 
     model, extra = load_checkpoint(path)
     cfg = json.loads(extra.get("train_config") or "{}")
@@ -132,7 +132,7 @@ def _mean_psnr(r: dict) -> float:
 
 
 def report(results: dict[str, dict], args: argparse.Namespace, wall_s: float) -> None:
-    from model.evaluate import SWCNN_PAPER_PSNR, SWCNN_PAPER_SSIM
+    from model.remover.evaluate import SWCNN_PAPER_PSNR, SWCNN_PAPER_SSIM
 
     best = max(results.values(), key=_mean_psnr)
     alphas = list(best["swcnn"]["alpha"])

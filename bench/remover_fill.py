@@ -22,11 +22,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch
 from _common import write_results
 
-from model.evaluate import swcnn_protocol
-from model.locate import FILLS
-from model.network import load_checkpoint, save_checkpoint
-from model.train import fixed_test_set, profile_config, score_on_test
-from model.watermarks import WatermarkRenderer
+from model.remover.evaluate import swcnn_protocol
+from model.remover.locate import FILLS
+from model.remover.network import load_checkpoint, save_checkpoint
+from model.remover.train import fixed_test_set, profile_config, score_on_test
+from model.synth.renderer import WatermarkRenderer
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"

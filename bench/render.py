@@ -35,7 +35,7 @@ fetch("/api/{n}.json").then(r => r.json()).then(items => {{
 </script></body></html>"""
 
 
-def make_site(pages: int, per_page: int):  # noqa: ANN201
+def make_site(pages: int, per_page: int):
     from tests.pipeline.scrape_site import Site, png_bytes
 
     site = Site()
@@ -51,7 +51,7 @@ def make_site(pages: int, per_page: int):  # noqa: ANN201
     return site
 
 
-def crawl(site, pages: int, render: str, concurrency: int) -> dict:  # noqa: ANN001
+def crawl(site, pages: int, render: str, concurrency: int) -> dict:
     from pipeline.config import load_settings
     from pipeline.scrape import scrape
     from pipeline.workspace import open_workspace

@@ -90,7 +90,7 @@ def hash_run(base_home: Path, work: Path, workers: int) -> dict:
     settings = load_settings(home=home, dask_workers=workers, dedup_chunk_size=8)
 
     @flow(name="bench-hash", validate_parameters=False)
-    def bench_hash(settings):  # noqa: ANN001, ANN202
+    def bench_hash(settings):
         with open_workspace(settings) as (catalog, blobs):
             # warm-up: every worker imports the hashing code and opens the blob store once
             with catalog.session() as s:
@@ -138,7 +138,7 @@ def bench_hash(n: int, work: Path) -> dict:
 def _remover(path: Path) -> bytes:
     import torch
 
-    from model.network import UNet, save_checkpoint
+    from model.remover.network import UNet, save_checkpoint
 
     torch.manual_seed(0)
     net = UNet(base=16, depth=3, mask_head=True)
@@ -148,13 +148,11 @@ def _remover(path: Path) -> bytes:
     return save_checkpoint(net, path).read_bytes()
 
 
-def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:  # noqa: ANN001
+def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:
     from PIL import Image
-    from sqlalchemy import update
 
-    from storage import BlobStore, open_catalog
+    from storage import BlobStore, open_catalog, status
     from storage import queries as q
-    from storage.models import Image as ImageRow
 
     cat, blobs = open_catalog(settings), BlobStore.from_settings(settings)
     _, key = blobs.put(remover)
@@ -167,12 +165,12 @@ def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:  # no
         w, h = Image.open(io.BytesIO(data)).size
         rows.append(dict(sha256=sha, blob_key=key, mime="image/jpeg", width=w, height=h, bytes=len(data)))
     with cat.write() as s:
-        ids = list(q.add_images(s, rows).values())
-        s.execute(update(ImageRow).where(ImageRow.id.in_(ids)).values(label="watermarked", status="watermarked"))
+        for sha, image_id in q.add_images(s, rows).items():
+            status.mark_reviewed(s, image_id, sha, "watermarked")
     cat.dispose()
 
 
-def clean_run(workers: int, n: int, pg, tmp: Path, env_base: dict, api: str) -> dict:  # noqa: ANN001
+def clean_run(workers: int, n: int, pg, tmp: Path, env_base: dict, api: str) -> dict:
     from sqlalchemy import func, select
 
     from pipeline.config import load_settings

@@ -206,7 +206,46 @@ def run_img2dataset(venv: Path, url_list: Path, out: Path, n: int, extra: list[s
             "command": " ".join(["img2dataset", *cmd[1:]])}
 
 
-def main() -> None:
+def _rates(n: int, um: dict, i2d: dict, raw: dict) -> tuple[float, float, float]:
+    """Images per wall second of Unmark, img2dataset and img2dataset without re-encoding."""
+    return n / um["wall_s"], i2d["successes"] / i2d["wall_s"], raw["successes"] / raw["wall_s"]
+
+
+def _figures(args: argparse.Namespace, n: int, runs: tuple[list[dict], list[dict], list[dict]], served: dict,
+             load: tuple[float, float]) -> dict:
+    """The figures of the median runs (``runs``: Unmark's, img2dataset's, img2dataset's without re-encoding)."""
+    ums, i2ds, raws = runs
+    um, i2d, raw = (sorted(r, key=lambda x: x["wall_s"])[len(r) // 2] for r in runs)
+    s = um["summary"]
+    load_start, load_end = load
+    unmark_ips, i2d_ips, raw_ips = _rates(n, um, i2d, raw)
+    return {
+        "unmark_images_per_s": round(unmark_ips, 1),
+        "img2dataset_images_per_s": round(i2d_ips, 1),
+        "ratio": round(unmark_ips / i2d_ips, 2),
+        "unmark_pages_per_s": round((s["pages_fetched"]) / um["wall_s"], 1),
+        "unmark_crawl_images_per_s": s["images_per_s"],
+        "unmark_crawl_pages_per_s": s["pages_per_s"],
+        "unmark_wall_s": round(um["wall_s"], 2),
+        "img2dataset_wall_s": round(i2d["wall_s"], 2),
+        "img2dataset_own_stats_images_per_s": round(i2d["own_images_per_s"] or 0, 1),
+        "img2dataset_successes": i2d["successes"],
+        "img2dataset_no_reencode_images_per_s": round(raw_ips, 1),
+        "img2dataset_no_reencode_own_stats_images_per_s": round(raw["own_images_per_s"] or 0, 1),
+        "ratio_vs_no_reencode": round(unmark_ips / raw_ips, 2),
+        # after start-up: Unmark's own crawl rate (pages included) over img2dataset's own stats rate
+        "ratio_in_run": round(s["images_per_s"] / i2d["own_images_per_s"], 2) if i2d["own_images_per_s"] else None,
+        "pages": args.pages, "images": n, "latency_ms": args.latency_ms, "unmark_concurrency": args.concurrency,
+        "server": served,
+        "repeats": args.repeats,
+        "load_avg_1min_start": round(load_start, 2), "load_avg_1min_end": round(load_end, 2),
+        "unmark_wall_s_all": [round(x["wall_s"], 2) for x in ums],
+        "img2dataset_wall_s_all": [round(x["wall_s"], 2) for x in i2ds],
+        "img2dataset_no_reencode_wall_s_all": [round(x["wall_s"], 2) for x in raws],
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=200)
     ap.add_argument("--per-page", type=int, default=10)
@@ -215,6 +254,11 @@ def main() -> None:
     ap.add_argument("--peer-venv", help="an existing venv with img2dataset installed")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each contender, alternating; the median counts")
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    return ap
+
+
+def main() -> None:
+    ap = _parser()
     args = ap.parse_args()
     if args.serve:
         serve(args.serve[0], int(args.serve[1]), float(args.serve[2]))
@@ -253,33 +297,8 @@ def main() -> None:
 
     s = um["summary"]
     assert s["images_new"] == n and s["images_failed"] == 0, s
-    unmark_ips = n / um["wall_s"]
-    i2d_ips = i2d["successes"] / i2d["wall_s"]
-    raw_ips = raw["successes"] / raw["wall_s"]
-    figures = {
-        "unmark_images_per_s": round(unmark_ips, 1),
-        "img2dataset_images_per_s": round(i2d_ips, 1),
-        "ratio": round(unmark_ips / i2d_ips, 2),
-        "unmark_pages_per_s": round((s["pages_fetched"]) / um["wall_s"], 1),
-        "unmark_crawl_images_per_s": s["images_per_s"],
-        "unmark_crawl_pages_per_s": s["pages_per_s"],
-        "unmark_wall_s": round(um["wall_s"], 2),
-        "img2dataset_wall_s": round(i2d["wall_s"], 2),
-        "img2dataset_own_stats_images_per_s": round(i2d["own_images_per_s"] or 0, 1),
-        "img2dataset_successes": i2d["successes"],
-        "img2dataset_no_reencode_images_per_s": round(raw_ips, 1),
-        "img2dataset_no_reencode_own_stats_images_per_s": round(raw["own_images_per_s"] or 0, 1),
-        "ratio_vs_no_reencode": round(unmark_ips / raw_ips, 2),
-        # after start-up: Unmark's own crawl rate (pages included) over img2dataset's own stats rate
-        "ratio_in_run": round(s["images_per_s"] / i2d["own_images_per_s"], 2) if i2d["own_images_per_s"] else None,
-        "pages": args.pages, "images": n, "latency_ms": args.latency_ms, "unmark_concurrency": args.concurrency,
-        "server": served,
-        "repeats": args.repeats,
-        "load_avg_1min_start": round(load_start, 2), "load_avg_1min_end": round(load_end, 2),
-        "unmark_wall_s_all": [round(x["wall_s"], 2) for x in ums],
-        "img2dataset_wall_s_all": [round(x["wall_s"], 2) for x in i2ds],
-        "img2dataset_no_reencode_wall_s_all": [round(x["wall_s"], 2) for x in raws],
-    }
+    figures = _figures(args, n, (ums, i2ds, raws), served, (load_start, load_end))
+    unmark_ips, i2d_ips, raw_ips = _rates(n, um, i2d, raw)
     body = f"""Site: {args.pages} pages × {args.per_page} images (320×240, half JPEG q90, half PNG) on a loopback
 server process adding {args.latency_ms:g} ms per response ({served}).
 Unmark crawls from the index (robots.txt, {s['pages_fetched']} pages parsed, every image decoded to

@@ -3,7 +3,7 @@
     python bench/synth.py [--n 400] [--size 256] [--context 1] [--images DIR] [--workers N]
 
 One process, one thread everywhere (torch, OpenCV, BLAS), reading photos from disk as training
-does: decode, augment, watermark, artifacts, tensors (``model.data.WatermarkPairs``). The rate per
+does: decode, augment, watermark, artifacts, tensors (``model.synth.pairs.WatermarkPairs``). The rate per
 core is items / CPU seconds of this process, so other work on the machine does not deflate it;
 the wall-clock rate is reported next to it. Photos: ``../shared/corpus/voc150`` when present,
 else the sample photos that ship with scikit-image, scikit-learn and matplotlib.
@@ -12,8 +12,8 @@ Writes ``bench/results/synth.json`` (``triplets_per_s_per_core``), appends to ``
 and saves a contact sheet of 64 samples to ``bench/out/synth_contact_sheet.png``.
 
 ``--workers N`` also times what training's DataLoader delivers (batches of 8, wall-clock pairs/s)
-with N worker processes, once started under ``model.data.one_opencv_thread`` (OpenCV on one thread in
-each worker, as ``model.train`` starts them) and once without it (every worker inherits this
+with N worker processes, once started under ``model.synth.pairs.one_opencv_thread`` (OpenCV on one thread in
+each worker, as ``model.remover.train`` starts them) and once without it (every worker inherits this
 process's OpenCV pool: ``--opencv-threads``, default one per core).
 """
 
@@ -36,8 +36,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import BENCH, offline_photo_files, write_results  # noqa: E402
 
-from model.data import WatermarkPairs, one_opencv_thread, split_paths  # noqa: E402
-from model.watermarks import FAMILIES, WatermarkRenderer  # noqa: E402
+from model.synth.pairs import WatermarkPairs, one_opencv_thread, split_paths  # noqa: E402
+from model.synth.renderer import FAMILIES, WatermarkRenderer  # noqa: E402
 
 GOAL = 25.0
 CORPUS = BENCH.parent.parent / "shared" / "corpus" / "voc150"
@@ -104,7 +104,24 @@ def contact_sheet(ds: WatermarkPairs, path: Path, n: int = 64, cell: int = 192) 
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
 
 
-def main() -> None:
+def _loader_rates(args: argparse.Namespace, train_paths: list, renderer: WatermarkRenderer) -> tuple[dict, int]:
+    """DataLoader pairs/s with ``args.workers`` workers, started with and without
+    ``one_opencv_thread``, and the OpenCV pool the others inherit."""
+    ds = WatermarkPairs(train_paths, size=args.size, train=True, seed=0, renderer=renderer, context=args.context,
+                        samples_per_image=64)
+    cv2.setNumThreads(args.opencv_threads)  # -1: OpenCV's default pool, as a training process has it
+    pool = cv2.getNumThreads()
+    loader: dict = {}
+    for init in (False, True, False, True):  # interleaved, so drift in the machine's load hits both
+        loader.setdefault("init" if init else "default", []).append(loader_rate(ds, args.workers, init, args.n))
+    cv2.setNumThreads(1)
+    loader = {k: round(float(np.mean(v)), 1) for k, v in loader.items()}
+    print(f"DataLoader, {args.workers} workers: {loader['default']:.1f} pairs/s with OpenCV's pool of {pool} "
+          f"threads in each, {loader['init']:.1f} with one", flush=True)
+    return loader, pool
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=400, help="items per measurement")
     ap.add_argument("--size", type=int, default=256)
@@ -116,6 +133,11 @@ def main() -> None:
     ap.add_argument("--opencv-threads", type=int, default=-1,
                     help="this process's OpenCV pool while the workers are started without one_opencv_thread "
                     "(default -1: OpenCV's default, one thread per core)")
+    return ap
+
+
+def main() -> None:
+    ap = _parser()
     args = ap.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -142,18 +164,7 @@ def main() -> None:
     val = WatermarkPairs(val_paths, size=args.size, train=False, seed=1, renderer=renderer)
     results["validation"] = measure(val, min(args.n, 4 * len(val)))
     families = per_family_ms(renderer, args.size)
-    loader = {}
-    if args.workers:
-        ds = WatermarkPairs(train_paths, size=args.size, train=True, seed=0, renderer=renderer, context=args.context,
-                            samples_per_image=64)
-        cv2.setNumThreads(args.opencv_threads)  # -1: OpenCV's default pool, as a training process has it
-        pool = cv2.getNumThreads()
-        for init in (False, True, False, True):  # interleaved, so drift in the machine's load hits both
-            loader.setdefault("init" if init else "default", []).append(loader_rate(ds, args.workers, init, args.n))
-        cv2.setNumThreads(1)
-        loader = {k: round(float(np.mean(v)), 1) for k, v in loader.items()}
-        print(f"DataLoader, {args.workers} workers: {loader['default']:.1f} pairs/s with OpenCV's pool of {pool} "
-              f"threads in each, {loader['init']:.1f} with one", flush=True)
+    loader, pool = _loader_rates(args, train_paths, renderer) if args.workers else ({}, None)
 
     sheet = BENCH / "out" / "synth_contact_sheet.png"
     contact_sheet(WatermarkPairs(train_paths, size=args.size, train=True, seed=7, renderer=renderer), sheet)

@@ -4,7 +4,7 @@ before/after its speed-up.
     python bench/train.py [--threads 1] [--steps 2] [--profiles seed,quick-cpu,tiny]
 
 What it measures, all on the CPU, median of `--steps` interleaved rounds after one warm-up:
-- per profile (`model.train.PROFILES`), at the profile's crop and batch, with its network and
+- per profile (`model.remover.train.PROFILES`), at the profile's crop and batch, with its network and
   loss: one full training step (forward, loss, backward, AdamW step) in channels-last float32
   and under bf16 autocast; the network alone (forward + backward of a mean); each loss term
   alone (forward + backward). A profile asking for ImageNet VGG weights is timed with seeded
@@ -31,9 +31,9 @@ import torch
 from _common import write_results
 
 from model.device import native_bf16
-from model.losses import TERMS, PerceptualLoss, RemovalLoss, vgg16_weights_path
-from model.network import UNet, count_parameters
-from model.train import PROFILES
+from model.remover.losses import TERMS, PerceptualLoss, RemovalLoss, vgg16_weights_path
+from model.remover.network import UNet, count_parameters
+from model.remover.train import PROFILES
 
 
 def compare(fns: dict, steps: int) -> dict[str, float]:
@@ -218,7 +218,7 @@ Perceptual value: naive {v['naive']:.6f}, fast fp32 {v['fast_fp32']:.6f} (rel. d
 gradient cosine {perc['fast_fp32_grad_cos']:.6f}), fast bf16 {v['fast_bf16']:.6f} (rel. diff
 {perc['fast_bf16_rel_diff']:.1e}, gradient cosine {perc['fast_bf16_grad_cos']:.4f}).
 
-Per profile (`model.train.PROFILES`, at each profile's crop × batch; step = forward, loss, backward, AdamW):
+Per profile (`model.remover.train.PROFILES`, at each profile's crop × batch; step = forward, loss, backward, AdamW):
 
 | profile | crop×batch | params | step fp32 (s) | step bf16 (s) | profile uses | network fwd+bwd fp32 (s) | loss terms fwd+bwd (s) |
 |---|---|---|---|---|---|---|---|

@@ -43,7 +43,7 @@ from model.detector import (
     score_images,
     train_detector,
 )
-from model.watermarks import FAMILIES, WatermarkRenderer
+from model.synth.renderer import FAMILIES, WatermarkRenderer
 from pipeline.config import Settings
 from pipeline.triage import detector_train_families
 
@@ -61,7 +61,7 @@ MORE_MARKS = ("000018.jpg", "000086.jpg", "000265.jpg", "000319.jpg", "000393.jp
 DATE_STAMPS = ("000011.jpg", "000076.jpg", "000227.jpg")
 
 
-def save_errors(out: Path, model, images, names, labels, scores, thr) -> None:  # noqa: ANN001
+def save_errors(out: Path, model, images, names, labels, scores, thr) -> None:
     """``out``/detector.pt, ``out``/test_scores.json and ``out``/errors.png (each image the
     detector got wrong at its threshold ``thr[i]``, captioned with its name and score)."""
     import json
@@ -86,7 +86,7 @@ def save_errors(out: Path, model, images, names, labels, scores, thr) -> None:  
     print(f"saved the detector, {len(rows)} test scores and {len(wrong)} errors under {out}")
 
 
-def test_set(paths: list[str], renderer, holdout, rng) -> tuple[list, np.ndarray, list[str]]:  # noqa: ANN001
+def test_set(paths: list[str], renderer, holdout, rng) -> tuple[list, np.ndarray, list[str]]:
     """Each photo at full size, once clean and once with a held-out-family mark."""
     images, labels, names = [], [], []
     for p in paths:
@@ -101,7 +101,7 @@ def test_set(paths: list[str], renderer, holdout, rng) -> tuple[list, np.ndarray
     return images, np.asarray(labels), names
 
 
-def run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths, scales) -> dict:  # noqa: ANN001
+def run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths, scales) -> dict:
     """Threshold picked on ``cal_paths`` (100 whole images, half with a held-out-family mark;
     the same images whatever the detector's training seed), tested on ``test_paths``."""
     cal_imgs, cal_labels = build_validation_set(cal_paths, renderer, holdout, 100, seed=0)
@@ -123,7 +123,96 @@ def run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths, scales
             "images_per_s": len(images) / score_s}
 
 
-def main() -> None:
+def _photos() -> tuple[list[str], list[str], list[str], list[Path]]:
+    """(train, calibration, test, real-mark) photos: the offline photos and voc150's first 100 train;
+    voc150's photos with a real overlay are kept out of every split and tested apart."""
+    voc = sorted(str(p) for p in VOC.glob("*.jpg") if p.name not in REAL_MARKS) if VOC.exists() else []
+    overlaid = set(MORE_MARKS + DATE_STAMPS)
+
+    def unmarked(paths: list[str]) -> list[str]:
+        return [p for p in paths if Path(p).name not in overlaid]
+
+    real = [VOC / n for n in sorted(REAL_MARKS + MORE_MARKS + DATE_STAMPS) if (VOC / n).exists()]
+    tmp = Path(tempfile.mkdtemp(prefix="unmark-triage-bench-"))
+    train_paths = [str(p) for p in offline_photo_files(tmp, "offline-{i}.png")] + unmarked(voc[:100])
+    cal_paths = unmarked(voc[100:125]) or train_paths[-3:]
+    test_paths = unmarked(voc[125:]) or train_paths[-3:]
+    return train_paths, cal_paths, test_paths, real
+
+
+def _detector(args: argparse.Namespace, train_paths: list[str], cal_paths: list[str], renderer: WatermarkRenderer,
+              train_fams: tuple[str, ...], holdout: tuple[str, ...]):
+    """(detector, what it is in words, training steps, training minutes): ``--score``'s saved one,
+    else one trained here."""
+    t0 = time.perf_counter()
+    if args.score:
+        model, extra = detector_from_bytes(args.score.read_bytes())
+        if args.top_fraction is not None:
+            model.set_score_top_fraction(args.top_fraction)
+        trained = f"Saved detector `{args.score}`, not retrained"
+        steps, train_min = None, 0.0
+    else:
+        cfg = DetectorTrainConfig(steps=args.steps, crop=args.crop, batch_size=args.batch, train_families=train_fams,
+                                  val_families=holdout, val_samples=100, max_minutes=args.minutes,
+                                  cpu_bf16=not args.no_bf16, cell_pos_weight=args.cell_pos_weight,
+                                  photometric=args.photometric, seed=args.seed,
+                                  hard_negatives=args.hard_negatives, mine_every=args.mine_every, score_top_fraction=args.top_fraction,
+                                  context=tuple(int(d) for d in args.context.split(",") if d))
+        model, report = train_detector(train_paths, renderer, cfg, val_paths=cal_paths,
+                                       progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}", flush=True)
+                                       if s % 100 == 0 else None)
+        steps, train_min = report["steps"], (time.perf_counter() - t0) / 60
+        trained = (f"Detector trained {steps} steps ({train_min:.1f} min, crop {args.crop}, batch {args.batch}, "
+                   f"context {list(cfg.context)}, cell pos_weight {cfg.cell_pos_weight}, photometric "
+                   f"{cfg.photometric}, hard negatives {cfg.hard_negatives} mined every {cfg.mine_every} steps, "
+                   f"seed {cfg.seed}, {args.threads} threads)")
+        if report["hard_negative_mining"]:
+            print("mining:", report["hard_negative_mining"])
+    return model, trained, steps, train_min
+
+
+def _band(a: dict, b: dict, labels: np.ndarray) -> dict:
+    """Precision and recall of the two-threshold band's clean and watermarked calls, both folds pooled."""
+    clean_sel = np.r_[a["scores"] < a["band"].low, b["scores"] < b["band"].low]
+    wm_sel = np.r_[a["scores"] >= a["band"].high, b["scores"] >= b["band"].high]
+    band = {"clean_precision": float((~labels[clean_sel]).mean()) if clean_sel.any() else None,
+            "clean_recall": float(clean_sel[~labels].mean()),
+            "watermarked_precision": float(labels[wm_sel].mean()) if wm_sel.any() else None,
+            "watermarked_recall": float(wm_sel[labels].mean()),
+            "uncertain": float((~clean_sel & ~wm_sel).mean())}
+    return band
+
+
+def _real_marks(model, real: list[Path], scales: tuple[int, ...], clean_scores: np.ndarray,
+                thr: float) -> list[dict]:
+    """Each photo with a real mark: its score, whether ``thr`` flags it, and how many clean test
+    photos score as high."""
+    real_scores = score_images(model, [Image.open(p).convert("RGB") for p in real], scales) if real else np.array([])
+    return [{"photo": p.name, "score": round(float(r), 4), "flagged": bool(r >= thr),
+             "clean_above": int((clean_scores >= r).sum())} for p, r in zip(real, real_scores)]
+
+
+def _pooled(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Both folds pooled: labels, scores, calls (each at its fold's threshold) and the metrics."""
+    labels = np.r_[a["labels"], b["labels"]]
+    scores = np.r_[a["scores"], b["scores"]]
+    pred = np.r_[a["pred"], b["pred"]]  # called watermarked at its fold's threshold
+    # pooled: each score's margin over its own fold's threshold (≥ 0: called watermarked); the
+    # ROC-AUC ranks the scores themselves
+    m = {**detection_metrics(np.r_[a["scores"] - a["thr"], b["scores"] - b["thr"]], labels, 0.0),
+         "roc_auc": roc_auc(scores, labels)}
+    return labels, scores, pred, m
+
+
+def _seen(a: dict, b: dict, scores: np.ndarray, pred: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy and ROC-AUC of the clean test photos against the same photos with a training-family mark."""
+    seen_scores = np.r_[scores[~labels], a["seen_scores"], b["seen_scores"]]
+    seen_pred = np.r_[pred[~labels], a["seen_pred"], b["seen_pred"]]
+    seen_labels = np.r_[np.zeros(int((~labels).sum()), bool), np.ones(len(a["seen_scores"]) + len(b["seen_scores"]), bool)]
+    return {"accuracy": float((seen_pred == seen_labels).mean()), "roc_auc": roc_auc(seen_scores, seen_labels)}
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--crop", type=int, default=128)
@@ -155,6 +244,11 @@ def main() -> None:
                     help="no training: test this saved detector (e.g. an earlier run's --out DIR/detector.pt)")
     ap.add_argument("--out", type=Path, help="also save the detector, every test score and a sheet of the test "
                     "images it got wrong here (for looking at its errors)")
+    return ap
+
+
+def main() -> None:
+    ap = _parser()
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     holdout = tuple(args.holdout.split(","))
@@ -164,75 +258,25 @@ def main() -> None:
         train_fams = tuple(args.train_families.split(","))
         if set(train_fams) & set(holdout) or set(train_fams) - set(FAMILIES):
             ap.error(f"--train-families must be families of {list(FAMILIES)} outside --holdout")
-    voc = sorted(str(p) for p in VOC.glob("*.jpg") if p.name not in REAL_MARKS) if VOC.exists() else []
-    overlaid = set(MORE_MARKS + DATE_STAMPS)
-
-    def unmarked(paths: list[str]) -> list[str]:
-        return [p for p in paths if Path(p).name not in overlaid]
-
-    real = [VOC / n for n in sorted(REAL_MARKS + MORE_MARKS + DATE_STAMPS) if (VOC / n).exists()]
-    tmp = Path(tempfile.mkdtemp(prefix="unmark-triage-bench-"))
-    train_paths = [str(p) for p in offline_photo_files(tmp, "offline-{i}.png")] + unmarked(voc[:100])
-    cal_paths = unmarked(voc[100:125]) or train_paths[-3:]
-    test_paths = unmarked(voc[125:]) or train_paths[-3:]
+    train_paths, cal_paths, test_paths, real = _photos()
     renderer = WatermarkRenderer(seed=0)
-    t0 = time.perf_counter()
-    if args.score:
-        model, extra = detector_from_bytes(args.score.read_bytes())
-        if args.top_fraction is not None:
-            model.set_score_top_fraction(args.top_fraction)
-        trained = f"Saved detector `{args.score}`, not retrained"
-        steps, train_min = None, 0.0
-    else:
-        cfg = DetectorTrainConfig(steps=args.steps, crop=args.crop, batch_size=args.batch, train_families=train_fams,
-                                  val_families=holdout, val_samples=100, max_minutes=args.minutes,
-                                  cpu_bf16=not args.no_bf16, cell_pos_weight=args.cell_pos_weight,
-                                  photometric=args.photometric, seed=args.seed,
-                                  hard_negatives=args.hard_negatives, mine_every=args.mine_every, score_top_fraction=args.top_fraction,
-                                  context=tuple(int(d) for d in args.context.split(",") if d))
-        model, report = train_detector(train_paths, renderer, cfg, val_paths=cal_paths,
-                                       progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}", flush=True)
-                                       if s % 100 == 0 else None)
-        steps, train_min = report["steps"], (time.perf_counter() - t0) / 60
-        trained = (f"Detector trained {steps} steps ({train_min:.1f} min, crop {args.crop}, batch {args.batch}, "
-                   f"context {list(cfg.context)}, cell pos_weight {cfg.cell_pos_weight}, photometric "
-                   f"{cfg.photometric}, hard negatives {cfg.hard_negatives} mined every {cfg.mine_every} steps, "
-                   f"seed {cfg.seed}, {args.threads} threads)")
-        if report["hard_negative_mining"]:
-            print("mining:", report["hard_negative_mining"])
+    model, trained, steps, train_min = _detector(args, train_paths, cal_paths, renderer, train_fams, holdout)
     trained += f"; whole images scored by {_pool(model)}, at long side {' and '.join(map(str, scales))} px"
     # Two folds: the calibration and test photos swap roles, so every one of the 45 photos is
     # tested once, with a threshold picked on the other group (never on itself).
     a = run_fold(model, renderer, holdout, train_fams, cal_paths, test_paths, scales)
     b = run_fold(model, renderer, holdout, train_fams, test_paths, cal_paths, scales)
-    labels = np.r_[a["labels"], b["labels"]]
-    scores = np.r_[a["scores"], b["scores"]]
-    pred = np.r_[a["pred"], b["pred"]]  # called watermarked at its fold's threshold
-    # pooled: each score's margin over its own fold's threshold (≥ 0: called watermarked); the
-    # ROC-AUC ranks the scores themselves
-    m = {**detection_metrics(np.r_[a["scores"] - a["thr"], b["scores"] - b["thr"]], labels, 0.0),
-         "roc_auc": roc_auc(scores, labels)}
+    labels, scores, pred, m = _pooled(a, b)
     fa = detection_metrics(a["scores"], a["labels"], a["thr"])
     fb = detection_metrics(b["scores"], b["labels"], b["thr"])
     # the clean halves against the same photos with a training-family mark
-    seen_scores = np.r_[scores[~labels], a["seen_scores"], b["seen_scores"]]
-    seen_pred = np.r_[pred[~labels], a["seen_pred"], b["seen_pred"]]
-    seen_labels = np.r_[np.zeros(int((~labels).sum()), bool), np.ones(len(a["seen_scores"]) + len(b["seen_scores"]), bool)]
-    seen = {"accuracy": float((seen_pred == seen_labels).mean()), "roc_auc": roc_auc(seen_scores, seen_labels)}
+    seen = _seen(a, b, scores, pred, labels)
     print(f"same photos, training families {train_fams}: accuracy {seen['accuracy']:.3f} ROC-AUC {seen['roc_auc']:.3f}")
     # the photos with a real watermark: how many of the test's clean photos score above each
-    real_scores = score_images(model, [Image.open(p).convert("RGB") for p in real], scales) if real else np.array([])
     clean_scores = scores[~labels]
-    real_rows = [{"photo": p.name, "score": round(float(r), 4), "flagged": bool(r >= a["thr"]),
-                  "clean_above": int((clean_scores >= r).sum())} for p, r in zip(real, real_scores)]
+    real_rows = _real_marks(model, real, scales, clean_scores, a["thr"])
     print("real watermarks:", real_rows)
-    clean_sel = np.r_[a["scores"] < a["band"].low, b["scores"] < b["band"].low]
-    wm_sel = np.r_[a["scores"] >= a["band"].high, b["scores"] >= b["band"].high]
-    band = {"clean_precision": float((~labels[clean_sel]).mean()) if clean_sel.any() else None,
-            "clean_recall": float(clean_sel[~labels].mean()),
-            "watermarked_precision": float(labels[wm_sel].mean()) if wm_sel.any() else None,
-            "watermarked_recall": float(wm_sel[labels].mean()),
-            "uncertain": float((~clean_sel & ~wm_sel).mean())}
+    band = _band(a, b, labels)
     ips = a["images_per_s"]
     if args.out:
         save_errors(args.out, model, a["images"] + b["images"], a["names"] + b["names"], labels, scores,
@@ -281,7 +325,7 @@ def main() -> None:
                              "seen_families": seen, "real_watermarks": real_rows}, body)
 
 
-def _pool(model) -> str:  # noqa: ANN001
+def _pool(model) -> str:
     f = model.score_top_fraction
     return "the LSE image logit" if f is None else f"the mean of the top {f:g} of cell logits"
 

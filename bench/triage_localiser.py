@@ -8,7 +8,7 @@ Photos: ``../shared/corpus/voc150`` (never in any shipped model's training or ca
 pretraining excludes that folder), minus its 11 photos with real overlays, which are scored on
 their own. For each seed every clean photo appears once clean (with the renderer's re-encoding
 odds) and once marked by a renderer (seeded per row) drawing every family with logos from the
-*held-out* icon identities (``model.icons`` val split; the localiser trained on the train ones).
+*held-out* icon identities (``model.synth.icons`` val split; the localiser trained on the train ones).
 
 Figures per seed and their mean: accuracy and ROC-AUC at balanced classes; precision and recall
 of the watermarked call at 10 % prevalence (from the true- and false-positive rates at the shipped

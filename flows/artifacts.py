@@ -18,7 +18,7 @@ from prefect.artifacts import (
 from pipeline import summaries
 
 
-def publish_ingest(catalog, summary: dict) -> None:  # noqa: ANN001
+def publish_ingest(catalog, summary: dict) -> None:
     create_table_artifact(
         key="ingest-counts",
         table=summaries.ingest_rows(catalog),
@@ -27,7 +27,7 @@ def publish_ingest(catalog, summary: dict) -> None:  # noqa: ANN001
     )
 
 
-def publish_training(catalog, model_version: str | None) -> None:  # noqa: ANN001
+def publish_training(catalog, model_version: str | None) -> None:
     create_markdown_artifact(
         key="train-report",
         markdown=summaries.training_markdown(catalog, model_version),
@@ -35,7 +35,7 @@ def publish_training(catalog, model_version: str | None) -> None:  # noqa: ANN00
     )
 
 
-def publish_worst_cleanings(catalog, model_version: str | None, limit: int = 10) -> None:  # noqa: ANN001
+def publish_worst_cleanings(catalog, model_version: str | None, limit: int = 10) -> None:
     rows = summaries.worst_cleaning_rows(catalog, model_version, limit)
     create_table_artifact(
         key="worst-cleanings",

@@ -21,7 +21,7 @@ Device = Literal["auto", "cpu", "cuda"]
 
 @task(name="clean-pool", cache_policy=NO_CACHE)
 def clean_task(settings: Settings, model_version: str, device: str, mask: dict | None = None) -> dict:
-    from model.masks import MaskRule
+    from model.remover.masks import MaskRule
     from pipeline import clean
 
     since = datetime.now(UTC)
@@ -56,7 +56,7 @@ def clean(
     """Clean the watermarked pool with ``model_version`` (default: the promoted remover) and
     write the HTML report. Without any remover it cleans nothing, says so, and still writes the
     report (counts, triage, failures). ``threshold``/``dilate``/``feather`` set the mask rule
-    (``model.masks.MaskRule``; each unset one takes its default, 0.5 / 1 / 0); with none of them
+    (``model.remover.masks.MaskRule``; each unset one takes its default, 0.5 / 1 / 0); with none of them
     the model's own output rule applies."""
     log = get_run_logger()
     settings = flow_settings(home)

@@ -307,8 +307,8 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a remover on the clean pool, evaluate it on the test split, register it; promote it if better."""
-    from model.losses import VGGWeightsMissing
-    from model.train import PROFILES
+    from model.remover.losses import VGGWeightsMissing
+    from model.remover.train import PROFILES
     from pipeline import train as train_step
 
     if profile not in PROFILES:

@@ -57,7 +57,7 @@ def fault_exit(exc: BaseException) -> tuple[int, str] | None:
             return EXIT_CATALOG, f"catalog {settings_now().catalog_url} is damaged: {orig}; run `unmark check`"
     return None
 
-def open_all(settings: Settings | None = None):  # noqa: ANN202
+def open_all(settings: Settings | None = None):
     """Settings, catalog and blob store; a catalog that cannot be opened (a damaged file, say) is
     a one-line error and exit ``EXIT_CATALOG``, before any step starts."""
     from storage import BlobStore, open_catalog
@@ -82,7 +82,7 @@ def emit(data: Any, as_json: bool, title: str = "") -> None:
     console.print(table)
 
 @contextlib.contextmanager
-def stage_progress(disabled: bool = False):  # noqa: ANN201
+def stage_progress(disabled: bool = False):
     """A rich progress display on stderr with one bar per stage; yields ``progress(stage, done, total)``."""
     from rich.progress import Progress
 
@@ -105,7 +105,7 @@ def stopped_exit(exc: Any, as_json: bool, title: str) -> None:
     err.print(f"[red]stopped:[/red] {exc}", soft_wrap=True)
     raise typer.Exit(EXIT_STOPPED) from exc
 
-def _flatten(d: Any, prefix: str = ""):  # noqa: ANN202
+def _flatten(d: Any, prefix: str = ""):
     if isinstance(d, dict):
         if not d and prefix:
             yield prefix.rstrip("."), "—"

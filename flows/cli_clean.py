@@ -15,9 +15,9 @@ DilateOpt = Annotated[int | None, typer.Option(help="mask: grow it by this many 
 FeatherOpt = Annotated[int | None, typer.Option(help="mask: fade the cleaned region into the input over this many pixels (default 0)")]
 
 
-def mask_rule(threshold: float | None, dilate: int | None, feather: int | None):  # noqa: ANN201
+def mask_rule(threshold: float | None, dilate: int | None, feather: int | None):
     """The ``MaskRule`` the options name (None when none is given: the model's own), or exit 2."""
-    from model.masks import MaskRule
+    from model.remover.masks import MaskRule
 
     try:
         return MaskRule.given(threshold, dilate, feather)

@@ -119,7 +119,7 @@ class LiveDisplay:
                      description=f"clean: {snap['cleaned']}/{total} images")
 
 
-def summary_table(catalog, result: dict, manifest: dict, minutes: float) -> Table:  # noqa: ANN001
+def summary_table(catalog, result: dict, manifest: dict, minutes: float) -> Table:
     """What the demo did, in one table."""
     counts = summaries.catalog_counts(catalog)
     train = result.get("train") or {}

@@ -59,8 +59,8 @@ def _mapped_hasher(jobs: Sequence[tuple[int, str]], settings: Settings) -> Itera
         yield from fut.result()
 
 
-def _mapped_scorer(settings: Settings):  # noqa: ANN202
-    def score_chunks(detector, batches: list[list[int]]) -> Iterator[dict[str, int]]:  # noqa: ANN001
+def _mapped_scorer(settings: Settings):
+    def score_chunks(detector, batches: list[list[int]]) -> Iterator[dict[str, int]]:
         futures = score_chunk.map(unmapped(settings), unmapped(detector.version), batches)
         for fut in futures:
             yield fut.result()
@@ -101,7 +101,7 @@ def dedup_and_triage(settings: Settings, retrain_detector: bool = False) -> dict
     return {"dedup": _dedup(settings), "triage": _triage(settings, retrain_detector)}
 
 
-def run_mapped(which, settings: Settings, *args, kind: str = "dask") -> dict:  # noqa: ANN001
+def run_mapped(which, settings: Settings, *args, kind: str = "dask") -> dict:
     """One of the flows above, run on the ``kind`` task runner (``dask`` or ``thread``)."""
     return which.with_options(task_runner=task_runner(kind, settings))(settings, *args)
 

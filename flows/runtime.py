@@ -19,7 +19,7 @@ from pipeline.config import Settings, load_settings
 # Bounded: Prefect's default thread pool has no limit (sys.maxsize workers).
 MAX_TASK_THREADS = 4
 
-def task_runner(kind: str = "thread", settings: Settings | None = None):  # noqa: ANN201
+def task_runner(kind: str = "thread", settings: Settings | None = None):
     """The runner for a flow's mapped tasks. ``thread``: a bounded thread pool in the flow's
     process. ``dask`` (prefect-dask): the Dask scheduler at ``settings.dask_address``, or else a
     local cluster of ``settings.dask_workers`` processes (one thread each), every socket on

@@ -1,4 +1,10 @@
-"""PyTorch side of Unmark: network, losses, synthetic watermarks, datasets, training, inference, metrics, plots. Imports nothing of ours.
+"""PyTorch side of Unmark. Imports nothing of ours.
+
+- ``model.synth``: synthetic watermarks and the training pairs made with them.
+- ``model.remover``: the remover's networks, training, evaluation and tiled inference.
+- ``model.detector``: the watermark detector that scores images for triage.
+- ``model.device``, ``model.metrics``, ``model.schedule``: device and precision, image-quality
+  metrics, the learning-rate schedule, shared by the remover and the detector.
 
 ``from model import Remover, Detector`` cleans or scores one image (``model.api``)."""
 

@@ -7,7 +7,7 @@
 
 ``Remover.load()`` takes ``model/weights/remover.pt`` (fp16 weights, loaded as float32) or any
 Unmark remover checkpoint path or bytes. ``clean`` runs the tiled inference engine
-(``model.infer.Cleaner``) at the image's own size and returns the output (uint8 HxWx3) and the
+(``model.remover.infer.Cleaner``) at the image's own size and returns the output (uint8 HxWx3) and the
 mask it used (bool HxW). Outside the mask the output is the input, bit for bit: the network's
 prediction is taken where the mask is, blended into the input over the feather.
 
@@ -31,9 +31,9 @@ from PIL import Image
 
 from model.detector import SCORE_SCALES, detector_from_bytes, score_images
 from model.device import resolve_device
-from model.infer import Cleaner
-from model.masks import MaskRule
-from model.network import load_checkpoint
+from model.remover.infer import Cleaner
+from model.remover.masks import MaskRule
+from model.remover.network import load_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

@@ -5,10 +5,12 @@
   with AVX512-BF16 or AMX).
 - `resolve_precision`: ``auto`` → bf16 or fp16 on CUDA, bf16 on a CPU that does it natively,
   fp32 elsewhere.
+- `autocast`: the autocast context a resolved precision runs under.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,3 +71,13 @@ def same_shape_batches(items: list[tuple[int, torch.Tensor]], batch_size: int, d
         for k in range(0, len(group), batch_size):
             chunk = group[k : k + batch_size]
             yield [i for i, _ in chunk], torch.stack([t for _, t in chunk]).to(device)
+
+
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast a resolved ``precision`` runs under on ``device``: bf16 or fp16 autocast, and
+    for ``fp32`` a context that changes nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -1,5 +1,5 @@
 """The one-cycle learning-rate curve as a plain function of progress, shared by the remover's
-wall-clock schedule (``model.train``) and the detector's (``model.detector``) without either
+wall-clock schedule (``model.remover.train``) and the detector's (``model.detector``) without either
 importing the other's dependencies."""
 
 from __future__ import annotations

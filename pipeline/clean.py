@@ -4,7 +4,7 @@ What gets cleaned (DESIGN.md, "Life of an image"):
 - the watermarked pool (watermarked images whose dedup group has no clean member) not yet cleaned
   by this model version: each is decoded in DataLoader workers (EXIF orientation applied; grey,
   palette and 16-bit images become RGB; RGBA keeps its alpha, re-attached after cleaning the RGB),
-  cleaned by the tiled engine (``model.infer``; with the hardened mask when the model was
+  cleaned by the tiled engine (``model.remover.infer``; with the hardened mask when the model was
   evaluated that way, ``config["harden_mask"]``), encoded as PNG or JPEG q95
   (``settings.output_format``; images with alpha are always PNG), stored as a blob, and described
   by a ``cleanings`` row;
@@ -28,31 +28,25 @@ that cannot be decoded or cleaned becomes a ``failures`` row (stage ``clean``) a
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image as PILImage
-from scipy.ndimage import binary_dilation
 from sqlalchemy import exists, select
-from torch.utils.data import DataLoader, Dataset
 
 from model.device import resolve_device
-from model.infer import Cleaner
-from model.masks import MaskRule
-from model.metrics import psnr, ssim_map
-from model.network import load_checkpoint
+from model.remover.infer import Cleaner
+from model.remover.masks import MaskRule
+from model.remover.network import load_checkpoint
 from pipeline import registry
+from pipeline.clean_decode import Decoded, WorkItem, iter_decoded
+from pipeline.clean_metrics import cleaning_metrics, encode_mask, encode_output, versus_clean
 from pipeline.config import Settings
-from pipeline.images import open_image
 from pipeline.stopping import StopFlag
-from storage import BlobStore, Catalog, claims, status
+from storage import BlobStore, Catalog, claims, pools, status
 from storage import queries as q
 from storage.db import insert_ignore
 from storage.models import Claim, Cleaning, Image
@@ -60,34 +54,10 @@ from storage.models import Claim, Cleaning, Image
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 STAGE = "clean"
-PSNR_CAP = 100.0
-SSIM_WINDOW = 7
 
 
 class DeviceUnavailable(RuntimeError):
     """The device asked for (``cuda``) is not present on this machine."""
-
-
-# --- what to clean -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    image_id: int
-    sha256: str
-    blob_key: str
-    clean_key: str | None = None  # real pair: the clean copy's blob (the asset)
-    clean_sha: str | None = None
-    score_before: float | None = None  # the triage score, when it came from the promoted detector
-
-
-@dataclass
-class Decoded:
-    item: WorkItem
-    rgb: np.ndarray | None = None  # HxWx3 uint8
-    alpha: np.ndarray | None = None  # HxW uint8, when the source had transparency
-    clean: np.ndarray | None = None  # real pairs: the clean copy resized to rgb's size
-    error: BaseException | None = None
 
 
 @dataclass
@@ -112,138 +82,11 @@ def work_items(catalog: Catalog, version: str, detector_version: str | None) -> 
 
     with catalog.session() as s:
         pool = [WorkItem(im.id, im.sha256, im.blob_key, score_before=before(im))
-                for im in q.images_without_cleaning(s, version)]
+                for im in pools.images_without_cleaning(s, version)]
         done = set(s.scalars(select(Cleaning.image_id).where(Cleaning.model_version == version)))
         pairs = [WorkItem(wm.id, wm.sha256, wm.blob_key, cl.blob_key, cl.sha256, before(wm))
-                 for wm, cl in q.real_pairs(s) if wm.id not in done]
+                 for wm, cl in pools.real_pairs(s) if wm.id not in done]
     return pool, pairs
-
-
-# --- decoding (in DataLoader workers) -----------------------------------------------------------
-
-
-def decode_rgba(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Untrusted bytes → (RGB uint8 HxWx3, alpha HxW or None), through ``pipeline.images``."""
-    im = open_image(data, max_pixels)
-    arr = np.asarray(im)
-    if im.mode == "RGBA":
-        return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
-    return arr, None
-
-
-class BlobImages(Dataset):
-    """Decodes work items from the blob store; a failure is returned, not raised, so one bad image
-    never stops the loader. The blob store is opened lazily in each worker process."""
-
-    def __init__(self, items: Sequence[WorkItem], blob_root: str, storage_options: dict, max_pixels: int,
-                 with_clean: bool = True):
-        self.items = list(items)
-        self.blob_root, self.storage_options, self.max_pixels = blob_root, storage_options, max_pixels
-        self.with_clean = with_clean
-        self._blobs: BlobStore | None = None
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Decoded:
-        item = self.items[i]
-        if self._blobs is None:
-            self._blobs = BlobStore(self.blob_root, self.storage_options)
-        try:
-            rgb, alpha = decode_rgba(self._blobs.get(item.blob_key), self.max_pixels)
-            clean = None
-            if item.clean_key and self.with_clean:
-                c, _ = decode_rgba(self._blobs.get(item.clean_key), self.max_pixels)
-                if c.shape != rgb.shape:
-                    c = np.asarray(PILImage.fromarray(c).resize((rgb.shape[1], rgb.shape[0]), PILImage.LANCZOS))
-                clean = c
-            return Decoded(item, rgb, alpha, clean)
-        except Exception as exc:  # noqa: BLE001 - any decode error is this image's failure row
-            return Decoded(item, error=exc)
-
-
-def _one(x: Decoded) -> Decoded:  # DataLoader collate for batch_size=None (top level: picklable)
-    return x
-
-
-def iter_decoded(items: Sequence[WorkItem], settings: Settings, with_clean: bool = True) -> Iterator[Decoded]:
-    """Decoded items in order, decoded by ``settings.num_workers`` processes (0 = in-process)."""
-    ds = BlobImages(items, settings.blob_root, settings.blob_storage_options(), settings.max_image_pixels, with_clean)
-    workers = max(0, min(settings.num_workers, len(items)))
-    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_one,
-                        prefetch_factor=2 if workers else None)
-    yield from loader
-
-
-# --- output and metrics --------------------------------------------------------------------------
-
-
-def encode_output(rgb: np.ndarray, alpha: np.ndarray | None, output_format: str) -> bytes:
-    """PNG (lossless) or JPEG quality 95; an image with alpha is always PNG (JPEG has no alpha)."""
-    fmt = output_format.lower()
-    if fmt not in ("png", "jpeg", "jpg"):
-        raise ValueError(f"output_format must be png or jpeg, not {output_format!r}")
-    buf = io.BytesIO()
-    if alpha is not None:
-        PILImage.fromarray(np.dstack([rgb, alpha]), "RGBA").save(buf, "PNG")
-    elif fmt == "png":
-        PILImage.fromarray(rgb, "RGB").save(buf, "PNG")
-    else:
-        PILImage.fromarray(rgb, "RGB").save(buf, "JPEG", quality=95)
-    return buf.getvalue()
-
-
-def encode_mask(mask: np.ndarray) -> bytes:
-    """The predicted mark probability (HxW in [0, 1]) as an 8-bit greyscale PNG (255: a mark)."""
-    buf = io.BytesIO()
-    PILImage.fromarray(np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8), "L").save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _finite(x: float | None, cap: float = PSNR_CAP) -> float | None:
-    if x is None or math.isnan(x):
-        return None
-    return min(float(x), cap)
-
-
-def _ssim_where(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float | None:
-    """Mean SSIM (uint8 images) over the pixels in ``where`` (None if empty or the image is tiny)."""
-    if min(a.shape[:2]) < SSIM_WINDOW or not where.any():
-        return None
-    return float(ssim_map(a, b, data_range=255, win_size=SSIM_WINDOW)[where].mean())
-
-
-def cleaning_metrics(inp: np.ndarray, out: np.ndarray, mask: np.ndarray | None, threshold: int) -> dict[str, Any]:
-    """Fidelity of a cleaning with no ground truth: how much changed, and how faithfully the rest
-    was kept (``psnr_vs_input``/``ssim_vs_input`` outside the changed region)."""
-    diff = np.abs(out.astype(np.int16) - inp.astype(np.int16)).max(axis=2)
-    changed = diff > threshold
-    keep = ~changed
-    keep_ssim = ~binary_dilation(changed, iterations=SSIM_WINDOW // 2) if changed.any() else keep
-    m: dict[str, Any] = {
-        "changed_fraction": float(changed.mean()),
-        "psnr_vs_input": _finite(psnr(inp, out, mask=keep, data_range=255)) if keep.any() else None,
-        "ssim_vs_input": _ssim_where(inp, out, keep_ssim),
-        "mean_residual": float(np.abs(out.astype(np.float32) - inp.astype(np.float32)).mean() / 255.0),
-        "max_residual": int(diff.max()),
-    }
-    if mask is not None:
-        m["mask_area"] = float((mask > 0.5).mean())
-        m["mask_mean"] = float(mask.mean())
-    return m
-
-
-def versus_clean(inp: np.ndarray, out: np.ndarray, clean: np.ndarray) -> dict[str, float | None]:
-    """Real ground truth: output and input (the baseline) against the clean copy."""
-    ok = min(inp.shape[:2]) >= SSIM_WINDOW
-    from model.metrics import ssim
-
-    return {
-        "psnr": _finite(psnr(out, clean, data_range=255)),
-        "ssim": float(ssim(out, clean, data_range=255)) if ok else None,
-        "input_psnr": _finite(psnr(inp, clean, data_range=255)),
-        "input_ssim": float(ssim(inp, clean, data_range=255)) if ok else None,
-    }
 
 
 # --- the step ------------------------------------------------------------------------------------
@@ -288,7 +131,7 @@ def make_cleaner(remover: Remover, settings: Settings, dev: torch.device, mask_r
     return Cleaner(remover.model, device=dev, harden_mask=harden, mask_rule=rule, **engine_options(settings, dev))
 
 
-def _detector(catalog: Catalog, blobs: BlobStore):  # noqa: ANN202
+def _detector(catalog: Catalog, blobs: BlobStore):
     """The promoted watermark detector (``pipeline.triage``), or None when there is none."""
     try:
         from pipeline.triage import load_promoted_detector
@@ -468,7 +311,7 @@ def _finish(summary: dict[str, Any], t0: float, compute_s: float, settings: Sett
     return summary
 
 
-def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: BlobStore,  # noqa: ANN001
+def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: BlobStore,
                  settings: Settings, version: str) -> tuple[list[dict], list[tuple[WorkItem, BaseException]]]:
     failed = [(d.item, d.error) for d in chunk if d.error is not None]
     good = [d for d in chunk if d.error is None]

@@ -38,19 +38,18 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import delete, select
 
-from model.masks import MaskRule
+from model.remover.masks import MaskRule
 from pipeline import registry
 from pipeline.clean import (
-    WorkItem,
     _clean_chunk,  # the pool step's own chunk and commit: one way to clean and record
     _commit,
-    iter_decoded,
     load_remover,
     make_cleaner,
     mask_settings,
     output_rule,
     pick_device,
 )
+from pipeline.clean_decode import WorkItem, iter_decoded
 from pipeline.config import Settings
 from pipeline.images import BadImage, displayed
 from pipeline.importer import import_files, iter_image_files
@@ -187,7 +186,7 @@ def import_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
 
 
 def triage_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings: Settings,
-                progress: Progress | None = None):  # noqa: ANN201
+                progress: Progress | None = None):
     """Label the imported files with the promoted detector (scoring those it has not scored);
     returns the detector, or None when none is promoted (every file is then ``untriaged``)."""
     from pipeline.triage import load_promoted_detector, score_chunk
@@ -244,7 +243,7 @@ def _reusable(snap: dict[str, Any], expected: dict[str, Any]) -> bool:
 
 
 def clean_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings: Settings, options: Options,
-               detector, progress: Progress | None = None) -> tuple[str, dict[int, dict]]:  # noqa: ANN001
+               detector, progress: Progress | None = None) -> tuple[str, dict[int, dict]]:
     """Clean the images of the jobs that want it (not those this model already cleaned the same
     way); returns the remover's version and the cleaning of each image id."""
     remover = load_remover(catalog, blobs, options.model_version)

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     output_format: str = Field(default="png", description="png | jpeg")
 
-    # --- cleaning (pipeline/clean.py, model/infer.py) ----------------------------------
+    # --- cleaning (pipeline/clean.py, model/remover/infer.py) ----------------------------------
     # Tiles: None = by device (CUDA 512/64; CPU 512/32: with the fused CPU backend, fewer overlap
     # pixels beat smaller tiles; bench/results/infer.json). Any size works: memory depends on
     # the tile, not the image.

@@ -231,25 +231,16 @@ def find_pairs(full_ids: np.ndarray, full: np.ndarray, win_ids: np.ndarray, win:
     return pairs
 
 
-def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool = False,
-          hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]] | None = None) -> dict:
-    """Hash new images, match them against the catalog, and update groups. Returns counts:
-    ``hashed``, ``failed``, ``matches`` (near-duplicate pairs found in this run), ``changed``
-    (rows whose group or role changed), ``groups`` (with two or more members) and ``duplicates``
-    (catalog-wide), and timings. ``hasher`` replaces ``hash_blobs`` (same arguments, the same tuples
-    in the same order): the flows pass one that maps the chunks onto Dask workers."""
-    t0 = time.perf_counter()
-    threshold = settings.dedup_threshold
-    rows = _load_rows(catalog)
-    by_id = {r.id: r for r in rows}
-
-    # 1. hash what has no hash of the current implementation
+def _hash_new(catalog: Catalog, rows: list[Row], by_id: dict[int, Row], settings: Settings,
+              hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]]) -> tuple[dict[int, np.ndarray], int]:
+    """Stage 1: hash what has no hash of the current implementation. Returns the fresh window
+    codes by image id and how many failed; a failed image leaves ``by_id`` (and its group)."""
     windowed = _images_with_windows(catalog)
     todo = [r for r in rows if r.hash_impl != HASH_IMPL or r.phash is None or r.dhash is None or r.id not in windowed]
     failed = 0
     fresh: dict[int, np.ndarray] = {}
     batch: list[tuple[int, np.ndarray]] = []
-    for image_id, codes, err_class, message in (hasher or hash_blobs)([(r.id, r.blob_key) for r in todo], settings):
+    for image_id, codes, err_class, message in hasher([(r.id, r.blob_key) for r in todo], settings):
         row = by_id[image_id]
         if codes is None:
             failed += 1
@@ -265,10 +256,13 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
             _write_hashes(catalog, batch)
             batch.clear()
     _write_hashes(catalog, batch)
-    t_hash = time.perf_counter()
+    return fresh, failed
 
-    # 2. match the images never grouped (or just re-hashed) against every hashed image
-    rows = [r for r in by_id.values() if r.hash_impl == HASH_IMPL]
+
+def _match(catalog: Catalog, rows: list[Row], by_id: dict[int, Row], fresh: dict[int, np.ndarray], regroup: bool,
+           threshold: int) -> tuple[UnionFind, set[tuple[int, int]]]:
+    """Stage 2: match the images never grouped (or just re-hashed; every one with ``regroup``)
+    against every hashed image. Returns the groups so far and the pairs found."""
     uf = UnionFind()
     if regroup:
         queries = rows
@@ -286,9 +280,12 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
                            query_ids, _codes(queries), query_win, threshold)
         for a, b in pairs:
             uf.union(a, b)
-    t_match = time.perf_counter()
+    return uf, pairs
 
-    # 3. canonical per group; write only what changed
+
+def _write_groups(catalog: Catalog, rows: list[Row], uf: UnionFind, batch_size: int) -> tuple[list[dict], int, int]:
+    """Stage 3: the canonical member per group; writes only what changed. Returns the changes,
+    the groups with two or more members and the duplicates."""
     members: dict[int, list[Row]] = {}
     for r in rows:
         members.setdefault(uf.find(r.id), []).append(r)
@@ -302,9 +299,30 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
             duplicates += role == "duplicate"
             if r.group_id != canon.id or r.dedup_role != role:
                 changes.append({"id": r.id, "group_id": canon.id, "dedup_role": role})
-    for i in range(0, len(changes), settings.write_batch_size):
+    for i in range(0, len(changes), batch_size):
         with catalog.write() as s:
-            s.execute(update(Image), changes[i : i + settings.write_batch_size])
+            s.execute(update(Image), changes[i : i + batch_size])
+    return changes, groups, duplicates
+
+
+def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool = False,
+          hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]] | None = None) -> dict:
+    """Hash new images, match them against the catalog, and update groups. Returns counts:
+    ``hashed``, ``failed``, ``matches`` (near-duplicate pairs found in this run), ``changed``
+    (rows whose group or role changed), ``groups`` (with two or more members) and ``duplicates``
+    (catalog-wide), and timings. ``hasher`` replaces ``hash_blobs`` (same arguments, the same tuples
+    in the same order): the flows pass one that maps the chunks onto Dask workers."""
+    t0 = time.perf_counter()
+    threshold = settings.dedup_threshold
+    rows = _load_rows(catalog)
+    by_id = {r.id: r for r in rows}
+
+    fresh, failed = _hash_new(catalog, rows, by_id, settings, hasher or hash_blobs)
+    t_hash = time.perf_counter()
+    rows = [r for r in by_id.values() if r.hash_impl == HASH_IMPL]
+    uf, pairs = _match(catalog, rows, by_id, fresh, regroup, threshold)
+    t_match = time.perf_counter()
+    changes, groups, duplicates = _write_groups(catalog, rows, uf, settings.write_batch_size)
     t_end = time.perf_counter()
     return {
         "images": len(rows),

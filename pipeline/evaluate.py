@@ -1,6 +1,6 @@
 """``unmark evaluate``: score a registered remover on a public benchmark protocol.
 
-Only ``swcnn`` exists (``model.evaluate.swcnn_protocol``, the test of Tian et al. 2024). The model
+Only ``swcnn`` exists (``model.remover.evaluate.swcnn_protocol``, the test of Tian et al. 2024). The model
 is the promoted remover unless a version is named; its checkpoint comes from the blob store and its
 evaluation settings (the hardened mask) from the config it was registered with.
 """
@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from model.device import resolve_device
-from model.evaluate import SWCNN_ALPHAS, SWCNN_PAPER_PSNR, swcnn_protocol
-from model.network import load_checkpoint
+from model.remover.evaluate import SWCNN_ALPHAS, SWCNN_PAPER_PSNR, swcnn_protocol
+from model.remover.network import load_checkpoint
 from pipeline import registry
 from pipeline.config import Settings
 from storage import BlobStore, Catalog

@@ -24,7 +24,7 @@ import numpy as np
 BRUTE_FORCE_MAX = 100_000
 
 
-def as_codes(codes, words: int | None = None) -> np.ndarray:  # noqa: ANN001
+def as_codes(codes, words: int | None = None) -> np.ndarray:
     """A (n, words) uint64 array from ints (signed or unsigned), rows of ints, or an array."""
     arr = np.asarray(codes)
     if arr.dtype != np.uint64:
@@ -63,7 +63,7 @@ class BruteForceIndex:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, codes, ids) -> None:  # noqa: ANN001
+    def add(self, codes, ids) -> None:
         codes = as_codes(codes, self.words)
         ids = np.asarray(ids, dtype=np.int64)
         if len(codes) != len(ids):
@@ -72,13 +72,13 @@ class BruteForceIndex:
         self._ids = np.concatenate([self._ids, ids])
         self._cols = [np.ascontiguousarray(self._codes[:, w]) for w in range(self.words)]
 
-    def query(self, code, radius: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    def query(self, code, radius: int) -> tuple[np.ndarray, np.ndarray]:
         q = as_codes(code, self.words)[0]
         d = _distances(self._cols, None, q)
         hit = np.flatnonzero(d <= radius)
         return _sorted(self._ids[hit], d[hit])
 
-    def pairs_within(self, codes, radius: int, block: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+    def pairs_within(self, codes, radius: int, block: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (query row, id, distance) within ``radius``, for many queries at once."""
         qs = as_codes(codes, self.words)
         rows, ids, dists = [], [], []
@@ -124,7 +124,7 @@ class MultiIndexHash:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, codes, ids) -> None:  # noqa: ANN001
+    def add(self, codes, ids) -> None:
         codes = as_codes(codes, self.words)
         ids = np.asarray(ids, dtype=np.int64)
         if len(codes) != len(ids):
@@ -134,7 +134,7 @@ class MultiIndexHash:
         if len(self._ids) - self._built > max(1024, self._built // 8):
             self.build()
 
-    def _chunk(self, words, j: int) -> np.ndarray:  # noqa: ANN001
+    def _chunk(self, words, j: int) -> np.ndarray:
         """Substring ``j`` of a code (a (w,) array) or of every code (the list of word columns)."""
         word, k = divmod(j, 64 // self.chunk_bits)
         mask = np.uint64((1 << self.chunk_bits) - 1)
@@ -185,7 +185,7 @@ class MultiIndexHash:
             hits.append(self._order[j][at[d <= radius]])
         return np.unique(np.concatenate(hits)) if hits else np.empty(0, np.int64)
 
-    def query(self, code, radius: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    def query(self, code, radius: int) -> tuple[np.ndarray, np.ndarray]:
         q = as_codes(code, self.words)[0]
         hit = self._probe(q, radius)
         tail = np.arange(self._built, len(self._ids))
@@ -193,7 +193,7 @@ class MultiIndexHash:
             hit = np.concatenate([hit, tail[_distances(self._cols, tail, q) <= radius]])
         return _sorted(self._ids[hit], _distances(self._cols, hit, q))
 
-    def pairs_within(self, codes, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+    def pairs_within(self, codes, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         qs = as_codes(codes, self.words)
         rows, ids, dists = [], [], []
         for i, q in enumerate(qs):
@@ -211,7 +211,7 @@ def _sorted(ids: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return ids[order], dists[order].astype(np.int32)
 
 
-def make_index(codes, ids, words: int = 2, kind: str = "auto") -> BruteForceIndex | MultiIndexHash:  # noqa: ANN001
+def make_index(codes, ids, words: int = 2, kind: str = "auto") -> BruteForceIndex | MultiIndexHash:
     """An index over ``codes``: brute force up to BRUTE_FORCE_MAX codes, multi-index hashing
     beyond (``kind`` = "auto" | "brute" | "mih")."""
     codes = as_codes(codes, words)

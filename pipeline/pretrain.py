@@ -5,7 +5,7 @@ card.
 Stages:
 1. ``corpus_paths``: the photos under the given folders, minus any listed as carrying a real
    overlay (``KNOWN_OVERLAYS``), sorted.
-2. ``model.data.split_paths``: train / val / test by each file's SHA-256, so the held-out photos
+2. ``model.synth.pairs.split_paths``: train / val / test by each file's SHA-256, so the held-out photos
    never move between runs or sessions.
 3. ``model.train.train`` in ``run_dir`` (``UNMARK_HOME/pretrain/remover``): it checkpoints after
    every epoch (100 steps, well under 10 minutes) and, with ``resume``, continues from
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from model import train as trainer
 from model.api import WEIGHTS_DIR
-from model.data import split_paths
-from model.icons import BANK_VERSION
-from model.network import load_checkpoint, save_checkpoint
-from model.watermarks import FAMILIES, WatermarkRenderer
+from model.remover import train as trainer
+from model.remover.network import load_checkpoint, save_checkpoint
+from model.synth.icons import BANK_VERSION
+from model.synth.pairs import split_paths
+from model.synth.renderer import FAMILIES, WatermarkRenderer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # Photos of ../shared/corpus/voc150 that carry a real overlay (its README): never clean targets.
@@ -60,7 +60,7 @@ def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: fl
                      icon_logos: int = 512, synth: str = "cpu", batch_size: int | None = None) -> dict:
     """Train (or continue) the shipped remover for ``minutes`` of wall time, then export it.
 
-    ``icon_logos``: logos composed from pictograms (``model.icons``) in each renderer, from the
+    ``icon_logos``: logos composed from pictograms (``model.synth.icons``) in each renderer, from the
     train identities for training and from the held-out ones for validation and test (0: none).
     ``synth="device"`` composites the training marks on the training device from a pre-rendered
     bank (``model.synth``: for a lent GPU); ``batch_size`` overrides the profile's.
@@ -184,7 +184,7 @@ def _metrics_table(m: dict) -> str:
 
 def _describe(config: dict) -> str:
     if config.get("arch") == "locate-restore":
-        return (f"the `{config['profile']}` locate-then-restore remover (`model.locate`, {config['parameters']:,} "
+        return (f"the `{config['profile']}` locate-then-restore remover (`model.remover.locate`, {config['parameters']:,} "
                 f"parameters): a localiser U-Net (base {config['loc_base']}, depth {config['depth']}) that sees the "
                 f"whole image at a {config['view']} px view and predicts the mark's mask, opacity α and colour W; "
                 f"the inversion J = (I − αW)/(1 − α) where α < 0.9; a full-resolution restorer U-Net (base "

@@ -3,7 +3,7 @@ remover's localiser (``model.detector.LocaliserDetector``), optionally fine-tune
 calibrated on held-out photos and measured on others, with its model card.
 
 Stages:
-1. ``pipeline.pretrain.corpus_paths`` and ``model.data.split_paths``: the same photos and the same
+1. ``pipeline.pretrain.corpus_paths`` and ``model.synth.pairs.split_paths``: the same photos and the same
    train / val / test split (by SHA-256) as the shipped remover's.
 2. Start: ``detector.pt`` when one ships and ``resume`` (its localiser fine-tuned further), else a
    copy of ``remover.pt``'s localiser.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from model.api import WEIGHTS_DIR
-from model.data import load_rgb, split_paths
+from model.synth.pairs import load_rgb, split_paths
 from model.detector import (
     LocaliserDetector,
     best_accuracy_threshold,
@@ -40,8 +40,8 @@ from model.detector import (
     save_detector,
     train_localiser_detector,
 )
-from model.network import load_checkpoint
-from model.watermarks import WatermarkRenderer
+from model.remover.network import load_checkpoint
+from model.synth.renderer import WatermarkRenderer
 from pipeline.pretrain import SPLIT, _sha256, _shown, corpus_paths
 
 PREVALENCE = 0.1  # the watermarked share triage is measured at
@@ -144,7 +144,7 @@ def _card(detector: LocaliserDetector, cal: dict, test: dict, runs: list[dict], 
 
 The triage detector that `unmark init` registers on an empty catalog (and triage's cold start when
 none is promoted): the localiser of the shipped locate-then-restore remover (`remover.pt`,
-`model.locate.Localiser`, base {c['base']}, depth {c['depth']}) as a `model.detector.LocaliserDetector`.
+`model.remover.locate.Localiser`, base {c['base']}, depth {c['depth']}) as a `model.detector.LocaliserDetector`.
 It sees the whole photo at a {c['view']} px view (long side), whatever its size, and an image's score is
 the mean of its top {c['top_fraction'] * 100:.1f} % mark probabilities there. Fine-tuned for detection
 for {steps:,} steps in all (half of the samples unmarked, the rest marked with the training icon

@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from model.api import WEIGHTS_DIR
-from model.network import load_checkpoint
+from model.remover.network import load_checkpoint
 from storage import queries as q
 from storage.blobs import BlobStore
 from storage.db import Catalog

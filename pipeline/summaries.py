@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from storage import pools, reports
 from storage import queries as q
 
 _SPARK = "▁▂▃▄▅▆▇█"
@@ -33,11 +34,11 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def ingest_rows(catalog) -> list[dict[str, Any]]:  # noqa: ANN001
+def ingest_rows(catalog) -> list[dict[str, Any]]:
     """One row per image status and per (stage, failure reason), with counts."""
     with catalog.session() as s:
         stats = q.catalog_stats(s)
-        fails = q.failure_counts(s)
+        fails = reports.failure_counts(s)
     rows = [{"kind": "pages", "name": "pages", "count": stats["pages"]}]
     rows += [{"kind": "status", "name": k, "count": v} for k, v in sorted(stats["images"].items())]
     rows += [{"kind": "dedup", "name": k, "count": v} for k, v in sorted(stats.get("dedup", {}).items())]
@@ -54,11 +55,11 @@ def _history_columns(history: list[dict]) -> list[str]:
     return cols
 
 
-def training_markdown(catalog, model_version: str | None) -> str:  # noqa: ANN001
+def training_markdown(catalog, model_version: str | None) -> str:
     """A markdown report of a training run: parameters, curves (sparklines and the per-epoch
     table), test metrics of the model, and whether it was promoted."""
     with catalog.session() as s:
-        run = q.latest_training_run(s, model_version)
+        run = reports.latest_training_run(s, model_version)
         model = q.get_model(s, model_version) if model_version else None
         promoted = q.promoted_model(s, "remover")
         run_info = None if run is None else {
@@ -114,44 +115,44 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def worst_cleaning_rows(catalog, model_version: str | None, limit: int = 10) -> list[dict[str, Any]]:  # noqa: ANN001
+def worst_cleaning_rows(catalog, model_version: str | None, limit: int = 10) -> list[dict[str, Any]]:
     with catalog.session() as s:
-        rows = q.worst_cleanings(s, model_version, limit)
+        rows = reports.worst_cleanings(s, model_version, limit)
     return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
 
 
 
-def catalog_counts(catalog) -> dict[str, Any]:  # noqa: ANN001
+def catalog_counts(catalog) -> dict[str, Any]:
     """``unmark catalog stats`` as a dict: pages, images per status, failures per stage, …"""
     with catalog.session() as s:
         return q.catalog_stats(s)
 
 
-def promoted_version(catalog, kind: str = "remover") -> str | None:  # noqa: ANN001
+def promoted_version(catalog, kind: str = "remover") -> str | None:
     with catalog.session() as s:
         m = q.promoted_model(s, kind)
         return m.version if m else None
 
 
-def pending_cleanings(catalog, model_version: str) -> int:  # noqa: ANN001
+def pending_cleanings(catalog, model_version: str) -> int:
     """Watermarked-pool images that ``model_version`` has not cleaned yet."""
     with catalog.session() as s:
-        return len(q.images_without_cleaning(s, model_version))
+        return len(pools.images_without_cleaning(s, model_version))
 
 
-def cleaning_percent(catalog, model_version: str | None, since: datetime, total: int) -> float | None:  # noqa: ANN001
+def cleaning_percent(catalog, model_version: str | None, since: datetime, total: int) -> float | None:
     """Share (0–100) of ``total`` images cleaned since ``since``."""
     if total <= 0:
         return None
     with catalog.session() as s:
-        return 100.0 * q.count_cleanings(s, model_version, since) / total
+        return 100.0 * reports.count_cleanings(s, model_version, since) / total
 
 
-def training_percent(catalog, since: datetime, max_minutes: float | None) -> float | None:  # noqa: ANN001
+def training_percent(catalog, since: datetime, max_minutes: float | None) -> float | None:
     """How far the training run started after ``since`` is: finished epochs out of planned ones
     when the run records them, else the share of its time cap used."""
     with catalog.session() as s:
-        run = q.latest_training_run(s)
+        run = reports.latest_training_run(s)
         if run is not None and _aware(run.started_at) >= since:
             epochs = (run.params or {}).get("epochs")
             if isinstance(epochs, int) and epochs > 0 and run.history:
@@ -166,7 +167,7 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def demo_snapshot(catalog, since: datetime) -> dict[str, Any]:  # noqa: ANN001
+def demo_snapshot(catalog, since: datetime) -> dict[str, Any]:
     """Where a pipeline run stands, for a live display: pages and images so far, how many are
     triaged, the training run started after ``since`` (epochs, last validation PSNR, share of
     its time cap used) and the cleanings made since then out of the watermarked pool."""
@@ -179,11 +180,11 @@ def demo_snapshot(catalog, since: datetime) -> dict[str, Any]:  # noqa: ANN001
             "triaged": images - stats["images"].get("fetched", 0),
             "failures": sum(stats["failures"].values()),
             "detector": q.promoted_model(s, "detector") is not None,
-            "watermarked_pool": len(q.watermarked_pool(s)),
-            "cleaned": q.count_cleanings(s, since=since),
+            "watermarked_pool": len(pools.watermarked_pool(s)),
+            "cleaned": reports.count_cleanings(s, since=since),
             "train": None,
         }
-        run = q.latest_training_run(s)
+        run = reports.latest_training_run(s)
         if run is not None and _aware(run.started_at) >= since:
             history = [h for h in (run.history or []) if isinstance(h, dict)]
             cap = (run.params or {}).get("max_minutes")
@@ -198,13 +199,13 @@ def demo_snapshot(catalog, since: datetime) -> dict[str, Any]:  # noqa: ANN001
     return snap
 
 
-def failure_rows(catalog) -> list[dict[str, Any]]:  # noqa: ANN001
+def failure_rows(catalog) -> list[dict[str, Any]]:
     """Failures per stage and reason, most frequent first."""
     with catalog.session() as s:
-        return q.failure_counts(s)
+        return reports.failure_counts(s)
 
 
-def model_metric(catalog, version: str | None, key: str) -> Any:  # noqa: ANN001
+def model_metric(catalog, version: str | None, key: str) -> Any:
     """One top-level metric of a registered model (None when absent)."""
     if not version:
         return None
@@ -213,10 +214,10 @@ def model_metric(catalog, version: str | None, key: str) -> Any:  # noqa: ANN001
         return (m.metrics or {}).get(key) if m else None
 
 
-def pool_sizes(catalog) -> dict[str, int]:  # noqa: ANN001
+def pool_sizes(catalog) -> dict[str, int]:
     """Clean-pool images per split and the watermarked pool's size: what training and cleaning
     would get now."""
     with catalog.session() as s:
-        sizes = {split: len(q.clean_pool(s, split)) for split in ("train", "val", "test")}
-        sizes["watermarked"] = len(q.watermarked_pool(s))
+        sizes = {split: len(pools.clean_pool(s, split)) for split in ("train", "val", "test")}
+        sizes["watermarked"] = len(pools.watermarked_pool(s))
     return sizes

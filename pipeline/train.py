@@ -18,11 +18,11 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from model import train as trainer
-from model.network import load_checkpoint
+from model.remover import train as trainer
+from model.remover.network import load_checkpoint
 from pipeline import registry
 from pipeline.config import Settings
-from storage import BlobStore, Catalog
+from storage import BlobStore, Catalog, pools
 from storage import queries as q
 from storage.models import Image, TrainingRun, utcnow
 
@@ -78,7 +78,7 @@ def _blob_path(blobs: BlobStore, key: str, cache: Path) -> Path:
 def pool_splits(catalog: Catalog, blobs: BlobStore, settings: Settings) -> dict[str, list[Path]]:
     """Image files of the clean pool per split; assigns the stable split where it is missing."""
     with catalog.session() as s:
-        pool = [(im.id, im.sha256, im.blob_key, im.split) for im in q.clean_pool(s)]
+        pool = [(im.id, im.sha256, im.blob_key, im.split) for im in pools.clean_pool(s)]
     missing = [(i, q.split_for(sha)) for i, sha, _, split in pool if split not in SPLITS]
     if missing:
         with catalog.write() as s:
@@ -171,19 +171,7 @@ def train_remover(
     if config.max_minutes is None:
         params["epochs"] = config.epochs  # planned epochs (a capped run's count depends on speed)
 
-    resumable = _resumable_run(catalog, params)
-    if resumable is not None:
-        run_id, version, run_dir = resumable
-    else:
-        version = _new_version(settings, profile, pairing)
-        run_dir = settings.runs_dir / version
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with catalog.write() as s:
-            row = TrainingRun(model_version=version, kind="remover", params=params, status="running",
-                              run_dir=str(run_dir))
-            s.add(row)
-            s.flush()
-            run_id = row.id
+    run_id, version, run_dir = _open_run(catalog, settings, params)
 
     def record_epoch(history: list[dict]) -> None:
         with catalog.write() as s:
@@ -194,38 +182,19 @@ def train_remover(
         summary = trainer.train(splits["train"], splits["val"], splits["test"], config, run_dir, resume=True,
                                 log=log, on_epoch=record_epoch, init_weights=init)
     except BaseException as exc:
-        with catalog.write() as s:
-            s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
-                status="failed" if isinstance(exc, Exception) else "running",  # a Ctrl-C run stays resumable
-                error=f"{type(exc).__name__}: {exc}"[:4000], finished_at=utcnow()))
+        _run_failed(catalog, run_id, exc)
         raise
 
     metrics = _metrics(summary)
     previous = _challenge_promoted(catalog, blobs, config, splits["test"])
     promote = previous is None or metrics["psnr"] > previous["psnr"]
-    resolved = json.loads((run_dir / "config.json").read_text())
-    with catalog.write() as s:
-        key = registry.register(s, blobs, version, "remover", (run_dir / "best.pt").read_bytes(),
-                                config=resolved, metrics=metrics, promote=promote)
-        s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
-            status="completed", history=json.loads((run_dir / "history.json").read_text())
-            if (run_dir / "history.json").exists() else [],
-            timings={"train_minutes": summary["train_minutes"], "epochs": summary["epochs"],
-                     "steps": summary["steps"], "stopped_by": summary["stopped_by"],
-                     "test_eval_s": summary["test"]["seconds"]},
-            finished_at=utcnow(), error=None))
-    decision = (f"promoted (test PSNR {metrics['psnr']:.2f} dB"
-                + (f" > {previous['psnr']:.2f} dB of {previous['version']})" if previous else ", first remover)")
-                if promote else
-                f"not promoted (test PSNR {metrics['psnr']:.2f} dB <= {previous['psnr']:.2f} dB of "
-                f"{previous['version']} on the same samples)")
+    key = _register_run(catalog, blobs, run_id, version, run_dir, summary, metrics, promote)
     line = (f"- {datetime.now(UTC):%Y-%m-%d %H:%M:%S UTC} {version}: {profile}/{pairing}, "
             f"{summary['epochs']} epochs in {summary['train_minutes']:.1f} min, perceptual={config.perceptual}; "
-            f"{decision}\n")
-    with open(settings.runs_dir / "CHANGELOG.md", "a") as fh:
-        fh.write(line)
-    with open(run_dir / "changelog.md", "a") as fh:
-        fh.write(line)
+            f"{_decision(metrics, previous, promote)}\n")
+    for changelog in (settings.runs_dir / "CHANGELOG.md", run_dir / "changelog.md"):
+        with open(changelog, "a") as fh:
+            fh.write(line)
     return {
         "version": version,
         "promoted": promote,
@@ -244,6 +213,56 @@ def train_remover(
         "run_dir": str(run_dir),
         "started_from": started_from,
     }
+
+
+def _open_run(catalog: Catalog, settings: Settings, params: dict) -> tuple[int, str, Path]:
+    """(run id, version, run folder) of the interrupted run with these ``params``, else of a new
+    ``training_runs`` row (status ``running``) and its folder."""
+    resumable = _resumable_run(catalog, params)
+    if resumable is not None:
+        return resumable
+    version = _new_version(settings, params["profile"], params["pairing"])
+    run_dir = settings.runs_dir / version
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with catalog.write() as s:
+        row = TrainingRun(model_version=version, kind="remover", params=params, status="running",
+                          run_dir=str(run_dir))
+        s.add(row)
+        s.flush()
+        return row.id, version, run_dir
+
+
+def _run_failed(catalog: Catalog, run_id: int, exc: BaseException) -> None:
+    with catalog.write() as s:
+        s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
+            status="failed" if isinstance(exc, Exception) else "running",  # a Ctrl-C run stays resumable
+            error=f"{type(exc).__name__}: {exc}"[:4000], finished_at=utcnow()))
+
+
+def _register_run(catalog: Catalog, blobs: BlobStore, run_id: int, version: str, run_dir: Path, summary: dict,
+                  metrics: dict, promote: bool) -> str:
+    """Register the run's best checkpoint (promoted or not) and complete its ``training_runs`` row,
+    in one transaction; returns the checkpoint's blob key."""
+    resolved = json.loads((run_dir / "config.json").read_text())
+    with catalog.write() as s:
+        key = registry.register(s, blobs, version, "remover", (run_dir / "best.pt").read_bytes(),
+                                config=resolved, metrics=metrics, promote=promote)
+        s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
+            status="completed", history=json.loads((run_dir / "history.json").read_text())
+            if (run_dir / "history.json").exists() else [],
+            timings={"train_minutes": summary["train_minutes"], "epochs": summary["epochs"],
+                     "steps": summary["steps"], "stopped_by": summary["stopped_by"],
+                     "test_eval_s": summary["test"]["seconds"]},
+            finished_at=utcnow(), error=None))
+    return key
+
+
+def _decision(metrics: dict, previous: dict | None, promote: bool) -> str:
+    if promote:
+        return (f"promoted (test PSNR {metrics['psnr']:.2f} dB"
+                + (f" > {previous['psnr']:.2f} dB of {previous['version']})" if previous else ", first remover)"))
+    return (f"not promoted (test PSNR {metrics['psnr']:.2f} dB <= {previous['psnr']:.2f} dB of "
+            f"{previous['version']} on the same samples)")
 
 
 def _promoted_start(catalog: Catalog, blobs: BlobStore, config: trainer.TrainConfig) -> tuple[str, bytes | None]:

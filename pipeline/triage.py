@@ -94,7 +94,7 @@ def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_water
 def detector_train_families(holdout: Sequence[str], skip: str) -> tuple[str, ...]:
     """The watermark families a detector trains on: every family neither held out (for its
     validation) nor in ``skip`` (comma-separated, ``Settings.detector_skip_families``)."""
-    from model.watermarks import FAMILIES
+    from model.synth.renderer import FAMILIES
 
     skipped = tuple(f for f in skip.split(",") if f)
     unknown = (set(holdout) | set(skipped)) - set(FAMILIES)
@@ -111,7 +111,7 @@ def train_and_register(
     progress: Progress | None = None,
 ) -> LoadedDetector:
     """Train a detector on the pool, calibrate it on held-out styles, register and promote it."""
-    from model.watermarks import FAMILIES, WatermarkRenderer
+    from model.synth.renderer import FAMILIES, WatermarkRenderer
 
     holdout = tuple(f for f in settings.detector_holdout_families.split(",") if f)
     train_fams = detector_train_families(holdout, settings.detector_skip_families)
@@ -168,7 +168,7 @@ def fine_tune_and_register(catalog: Catalog, blobs: BlobStore, settings: Setting
     import copy
 
     from model.detector import train_localiser_detector
-    from model.watermarks import WatermarkRenderer
+    from model.synth.renderer import WatermarkRenderer
 
     with tempfile.TemporaryDirectory(prefix="unmark-detector-") as tmp:
         paths = _training_paths(catalog, blobs, Path(tmp), exclude_watermarked=True)
@@ -178,7 +178,7 @@ def fine_tune_and_register(catalog: Catalog, blobs: BlobStore, settings: Setting
         n_val = max(1, len(paths) // 5)
         val = [paths[i] for i in order[:n_val]]
         train = [paths[i] for i in order[n_val:]]
-        from model.data import load_rgb
+        from model.synth.pairs import load_rgb
         from model.detector import clean_and_marked
 
         images, labels, _ = clean_and_marked([load_rgb(p) for p in val])

@@ -180,10 +180,10 @@ class BlobStore:
         self._folders: set[str] = set()  # folders this process made or found (set.add is atomic)
 
     @classmethod
-    def from_settings(cls, settings) -> BlobStore:  # noqa: ANN001
+    def from_settings(cls, settings) -> BlobStore:
         return cls(settings.blob_root, settings.blob_storage_options(), settings.blob_retry_s)
 
-    def _remote(self, key: str, fn, *args):  # noqa: ANN001, ANN202
+    def _remote(self, key: str, fn, *args):
         """``fn(*args)`` against the object store, retried with backoff while the store is
         unreachable, for up to ``retry_s``; then ``BlobStoreUnavailable``. Other errors (a
         missing key, a refusal) are raised at once."""
@@ -299,7 +299,7 @@ class BlobStore:
             raise BlobError(key, "not found") from exc
         return check_content(key, data) if verify else data
 
-    def open(self, key: str, mode: str = "rb"):  # noqa: ANN201
+    def open(self, key: str, mode: str = "rb"):
         return self.fs.open(self.path(key), mode)
 
     def delete(self, key: str) -> None:

@@ -63,7 +63,7 @@ class CatalogError(RuntimeError):
 
 def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+    def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see "begin" below)
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
@@ -73,7 +73,7 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
+    def _on_begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE" if _IMMEDIATE.get() else "BEGIN")
 
 
@@ -93,7 +93,7 @@ def make_engine(url: str, busy_timeout_ms: int = 60_000, retry_s: float = 60.0) 
     return engine
 
 
-def _alembic_config(connection=None) -> Config:  # noqa: ANN001
+def _alembic_config(connection=None) -> Config:
     from alembic.config import Config
 
     cfg = Config()
@@ -296,7 +296,7 @@ def open_catalog(settings: Any = None, *, url: str | None = None, migrate_schema
     return cat
 
 
-def dialect_insert(session: Session):  # noqa: ANN201
+def dialect_insert(session: Session):
     """The ``insert`` construct of the session's dialect (it has ``on_conflict_do_*``)."""
     return {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[session.get_bind().dialect.name]
 

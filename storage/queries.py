@@ -5,15 +5,14 @@ Every function takes a session; writers expect one from ``Catalog.write()``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from storage.db import dialect_insert, insert_ignore, upsert
-from storage.models import Cleaning, Failure, Image, Model, Page, Sighting, TrainingRun, utcnow
+from storage.models import Cleaning, Failure, Image, Model, Page, Sighting, utcnow
 
 # --- writes -----------------------------------------------------------------------------
 
@@ -149,7 +148,7 @@ def scrape_memory(session: Session, image_stage: str) -> dict[str, bool]:
     }
 
 
-def _expire(session: Session, model: type, match) -> None:  # noqa: ANN001
+def _expire(session: Session, model: type, match) -> None:
     """Core upserts bypass the ORM: expire any loaded copy so that it is read again."""
     for obj in list(session.identity_map.values()):
         if isinstance(obj, model) and match(obj):
@@ -243,7 +242,7 @@ def catalog_stats(session: Session) -> dict[str, Any]:
     }
 
 
-def _first_sighting_url():
+def first_sighting_url():
     s = aliased(Sighting)
     return (
         select(s.image_url)
@@ -274,7 +273,7 @@ def list_images(
         latest = latest.where(Cleaning.model_version == model_version)
     latest = latest.subquery()
     stmt = (
-        select(Image, _first_sighting_url().label("url"), Cleaning)
+        select(Image, first_sighting_url().label("url"), Cleaning)
         .outerjoin(latest, latest.c.image_id == Image.id)
         .outerjoin(Cleaning, Cleaning.id == latest.c.cid)
         .order_by(Image.id)
@@ -337,134 +336,8 @@ def split_for(sha256: str, fractions: tuple[float, float, float] = (0.7, 0.2, 0.
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
-# --- the pools (DESIGN.md, "Life of an image") -------------------------------------------
-
-
-def _group_key():
-    # An image not (yet) in a group is its own group.
-    return func.coalesce(Image.group_id, Image.id)
-
-
-def clean_pool(session: Session, split: str | None = None) -> list[Image]:
-    """The best clean member of each dedup group (largest area, then bytes, then first seen)."""
-    g = _group_key().label("g")
-    ranked = (
-        select(
-            Image.id,
-            func.row_number()
-            .over(partition_by=g, order_by=[(Image.width * Image.height).desc(), Image.bytes.desc(), Image.id])
-            .label("rn"),
-        )
-        .where(Image.label == "clean")
-        .subquery()
-    )
-    stmt = select(Image).join(ranked, ranked.c.id == Image.id).where(ranked.c.rn == 1).order_by(Image.id)
-    if split:
-        stmt = stmt.where(Image.split == split)
-    return list(session.scalars(stmt))
-
-
-def watermarked_pool(session: Session) -> list[Image]:
-    """Watermarked images whose dedup group has no clean member."""
-    other = aliased(Image)
-    has_clean = exists().where(
-        other.label == "clean", func.coalesce(other.group_id, other.id) == func.coalesce(Image.group_id, Image.id)
-    )
-    stmt = select(Image).where(Image.label == "watermarked", ~has_clean).order_by(Image.id)
-    return list(session.scalars(stmt))
-
-
-def real_pairs(session: Session) -> list[tuple[Image, Image]]:
-    """(watermarked, clean) pairs from groups that hold both: real ground truth for the remover.
-    Each watermarked member is paired with its group's best clean member."""
-    wm = aliased(Image)
-    cl = aliased(Image)
-    g_wm = func.coalesce(wm.group_id, wm.id)
-    g_cl = func.coalesce(cl.group_id, cl.id)
-    ranked = (
-        select(
-            wm.id.label("wm_id"),
-            cl.id.label("cl_id"),
-            func.row_number()
-            .over(partition_by=wm.id, order_by=[(cl.width * cl.height).desc(), cl.bytes.desc(), cl.id])
-            .label("rn"),
-        )
-        .join(cl, and_(g_cl == g_wm, cl.label == "clean"))
-        .where(wm.label == "watermarked")
-        .subquery()
-    )
-    rows = session.execute(select(ranked.c.wm_id, ranked.c.cl_id).where(ranked.c.rn == 1).order_by(ranked.c.wm_id)).all()
-    if not rows:
-        return []
-    ids = {i for r in rows for i in r}
-    by_id = {im.id: im for im in session.scalars(select(Image).where(Image.id.in_(ids)))}
-    return [(by_id[a], by_id[b]) for a, b in rows]
-
-
-def images_without_cleaning(session: Session, model_version: str, ids: Iterable[int] | None = None) -> list[Image]:
-    """Watermarked-pool images with no cleaning row for ``model_version``."""
-    done = exists().where(Cleaning.image_id == Image.id, Cleaning.model_version == model_version)
-    pool_ids = [im.id for im in watermarked_pool(session)] if ids is None else list(ids)
-    if not pool_ids:
-        return []
-    out: list[Image] = []
-    for i in range(0, len(pool_ids), 500):
-        out.extend(session.scalars(select(Image).where(Image.id.in_(pool_ids[i : i + 500]), ~done).order_by(Image.id)))
-    return out
-
-
 def failures(session: Session, stage: str | None = None) -> list[Failure]:
     stmt = select(Failure).order_by(Failure.last_at.desc())
     if stage:
         stmt = stmt.where(Failure.stage == stage)
     return list(session.scalars(stmt))
-
-
-# --- run reports (flows' artifacts, the demo's summary) ------------------------------------
-
-
-def failure_counts(session: Session, stages: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Failures counted per stage and error class, most frequent first."""
-    stmt = select(Failure.stage, Failure.error_class, func.count()).group_by(Failure.stage, Failure.error_class)
-    if stages:
-        stmt = stmt.where(Failure.stage.in_(list(stages)))
-    rows = session.execute(stmt.order_by(func.count().desc(), Failure.stage, Failure.error_class)).all()
-    return [{"stage": st, "reason": ec, "count": n} for st, ec, n in rows]
-
-
-def worst_cleanings(session: Session, model_version: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
-    """Model cleanings with the lowest PSNR against their input (the ones to look at first)."""
-    stmt = (
-        select(Cleaning, Image.sha256, _first_sighting_url().label("url"))
-        .join(Image, Image.id == Cleaning.image_id)
-        .where(Cleaning.source == "model", Cleaning.psnr_vs_input.is_not(None))
-        .order_by(Cleaning.psnr_vs_input, Cleaning.id)
-        .limit(limit)
-    )
-    if model_version:
-        stmt = stmt.where(Cleaning.model_version == model_version)
-    return [
-        {"image_id": c.image_id, "sha256": sha, "url": url, "model_version": c.model_version,
-         "psnr_vs_input": c.psnr_vs_input, "ssim_vs_input": c.ssim_vs_input,
-         "changed_fraction": c.changed_fraction, "score_before": c.score_before, "score_after": c.score_after,
-         "output": c.output_key}
-        for c, sha, url in session.execute(stmt).all()
-    ]
-
-
-def latest_training_run(session: Session, model_version: str | None = None) -> TrainingRun | None:
-    """The newest training run (or the one that produced ``model_version``)."""
-    stmt = select(TrainingRun).order_by(TrainingRun.started_at.desc(), TrainingRun.id.desc()).limit(1)
-    if model_version:
-        stmt = stmt.where(TrainingRun.model_version == model_version)
-    return session.scalar(stmt)
-
-
-def count_cleanings(session: Session, model_version: str | None = None, since: datetime | None = None) -> int:
-    """Cleaning rows (of ``model_version``, created at or after ``since``)."""
-    stmt = select(func.count()).select_from(Cleaning)
-    if model_version:
-        stmt = stmt.where(Cleaning.model_version == model_version)
-    if since is not None:
-        stmt = stmt.where(Cleaning.created_at >= since)
-    return session.scalar(stmt) or 0

@@ -91,7 +91,7 @@ def wait_for_connections(engine: Engine, deadline_s: float = 60.0) -> None:
     ``deadline_s``; then the last error is raised (and ``retrying`` gives up on it at once)."""
 
     @event.listens_for(engine, "do_connect")
-    def _connect(dialect, _rec, cargs, cparams):  # noqa: ANN001, ANN202
+    def _connect(dialect, _rec, cargs, cparams):
         start = time.monotonic()
         attempt = 0
         while True:

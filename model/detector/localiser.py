@@ -1,8 +1,8 @@
 """The remover's localiser as the triage detector: one network finds marks for both steps.
 
-``LocaliserDetector`` holds a copy of a ``model.locate.Localiser`` (the first half of the shipped
+``LocaliserDetector`` holds a copy of a ``model.remover.locate.Localiser`` (the first half of the shipped
 locate-then-restore remover) and scores a whole image from its mark probabilities over the reduced
-view (``model.locate.mark_scores``: the mean of the top ``top_fraction`` of them). The view's long
+view (``model.remover.locate.mark_scores``: the mean of the top ``top_fraction`` of them). The view's long
 side is ``view`` pixels whatever the photo's size, so a score means the same on a 4000 px photo and
 on a 400 px one: the network is trained and scored at that one resolution.
 
@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from model.locate import SCORE_TOP_FRACTION, Localiser, mark_scores
+from model.remover.locate import SCORE_TOP_FRACTION, Localiser, mark_scores
 
 
 class LocaliserDetector(nn.Module):
@@ -45,7 +45,7 @@ class LocaliserDetector(nn.Module):
 
     @classmethod
     def from_remover(cls, remover: nn.Module, top_fraction: float = SCORE_TOP_FRACTION) -> LocaliserDetector:
-        """A detector holding a copy of ``remover``'s localiser (a ``model.locate.LocateRestore``)."""
+        """A detector holding a copy of ``remover``'s localiser (a ``model.remover.locate.LocateRestore``)."""
         if not hasattr(remover, "localiser"):
             raise ValueError(f"{type(remover).__name__} has no localiser: only a locate-then-restore remover "
                              "(arch locate-restore) gives a detector")
@@ -67,7 +67,7 @@ def clean_and_marked(images: Sequence[np.ndarray], seed: int = 0, icon_logos: in
     """Each image (uint8 HxWx3) once as it is (through the renderer's re-encoding odds) and once
     marked by a renderer whose logos come from the ``icon_split`` icon identities (``"val"``: the
     ones no shipped model trained on). Returns (images, is_marked, mark area share)."""
-    from model.watermarks import WatermarkRenderer
+    from model.synth.renderer import WatermarkRenderer
 
     renderer = WatermarkRenderer(seed=1000 + seed, icon_logos=icon_logos, icon_split=icon_split)
     rng = np.random.default_rng(seed)
@@ -81,8 +81,8 @@ def clean_and_marked(images: Sequence[np.ndarray], seed: int = 0, icon_logos: in
 
 
 def _loc_terms(out: dict[str, torch.Tensor], mask: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Mask BCE + Dice and the α term at the view, as in ``model.locate.locate_loss``."""
-    from model.locate import _dice
+    """Mask BCE + Dice and the α term at the view, as in ``model.remover.locate.locate_loss``."""
+    from model.remover.locate import _dice
 
     vh, vw = out["logits"].shape[2:]
     t_mask = F.interpolate(mask, size=(vh, vw), mode="area")
@@ -101,7 +101,7 @@ def train_localiser_detector(detector: LocaliserDetector, paths: Sequence[str], 
     ends first (at least one step), at ``lr`` decayed on a cosine over the run. Returns what it did."""
     from torch.utils.data import DataLoader
 
-    from model.data import WatermarkPairs
+    from model.synth.pairs import WatermarkPairs
 
     if not paths:
         raise ValueError("train_localiser_detector needs at least one image path")

@@ -21,7 +21,7 @@ from model.detector.calibration import best_accuracy_threshold, detection_metric
 from model.detector.cells import CELL, SCORE_SCALES, WatermarkDetector, prepare, score_images
 from model.device import native_bf16
 from model.schedule import one_cycle_factor
-from model.watermarks import mark_window
+from model.synth.renderer import mark_window
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def _train_autocast(config: DetectorTrainConfig):  # noqa: ANN202
 
 def train_detector(
     paths: Sequence[str],
-    renderer,  # noqa: ANN001 - model.watermarks.WatermarkRenderer
+    renderer,  # noqa: ANN001 - model.synth.renderer.WatermarkRenderer
     config: DetectorTrainConfig,
     val_paths: Sequence[str] | None = None,
     progress: Callable[[int, int, float], None] | None = None,

@@ -1,7 +1,7 @@
 """The report's model section: the promoted remover's training curves and the figures its run drew.
 
-The curves are drawn from the run's per-epoch history (``model.plots.training_curves``). The
-figures are those ``model.visuals.draw_run_visuals`` wrote at the end of the run into
+The curves are drawn from the run's per-epoch history (``model.remover.plots.training_curves``). The
+figures are those ``model.remover.visuals.draw_run_visuals`` wrote at the end of the run into
 ``RUN_DIR/visuals/`` (listed in its ``visuals.json``); they are copied into the report's assets,
 so the report folder stands alone.
 """
@@ -72,7 +72,7 @@ def training_section(catalog: Catalog, runs_dir: Path, version: str | None, asse
     figures = visuals_section(run_dir, version, assets_dir)
     if not history:
         return f'<p class="muted">no training history recorded for {e(version)}</p>' + figures
-    from model.plots import training_curves
+    from model.remover.plots import training_curves
 
     name = f"curves-{_safe(version)}.png"
     training_curves(history, assets_dir / name)

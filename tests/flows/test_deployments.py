@@ -21,6 +21,7 @@ from pipeline import summaries
 from pipeline.config import load_settings
 from pipeline.workspace import open_workspace
 from storage import queries as q
+from storage import reports
 from storage.models import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ def run(args: list[str], env: dict, timeout: float = 120) -> subprocess.Complete
                           stdin=subprocess.DEVNULL)
 
 
-def label_from_manifest(settings, manifest, site_url: str) -> None:  # noqa: ANN001
+def label_from_manifest(settings, manifest, site_url: str) -> None:
     """Set every scraped image's triage label (and a clean image's split) from the site's truth."""
     truth = {p: "clean" for p in manifest.clean + manifest.near_duplicates}
     truth.update({p: "watermarked" for p in manifest.watermarked})
@@ -69,7 +70,7 @@ def prefect_server(tmp_path, small_steps):
         signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupt(signum, frame):  # noqa: ANN001
+def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -117,7 +118,7 @@ def test_deploy_all_then_retrain_and_nightly_ingest_complete(prefect_server, tin
     assert r.returncode == 0 and "Completed" in r.stdout, (r.stdout + r.stderr + procs.log("worker-unmark-gpu"))[-6000:]
     with open_workspace(settings) as (catalog, _), catalog.session() as s:
         models = [(m.version, m.promoted) for m in q.list_models(s, "remover")]
-        run_row = q.latest_training_run(s)
+        run_row = reports.latest_training_run(s)
         trained = (run_row.status, run_row.model_version) if run_row else None
     assert len(models) == 1 and models[0][1]  # registered and promoted (the first remover)
     assert trained == ("completed", models[0][0])
@@ -130,5 +131,5 @@ def test_deploy_all_then_retrain_and_nightly_ingest_complete(prefect_server, tin
     with open_workspace(settings) as (catalog, _):
         assert summaries.pending_cleanings(catalog, models[0][0]) == 0
         with catalog.session() as s:
-            made = q.count_cleanings(s, models[0][0])
+            made = reports.count_cleanings(s, models[0][0])
     assert made >= pending > 0

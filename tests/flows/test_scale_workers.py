@@ -50,7 +50,7 @@ def _photo(seed: int, h: int = 208, w: int = 288) -> bytes:
 def _remover_bytes(tmp_path: Path) -> bytes:
     import torch
 
-    from model.network import UNet, save_checkpoint
+    from model.remover.network import UNet, save_checkpoint
 
     torch.manual_seed(0)
     net = UNet(base=8, depth=3, mask_head=True)

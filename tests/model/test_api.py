@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from model import Remover
-from model.network import UNet, save_checkpoint
+from model.remover.network import UNet, save_checkpoint
 
 
 @pytest.fixture

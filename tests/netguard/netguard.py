@@ -21,7 +21,7 @@ class BlockedNetwork(OSError):
     pass
 
 
-def _is_loopback(host) -> bool:  # noqa: ANN001
+def _is_loopback(host) -> bool:
     if host is None:
         return True  # getaddrinfo(None, port): the local wildcard/loopback
     if isinstance(host, bytes):
@@ -60,22 +60,22 @@ def install() -> None:
     real_connect_ex = socket.socket.connect_ex
     real_getaddrinfo = socket.getaddrinfo
 
-    def _check_addr(sock, address) -> None:  # noqa: ANN001
+    def _check_addr(sock, address) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
             if not _is_loopback(address[0]):
                 what = f"connect to {address!r} blocked by the test network guard"
                 _record(what + " | " + "".join(traceback.format_stack(limit=6)).replace("\n", " / "))
                 raise BlockedNetwork(what)
 
-    def guarded_connect(self, address):  # noqa: ANN001
+    def guarded_connect(self, address):
         _check_addr(self, address)
         return real_connect(self, address)
 
-    def guarded_connect_ex(self, address):  # noqa: ANN001
+    def guarded_connect_ex(self, address):
         _check_addr(self, address)
         return real_connect_ex(self, address)
 
-    def guarded_getaddrinfo(host, *args, **kwargs):  # noqa: ANN001
+    def guarded_getaddrinfo(host, *args, **kwargs):
         if not _is_loopback(host):
             what = f"name lookup of {host!r} blocked by the test network guard"
             _record(what)

@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, select, update
 from typer.testing import CliRunner
 
 from flows.cli import app
-from model.network import UNet, save_checkpoint
+from model.remover.network import UNet, save_checkpoint
 from pipeline import clean as clean_step
 from pipeline import registry
 from storage import queries as q
@@ -190,7 +190,7 @@ def test_clean_records_outputs_metrics_and_statuses(small_settings, catalog, blo
 
 
 def test_mask_rule_hardens_the_output_and_is_recorded(small_settings, catalog, blobs, remover, pool):
-    from model.masks import MaskRule
+    from model.remover.masks import MaskRule
 
     res = clean_step.clean(catalog, blobs, small_settings, mask_rule=MaskRule(threshold=0.3, dilate=2, feather=3))
     assert res["harden_mask"] is True and (res["mask_threshold"], res["mask_dilate"], res["mask_feather"]) == (0.3, 2, 3)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from model.detector import Calibration, WatermarkDetector, detector_to_bytes, score_images
-from model.network import UNet, save_checkpoint
+from model.remover.network import UNet, save_checkpoint
 from pipeline import registry
 from pipeline.images import sniff_format
 from storage.models import Cleaning

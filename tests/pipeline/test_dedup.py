@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from pipeline.dedup import Row, dedup
 from pipeline.importer import import_paths
 from pipeline.perceptual import HASH_IMPL, N_WINDOWS
+from storage import pools
 from storage import queries as q
 from storage.models import Failure, WindowHash
 from storage.models import Image as ImageRow
@@ -105,7 +106,7 @@ def variants(im: Image.Image) -> dict[str, tuple[Image.Image, str, int]]:
     }
 
 
-def _write_set(folder: Path, photos: dict[str, Image.Image], names=None, kinds=None) -> dict[str, str]:  # noqa: ANN001
+def _write_set(folder: Path, photos: dict[str, Image.Image], names=None, kinds=None) -> dict[str, str]:
     """Write base + variants; returns {file name: photo name}."""
     folder.mkdir(parents=True, exist_ok=True)
     truth = {}
@@ -120,18 +121,18 @@ def _write_set(folder: Path, photos: dict[str, Image.Image], names=None, kinds=N
     return truth
 
 
-def _groups_by_file(catalog) -> dict[str, int | None]:  # noqa: ANN001
+def _groups_by_file(catalog) -> dict[str, int | None]:
     with catalog.session() as s:
         rows = q.list_images(s)
     return {unquote(Path(r["url"]).name): r["group_id"] for r in rows}
 
 
-def _image_rows(catalog) -> dict[int, dict]:  # noqa: ANN001
+def _image_rows(catalog) -> dict[int, dict]:
     with catalog.session() as s:
         return {r["id"]: dict(r) for r in s.execute(select(*ImageRow.__table__.columns)).mappings()}
 
 
-def _snapshot(catalog) -> list[tuple]:  # noqa: ANN001
+def _snapshot(catalog) -> list[tuple]:
     with catalog.session() as s:
         images = [tuple(r) for r in s.execute(select(*ImageRow.__table__.columns).order_by(ImageRow.id))]
         windows = [tuple(r) for r in s.execute(select(*WindowHash.__table__.columns).order_by(
@@ -188,7 +189,7 @@ def test_canonical_is_highest_resolution_then_larger_file_then_first_seen(tmp_pa
 
     t1, t2 = datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
 
-    def row(i, w, h, b, t):  # noqa: ANN001, ANN202
+    def row(i, w, h, b, t):
         return Row(i, "x", "k", w, h, b, t, 0, 0, HASH_IMPL, None, None)
 
     assert min([row(1, 10, 10, 900, t1), row(2, 20, 10, 100, t2)], key=Row.canonical_key).id == 2
@@ -242,7 +243,7 @@ def test_a_new_image_bridging_two_groups_merges_them(catalog, blobs, settings):
     base = rng.integers(0, 2**63, size=2, dtype=np.int64)
     bits = rng.choice(128, 20, replace=False)
 
-    def flipped(code, which):  # noqa: ANN001, ANN202
+    def flipped(code, which):
         c = code.copy().view(np.uint64)
         for b in which:
             c[b // 64] ^= np.uint64(1) << np.uint64(b % 64)
@@ -250,7 +251,7 @@ def test_a_new_image_bridging_two_groups_merges_them(catalog, blobs, settings):
 
     a, b, bridge = base, flipped(base, bits), flipped(base, bits[:10])  # a-b 20 bits, bridge 10 from each
 
-    def add(name, code, width):  # noqa: ANN001, ANN202
+    def add(name, code, width):
         with catalog.write() as s:
             image_id = q.add_images(s, [{"sha256": name * 64, "blob_key": "none", "mime": "image/jpeg",
                                          "width": width, "height": 100, "bytes": 1000}])[name * 64]
@@ -344,14 +345,14 @@ def test_real_pairs_lists_each_watermarked_clean_pair_once(tmp_path, photos, cat
     groups = _groups_by_file(catalog)
     assert groups["clean.jpg"] == groups["marked.jpg"] != groups["other.jpg"]
     with catalog.session() as s:
-        assert q.real_pairs(s) == []  # no triage labels yet
+        assert pools.real_pairs(s) == []  # no triage labels yet
     with catalog.write() as s:  # what triage would record
         ids = {Path(r["url"]).name: r["id"] for r in q.list_images(s)}
         for name, label in (("clean.jpg", "clean"), ("marked.jpg", "watermarked"), ("other.jpg", "watermarked")):
             s.execute(update(ImageRow).where(ImageRow.id == ids[name]).values(label=label))
     with catalog.session() as s:
-        pairs = [(wm.id, cl.id) for wm, cl in q.real_pairs(s)]
-        pool = [im.id for im in q.watermarked_pool(s)]
+        pairs = [(wm.id, cl.id) for wm, cl in pools.real_pairs(s)]
+        pool = [im.id for im in pools.watermarked_pool(s)]
     assert pairs == [(ids["marked.jpg"], ids["clean.jpg"])]
     assert pool == [ids["other.jpg"]]  # the marked copy has a free clean asset
 

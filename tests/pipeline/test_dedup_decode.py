@@ -32,7 +32,7 @@ def _photo(name: str = "astronaut") -> Image.Image:
     return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
 
 
-def _encode(im: Image.Image, fmt: str, **kw) -> bytes:  # noqa: ANN003
+def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **kw)
     return buf.getvalue()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from sqlalchemy import update
 
-from model.network import load_checkpoint
+from model.remover.network import load_checkpoint
 from pipeline.pretrain import corpus_paths, pretrain_remover
 from pipeline.registry import register_shipped
 from storage import queries as q

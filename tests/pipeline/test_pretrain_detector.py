@@ -23,9 +23,9 @@ from model.detector import (
     score_images,
     train_localiser_detector,
 )
-from model.locate import LocateRestore
-from model.network import UNet, load_checkpoint, save_checkpoint
-from model.watermarks import WatermarkRenderer
+from model.remover.locate import LocateRestore
+from model.remover.network import UNet, load_checkpoint, save_checkpoint
+from model.synth.renderer import WatermarkRenderer
 from pipeline import triage as triage_step
 from pipeline.importer import import_paths
 from pipeline.pretrain_detector import TOP_FRACTIONS, pretrain_detector

@@ -17,8 +17,8 @@ from sqlalchemy import delete, insert, select, update
 from typer.testing import CliRunner
 
 from flows.cli import app
-from model.network import load_checkpoint
-from model.visuals import draw_run_visuals
+from model.remover.network import load_checkpoint
+from model.remover.visuals import draw_run_visuals
 from pipeline import clean as clean_step
 from pipeline.report import report
 from pipeline.report.assets import ZOOM_MAX, Assets, marked_box
@@ -36,7 +36,7 @@ def _chromium() -> str | None:
 
 
 def _draw_run_figures(checkpoint, out) -> None:
-    """What the end of a training run draws (model.visuals), on one small sample."""
+    """What the end of a training run draws (model.remover.visuals), on one small sample."""
     net, _ = load_checkpoint(checkpoint)
     photo = torch.tensor(_photo(48, 64, 3) / 255.0, dtype=torch.float32).permute(2, 0, 1)
     mask = torch.zeros(1, 48, 64)
@@ -88,7 +88,7 @@ def test_report_files_and_relative_links(cleaned_home, catalog, blobs):
         for src in re.findall(r'(?:src|href)="([^"#]+)', (path.parent / name).read_text()):
             assert not src.startswith(("/", "http", "file:")) and (path.parent / src).is_file(), (name, src)
     assert any("curves-" in s for s in srcs)
-    # the training run's figures, drawn by model.visuals into its run folder, copied beside the curves
+    # the training run's figures, drawn by model.remover.visuals into its run folder, copied beside the curves
     figs = [s for s in srcs if s.startswith("assets/visuals-remover-test/")]
     assert {"s0-side_by_side.png", "s0-attention_gate_maps.png", "first_layer_kernels.png"} <= {s.split("/")[-1] for s in figs}
     assert "sample 0: attention-gate maps" in page

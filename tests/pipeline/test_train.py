@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from flows.cli import app
-from model.network import load_checkpoint
+from model.remover.network import load_checkpoint
 from pipeline import train as train_step
 from pipeline.importer import import_paths
 from storage import queries as q
@@ -147,7 +147,7 @@ def test_seed_profile_asks_for_imagenet_and_stops_clearly(catalog, blobs, settin
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     config = train_step.resolve_config(settings, "seed", "supervised", None)
     assert config.perceptual == "imagenet"
-    from model.losses import VGGWeightsMissing
+    from model.remover.losses import VGGWeightsMissing
 
     with pytest.raises(VGGWeightsMissing):
         train_step.train_remover(catalog, blobs, settings, profile="seed", max_minutes=1)

@@ -246,7 +246,7 @@ def test_trained_detector_separates_marked_from_clean():
     import tempfile
 
     from model.detector import DetectorTrainConfig, train_detector
-    from model.watermarks import WatermarkRenderer
+    from model.synth.renderer import WatermarkRenderer
 
     d = tempfile.mkdtemp()
     paths = []
@@ -265,7 +265,7 @@ def test_trained_detector_separates_marked_from_clean():
 
 def test_recolour_changes_colours_not_the_scene_and_make_pair_uses_it():
     from model.detector import make_pair, recolour
-    from model.watermarks import WatermarkRenderer
+    from model.synth.renderer import WatermarkRenderer
 
     img = _photos()[0]
     outs = [recolour(img, np.random.default_rng(s)) for s in range(8)]
@@ -343,7 +343,7 @@ def test_hard_negative_training_mines_and_uses_the_mined_windows(tmp_path):
     """With ``hard_negatives`` the loop mines after ``mine_after`` of the budget, every
     ``mine_every`` steps, and records each pass; a share that leaves no room for a pair is refused."""
     from model.detector import DetectorTrainConfig, train_detector
-    from model.watermarks import WatermarkRenderer
+    from model.synth.renderer import WatermarkRenderer
 
     paths = []
     for i, arr in enumerate(_photos()):

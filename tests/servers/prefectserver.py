@@ -37,7 +37,7 @@ def prefect_bin() -> str:
     return str(Path(sys.executable).parent / "prefect")
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.5):  # noqa: ANN201
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.5):
     """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import inspect, text
 
-from storage import open_catalog
+from storage import open_catalog, pools
 from storage import queries as q
 from storage.db import current_revision, head_revision
 from storage.models import Cleaning, Failure, Image, Model, Page, Sighting, TrainingRun
@@ -120,9 +120,9 @@ def test_pools_and_pairs(catalog):
             img = s.get(Image, i[k])
             img.group_id, img.label = i[g], label
     with catalog.session() as s:
-        assert sorted(im.sha256[0] for im in q.clean_pool(s)) == ["1", "5"]  # best member of group 4 is 5
-        assert [im.sha256[0] for im in q.watermarked_pool(s)] == ["3"]
-        assert [(a.sha256[0], b.sha256[0]) for a, b in q.real_pairs(s)] == [("2", "1")]
+        assert sorted(im.sha256[0] for im in pools.clean_pool(s)) == ["1", "5"]  # best member of group 4 is 5
+        assert [im.sha256[0] for im in pools.watermarked_pool(s)] == ["3"]
+        assert [(a.sha256[0], b.sha256[0]) for a, b in pools.real_pairs(s)] == [("2", "1")]
 
 
 def test_split_is_stable_and_balanced():

@@ -14,6 +14,7 @@ import time
 
 from sqlalchemy import select
 
+from storage import pools, reports
 from storage import queries as q
 from storage.db import chunked, insert_ignore
 from storage.models import Cleaning, Failure, Image, Page, Sighting
@@ -76,14 +77,14 @@ def test_pages_failures_groups_and_counts(catalog):
         assert [r["id"] for r in q.list_images(s, status="duplicate")] == [b, c]
         assert [r["id"] for r in q.list_images(s, label="watermarked", limit=1)] == [b]
         # the pool holds d only (b's group has clean members); images_without_cleaning follows it
-        assert [im.id for im in q.watermarked_pool(s)] == [d]
-        assert [im.id for im in q.images_without_cleaning(s, "r-1")] == [d]
+        assert [im.id for im in pools.watermarked_pool(s)] == [d]
+        assert [im.id for im in pools.images_without_cleaning(s, "r-1")] == [d]
         assert q.get_model(s, "r-1") is None
     with catalog.write() as s:
         s.add(Cleaning(image_id=d, model_version="r-1", output_key="k"))
     with catalog.session() as s:
-        assert q.images_without_cleaning(s, "r-1") == []
-        assert [im.id for im in q.images_without_cleaning(s, "r-2", ids=[d, b])] == [b, d]
+        assert pools.images_without_cleaning(s, "r-1") == []
+        assert [im.id for im in pools.images_without_cleaning(s, "r-2", ids=[d, b])] == [b, d]
         assert q.catalog_stats(s)["cleanings"] == 1
 
 
@@ -122,9 +123,9 @@ def test_clean_pool_by_split(catalog):
             img.label = "clean"
             img.split = ["train", "val", "test"][i % 3]
     with catalog.session() as s:
-        assert len(q.clean_pool(s)) == 6
-        assert {im.split for im in q.clean_pool(s, split="val")} == {"val"}
-        assert len(q.clean_pool(s, split="test")) == 2
+        assert len(pools.clean_pool(s)) == 6
+        assert {im.split for im in pools.clean_pool(s, split="val")} == {"val"}
+        assert len(pools.clean_pool(s, split="test")) == 2
 
 
 def test_text_with_nul_and_long_error_class(catalog):
@@ -227,15 +228,15 @@ def test_lookup_and_report_queries(catalog):
         assert q.image_ids_by_url(s, ["http://127.0.0.1/a.png", "http://127.0.0.1/b.png", "nope"]) == {
             "http://127.0.0.1/a.png": a, "http://127.0.0.1/b.png": b}
         assert q.failure_classes(s, "scrape", ["u1", "u2", "zz"]) == {"u1": "TimeoutError", "u2": "ValueError"}
-        assert q.failure_counts(s) == [{"stage": "scrape", "reason": "ValueError", "count": 2},
+        assert reports.failure_counts(s) == [{"stage": "scrape", "reason": "ValueError", "count": 2},
                                        {"stage": "clean", "reason": "RuntimeError", "count": 1},
                                        {"stage": "scrape", "reason": "TimeoutError", "count": 1}]
-        assert q.failure_counts(s, ["clean"]) == [{"stage": "clean", "reason": "RuntimeError", "count": 1}]
-        worst = q.worst_cleanings(s, "r-1", limit=1)
+        assert reports.failure_counts(s, ["clean"]) == [{"stage": "clean", "reason": "RuntimeError", "count": 1}]
+        worst = reports.worst_cleanings(s, "r-1", limit=1)
         assert [(w["image_id"], w["url"], w["output"]) for w in worst] == [(b, "http://127.0.0.1/b.png", "kb")]
-        assert len(q.worst_cleanings(s)) == 2  # model cleanings with a PSNR only
-        assert q.latest_training_run(s).model_version == "r-1"
-        assert q.latest_training_run(s, "r-0").model_version == "r-0"
-        assert q.count_cleanings(s, "r-1") == 3 and q.count_cleanings(s, "r-2") == 0
-        assert q.count_cleanings(s, since=utcnow() - timedelta(minutes=5)) == 3
-        assert q.count_cleanings(s, since=utcnow() + timedelta(minutes=5)) == 0
+        assert len(reports.worst_cleanings(s)) == 2  # model cleanings with a PSNR only
+        assert reports.latest_training_run(s).model_version == "r-1"
+        assert reports.latest_training_run(s, "r-0").model_version == "r-0"
+        assert reports.count_cleanings(s, "r-1") == 3 and reports.count_cleanings(s, "r-2") == 0
+        assert reports.count_cleanings(s, since=utcnow() - timedelta(minutes=5)) == 3
+        assert reports.count_cleanings(s, since=utcnow() + timedelta(minutes=5)) == 0
