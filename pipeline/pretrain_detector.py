@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from model.api import WEIGHTS_DIR
-from model.synth.pairs import load_rgb, split_paths
 from model.detector import (
     LocaliserDetector,
     best_accuracy_threshold,
@@ -41,6 +40,7 @@ from model.detector import (
     train_localiser_detector,
 )
 from model.remover.network import load_checkpoint
+from model.synth.pairs import load_rgb, split_paths
 from model.synth.renderer import WatermarkRenderer
 from pipeline.pretrain import SPLIT, _sha256, _shown, corpus_paths
 

@@ -178,8 +178,8 @@ def fine_tune_and_register(catalog: Catalog, blobs: BlobStore, settings: Setting
         n_val = max(1, len(paths) // 5)
         val = [paths[i] for i in order[:n_val]]
         train = [paths[i] for i in order[n_val:]]
-        from model.synth.pairs import load_rgb
         from model.detector import clean_and_marked
+        from model.synth.pairs import load_rgb
 
         images, labels, _ = clean_and_marked([load_rgb(p) for p in val])
         before = current.score(images)
