@@ -1,5 +1,5 @@
 """HTTP clients for the crawl's GETs, side by side on loopback: Unmark's hand-written HTTP/1.1
-client (``pipeline/http1.py`` through ``pipeline.fetch.Fetcher``, as the crawl calls it), aiohttp
+client (``pipeline/scrape/http1.py`` through ``pipeline.scrape.fetch.Fetcher``, as the crawl calls it), aiohttp
 (a guarded resolver: every name checked by the SSRF guard) and pycurl's multi interface (an
 open-socket callback that checks each address at connect time).
 
@@ -76,7 +76,7 @@ def png(kb: int) -> bytes:
 
 def run_http1(urls: list[str], concurrency: int) -> int:
     from pipeline.config import load_settings
-    from pipeline.fetch import Fetcher
+    from pipeline.scrape.fetch import Fetcher
 
     settings = load_settings(per_host_concurrency=concurrency, global_concurrency=concurrency)
     fetcher = Fetcher(settings, allow_private_hosts=True)
@@ -91,7 +91,7 @@ def run_aiohttp(urls: list[str], concurrency: int) -> int:
     import aiohttp
     from aiohttp.abc import AbstractResolver
 
-    from pipeline.ssrf import AddressGuard
+    from pipeline.scrape.ssrf import AddressGuard
 
     guard = AddressGuard(allow_private_hosts=True)
 
@@ -127,7 +127,7 @@ def run_aiohttp(urls: list[str], concurrency: int) -> int:
 def run_pycurl(urls: list[str], concurrency: int) -> int:
     import pycurl
 
-    from pipeline.ssrf import address_allowed
+    from pipeline.scrape.ssrf import address_allowed
 
     def open_socket(purpose, address):  # noqa: ANN001, ANN202 - the guard at connect time
         family, socktype, protocol, addr = address

@@ -1,4 +1,4 @@
-"""The scraper's HTTP/1.1 client (``pipeline.http1``, through ``Fetcher``) against a raw socket
+"""The scraper's HTTP/1.1 client (``pipeline.scrape.http1``, through ``Fetcher``) against a raw socket
 server on 127.0.0.1 that writes scripted bytes: keep-alive reuse, a kept-alive connection the
 server closed, framing (Content-Length, chunked, to the close, short bodies), deflate in both
 forms, interim responses, header limits and folding, request hygiene."""
@@ -12,7 +12,7 @@ import zlib
 
 import pytest
 
-from pipeline.fetch import Fetcher, FetchError
+from pipeline.scrape.fetch import Fetcher, FetchError
 
 
 class RawServer:
@@ -208,7 +208,7 @@ def test_a_connection_the_server_wrote_more_on_is_not_reused(fast, monkeypatch):
     close) are never taken for the answer to the next request: sent with the response, they stay
     in the buffer and the connection is closed; sent later, the check before reuse (after
     ``CHECK_IDLE_AFTER_S`` of idleness) finds them."""
-    from pipeline import http1
+    from pipeline.scrape import http1
 
     timeout_408 = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
     answers = {"/with": ok(b"z") + timeout_408, "/later": (ok(b"z"), "later", timeout_408), "/b": ok(b"b")}

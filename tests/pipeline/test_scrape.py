@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import select
 
-from pipeline.scrape import IMAGE_STAGE, PAGE_STAGE, scrape
+from pipeline.scrape.crawl import IMAGE_STAGE, PAGE_STAGE, scrape
 from storage.models import Failure, Image, Page, Sighting
 from tests.pipeline.scrape_site import Site, bomb_png, jpeg_bytes, png_bytes
 
@@ -486,7 +486,7 @@ def test_cli_rejects_a_bad_seed(unmark_env):
 def test_fetcher_chunked_gzip_bomb_and_dns_rebinding(site, fast):
     import gzip
 
-    from pipeline.fetch import Fetcher, FetchError
+    from pipeline.scrape.fetch import Fetcher, FetchError
 
     body = png_bytes(1)
     bomb = gzip.compress(b"\0" * (30 * 1024 * 1024))  # 30 kB on the wire, 30 MB decoded
@@ -564,7 +564,7 @@ def test_https_through_the_pinned_address_verifies_the_name(tmp_path, fast):
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from pipeline.fetch import Fetcher, FetchError
+    from pipeline.scrape.fetch import Fetcher, FetchError
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "secure.test")])

@@ -18,7 +18,7 @@ there. This module does only what a crawler's GET needs, with the same limits:
 * the caller reads the body (``read_body``) or drops the connection (``discard``).
 
 Errors are ``TimeoutError``, ``OSError`` (``ssl.SSLError`` among them), ``HostRefused`` and
-``ProtocolError``; ``pipeline.fetch`` maps them to failure reasons.
+``ProtocolError``; ``pipeline.scrape.fetch`` maps them to failure reasons.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import LocationValueError
 from urllib3.util import parse_url
 
-from pipeline.ssrf import AddressGuard
+from pipeline.scrape.ssrf import AddressGuard
 
 MAX_LINE = 65536
 MAX_HEADERS = 100

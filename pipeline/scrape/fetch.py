@@ -1,7 +1,7 @@
 """The scraper's HTTP stage: polite, bounded, SSRF-safe GETs.
 
-Each GET goes over ``pipeline.http1``'s keep-alive pool, whose connections only the SSRF guard
-opens (``pipeline.ssrf``); ``Fetcher.session`` holds what every request carries (headers,
+Each GET goes over ``pipeline.scrape.http1``'s keep-alive pool, whose connections only the SSRF guard
+opens (``pipeline.scrape.ssrf``); ``Fetcher.session`` holds what every request carries (headers,
 ``verify``). That client is lean on purpose: requests / urllib3 spent about 0.6 ms of CPU on each
 request under the GIL, most of a small image's cost in a crawl. Redirects followed by
 hand (at most ``max_redirects``) with the address check and the caller's robots check on every
@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from pipeline.http1 import BadTarget, Pool, ProtocolError, TooLarge
-from pipeline.ssrf import AddressGuard, HostRefused, Resolver
+from pipeline.scrape.http1 import BadTarget, Pool, ProtocolError, TooLarge
+from pipeline.scrape.ssrf import AddressGuard, HostRefused, Resolver
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 RETRY_CODES = (429, 500, 502, 503, 504)

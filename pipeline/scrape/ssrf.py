@@ -2,7 +2,7 @@
 addresses, and connect to exactly the address that was checked.
 
 URLs come from hostile pages (``<img src>``, ``<base href>``, redirects), so the check runs after
-DNS and at connect time: every connection of the scraper's HTTP client (``pipeline.http1``) is
+DNS and at connect time: every connection of the scraper's HTTP client (``pipeline.scrape.http1``) is
 opened by ``AddressGuard.open_connection``, which resolves (or takes from its cache), checks, and
 opens the socket to the checked IP while the Host header and TLS SNI keep the name. A name that re-resolves
 to something else between check and connect (DNS rebinding) cannot slip through, because the
