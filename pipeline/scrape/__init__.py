@@ -9,8 +9,9 @@ Stages, in the order a URL meets them:
   and judged (``pipeline.images`` validates the bytes).
 * ``robots``: robots.txt (allow, crawl-delay) and the noai / noindex opt-outs.
 * ``fetch``: polite, bounded GETs: redirects by hand, retries and Retry-After, per-host gates,
-  byte caps, deadlines and the failure reasons, over ``http1``.
-* ``http1``: the HTTP/1.1 client: keep-alive connections opened only by ``ssrf``.
+  byte caps, deadlines and the failure reasons, over ``client``.
+* ``client``: the HTTP client (libcurl through pycurl: HTTP/2, brotli, proxies from the
+  environment): connections only to the address ``ssrf`` checked, caps on decoded bytes.
 * ``ssrf``: the address guard: resolve, refuse anything but global addresses, pin the result.
 * ``extract`` / ``embeds`` / ``styles``: a page's links, images and stylesheets (HTML and CSS).
 * ``sheets``: linked stylesheets and their ``@import``, fetched under the page's rules.
