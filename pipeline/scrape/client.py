@@ -8,8 +8,9 @@ the limits a crawler needs kept in Python where libcurl has no exact knob.
   exists. A kept-alive connection is reused only for the same name, port and checked address.
 * Proxies: the standard variables (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``
   and their lower-case forms), read once per client. Through a proxy the only socket is the
-  proxy's; an https request's CONNECT names the checked address, a plain http request is
-  forwarded by name (the guard has checked the name just before, the proxy resolves it itself).
+  proxy's, and every request, plain http too, goes through a CONNECT tunnel to the checked
+  address (``HTTPPROXYTUNNEL``, with ``CONNECT_TO``), so the proxy never resolves a site's
+  name. A proxy that refuses CONNECT to a port (many allow only 443) refuses those requests.
 * Bodies: decoded by libcurl (gzip, deflate, brotli; what ``Accept-Encoding`` asks for) and
   capped on the decoded bytes, so a compression bomb stops at the cap; a declared
   ``Content-Length`` over the cap is refused before the body. Bodies of non-2xx answers are not
@@ -103,20 +104,11 @@ def target_of(url: str) -> tuple[str, str, int, str]:
 
 
 class Proxies:
-    """The proxy for a URL from the standard environment variables (read once), or None."""
+    """The proxy for a URL from the standard environment variables (read once), or None;
+    ``table`` (``{"http": url, "https": url, "all": url, "no": hosts}``) replaces them."""
 
-    def __init__(self, environ: dict[str, str] | None = None):
-        if environ is None:
-            self.table = getproxies_environment()
-        else:  # the same rules on a given mapping (tests)
-            saved = dict(os.environ)
-            try:
-                os.environ.clear()
-                os.environ.update(environ)
-                self.table = getproxies_environment()
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
+    def __init__(self, table: dict[str, str] | None = None):
+        self.table = getproxies_environment() if table is None else dict(table)
         self._addresses: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
@@ -187,6 +179,7 @@ class _Exchange:
             if len(parts) < 2 or not parts[1].isdigit():
                 return self.fail(ProtocolError(f"bad status line {raw[:80]!r}"))
             self.status, self.headers, self.count, self.last_name = int(parts[1]), HTTPHeaderDict(), 0, None
+            self.complete = self.skip_body = False
             return None
         if raw in (b"\r\n", b"\n"):
             if not 100 <= self.status < 200 or self.status == 101:
@@ -348,6 +341,7 @@ class Client:
         c.setopt(pycurl.URL, sent)
         c.setopt(pycurl.HTTPHEADER, lines)
         c.setopt(pycurl.PROXY, proxy or "")  # "": no proxy, whatever libcurl would read itself
+        c.setopt(pycurl.HTTPPROXYTUNNEL, 1 if proxy else 0)  # the CONNECT names ``address``, below
         c.setopt(pycurl.CONNECT_TO, [] if _is_ip(host) else [f"{host}:{port}:{_bracket(address)}:{port}"])
         c.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(self.connect_timeout * 1000)))
         # a backstop only: the progress callback ends the exchange at the deadline
