@@ -11,6 +11,7 @@ import threading
 from urllib.parse import urlsplit
 
 import pytest
+from tcpproxy import pump  # tests/servers, on sys.path by the conftest
 
 from pipeline.scrape.crawl import scrape
 from pipeline.scrape.fetch import Fetcher, FetchError
@@ -59,34 +60,18 @@ class Proxy:
                 host, port = target.rsplit(":", 1)
                 up = self._upstream(host.strip("[]"), int(port))
                 conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                threading.Thread(target=_pump, args=(up, conn), daemon=True).start()
-                _pump(conn, up, rest)
+                threading.Thread(target=pump, args=(up, conn), daemon=True).start()
+                pump(conn, up, rest)
                 return
             u = urlsplit(target)
             up = self._upstream(u.hostname, u.port or 80)
             kept = [ln for ln in lines if ln.split(":", 1)[0].lower() not in ("connection", "proxy-connection")]
             path = u.path + (f"?{u.query}" if u.query else "")
             up.sendall("\r\n".join([f"{method} {path} HTTP/1.1", *kept, "Connection: close", "", ""]).encode() + rest)
-            _pump(up, conn)
+            pump(up, conn)
 
     def close(self):
         self.sock.close()
-
-
-def _pump(src, dst, first=b""):
-    try:
-        if first:
-            dst.sendall(first)
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @pytest.fixture
