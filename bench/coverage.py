@@ -55,7 +55,7 @@ def static_crawl(seeds: list[str], max_pages: int, icons: bool) -> tuple[list[st
     from sqlalchemy import select
 
     from pipeline.config import load_settings
-    from pipeline.scrape import scrape
+    from pipeline.scrape.crawl import scrape
     from pipeline.workspace import open_workspace
     from storage.models import Page, Sighting
 
@@ -78,8 +78,8 @@ async def browser_images(pages: list[str], origin: str) -> dict[str, set[str]]:
     """For each page, the raster image URLs of the site that Chromium loaded (scrolled to the end)."""
     from playwright.async_api import async_playwright
 
-    from pipeline.render import QUIET_ARGS, check_available
-    from pipeline.render_dom import SCROLL_JS
+    from pipeline.scrape.render import QUIET_ARGS, check_available
+    from pipeline.scrape.render_dom import SCROLL_JS
 
     loaded: dict[str, set[str]] = {}
     async with async_playwright() as pw:
@@ -129,7 +129,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.root or not Path(args.root).is_dir():
         sys.exit("no site folder: pass --root DIR (a folder of HTML pages)")
-    from pipeline.extract import normalize_url
+    from pipeline.scrape.extract import normalize_url
 
     server, port = serve(Path(args.root))
     origin = f"http://127.0.0.1:{port}/"

@@ -1,5 +1,5 @@
-"""HTTP clients for the crawl's GETs, side by side on loopback: Unmark's hand-written HTTP/1.1
-client (``pipeline/http1.py`` through ``pipeline.fetch.Fetcher``, as the crawl calls it), aiohttp
+"""HTTP clients for the crawl's GETs, side by side on loopback: Unmark's fetcher
+(``pipeline.scrape.fetch.Fetcher`` over libcurl, ``pipeline/scrape/client.py``, as the crawl calls it), aiohttp
 (a guarded resolver: every name checked by the SSRF guard) and pycurl's multi interface (an
 open-socket callback that checks each address at connect time).
 
@@ -53,7 +53,7 @@ s.serve_forever()
 """
 
 
-CAVEAT = ("Not like for like: http1 runs through `Fetcher.get` as the crawl calls it (the guard's check, the "
+CAVEAT = ("Not like for like: fetcher runs through `Fetcher.get` as the crawl calls it (the guard's check, the "
           "per-host gate, the retry loop, 16 threads), aiohttp and pycurl are bare loops with only the address "
           "check; a replacement would carry the Fetcher's work too. pycurl's libcurl here: HTTP/2, brotli, "
           "proxies.\n")
@@ -74,9 +74,9 @@ def png(kb: int) -> bytes:
     return buf.getvalue()
 
 
-def run_http1(urls: list[str], concurrency: int) -> int:
+def run_fetcher(urls: list[str], concurrency: int) -> int:
     from pipeline.config import load_settings
-    from pipeline.fetch import Fetcher
+    from pipeline.scrape.fetch import Fetcher
 
     settings = load_settings(per_host_concurrency=concurrency, global_concurrency=concurrency)
     fetcher = Fetcher(settings, allow_private_hosts=True)
@@ -91,7 +91,7 @@ def run_aiohttp(urls: list[str], concurrency: int) -> int:
     import aiohttp
     from aiohttp.abc import AbstractResolver
 
-    from pipeline.ssrf import AddressGuard
+    from pipeline.scrape.ssrf import AddressGuard
 
     guard = AddressGuard(allow_private_hosts=True)
 
@@ -127,7 +127,7 @@ def run_aiohttp(urls: list[str], concurrency: int) -> int:
 def run_pycurl(urls: list[str], concurrency: int) -> int:
     import pycurl
 
-    from pipeline.ssrf import address_allowed
+    from pipeline.scrape.ssrf import address_allowed
 
     def open_socket(purpose, address):  # the guard at connect time
         family, socktype, protocol, addr = address
@@ -184,7 +184,7 @@ def main() -> None:
         urls = [f"http://127.0.0.1:{port}/img/{i}.png" for i in range(args.requests)]
         import importlib.util
 
-        clients = {"http1": run_http1, "aiohttp": run_aiohttp, "pycurl": run_pycurl}
+        clients = {"fetcher": run_fetcher, "aiohttp": run_aiohttp, "pycurl": run_pycurl}
         for name in ("aiohttp", "pycurl"):  # not dependencies of Unmark: pip install them to compare
             if importlib.util.find_spec(name) is None:
                 print(f"{name} is not installed: left out", flush=True)

@@ -53,7 +53,7 @@ def make_site(pages: int, per_page: int):
 
 def crawl(site, pages: int, render: str, concurrency: int) -> dict:
     from pipeline.config import load_settings
-    from pipeline.scrape import scrape
+    from pipeline.scrape.crawl import scrape
     from pipeline.workspace import open_workspace
 
     with tempfile.TemporaryDirectory() as home:

@@ -147,10 +147,10 @@ def scrape(
     """Crawl pages from the seeds and store every image found (robots.txt and opt-outs obeyed)."""
     gc.disable()  # start-up (imports, catalog) makes long-lived objects only: no collections
     try:
-        from pipeline.render import RenderUnavailable
-        from pipeline.render_step import RenderModeError
-        from pipeline.scrape import SeedError
-        from pipeline.scrape import scrape as run_scrape
+        from pipeline.scrape.crawl import scrape as run_scrape
+        from pipeline.scrape.render import RenderUnavailable
+        from pipeline.scrape.render_step import RenderModeError
+        from pipeline.scrape.seeds import SeedError
 
         settings, cat, blobs = _open()
     finally:

@@ -53,11 +53,11 @@ def read_seeds(settings: Settings, seeds: list[str], seeds_file: str | None) -> 
       retry_jitter_factor=0.5, cache_policy=NO_CACHE)
 def scrape_batch(settings: Settings, seeds: list[str], max_pages: int, max_depth: int,
                  allow_private_hosts: bool, render: str | None = None) -> dict:
-    from pipeline import scrape
+    from pipeline.scrape.crawl import scrape
 
     with open_workspace(settings) as (catalog, blobs):
-        summary = scrape.scrape(seeds, catalog, blobs, settings, max_pages=max_pages, max_depth=max_depth,
-                                allow_private_hosts=allow_private_hosts, render=render)
+        summary = scrape(seeds, catalog, blobs, settings, max_pages=max_pages, max_depth=max_depth,
+                         allow_private_hosts=allow_private_hosts, render=render)
     return small(summary)
 
 

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     scrape_icons: bool = False  # also take <link rel=icon> / apple-touch-icon images
     max_stylesheets_per_page: int = 20  # linked and @import-ed sheets read for images, per page
     max_import_depth: int = 3  # @import levels followed from a page's own sheets
-    # rendered pages (pipeline/render.py): never | auto (pages with scripts and no static image) | always
+    # rendered pages (pipeline/scrape/render.py): never | auto (pages with scripts and no static image) | always
     render: str = "never"
     chromium_path: str | None = None  # default: `chromium` on PATH
     render_timeout_s: float = 15.0  # a page's whole time in the browser: load, scrolls, reading the DOM

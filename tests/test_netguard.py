@@ -36,6 +36,21 @@ def test_name_lookup_refused():
     _truncate_log()
 
 
+def test_libcurl_connect_refused():
+    import pycurl
+
+    c = pycurl.Curl()
+    c.setopt(pycurl.URL, "http://10.0.0.1:80/")
+    c.setopt(pycurl.CONNECTTIMEOUT_MS, 1000)
+    with pytest.raises(pycurl.error) as exc:
+        c.perform()
+    c.close()
+    assert exc.value.args[0] == pycurl.E_COULDNT_CONNECT
+    assert netguard.VIOLATIONS and "10.0.0.1" in netguard.VIOLATIONS[-1]
+    netguard.VIOLATIONS.pop()
+    _truncate_log()
+
+
 def test_subprocess_is_guarded(tmp_path):
     import os
     import subprocess

@@ -102,7 +102,7 @@ def snapshot(settings) -> dict:
 def reference_scrape(seed: str, home: Path) -> dict:
     """The snapshot of a fault-free, in-process scrape from ``seed`` into a fresh SQLite home."""
     from pipeline.config import load_settings
-    from pipeline.scrape import scrape
+    from pipeline.scrape.crawl import scrape
 
     ref = load_settings(home=home)
     cat = open_catalog(ref)

@@ -1,5 +1,8 @@
 """Suite-wide network guard: no test (nor any Python subprocess it starts) may open a connection
-outside 127.0.0.0/8 or ::1, or resolve a name other than localhost.
+outside 127.0.0.0/8 or ::1, or resolve a name other than localhost. libcurl (pycurl) opens its
+sockets in C, past the patched ``socket`` functions: every pycurl handle gets an open-socket
+callback that refuses the same addresses before the caller's own callback runs. (libcurl's own
+name lookups stay out of sight; the scraper's client never asks libcurl to resolve a site's name.)
 
 A blocked attempt raises ``BlockedNetwork`` (an ``OSError``, so the code under test sees an
 ordinary network error) and is appended to the log named by ``UNMARK_NETGUARD_LOG``; the conftest
@@ -85,3 +88,38 @@ def install() -> None:
     socket.socket.connect = guarded_connect
     socket.socket.connect_ex = guarded_connect_ex
     socket.getaddrinfo = guarded_getaddrinfo
+    _guard_libcurl()
+
+
+def _guard_libcurl() -> None:
+    try:
+        import pycurl
+    except ImportError:
+        return
+    if getattr(pycurl.Curl, "_unmark_guarded", False):
+        return
+
+    class GuardedCurl(pycurl.Curl):
+        _unmark_guarded = True
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            self._unmark_open = None
+            super().setopt(pycurl.OPENSOCKETFUNCTION, self._guarded_open)
+
+        def _guarded_open(self, purpose, address):
+            family, socktype, protocol, addr = address
+            if family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(addr[0]):
+                _record(f"libcurl connect to {addr!r} blocked by the test network guard")
+                return pycurl.SOCKET_BAD
+            if self._unmark_open is not None:
+                return self._unmark_open(purpose, address)
+            return socket.socket(family, socktype, protocol)
+
+        def setopt(self, option, value):
+            if option == pycurl.OPENSOCKETFUNCTION:
+                self._unmark_open = value
+                return None
+            return super().setopt(option, value)
+
+    pycurl.Curl = GuardedCurl

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import select
 
-from pipeline.scrape import IMAGE_STAGE, PAGE_STAGE, scrape
+from pipeline.scrape.crawl import IMAGE_STAGE, PAGE_STAGE, scrape
 from storage.models import Failure, Image, Page, Sighting
-from tests.pipeline.scrape_site import Site, bomb_png, jpeg_bytes, png_bytes
+from tests.pipeline.scrape_site import Site, bomb_png, jpeg_bytes, png_bytes, serve_tls
 
 
 @pytest.fixture
@@ -486,7 +486,7 @@ def test_cli_rejects_a_bad_seed(unmark_env):
 def test_fetcher_chunked_gzip_bomb_and_dns_rebinding(site, fast):
     import gzip
 
-    from pipeline.fetch import Fetcher, FetchError
+    from pipeline.scrape.fetch import Fetcher, FetchError
 
     body = png_bytes(1)
     bomb = gzip.compress(b"\0" * (30 * 1024 * 1024))  # 30 kB on the wire, 30 MB decoded
@@ -556,37 +556,11 @@ def test_rerun_retries_transient_failures_only(site, catalog, blobs, fast):
 def test_https_through_the_pinned_address_verifies_the_name(tmp_path, fast):
     """TLS over the pinned connection: SNI and certificate checks use the host name, the socket
     goes to the checked address; a certificate for another name is refused."""
-    import datetime
-    import ssl
+    from pipeline.scrape.fetch import Fetcher, FetchError
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    from pipeline.fetch import Fetcher, FetchError
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "secure.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("secure.test")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_pem = tmp_path / "cert.pem"
-    key_pem = tmp_path / "key.pem"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
     site = Site()
     try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert_pem, key_pem)
-        snis = []
-        ctx.sni_callback = lambda sock, server_name, _ctx: snis.append(server_name)
-        site.server.socket = ctx.wrap_socket(site.server.socket, server_side=True)
+        cert_pem, snis = serve_tls(site, tmp_path, "secure.test")
         site.static("/a.png", png_bytes(1), "image/png")
 
         def resolver(host, port):

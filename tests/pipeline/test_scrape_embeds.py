@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.sheets import SHEET_STAGE
-from pipeline.styles import css_refs
+from pipeline.scrape.sheets import SHEET_STAGE
+from pipeline.scrape.styles import css_refs
 from tests.pipeline.scrape_site import Site, png_bytes
 from tests.pipeline.test_scrape import counts, failures, run, sightings
 

@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import select
 
-from pipeline.render import RENDER_STAGE, RenderUnavailable, check_available
-from pipeline.render_step import RenderModeError
-from pipeline.scrape import SeedError, scrape
+from pipeline.scrape.crawl import scrape
+from pipeline.scrape.render import RENDER_STAGE, RenderUnavailable, check_available
+from pipeline.scrape.render_step import RenderModeError
+from pipeline.scrape.seeds import SeedError
 from storage.models import Failure
 from tests.pipeline.render_site import CANDIDATES, SCRIPTED, add_render_pages
 from tests.pipeline.scrape_site import Site
@@ -159,8 +160,8 @@ def _image_urls(catalog):
 
 @needs_browser
 def test_bounds_request_cap_restart_and_crash(site, catalog, blobs, rfast):
-    from pipeline.fetch import Fetcher
-    from pipeline.render import Renderer
+    from pipeline.scrape.fetch import Fetcher
+    from pipeline.scrape.render import Renderer
 
     fetcher = Fetcher(rfast, allow_private_hosts=True)
     r = Renderer(lambda u, cap: fetcher.get(u, cap), check_available(), 1 << 20, timeout_s=10, max_requests=2,

@@ -8,7 +8,7 @@ import os
 import sys
 
 from pipeline.config import load_settings
-from pipeline.scrape import scrape
+from pipeline.scrape.crawl import scrape
 from storage import BlobStore, open_catalog
 from tests.pipeline.scrape_site import Site, png_bytes
 from tests.pipeline.test_scrape_render import needs_browser

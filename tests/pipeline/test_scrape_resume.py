@@ -13,7 +13,7 @@ import time
 from sqlalchemy import select
 
 from pipeline.config import load_settings
-from pipeline.scrape import scrape
+from pipeline.scrape.crawl import scrape
 from storage import BlobStore, open_catalog
 from storage.models import Failure, Image, Page, Sighting
 from tests.pipeline.scrape_site import Site, png_bytes

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from pipeline.extract import ImageRef, extract, largest_candidate, normalize_url
-from pipeline.fetch import retry_after_s
-from pipeline.robots import RobotsPolicy, agent_token, crawl_delay_for, opt_out_of, parse_directives
-from pipeline.scrape import expand_seeds, sitemap_locs
-from pipeline.ssrf import AddressGuard, HostRefused, address_allowed
+from pipeline.scrape.extract import ImageRef, extract, largest_candidate, normalize_url
+from pipeline.scrape.fetch import retry_after_s
+from pipeline.scrape.robots import RobotsPolicy, agent_token, crawl_delay_for, opt_out_of, parse_directives
+from pipeline.scrape.seeds import expand_seeds, sitemap_locs
+from pipeline.scrape.ssrf import AddressGuard, HostRefused, address_allowed
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ TRICKY_PAGES = {
 def test_fast_parse_agrees_with_beautifulsoup(name, charset):
     """The lxml event path (a declared charset) and the BeautifulSoup path make the same records,
     so ``extract`` finds the same images, links and directives whichever parses a page."""
-    from pipeline.extract import _fast_elements, _parse, _soup_elements, _walk
+    from pipeline.scrape.extract import _fast_elements, _parse, _soup_elements, _walk
 
     html = TRICKY_PAGES[name].encode(charset, "xmlcharrefreplace")
     fast = _fast_elements(html, charset)
@@ -255,7 +255,7 @@ def test_fast_parse_agrees_with_beautifulsoup(name, charset):
 
 
 def test_pages_without_a_declared_charset_or_with_a_bom_go_to_beautifulsoup():
-    from pipeline.extract import _fast_elements
+    from pipeline.scrape.extract import _fast_elements
 
     page = "<img src='/c.png' alt='Café'>"
     assert _fast_elements(page.encode(), None) is None  # detection is BeautifulSoup's

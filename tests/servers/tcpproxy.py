@@ -75,14 +75,23 @@ class TcpProxy:
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
+            pump(src, dst)
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
             with self._lock:
                 self._conns.discard(src)
                 self._conns.discard(dst)
+
+
+def pump(src: socket.socket, dst: socket.socket, first: bytes = b"") -> None:
+    """Copy ``first``, then what ``src`` sends, to ``dst`` until either side ends; then shut both."""
+    try:
+        if first:
+            dst.sendall(first)
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
-from pipeline.embeds import normalize_url
-from pipeline.render_step import RenderModeError, check_mode
+from pipeline.scrape.embeds import normalize_url
+from pipeline.scrape.render_step import RenderModeError, check_mode
 
 
 class SeedError(ValueError):

@@ -1,6 +1,6 @@
 """Which elements of a parsed page make a browser fetch an image, and the page's links.
 
-The walk reads the tag records ``pipeline.extract`` makes (name, attributes, parent, link text,
+The walk reads the tag records ``pipeline.scrape.extract`` makes (name, attributes, parent, link text,
 ``<style>`` string) in document order and finds images in:
 
 - ``<img>``: ``src``, ``srcset`` (``w`` and ``x`` descriptors), the lazy-loading attributes
@@ -11,7 +11,7 @@ The walk reads the tag records ``pipeline.extract`` makes (name, attributes, par
   as=image>`` (``href`` and ``imagesrcset``), and icons (``rel=icon``, ``apple-touch-icon`` …) only
   when asked for;
 - CSS ``url()`` and ``image-set()`` in ``style`` attributes and ``<style>`` blocks
-  (``pipeline.styles``); ``<link rel=stylesheet>`` and ``@import`` targets come back in
+  (``pipeline.scrape.styles``); ``<link rel=stylesheet>`` and ``@import`` targets come back in
   ``stylesheets`` for the crawl to fetch;
 - ``<a href>`` / ``<area href>`` straight at image files.
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
 
-from pipeline.styles import css_refs
+from pipeline.scrape.styles import css_refs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".avif")
 # Links to these are not pages: not worth a download to find out.

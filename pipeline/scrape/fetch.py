@@ -1,9 +1,8 @@
 """The scraper's HTTP stage: polite, bounded, SSRF-safe GETs.
 
-Each GET goes over ``pipeline.http1``'s keep-alive pool, whose connections only the SSRF guard
-opens (``pipeline.ssrf``); ``Fetcher.session`` holds what every request carries (headers,
-``verify``). That client is lean on purpose: requests / urllib3 spent about 0.6 ms of CPU on each
-request under the GIL, most of a small image's cost in a crawl. Redirects followed by
+Each GET goes through ``pipeline.scrape.client`` (libcurl), whose connections go only to the
+address the SSRF guard checked (``pipeline.scrape.ssrf``); ``Fetcher.session`` holds what every
+request carries (headers, ``verify``). Redirects followed by
 hand (at most ``max_redirects``) with the address check and the caller's robots check on every
 hop; retries with exponential backoff on 429/5xx and connection errors, honouring Retry-After;
 connect/read timeouts plus a wall-clock deadline per download; bodies streamed with a byte cap
@@ -15,15 +14,14 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-from pipeline.http1 import BadTarget, Pool, ProtocolError, TooLarge
-from pipeline.ssrf import AddressGuard, HostRefused, Resolver
+from pipeline.scrape.client import BadTarget, Client, Deadline, ProtocolError, Proxies, TLSFailure, TooLarge
+from pipeline.scrape.ssrf import AddressGuard, HostRefused, Resolver
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 RETRY_CODES = (429, 500, 502, 503, 504)
@@ -119,19 +117,17 @@ class Fetcher:
     """GETs for the scraper. Thread-safe; one per scrape run."""
 
     def __init__(self, settings, allow_private_hosts: bool = False, resolver: Resolver | None = None,  # noqa: ANN001
-                 dns_cache_s: float = 300.0):
+                 dns_cache_s: float = 300.0, proxies: Proxies | None = None):
         self.settings = settings
         self.guard = AddressGuard(allow_private_hosts, resolver, ttl_s=dns_cache_s)
         self.gate = HostGate(settings.per_host_concurrency, settings.per_host_delay_s)
-        self.session = TransportOptions(headers={
-            "User-Agent": settings.user_agent, "Accept-Encoding": "gzip, deflate", "Accept": "*/*",
-            "Connection": "keep-alive",
-        })
-        self.pool = Pool(self.guard, max(settings.global_concurrency, 1), settings.connect_timeout_s,
-                         settings.read_timeout_s, verify=lambda: self.session.verify)
+        # Accept-Encoding is the client's own (what libcurl decodes); Connection is libcurl's
+        self.session = TransportOptions(headers={"User-Agent": settings.user_agent, "Accept": "*/*"})
+        self.client = Client(self.guard, settings.connect_timeout_s, settings.read_timeout_s,
+                             verify=lambda: self.session.verify, proxies=proxies)
 
     def close(self) -> None:
-        self.pool.close()
+        self.client.close()
 
     def get(
         self,
@@ -195,42 +191,24 @@ class Fetcher:
 
     def _once(self, url: str, headers: dict[str, str] | None, max_bytes: int) -> Response:
         s = self.settings
-        deadline = time.monotonic() + s.download_deadline_s
         sent = dict(self.session.headers)
         if headers:
             sent.update(headers)
         try:
-            r = self.pool.request(url, sent)
+            r = self.client.get(url, sent, max_bytes, time.monotonic() + s.download_deadline_s)
         except HostRefused as exc:  # raised at connect time by the guard
             raise FetchError(url, exc.reason, str(exc)) from exc
         except BadTarget as exc:
             raise FetchError(url, "bad-url", str(exc)) from exc
+        except TooLarge as exc:
+            raise FetchError(url, "too-large", str(exc), exc.status) from exc
+        except Deadline as exc:
+            raise FetchError(url, "deadline", f"download took longer than {s.download_deadline_s}s") from exc
         except TimeoutError as exc:
             raise FetchError(url, "timeout", str(exc) or "timed out") from exc
-        except ssl.SSLError as exc:  # a bad certificate does not get better on retry
+        except TLSFailure as exc:  # a bad certificate does not get better on retry
             raise FetchError(url, "tls", str(exc)) from exc
         except (ProtocolError, OSError) as exc:
             raise FetchError(url, "connection", f"{type(exc).__name__}: {exc}") from exc
-        resp = Response(url=url, status=r.status, headers=r.headers, robots_tags=r.headers.getlist("X-Robots-Tag"))
-        if not 200 <= r.status < 300:
-            # error and redirect bodies are not read; an empty one leaves the connection clean
-            self.pool.discard(r, reusable=r.status == 304 or r.headers.get("Content-Length") == "0")
-            return resp
-        declared = r.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > max_bytes:
-            self.pool.discard(r)  # drops the connection instead of reading a body we refused
-            raise FetchError(url, "too-large", f"Content-Length {declared} > cap {max_bytes}", r.status)
-
-        def check_deadline() -> None:
-            if time.monotonic() > deadline:
-                raise FetchError(url, "deadline", f"download took longer than {s.download_deadline_s}s")
-
-        try:
-            resp.body = self.pool.read_body(r, max_bytes, check_deadline)
-        except TooLarge as exc:
-            raise FetchError(url, "too-large", f"body passed the cap of {max_bytes} bytes", r.status) from exc
-        except TimeoutError as exc:
-            raise FetchError(url, "timeout", f"read timed out after {s.read_timeout_s}s") from exc
-        except (ProtocolError, OSError) as exc:
-            raise FetchError(url, "connection", f"{type(exc).__name__}: {exc}") from exc
-        return resp
+        return Response(url=url, status=r.status, headers=r.headers, body=r.body,
+                        robots_tags=r.headers.getlist("X-Robots-Tag"))

@@ -1,5 +1,5 @@
 """The stylesheets a page links (``<link rel=stylesheet>``, ``@import``), fetched once per run each
-and read for the images they name (``pipeline.styles``).
+and read for the images they name (``pipeline.scrape.styles``).
 
 The crawl hands in its own ``fetch(url) -> (final_url, text)``: the guarded fetcher with the page
 byte cap and the robots.txt check on every hop, so a sheet is fetched under the same rules as a
@@ -15,8 +15,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
-from pipeline.embeds import ImageRef, normalize_url
-from pipeline.styles import css_refs
+from pipeline.scrape.embeds import ImageRef, normalize_url
+from pipeline.scrape.styles import css_refs
 
 SHEET_STAGE = "scrape.stylesheet"
 

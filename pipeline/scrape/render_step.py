@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 
 from pipeline.config import Settings
-from pipeline.fetch import Response
-from pipeline.render import MODES, RENDER_STAGE, Renderer, check_available
+from pipeline.scrape.fetch import Response
+from pipeline.scrape.render import MODES, RENDER_STAGE, Renderer, check_available
 
 
 class RenderModeError(ValueError):

@@ -8,8 +8,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pipeline.extract import ImageRef
-from pipeline.fetch import host_key
+from pipeline.scrape.extract import ImageRef
+from pipeline.scrape.fetch import host_key
 from storage import BlobStore, Catalog
 from storage import queries as q
 

@@ -1,7 +1,7 @@
-"""The scraper's HTTP/1.1 client (``pipeline.http1``, through ``Fetcher``) against a raw socket
-server on 127.0.0.1 that writes scripted bytes: keep-alive reuse, a kept-alive connection the
-server closed, framing (Content-Length, chunked, to the close, short bodies), deflate in both
-forms, interim responses, header limits and folding, request hygiene."""
+"""The scraper's HTTP client (``pipeline.scrape.client``, libcurl, through ``Fetcher``) against a
+raw socket server on 127.0.0.1 that writes scripted bytes: keep-alive reuse, a kept-alive
+connection the server closed, framing (Content-Length, chunked, to the close, short bodies),
+deflate in both forms, brotli, interim responses, header limits and folding, request hygiene."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import zlib
 
 import pytest
 
-from pipeline.fetch import Fetcher, FetchError
+from pipeline.scrape.fetch import Fetcher, FetchError
 
 
 class RawServer:
@@ -163,14 +163,17 @@ def test_framing_errors_and_limits(fast):
         server.close()
 
 
-def test_deflate_in_both_forms_and_a_bomb_stops_at_the_cap(fast):
+def test_deflate_in_both_forms_brotli_and_bombs_stop_at_the_cap(fast):
+    import brotli
+
     body = bytes(range(256)) * 40
     raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     answers = {
         "/zlib": ok(zlib.compress(body), "Content-Encoding: deflate"),
         "/raw": ok(raw.compress(body) + raw.flush(), "Content-Encoding: deflate"),
         "/bomb": ok(zlib.compress(b"\0" * 5_000_000), "Content-Encoding: deflate"),
-        "/br": ok(b"\x1b\x03\x00", "Content-Encoding: br"),  # not asked for: left as it came
+        "/br": ok(brotli.compress(body), "Content-Encoding: br"),
+        "/br-bomb": ok(brotli.compress(b"\0" * 5_000_000), "Content-Encoding: br"),
     }
     server = serve(lambda path, n: answers[path])
     try:
@@ -180,7 +183,10 @@ def test_deflate_in_both_forms_and_a_bomb_stops_at_the_cap(fast):
         with pytest.raises(FetchError) as exc:
             f.get(server.url("/bomb"), 100_000)
         assert exc.value.reason == "too-large"
-        assert f.get(server.url("/br"), 100).body == b"\x1b\x03\x00"
+        assert f.get(server.url("/br"), 20_000).body == body
+        with pytest.raises(FetchError) as exc:
+            f.get(server.url("/br-bomb"), 100_000)
+        assert exc.value.reason == "too-large"
     finally:
         server.close()
 
@@ -193,7 +199,7 @@ def test_requests_carry_the_host_and_no_injected_lines(fast):
         head = server.requests[-1][1].decode("latin-1")
         assert head.startswith("GET /a%20b/%C3%BC?q=1%202%0D%0AX-Evil:%201 HTTP/1.1\r\n")
         assert f"\r\nHost: 127.0.0.1:{server.port}\r\n" in head and "\r\nX-Evil" not in head
-        assert "\r\nUser-Agent: " in head and "\r\nAccept-Encoding: gzip, deflate\r\n" in head
+        assert "\r\nUser-Agent: " in head and "\r\nAccept-Encoding: gzip, deflate, br\r\n" in head
         f.get(f"http://user:p%40ss@127.0.0.1:{server.port}/auth", 100)
         assert "\r\nAuthorization: Basic dXNlcjpwQHNz\r\n" in server.requests[-1][1].decode()
         with pytest.raises(FetchError) as exc:  # a header value with a line break is refused
@@ -203,13 +209,10 @@ def test_requests_carry_the_host_and_no_injected_lines(fast):
         server.close()
 
 
-def test_a_connection_the_server_wrote_more_on_is_not_reused(fast, monkeypatch):
+def test_a_connection_the_server_wrote_more_on_is_not_reused(fast):
     """Bytes beyond the response (here the 408 that servers send on an idle timeout before they
-    close) are never taken for the answer to the next request: sent with the response, they stay
-    in the buffer and the connection is closed; sent later, the check before reuse (after
-    ``CHECK_IDLE_AFTER_S`` of idleness) finds them."""
-    from pipeline import http1
-
+    close) are never taken for the answer to the next request: sent with the response, libcurl
+    finds them and closes the connection; sent later, the check before reuse finds them."""
     timeout_408 = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
     answers = {"/with": ok(b"z") + timeout_408, "/later": (ok(b"z"), "later", timeout_408), "/b": ok(b"b")}
     server = serve(lambda path, n: answers[path])
@@ -218,7 +221,6 @@ def test_a_connection_the_server_wrote_more_on_is_not_reused(fast, monkeypatch):
         assert f.get(server.url("/with"), 100).body == b"z"
         second = f.get(server.url("/b"), 100)
         assert (second.status, second.body) == (200, b"b")
-        monkeypatch.setattr(http1, "CHECK_IDLE_AFTER_S", 0.0)
         assert f.get(server.url("/later"), 100).body == b"z"
         time.sleep(0.1)  # the unasked bytes reach us
         third = f.get(server.url("/b"), 100)

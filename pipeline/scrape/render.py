@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin
 
-from pipeline.embeds import ImageRef, normalize_url
-from pipeline.fetch import FetchError, Response, host_key
-from pipeline.render_dom import COLLECT_JS, SCROLL_JS, dom_refs
+from pipeline.scrape.embeds import ImageRef, normalize_url
+from pipeline.scrape.fetch import FetchError, Response, host_key
+from pipeline.scrape.render_dom import COLLECT_JS, SCROLL_JS, dom_refs
 
 RENDER_STAGE = "scrape.render"
 MODES = ("never", "auto", "always")

@@ -1,6 +1,6 @@
 """The scraper's parsing stage: from an HTML page, the images it shows and the links it holds.
 
-Which elements and attributes name images is ``pipeline.embeds``'s business (``_walk``); this
+Which elements and attributes name images is ``pipeline.scrape.embeds``'s business (``_walk``); this
 module turns bytes into the tag records it reads. Relative URLs resolve against ``<base href>``
 when present. Only http(s) URLs come out; ``data:``/``javascript:`` never.
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from pipeline.embeds import (  # noqa: F401 - the extraction API, re-exported
+from pipeline.scrape.embeds import (  # noqa: F401 - the extraction API, re-exported
     IMAGE_EXTENSIONS,
     NOT_PAGES,
     Extracted,
@@ -33,7 +33,7 @@ from pipeline.embeds import (  # noqa: F401 - the extraction API, re-exported
     normalize_url,
     srcset_candidates,
 )
-from pipeline.embeds import walk as _walk
+from pipeline.scrape.embeds import walk as _walk
 
 if TYPE_CHECKING:
     from bs4 import BeautifulSoup

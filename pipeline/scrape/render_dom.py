@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from urllib.parse import urljoin
 
-from pipeline.embeds import ImageRef, normalize_url, srcset_candidates
-from pipeline.styles import css_refs
+from pipeline.scrape.embeds import ImageRef, normalize_url, srcset_candidates
+from pipeline.scrape.styles import css_refs
 
 # One step down the page; [at the bottom, document height]. The browser gets two frames to react.
 SCROLL_JS = """async () => {

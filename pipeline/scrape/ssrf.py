@@ -2,11 +2,12 @@
 addresses, and connect to exactly the address that was checked.
 
 URLs come from hostile pages (``<img src>``, ``<base href>``, redirects), so the check runs after
-DNS and at connect time: every connection of the scraper's HTTP client (``pipeline.http1``) is
-opened by ``AddressGuard.open_connection``, which resolves (or takes from its cache), checks, and
-opens the socket to the checked IP while the Host header and TLS SNI keep the name. A name that re-resolves
-to something else between check and connect (DNS rebinding) cannot slip through, because the
-connection never resolves the name again.
+DNS and at connect time: the scraper's HTTP client (``pipeline.scrape.client``) calls
+``AddressGuard.check_host`` as each request starts (resolving, or taking the cached answer) and has
+libcurl connect to exactly the address that was checked, while the Host header and TLS SNI keep
+the name; its open-socket callback refuses any other address. A name that re-resolves to something
+else between check and connect (DNS rebinding) cannot slip through, because libcurl never
+resolves the name itself.
 
 ``allow_private_hosts`` permits loopback only (127.0.0.0/8, ::1), for tests and the demo; every
 other private, link-local, multicast or reserved range stays refused.
@@ -112,9 +113,3 @@ class AddressGuard:
         with self._lock:
             self._cache[key] = (now + self.ttl_s, addresses[0])
         return addresses[0]
-
-    def open_connection(self, host: str, port: int, timeout: float | None) -> socket.socket:
-        """A TCP socket to the checked address of ``host`` (resolved or taken from the cache and
-        checked here, at connect time); raises ``HostRefused``, ``TimeoutError`` or ``OSError``."""
-        address = self.check_host(host, port)
-        return socket.create_connection((address, port), timeout)

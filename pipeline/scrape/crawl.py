@@ -1,14 +1,7 @@
-"""``unmark scrape``: crawl pages from seed URLs, find every image, fetch politely and safely
-into the catalog.
-
-Stages (one module each): ``fetch`` (HTTP: SSRF guard, retries, caps, per-host politeness),
-``robots`` (robots.txt and the noai/noindex opt-outs), ``extract`` / ``embeds`` (images, links and
-stylesheets of a page), ``sheets`` (linked stylesheets, fetched under the page rules), ``seeds``
-(seed URLs and their options, sites, sitemaps), ``render_step`` / ``render`` (pages in headless
-Chromium, ``--render``),
-``pipeline.images`` (the one validator of image bytes), ``scrape_writer`` (the catalog's one
-writer, committing rows in batches). This module runs the crawl: a bounded thread pool does the
-network and the hashing; the calling thread hands rows to the writer.
+"""``unmark scrape``'s crawl: pages from seed URLs, their images fetched politely and safely
+into the catalog. The stages it drives are mapped in ``pipeline.scrape``'s docstring. A bounded
+thread pool runs the network and the hashing (``pipeline.scrape.workers``); the calling thread
+keeps the frontier, decides what to download and hands rows to the writer.
 
 Idempotent and resumable: each image's blob is written (atomically) before its row, and made
 durable by one ``BlobStore.sync`` before the transaction that holds the row; a page gets its
@@ -25,19 +18,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pipeline.config import Settings
-from pipeline.extract import ExtractError, ImageRef, extract, normalize_url
-from pipeline.fetch import Fetcher, FetchError, host_key
-from pipeline.images import BadImage, inspect_image, sniff_format
-from pipeline.render_step import RenderStep, check_mode
-from pipeline.robots import ROBOTS_MAX_BYTES, RobotsPolicy, agent_token, opt_out_of, parse_directives
-from pipeline.scrape_writer import FLUSH_EVERY_S, Writer
-from pipeline.seeds import SeedError, expand_seeds, site_of, sitemap_locs  # noqa: F401 - re-exported
-from pipeline.sheets import SHEET_STAGE, Stylesheets
-from pipeline.ssrf import Resolver
+from pipeline.scrape.extract import ImageRef, normalize_url
+from pipeline.scrape.fetch import Fetcher
+from pipeline.scrape.render_step import check_mode
+from pipeline.scrape.seeds import expand_seeds, site_of
+from pipeline.scrape.sheets import SHEET_STAGE
+from pipeline.scrape.ssrf import Resolver
+from pipeline.scrape.workers import ImageResult, PageResult, Workers
+from pipeline.scrape.writer import FLUSH_EVERY_S, Writer
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog
 from storage import queries as q
@@ -46,43 +38,6 @@ from storage.models import utcnow
 PAGE_STAGE, IMAGE_STAGE, ROBOTS_STAGE = "scrape.page", "scrape.image", "scrape.robots"
 # Image failures that a re-run does not retry: the bytes at that URL were judged, not missed.
 PERMANENT = {"not-image", "format", "too-small", "too-many-pixels", "corrupt", "too-large", "http-404", "http-410"}
-
-
-def content_charset(content_type: str | None) -> str | None:
-    for part in (content_type or "").split(";")[1:]:
-        k, _, v = part.partition("=")
-        if k.strip().lower() == "charset" and v.strip():
-            return v.strip().strip("\"'")
-    return None
-
-
-# --- what the workers hand back ---------------------------------------------------------
-
-
-@dataclass
-class PageResult:
-    url: str
-    depth: int
-    final_url: str = ""
-    status: int | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    not_modified: bool = False
-    opted_out: str | None = None
-    images: list[ImageRef] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
-    sitemap: tuple[str, list[str]] | None = None
-    error: Exception | None = None
-    failures: list[tuple[str, str, Exception]] = field(default_factory=list)  # (stage, subject, error) beside the page's own
-    cleared: list[tuple[str, str]] = field(default_factory=list)  # (stage, subject) that succeeded this time
-
-
-@dataclass
-class ImageResult:
-    url: str
-    sha256: str = ""
-    row: dict | None = None
-    error: Exception | None = None
 
 
 @dataclass
@@ -96,8 +51,8 @@ class _PendingPage:
 
 
 class Crawl:
-    """One scrape run. Workers call ``_fetch_page`` / ``_fetch_image``; everything else runs on
-    the calling thread."""
+    """One scrape run. Pool threads run ``Workers.page`` / ``Workers.image``; everything else
+    runs on the calling thread."""
 
     def __init__(self, catalog: Catalog, blobs: BlobStore, settings: Settings, max_pages: int, max_depth: int,
                  allow_private_hosts: bool, resolver: Resolver | None,
@@ -107,14 +62,9 @@ class Crawl:
         self.stop = stop  # once set: no new pages; those in flight finish with their images
         self.max_pages, self.max_depth = max_pages, max_depth
         self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
-        self.token = agent_token(settings.user_agent)
-        self.robots = RobotsPolicy(settings.user_agent, self._fetch_robots, self._robots_failed)
-        self.writer = Writer(catalog, blobs, settings.write_batch_size)
         self.site_render = dict(site_render or {})
-        self.render = RenderStep(settings, render or settings.render, self.site_render,
-                                 lambda url, cap: self.fetcher.get(url, cap, allow=self._allowed), site_of)
-        self.sheets = Stylesheets(self._fetch_sheet, settings.max_stylesheets_per_page, settings.max_import_depth,
-                                  settings.max_images_per_page)
+        self.work = Workers(settings, self.fetcher, blobs, render or settings.render, self.site_render)
+        self.writer = Writer(catalog, blobs, settings.write_batch_size)
         self.progress = progress
         self.sites: set[str] = set()
         self.seen_pages: set[str] = set()
@@ -128,7 +78,6 @@ class Crawl:
         self.image_state: dict[str, str | int | None] = {}  # url -> sha256 | image id | None (failed) | "" pending
         self.waiters: dict[str, list[tuple[str, ImageRef]]] = {}
         self.pending_pages: dict[str, _PendingPage] = {}
-        self.robots_failures: list[tuple[str, BaseException]] = []
         self.seeds: set[str] = set()  # set by run(): a seed whose own fetch fails counts in seeds_failed
         self.memory = {"validators": True, "sightings": True, "image_failures": True}  # set by run()
         self._known: dict[str, int] = {}  # image URL -> image id, for the page batch in hand
@@ -140,116 +89,6 @@ class Crawl:
             "images_skipped_failed": 0, "images_candidates": 0, "sheets_fetched": 0, "sheets_failed": 0, "bytes": 0,
             "failures": {},
         }
-
-    # --- robots ----------------------------------------------------------------------
-
-    def _fetch_robots(self, robots_url: str) -> tuple[int, bytes]:
-        resp = self.fetcher.get(robots_url, ROBOTS_MAX_BYTES)
-        return resp.status, resp.body
-
-    def _robots_failed(self, robots_url: str, exc: BaseException) -> None:
-        self.robots_failures.append((robots_url, exc))  # list.append is atomic; drained by the writer
-
-    def _allowed(self, url: str) -> bool:
-        ok, delay = self.robots.check(url)
-        if delay:
-            self.fetcher.gate.set_delay(host_key(url), min(delay, self.settings.max_crawl_delay_s))
-        return ok
-
-    # --- worker side -----------------------------------------------------------------
-
-    def _fetch_sheet(self, url: str) -> tuple[str, str]:
-        resp = self.fetcher.get(url, self.settings.max_page_bytes, allow=self._allowed)
-        if not 200 <= resp.status < 300:
-            raise FetchError(url, f"http-{resp.status}", status=resp.status)
-        charset = content_charset(resp.headers.get("Content-Type")) or "utf-8"
-        try:
-            return resp.url, resp.body.decode(charset, "replace")
-        except LookupError:
-            return resp.url, resp.body.decode("utf-8", "replace")
-
-    def _add_sheet_images(self, out: PageResult, sheets: list[str]) -> None:
-        """The images of the page's stylesheets, after its own (each URL once)."""
-        got = self.sheets.images(sheets)
-        out.failures.extend((SHEET_STAGE, url, exc) for url, exc in got.failed)
-        out.cleared.extend((SHEET_STAGE, url) for url in got.fetched)
-        have = {r.url for r in out.images}
-        room = self.settings.max_images_per_page - len(out.images)
-        out.images.extend([r for r in got.images if r.url not in have][:max(0, room)])
-
-    def _fetch_page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
-        try:
-            return self._fetch_page_unguarded(url, depth, validators)
-        except Exception as exc:  # one hostile page must never end the crawl; it becomes a failure row
-            return PageResult(url=url, depth=depth, error=exc)
-
-    def _fetch_page_unguarded(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
-        s = self.settings
-        out = PageResult(url=url, depth=depth)
-        headers = {}
-        if validators[0]:
-            headers["If-None-Match"] = validators[0]
-        if validators[1]:
-            headers["If-Modified-Since"] = validators[1]
-        try:
-            resp = self.fetcher.get(url, s.max_page_bytes, headers=headers, allow=self._allowed)
-        except FetchError as exc:
-            out.error = exc
-            return out
-        out.final_url, out.status = resp.url, resp.status
-        if resp.status == 304:
-            out.not_modified = True
-            return out
-        if resp.status >= 400 or not 200 <= resp.status < 300:
-            out.error = FetchError(url, f"http-{resp.status}", status=resp.status)
-            return out
-        out.etag, out.last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
-        body = resp.body
-        out.sitemap = sitemap_locs(body)
-        if out.sitemap is not None:
-            return out
-        if sniff_format(body[:16]) is not None or b"\x00" in body[:1024]:
-            out.error = FetchError(url, "not-html", "the page's bytes are binary, not HTML")
-            return out
-        try:
-            found = extract(body, resp.url, content_charset(resp.headers.get("Content-Type")),
-                            robots_names=("robots", self.token), max_links=s.max_links_per_page,
-                            max_images=s.max_images_per_page, icons=s.scrape_icons)
-        except ExtractError as exc:
-            out.error = exc
-            return out
-        directives = parse_directives(resp.robots_tags, self.token) | parse_directives(found.robots, "")
-        out.opted_out = opt_out_of(directives)
-        follow = not ("nofollow" in directives or "none" in directives)
-        out.images = [] if out.opted_out else found.images
-        out.links = found.links if follow else []
-        if found.stylesheets and not out.opted_out:
-            self._add_sheet_images(out, found.stylesheets)
-        if not out.opted_out and self.render.wanted(resp.url, len(out.images), found.scripts):
-            self.render.apply(out, body, resp.headers.get("Content-Type") or "", follow)
-        return out
-
-    def _fetch_image(self, url: str) -> ImageResult:
-        s = self.settings
-        try:
-            resp = self.fetcher.get(url, s.max_image_bytes, allow=self._allowed)
-            if not 200 <= resp.status < 300:
-                raise FetchError(url, f"http-{resp.status}", status=resp.status)
-            opted = opt_out_of(parse_directives(resp.robots_tags, self.token))
-            if opted:
-                raise FetchError(url, "opted-out", f"X-Robots-Tag {opted}")
-            info = inspect_image(resp.body, max_pixels=s.max_image_pixels, min_side=s.min_image_side)
-            # blob first: a row never points at a missing blob (the writer syncs before it commits)
-            sha, key = self.blobs.put(resp.body, durable=False)
-        except (FetchError, BadImage) as exc:
-            return ImageResult(url, error=exc)
-        except Exception as exc:  # one bad URL must never end the crawl; it becomes a failure row
-            return ImageResult(url, error=exc)
-        row = {"sha256": sha, "blob_key": key, "mime": info.mime, "width": info.width, "height": info.height,
-               "bytes": len(resp.body), "source": "scrape"}
-        return ImageResult(url, sha256=sha, row=row)
-
-    # --- crawl thread ----------------------------------------------------------------
 
     def enqueue(self, url: str, depth: int, counted: bool = True) -> None:
         if url in self.seen_pages or depth > self.max_depth:
@@ -286,8 +125,8 @@ class Crawl:
                         for url, depth in batch:
                             self.pages_in_flight += 1
                             # a page rendered every time is read again whole, not answered by a 304
-                            kept = (None, None) if self.render.always(url) else validators.get(url, (None, None))
-                            self._submit("page", self._fetch_page, url, depth, kept)
+                            kept = (None, None) if self.work.render.always(url) else validators.get(url, (None, None))
+                            self._submit("page", self.work.page, url, depth, kept)
                     if not self.futures:
                         break
                     done = [(self.futures.pop(fut), fut.result()) for fut in self._completed(FLUSH_EVERY_S)]
@@ -308,7 +147,7 @@ class Crawl:
                     fut.cancel()
                 self._drain_robots_failures()
                 try:
-                    self.render.close()
+                    self.work.render.close()
                     self.writer.close()
                 finally:
                     self.fetcher.close()
@@ -358,8 +197,8 @@ class Crawl:
         self.writer.failure(stage, subject, exc)
 
     def _drain_robots_failures(self) -> None:
-        while self.robots_failures:
-            url, exc = self.robots_failures.pop()
+        while self.work.robots_failures:
+            url, exc = self.work.robots_failures.pop()
             self._fail(ROBOTS_STAGE, url, exc)
 
     def _follow(self, page: PageResult, links: Iterable[str]) -> None:
@@ -445,7 +284,7 @@ class Crawl:
                         self.retrying.add(ref.url)  # its failure row goes once it succeeds
                     self.image_state[ref.url] = ""
                     self.waiters[ref.url] = []
-                    self._submit("image", self._fetch_image, ref.url)
+                    self._submit("image", self.work.image, ref.url)
                     state = ""
             if state == "":
                 self.waiters[ref.url].append((page.url, ref))
@@ -494,7 +333,7 @@ class Crawl:
         elapsed = time.monotonic() - started
         st = dict(self.stats)
         st["images_new"] = self.writer.new_images
-        st.update(self.render.stats)
+        st.update(self.work.render.stats)
         st["elapsed_s"] = round(elapsed, 3)
         pages = st["pages_fetched"] + st["pages_not_modified"]
         st["pages_per_s"] = round(pages / elapsed, 2) if elapsed > 0 else 0.0
@@ -527,7 +366,7 @@ def scrape(
     ``allow_private_hosts`` lets the crawl reach loopback (tests, the demo); ``resolver(host,
     port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch.
     ``render`` (``never`` / ``auto`` / ``always``; default ``settings.render``) loads pages in
-    headless Chromium too (``pipeline.render``); a seed's own ``render=`` option wins for its site.
+    headless Chromium too (``pipeline.scrape.render``); a seed's own ``render=`` option wins for its site.
     Raises ``SeedError`` for a bad seed, ``RenderModeError`` for a bad mode, ``RenderUnavailable``
     when rendering is asked for and cannot run, all before any request. Once ``stop`` is set, no
     new page is started; the pages in flight finish, everything is committed and ``Stopped`` is
