@@ -43,8 +43,9 @@ def init(as_json: JsonOpt = False) -> None:
     from storage.db import current_revision
 
     try:
-        shipped = {k: v for k, v in (("remover", register_shipped(cat, blobs)),
-                                     ("detector", register_shipped_detector(cat, blobs))) if v}
+        shipped = {k: v for k, v in (("remover", register_shipped(cat, blobs, settings.shipped_weights)),
+                                     ("detector", register_shipped_detector(cat, blobs, settings.shipped_weights)))
+                   if v}
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -42,7 +42,7 @@ from flows.train import train
 from pipeline import summaries
 from pipeline.config import Settings
 from pipeline.demo import build_site, serve_site, site_labels, triage_agreement
-from pipeline.registry import WEIGHTS_DIR, register_shipped, register_shipped_detector
+from pipeline.registry import register_shipped, register_shipped_detector
 from pipeline.workspace import open_workspace
 
 
@@ -221,8 +221,8 @@ def run_demo(settings: Settings, minutes: float = 12.0, perceptual: str = "off",
     console.print(f"perceptual loss: [bold]{perceptual}[/bold] (no ImageNet VGG16 weights offline; "
                   "`--perceptual random` uses random VGG features, slower per step)")
     with open_workspace(settings) as (catalog, blobs):
-        detector = register_shipped_detector(catalog, blobs, settings.shipped_weights or WEIGHTS_DIR)
-        shipped = register_shipped(catalog, blobs) if use_shipped else None
+        detector = register_shipped_detector(catalog, blobs, settings.shipped_weights)
+        shipped = register_shipped(catalog, blobs, settings.shipped_weights) if use_shipped else None
     for kind, got in (("detector", detector), ("remover", shipped)):
         if got:
             console.print(f"shipped {kind} registered and promoted: {got['version']}")

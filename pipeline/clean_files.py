@@ -401,7 +401,7 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
     _pass_animated(jobs)
     version, cleanings = None, {}
     if any(_wants_cleaning(j) for j in jobs):
-        if options.model_version is None and (shipped := registry.register_shipped(catalog, blobs)):
+        if options.model_version is None and (shipped := registry.register_shipped(catalog, blobs, settings.shipped_weights)):
             notes.append(f"registered the shipped remover {shipped['version']} (as `unmark init` does)")
         version, cleanings = clean_jobs(jobs, catalog, blobs, settings, options, detector, progress)
     write_jobs(jobs, cleanings, version, catalog, blobs, settings, options, progress)

@@ -75,13 +75,25 @@ def register(session: Session, blobs: BlobStore, version: str, kind: str, checkp
     return key
 
 
-def register_shipped(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path = WEIGHTS_DIR) -> dict | None:
+def _register_once(catalog: Catalog, blobs: BlobStore, version: str, kind: str, data: bytes, config: dict,
+                   metrics: dict) -> dict:
+    """Register and promote ``version`` (or promote it again when its row exists already)."""
+    with catalog.write() as s:
+        if q.get_model(s, version) is None:
+            key = register(s, blobs, version, kind, data, config=config, metrics=metrics, promote=True)
+        else:
+            q.promote_model(s, version)
+            key = q.get_model(s, version).checkpoint_key
+    return {"version": version, "checkpoint": key}
+
+
+def register_shipped(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path | None = None) -> dict | None:
     """Register ``weights_dir/remover.pt`` as the promoted remover when the catalog promotes none.
 
     Returns ``{"version", "checkpoint"}`` when it registered one, else None (a remover is already
     promoted, or no weights ship). A file that is not an Unmark checkpoint is a clear error.
     """
-    path = Path(weights_dir) / "remover.pt"
+    path = Path(weights_dir or WEIGHTS_DIR) / "remover.pt"
     if find(catalog, "remover") is not None or not path.exists():
         return None
     data = path.read_bytes()
@@ -92,16 +104,10 @@ def register_shipped(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path
     version = "remover-shipped-" + hashlib.sha256(data).hexdigest()[:12]
     config = {**json.loads(extra.get("train_config", "{}")), "shipped": path.name}
     metrics = json.loads(extra.get("metrics_json", "{}"))
-    with catalog.write() as s:
-        if q.get_model(s, version) is None:
-            key = register(s, blobs, version, "remover", data, config=config, metrics=metrics, promote=True)
-        else:
-            q.promote_model(s, version)
-            key = q.get_model(s, version).checkpoint_key
-    return {"version": version, "checkpoint": key}
+    return _register_once(catalog, blobs, version, "remover", data, config, metrics)
 
 
-def register_shipped_detector(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path = WEIGHTS_DIR
+def register_shipped_detector(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path | None = None
                               ) -> dict | None:
     """Register ``weights_dir/detector.pt`` as the promoted detector when the catalog promotes none.
 
@@ -110,7 +116,7 @@ def register_shipped_detector(catalog: Catalog, blobs: BlobStore, weights_dir: s
     """
     from model.detector import detector_from_bytes
 
-    path = Path(weights_dir) / "detector.pt"
+    path = Path(weights_dir or WEIGHTS_DIR) / "detector.pt"
     if find(catalog, "detector") is not None or not path.exists():
         return None
     data = path.read_bytes()
@@ -123,13 +129,7 @@ def register_shipped_detector(catalog: Catalog, blobs: BlobStore, weights_dir: s
     version = "detector-shipped-" + hashlib.sha256(data).hexdigest()[:12]
     config = {**model.config, "calibration": calibration, "scales": list(extra.get("scales", [])),
               "shipped": path.name}
-    with catalog.write() as s:
-        if q.get_model(s, version) is None:
-            metrics = dict(extra.get("metrics", {}))
-            if "roc_auc" in metrics.get("test", {}):  # the held-out figure summaries show
-                metrics["roc_auc"] = metrics["test"]["roc_auc"]
-            key = register(s, blobs, version, "detector", data, config=config, metrics=metrics, promote=True)
-        else:
-            q.promote_model(s, version)
-            key = q.get_model(s, version).checkpoint_key
-    return {"version": version, "checkpoint": key}
+    metrics = dict(extra.get("metrics", {}))
+    if "roc_auc" in metrics.get("test", {}):  # the held-out figure summaries show
+        metrics["roc_auc"] = metrics["test"]["roc_auc"]
+    return _register_once(catalog, blobs, version, "detector", data, config, metrics)

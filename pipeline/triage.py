@@ -258,8 +258,7 @@ def triage(
     t0 = time.perf_counter()
     trained, fine_tune = None, None
     detector = load_promoted_detector(catalog, blobs)
-    if detector is None and registry.register_shipped_detector(catalog, blobs, settings.shipped_weights
-                                                               or registry.WEIGHTS_DIR):
+    if detector is None and registry.register_shipped_detector(catalog, blobs, settings.shipped_weights):
         detector = load_promoted_detector(catalog, blobs)
     if retrain_detector and detector is not None and getattr(detector.model, "scores_whole_images", False):
         detector, fine_tune = fine_tune_and_register(catalog, blobs, settings, detector, progress)

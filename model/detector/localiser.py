@@ -106,8 +106,8 @@ def train_localiser_detector(detector: LocaliserDetector, paths: Sequence[str], 
     if not paths:
         raise ValueError("train_localiser_detector needs at least one image path")
     torch.manual_seed(seed)
-    ds = WatermarkPairs(paths, size=size, train=True, seed=seed, renderer=renderer, clean_share=clean_share,
-                        samples_per_image=max(1, math.ceil(steps * batch_size / len(paths))))
+    # one pass over the photos per epoch; the loop below starts another until the budget is spent
+    ds = WatermarkPairs(paths, size=size, train=True, seed=seed, renderer=renderer, clean_share=clean_share)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=len(ds) > batch_size)
     opt = torch.optim.AdamW(detector.parameters(), lr=lr, weight_decay=1e-5)
     detector.train()
