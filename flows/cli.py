@@ -69,6 +69,7 @@ def pretrain_remover_cmd(
     profile: Annotated[str, typer.Option(help="training profile (locate-cpu: locate, then restore)")] = "locate-cpu",
     synth: Annotated[str, typer.Option(help="cpu: loader draws the marks; device: composited on the GPU")] = "cpu",
     batch_size: Annotated[int | None, typer.Option(help="override the profile's batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="override the profile's peak learning rate")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or continue) the shipped remover on clean photos; write fp16 weights and the model card."""
@@ -80,7 +81,7 @@ def pretrain_remover_cmd(
         result = pretrain_remover(images, settings.home / "pretrain" / f"remover-{profile}", minutes, resume=resume,
                                   from_scratch=from_scratch, out_dir=out or WEIGHTS_DIR, threads=threads,
                                   command=command, log=lambda m: err.print(m), icon_logos=icon_logos,
-                                  profile=profile, synth=synth, batch_size=batch_size)
+                                  profile=profile, synth=synth, batch_size=batch_size, lr=lr)
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -57,16 +57,20 @@ def corpus_paths(folders: list[str | Path]) -> list[Path]:
 def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: float, resume: bool = True,
                      from_scratch: bool = False, out_dir: str | Path = WEIGHTS_DIR, threads: int | None = None,
                      profile: str = "locate-cpu", command: str = "", log=print,  # noqa: ANN001
-                     icon_logos: int = 512, synth: str = "cpu", batch_size: int | None = None) -> dict:
+                     icon_logos: int = 512, synth: str = "cpu", batch_size: int | None = None,
+                     lr: float | None = None) -> dict:
     """Train (or continue) the shipped remover for ``minutes`` of wall time, then export it.
 
     ``icon_logos``: logos composed from pictograms (``model.synth.icons``) in each renderer, from the
     train identities for training and from the held-out ones for validation and test (0: none).
     ``synth="device"`` composites the training marks on the training device from a pre-rendered
-    bank (``model.synth``: for a lent GPU); ``batch_size`` overrides the profile's.
+    bank (``model.synth``: for a lent GPU); ``batch_size`` overrides the profile's, and ``lr`` its peak
+    learning rate (a fine-tune from the shipped weights wants a gentler peak than a run from scratch).
     """
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
     log = log or (lambda _m: None)
     if threads:
         torch.set_num_threads(threads)
@@ -77,7 +81,7 @@ def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: fl
     shipped = Path(out_dir) / "remover.pt"
     resuming = resume and (run_dir / "last.pt").exists()
     init = None if (from_scratch or resuming or not shipped.exists()) else shipped
-    overrides = {"synth": synth, **({"batch_size": batch_size} if batch_size else {})}
+    overrides = {"synth": synth, **({"batch_size": batch_size} if batch_size else {}), **({"lr": lr} if lr else {})}
     config = trainer.profile_config(profile, max_minutes=minutes, **overrides)
     if init is not None:
         shipped_net = load_checkpoint(shipped)[0]

@@ -71,9 +71,12 @@ def test_pretrain_exports_fp16_weights_manifest_and_card_then_continues_from_the
     assert "8 icons-1 logos a renderer (train identities; val/test: held-out identities)" in card
 
     # A fresh run (a later session: no resume state) starts from the shipped weights.
+    with pytest.raises(ValueError, match="lr must be positive"):
+        pretrain_remover([photos], tmp_path / "run2", 0.5, out_dir=out, profile="tiny", log=None, lr=-1e-4)
     second = pretrain_remover([photos], tmp_path / "run2", 0.5, out_dir=out, profile="tiny", command="second",
-                              log=None, icon_logos=0)
+                              log=None, icon_logos=0, lr=2e-4)
     assert second["steps"] == 4
+    assert json.loads(load_checkpoint(out / "remover.pt")[1]["train_config"])["lr"] == 2e-4  # the fine-tune's peak
     assert f"initialised from {out / 'remover.pt'}" in (tmp_path / "run2" / "changelog.md").read_text()
     card = (out / "remover.md").read_text()
     assert "`second`" in card and card.count("| 4 |") == 2  # both runs in the run log
