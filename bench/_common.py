@@ -65,9 +65,11 @@ def write_results(name: str, figures: dict, markdown_body: str) -> None:
 
 def _unplaced(text: str) -> str:
     """``text`` with this checkout's absolute paths made relative to the repository (and the
-    shared folder beside it shown as ``../shared``): results name no machine paths."""
+    shared folder beside it shown as ``../shared``, the home folder as ``~``): results name no machine
+    paths."""
     root = Path(__file__).resolve().parents[1]
-    return text.replace(str(root) + "/", "").replace(str(root.parent / "shared"), "../shared")
+    text = text.replace(str(root) + "/", "").replace(str(root.parent / "shared"), "../shared")
+    return text.replace(str(Path.home()) + "/", "~/")
 
 
 def _section(name: str, r: dict) -> str:

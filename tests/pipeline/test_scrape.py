@@ -389,7 +389,12 @@ def test_min_delay_and_robots_crawl_delay(settings, catalog, blobs, fast):
             run(site, catalog, blobs, fast.model_copy(update={"per_host_delay_s": delay_setting}))
             starts = sorted(r.t for r in site.log if r.path.startswith("/img/"))
             assert len(starts) == 4
-            assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= gap
+            # The gate spaces request starts by the delay; the server stamps them when its thread
+            # runs, which a busy machine postpones by tens of ms for one request and not the next.
+            # So: each gap at least half the delay, the span of the three at least 80 % of them
+            # (no delay at all gives gaps of ~1 ms).
+            assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= gap / 2
+            assert starts[-1] - starts[0] >= 0.8 * 3 * gap
         finally:
             site.close()
 
