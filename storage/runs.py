@@ -19,6 +19,12 @@ def running_runs(session: Session, kind: str) -> list[tuple[int, str, str | None
         .order_by(TrainingRun.id.desc())).all()]
 
 
+def run_of(session: Session, version: str) -> TrainingRun | None:
+    """The newest run that produced ``version``."""
+    return session.scalar(select(TrainingRun).where(TrainingRun.model_version == version)
+                          .order_by(TrainingRun.id.desc()))
+
+
 def open_run(session: Session, version: str, kind: str, params: dict, run_dir: str) -> int:
     """A new ``running`` row; returns its id."""
     row = TrainingRun(model_version=version, kind=kind, params=params, status="running", run_dir=run_dir)
