@@ -19,6 +19,7 @@ from flows.mapped import run_dedup_and_triage
 from flows.runtime import chunks, flow_settings, merge_counts, small, task_runner
 from pipeline import summaries
 from pipeline.config import Settings
+from pipeline.scrape.seeds import read_seed_file
 from pipeline.workspace import open_workspace
 
 SEEDS_FILE = "seeds.txt"  # in UNMARK_HOME: one URL a line, used when a run names no seeds
@@ -39,11 +40,9 @@ def read_seeds(settings: Settings, seeds: list[str], seeds_file: str | None) -> 
     out = list(seeds)
     path = Path(seeds_file) if seeds_file else (settings.home / SEEDS_FILE if not seeds else None)
     if path is not None and path.exists():
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                url, *options = line.split()  # options (render=MODE) are the scraper's to check
-                out.append(" ".join([str(AnyHttpUrl(url)), *options]))
+        for line in read_seed_file(path):
+            url, *options = line.split()  # options (render=MODE) are the scraper's to check
+            out.append(" ".join([str(AnyHttpUrl(url)), *options]))
     return list(dict.fromkeys(out))
 
 

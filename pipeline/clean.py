@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from sqlalchemy import exists, select
 
 from model.device import resolve_device
 from model.remover.infer import Cleaner
@@ -49,7 +48,7 @@ from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, claims, pools, status
 from storage import queries as q
 from storage.db import insert_ignore
-from storage.models import Claim, Cleaning, Image
+from storage.models import Cleaning, Image
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -83,7 +82,7 @@ def work_items(catalog: Catalog, version: str, detector_version: str | None) -> 
     with catalog.session() as s:
         pool = [WorkItem(im.id, im.sha256, im.blob_key, score_before=before(im))
                 for im in pools.images_without_cleaning(s, version)]
-        done = set(s.scalars(select(Cleaning.image_id).where(Cleaning.model_version == version)))
+        done = pools.cleaned_image_ids(s, version)
         pairs = [WorkItem(wm.id, wm.sha256, wm.blob_key, cl.blob_key, cl.sha256, before(wm))
                  for wm, cl in pools.real_pairs(s) if wm.id not in done]
     return pool, pairs
@@ -170,7 +169,7 @@ def _commit(catalog: Catalog, rows: list[dict], failed: list[tuple[WorkItem, Bas
             insert_ignore(s, Cleaning, rows, ["image_id", "model_version"])
             ids = [r["image_id"] for r in rows]
             status.mark_cleaned(s, ids)
-            shas = dict(s.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids))).all())
+            shas = q.shas_by_id(s, ids)
             for i in ids:
                 q.clear_failure(s, STAGE, shas[i])
         for item, exc in failed:
@@ -182,7 +181,7 @@ def _enqueue(catalog: Catalog, stage: str, version: str, items: Sequence[WorkIte
     """Work units for ``items``; those a past run completed with a failure (no cleaning row) are
     opened again, so every run retries failures, as the step did before claims."""
     ids = [it.image_id for it in items]
-    cleaned = exists().where(Cleaning.image_id == Claim.image_id, Cleaning.model_version == version)
+    cleaned = pools.claim_has_cleaning(version)
     with catalog.write() as s:
         claims.enqueue(s, stage, ids)
         claims.reopen(s, stage, ids, unless=cleaned)

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import delete, select
 
 from model.remover.masks import MaskRule
 from pipeline import registry
@@ -56,7 +55,7 @@ from pipeline.importer import import_files, iter_image_files
 from pipeline.writeback import NotWritable, compose, encode_like, mask_like, read_original
 from storage import BlobStore, Catalog
 from storage import queries as q
-from storage.models import Cleaning, Image
+from storage.models import Cleaning
 
 Progress = Callable[[str, int, int], None]
 STAGE = "clean-files"
@@ -175,7 +174,7 @@ def import_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
     by_path = {r.path: r for r in results}
     with catalog.session() as s:
         ids = q.image_ids_by_sha(s, [r.sha256 for r in results if r.sha256])
-        rows = {im.id: (im.blob_key, im.width, im.height) for im in s.scalars(select(Image).where(Image.id.in_(ids.values())))}
+        rows = {im.id: (im.blob_key, im.width, im.height) for im in q.images_by_id(s, list(ids.values()))}
     for j in live:
         r = by_path[j.path]
         if r.error is not None:
@@ -198,7 +197,7 @@ def triage_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
             j.row.label = "untriaged"
         return None
     with catalog.session() as s:
-        stale = sorted({im.id for im in s.scalars(select(Image).where(Image.id.in_([j.image_id for j in live])))
+        stale = sorted({im.id for im in q.images_by_id(s, [j.image_id for j in live])
                         if im.detector_version != detector.version and im.status != "failed"})
     bs = settings.triage_batch_size
     for i in range(0, len(stale), bs):
@@ -207,7 +206,7 @@ def triage_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
             progress("triage", min(i + bs, len(stale)), len(stale))
     with catalog.session() as s:
         labels = {im.id: (im.label, im.watermark_score, im.status)
-                  for im in s.scalars(select(Image).where(Image.id.in_([j.image_id for j in live])))}
+                  for im in q.images_by_id(s, [j.image_id for j in live])}
     for j in live:
         label, score, status = labels[j.image_id]
         j.row.label, j.row.score = label, score
@@ -229,7 +228,7 @@ def _snapshot(c: Cleaning) -> dict[str, Any]:
 
 def _cleanings(catalog: Catalog, version: str, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     with catalog.session() as s:
-        rows = s.scalars(select(Cleaning).where(Cleaning.model_version == version, Cleaning.image_id.in_(list(ids))))
+        rows = q.cleanings_by(s, version, ids)
         return {c.image_id: _snapshot(c) for c in rows}
 
 
@@ -267,8 +266,7 @@ def clean_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings
     def flush() -> None:
         rows, failed = _clean_chunk(chunk, cleaner, detector, blobs, store, remover.version)
         with catalog.write() as s:  # a cleaning masked another way is replaced
-            s.execute(delete(Cleaning).where(Cleaning.model_version == remover.version, Cleaning.source == "model",
-                                             Cleaning.image_id.in_([r["image_id"] for r in rows])))
+            q.drop_model_cleanings(s, remover.version, [r["image_id"] for r in rows])
         _commit(catalog, rows, failed)
         errors.update({it.image_id: why(e) for it, e in failed})
         chunk.clear()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -60,11 +62,11 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def inspect_image(data: bytes, max_pixels: int = 64_000_000, min_side: int = 1) -> ImageInfo:
-    """Validate ``data`` as an image and return its format and size, or raise ``BadImage``.
-
-    Reasons: ``not-image`` (magic bytes), ``format`` (not allowed), ``too-many-pixels`` (bomb),
-    ``too-small``, ``corrupt`` (truncated or undecodable)."""
+@contextmanager
+def guarded_open(data: bytes, max_pixels: int = 64_000_000) -> Iterator[tuple[str, Image.Image]]:
+    """``(format, image)`` of ``data`` opened lazily by Pillow, refused before any decoding when
+    its magic bytes, format or pixel count are wrong; any decode error inside the block becomes a
+    ``BadImage`` (``not-image``, ``too-many-pixels`` or ``corrupt``)."""
     fmt = sniff_format(data[:16])
     if fmt is None:
         raise BadImage("not-image", f"unrecognised leading bytes {data[:8]!r}")
@@ -75,17 +77,27 @@ def inspect_image(data: bytes, max_pixels: int = 64_000_000, min_side: int = 1) 
             w, h = im.size
             if w * h > max_pixels:
                 raise BadImage("too-many-pixels", f"{w}x{h} exceeds {max_pixels} pixels")
-            if min(w, h) < min_side:
-                raise BadImage("too-small", f"{w}x{h} below {min_side}px")
-            if fmt == "JPEG":
-                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))  # every block is still read
-            _limit_and_load(im, max_pixels)
+            yield fmt, im
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage("too-many-pixels", str(exc)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
+
+
+def inspect_image(data: bytes, max_pixels: int = 64_000_000, min_side: int = 1) -> ImageInfo:
+    """Validate ``data`` as an image and return its format and size, or raise ``BadImage``.
+
+    Reasons: ``not-image`` (magic bytes), ``format`` (not allowed), ``too-many-pixels`` (bomb),
+    ``too-small``, ``corrupt`` (truncated or undecodable)."""
+    with guarded_open(data, max_pixels) as (fmt, im):
+        w, h = im.size
+        if min(w, h) < min_side:
+            raise BadImage("too-small", f"{w}x{h} below {min_side}px")
+        if fmt == "JPEG":
+            im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))  # every block is still read
+        _limit_and_load(im, max_pixels)
     return ImageInfo(fmt, MIME[fmt], w, h)
 
 

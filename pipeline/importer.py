@@ -7,8 +7,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-
 from pipeline.config import Settings
 from pipeline.images import BadImage, inspect_image
 from pipeline.stopping import StopFlag
@@ -101,10 +99,7 @@ def import_files(
                 else:
                     stats.added += 1
                     known.add(row["sha256"])
-                exists = s.scalar(
-                    select(Sighting.id).where(Sighting.image_id == ids[row["sha256"]], Sighting.image_url == url)
-                )
-                if exists is None:
+                if not q.has_sighting(s, ids[row["sha256"]], url):
                     s.add(Sighting(image_id=ids[row["sha256"]], page_id=None, image_url=url, alt=None, found_by="import"))
                 q.clear_failure(s, "import", url)
         done.extend(ImportedFile(path, row["sha256"]) for path, row in batch)

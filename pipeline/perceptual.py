@@ -15,18 +15,16 @@ decoder and 8-bit RGB/grey PNG through libspng (``pyspng``): the same pixels as 
 from __future__ import annotations
 
 import functools
-import io
 import struct
-import warnings
 
 import cv2
 import imagehash
 import numpy as np
 import pyspng
 import scipy.fftpack
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 
-from pipeline.images import ALLOWED_FORMATS, BadImage, sniff_format
+from pipeline.images import BadImage, guarded_open
 
 # The reduced image keeps at least this many pixels on its short side. pHash resizes to 32x32
 # anyway; 32 lets a JPEG decode at 1/8 scale, and separated distinct photos best (bench/dedup.py).
@@ -120,30 +118,16 @@ def _fast_gray(data: bytes, im: Image.Image, side: int) -> Image.Image | None:
 def reduced_gray(data: bytes, max_pixels: int = 64_000_000, side: int = REDUCED_SIDE) -> Image.Image:
     """Decode ``data`` to a grayscale image whose short side is REDUCED_SIDE..2*REDUCED_SIDE-1
     (or the original size when smaller), EXIF orientation applied. Raises ``BadImage``."""
-    if sniff_format(data[:16]) is None:
-        raise BadImage("not-image", f"unrecognised leading bytes {data[:8]!r}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            w, h = im.size
-            if w * h > max_pixels:
-                raise BadImage("too-many-pixels", f"{w}x{h} exceeds {max_pixels} pixels")
-            gray = _fast_gray(data, im, side)
-            if gray is None:
-                if im.format == "JPEG":
-                    im.draft("L", (side, side))
-                gray = ImageOps.exif_transpose(im).convert("L")
-            factor = 1
-            while min(gray.size) // (factor * 2) >= side:
-                factor *= 2
-            return gray.reduce(factor) if factor > 1 else gray
-    except BadImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage("too-many-pixels", str(exc)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImage("corrupt", f"{type(exc).__name__}: {exc}") from exc
+    with guarded_open(data, max_pixels) as (_fmt, im):
+        gray = _fast_gray(data, im, side)
+        if gray is None:
+            if im.format == "JPEG":
+                im.draft("L", (side, side))
+            gray = ImageOps.exif_transpose(im).convert("L")
+        factor = 1
+        while min(gray.size) // (factor * 2) >= side:
+            factor *= 2
+        return gray.reduce(factor) if factor > 1 else gray
 
 
 # Crops defeat a global hash (a 10 % corner crop moves pHash+dHash by 25-45 bits, as far as an

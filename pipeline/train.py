@@ -16,15 +16,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select, update
-
 from model.remover import train as trainer
 from model.remover.network import load_checkpoint
 from pipeline import registry
 from pipeline.config import Settings
-from storage import BlobStore, Catalog, pools
+from storage import BlobStore, Catalog, pools, status
 from storage import queries as q
-from storage.models import Image, TrainingRun, utcnow
+from storage import runs as training_runs
 
 SPLITS = ("train", "val", "test")
 
@@ -63,18 +61,6 @@ def resolve_config(settings: Settings, profile: str, pairing: str, max_minutes: 
     return config
 
 
-def _blob_path(blobs: BlobStore, key: str, cache: Path) -> Path:
-    if blobs.is_local:
-        return blobs.local_path(key)
-    path = cache / key  # object stores: a local copy the data loader can open
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(blobs.get(key))
-        tmp.replace(path)
-    return path
-
-
 def pool_splits(catalog: Catalog, blobs: BlobStore, settings: Settings) -> dict[str, list[Path]]:
     """Image files of the clean pool per split; assigns the stable split where it is missing."""
     with catalog.session() as s:
@@ -82,15 +68,12 @@ def pool_splits(catalog: Catalog, blobs: BlobStore, settings: Settings) -> dict[
     missing = [(i, q.split_for(sha)) for i, sha, _, split in pool if split not in SPLITS]
     if missing:
         with catalog.write() as s:
-            for split in SPLITS:
-                ids = [i for i, sp in missing if sp == split]
-                for k in range(0, len(ids), 500):
-                    s.execute(update(Image).where(Image.id.in_(ids[k : k + 500])).values(split=split))
+            status.assign_splits(s, missing)
     assigned = dict(missing)
     cache = settings.home / "cache" / "blobs"
     out: dict[str, list[Path]] = {sp: [] for sp in SPLITS}
     for i, _, key, split in pool:
-        out[split if split in SPLITS else assigned[i]].append(_blob_path(blobs, key, cache))
+        out[split if split in SPLITS else assigned[i]].append(blobs.local_file(key, cache))
     return out
 
 
@@ -106,9 +89,7 @@ def _resumable_run(catalog: Catalog, params: dict) -> tuple[int, str, Path] | No
     """``(id, version, run_dir)`` of an interrupted run with these parameters: still ``running``
     in the catalog, a checkpoint on disk, and no live process holding its folder."""
     with catalog.session() as s:
-        runs = s.execute(select(TrainingRun.id, TrainingRun.model_version, TrainingRun.run_dir, TrainingRun.params)
-                         .where(TrainingRun.status == "running", TrainingRun.kind == "remover")
-                         .order_by(TrainingRun.id.desc())).all()
+        runs = training_runs.running_runs(s, "remover")
     for run_id, version, run_dir, run_params in runs:
         if run_params == params and run_dir and (Path(run_dir) / "last.pt").exists() \
                 and not trainer.run_is_locked(Path(run_dir)):
@@ -175,7 +156,7 @@ def train_remover(
 
     def record_epoch(history: list[dict]) -> None:
         with catalog.write() as s:
-            s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(history=list(history)))
+            training_runs.save_history(s, run_id, history)
 
     started_from, init = ("scratch", None) if from_scratch else _promoted_start(catalog, blobs, config)
     try:
@@ -225,18 +206,12 @@ def _open_run(catalog: Catalog, settings: Settings, params: dict) -> tuple[int, 
     run_dir = settings.runs_dir / version
     run_dir.mkdir(parents=True, exist_ok=True)
     with catalog.write() as s:
-        row = TrainingRun(model_version=version, kind="remover", params=params, status="running",
-                          run_dir=str(run_dir))
-        s.add(row)
-        s.flush()
-        return row.id, version, run_dir
+        return training_runs.open_run(s, version, "remover", params, str(run_dir)), version, run_dir
 
 
 def _run_failed(catalog: Catalog, run_id: int, exc: BaseException) -> None:
     with catalog.write() as s:
-        s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
-            status="failed" if isinstance(exc, Exception) else "running",  # a Ctrl-C run stays resumable
-            error=f"{type(exc).__name__}: {exc}"[:4000], finished_at=utcnow()))
+        training_runs.fail_run(s, run_id, exc)  # a Ctrl-C run stays resumable
 
 
 def _register_run(catalog: Catalog, blobs: BlobStore, run_id: int, version: str, run_dir: Path, summary: dict,
@@ -247,13 +222,10 @@ def _register_run(catalog: Catalog, blobs: BlobStore, run_id: int, version: str,
     with catalog.write() as s:
         key = registry.register(s, blobs, version, "remover", (run_dir / "best.pt").read_bytes(),
                                 config=resolved, metrics=metrics, promote=promote)
-        s.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(
-            status="completed", history=json.loads((run_dir / "history.json").read_text())
-            if (run_dir / "history.json").exists() else [],
-            timings={"train_minutes": summary["train_minutes"], "epochs": summary["epochs"],
-                     "steps": summary["steps"], "stopped_by": summary["stopped_by"],
-                     "test_eval_s": summary["test"]["seconds"]},
-            finished_at=utcnow(), error=None))
+        training_runs.complete_run(
+            s, run_id, json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else [],
+            {"train_minutes": summary["train_minutes"], "epochs": summary["epochs"], "steps": summary["steps"],
+             "stopped_by": summary["stopped_by"], "test_eval_s": summary["test"]["seconds"]})
     return key
 
 

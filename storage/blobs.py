@@ -211,6 +211,19 @@ class BlobStore:
             raise BlobError(key, "not a local blob store")
         return Path(self.path(key))
 
+    def local_file(self, key: str, cache: Path) -> Path:
+        """A filesystem path holding the blob: the blob itself in a local store; in an object
+        store a copy under ``cache`` (written once, atomically), for readers that open files."""
+        if self.is_local:
+            return self.local_path(key)
+        path = cache / key
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".part")
+            tmp.write_bytes(self.get(key))
+            tmp.replace(path)
+        return path
+
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
-from storage.models import Cleaning, Image
+from storage.models import Claim, Cleaning, Image
 
 
 def _group_key():
@@ -89,3 +89,13 @@ def images_without_cleaning(session: Session, model_version: str, ids: Iterable[
     for i in range(0, len(pool_ids), 500):
         out.extend(session.scalars(select(Image).where(Image.id.in_(pool_ids[i : i + 500]), ~done).order_by(Image.id)))
     return out
+
+
+def cleaned_image_ids(session: Session, model_version: str) -> set[int]:
+    """Ids of the images with a cleaning by ``model_version``."""
+    return set(session.scalars(select(Cleaning.image_id).where(Cleaning.model_version == model_version)))
+
+
+def claim_has_cleaning(model_version: str) -> ColumnElement[bool]:
+    """A condition on ``claims`` rows: the claimed image has a cleaning by ``model_version``."""
+    return exists().where(Cleaning.image_id == Claim.image_id, Cleaning.model_version == model_version)

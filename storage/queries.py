@@ -80,6 +80,32 @@ def image_ids_by_sha(session: Session, shas: Sequence[str]) -> dict[str, int]:
     return out
 
 
+def shas_by_id(session: Session, image_ids: Sequence[int]) -> dict[int, str]:
+    return dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))).all())
+
+
+def images_by_id(session: Session, image_ids: Sequence[int]) -> list[Image]:
+    return list(session.scalars(select(Image).where(Image.id.in_(list(image_ids)))))
+
+
+def cleanings_by(session: Session, model_version: str, image_ids: Sequence[int]) -> list[Cleaning]:
+    """The cleanings ``model_version`` made of ``image_ids``."""
+    return list(session.scalars(select(Cleaning).where(Cleaning.model_version == model_version,
+                                                       Cleaning.image_id.in_(list(image_ids)))))
+
+
+def drop_model_cleanings(session: Session, model_version: str, image_ids: Sequence[int]) -> None:
+    """Delete ``model_version``'s own (``source='model'``) cleanings of ``image_ids``."""
+    session.execute(delete(Cleaning).where(Cleaning.model_version == model_version, Cleaning.source == "model",
+                                           Cleaning.image_id.in_(list(image_ids))))
+
+
+def has_sighting(session: Session, image_id: int, image_url: str) -> bool:
+    """Whether ``image_id`` was already seen at ``image_url``."""
+    return session.scalar(
+        select(Sighting.id).where(Sighting.image_id == image_id, Sighting.image_url == image_url)) is not None
+
+
 def add_sightings(session: Session, rows: Sequence[dict]) -> None:
     """Insert sightings (image_id, page_id, image_url, alt, found_by); duplicates are ignored."""
     now = utcnow()

@@ -61,3 +61,19 @@ def count_cleanings(session: Session, model_version: str | None = None, since: d
     if since is not None:
         stmt = stmt.where(Cleaning.created_at >= since)
     return session.scalar(stmt) or 0
+
+
+def cleaning_rows(session: Session, model_version: str | None = None) -> list[dict[str, Any]]:
+    """Every cleaning (by ``model_version`` when given), newest first, with its image's keys and size."""
+    stmt = (select(Cleaning.id, Cleaning.output_key, Cleaning.source, Cleaning.model_version, Cleaning.psnr_vs_input,
+                   Cleaning.ssim_vs_input, Cleaning.changed_fraction, Cleaning.score_before, Cleaning.score_after,
+                   Cleaning.runtime_s, Cleaning.metrics, Image.sha256, Image.blob_key, Image.width, Image.height)
+            .join(Image, Image.id == Cleaning.image_id).order_by(Cleaning.id.desc()))
+    if model_version:
+        stmt = stmt.where(Cleaning.model_version == model_version)
+    return [{"id": r.id, "sha256": r.sha256, "input_key": r.blob_key, "output_key": r.output_key,
+             "source": r.source, "model_version": r.model_version, "width": r.width, "height": r.height,
+             "psnr_vs_input": r.psnr_vs_input, "ssim_vs_input": r.ssim_vs_input,
+             "changed_fraction": r.changed_fraction, "score_before": r.score_before,
+             "score_after": r.score_after, "runtime_s": r.runtime_s, "metrics": dict(r.metrics or {})}
+            for r in session.execute(stmt)]

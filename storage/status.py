@@ -47,3 +47,11 @@ def mark_hash_failed(session: Session, image_id: int) -> None:
 def mark_cleaned(session: Session, image_ids: Sequence[int]) -> None:
     """The watermarked images among ``image_ids`` now have a cleaning."""
     session.execute(update(Image).where(Image.id.in_(image_ids), Image.label == "watermarked").values(status="cleaned"))
+
+
+def assign_splits(session: Session, splits: Sequence[tuple[int, str]]) -> None:
+    """Record each ``(image_id, split)``: the stable split of a clean-pool image that has none."""
+    for split in sorted({sp for _, sp in splits}):
+        ids = [i for i, sp in splits if sp == split]
+        for k in range(0, len(ids), 500):
+            session.execute(update(Image).where(Image.id.in_(ids[k : k + 500])).values(split=split))

@@ -278,6 +278,103 @@ def _train_autocast(config: DetectorTrainConfig):  # noqa: ANN202
     return contextlib.nullcontext()
 
 
+def _hard_windows_per_batch(config: DetectorTrainConfig) -> int:
+    """How many of a batch's windows are mined hard negatives; checks the mining knobs."""
+    if not 0 <= config.hard_negatives < 1:
+        raise ValueError(f"hard_negatives is a share of the batch in [0, 1), not {config.hard_negatives}")
+    # at least one window a batch when asked for any (a small batch would round a share to none),
+    # and always room for one pair
+    n_hard = max(1, round(config.hard_negatives * config.batch_size)) if config.hard_negatives > 0 else 0
+    n_hard = max(0, min(n_hard, config.batch_size - 2))
+    if n_hard and config.mine_every < 1:
+        raise ValueError(f"mine_every must be at least 1 step, not {config.mine_every}")
+    return n_hard
+
+
+def _mine_round(
+    model: WatermarkDetector, cache: _ImageCache, config: DetectorTrainConfig, rng: np.random.Generator, step: int,
+) -> tuple[list[HardCell], dict]:
+    """One round of hard-negative mining on up to ``mine_images`` of the training photos: the
+    cells found and the round's record for the report."""
+    sample = list(cache.paths)
+    if len(sample) > config.mine_images:
+        sample = [sample[int(i)] for i in rng.choice(len(sample), config.mine_images, replace=False)]
+    imgs = {p: im for p in sample if (im := cache.get(p)) is not None}
+    tm = time.perf_counter()
+    hard = mine_hard_cells(model, imgs, config.crop)
+    logits = np.array([c.logit for c in hard]) if hard else np.zeros(1)
+    record = {"step": step, "cells": len(hard), "seconds": round(time.perf_counter() - tm, 2),
+              "max_logit": round(float(logits.max()), 3),
+              "median_logit": round(float(np.median(logits)), 3)}
+    log.info("detector: mined %d hard cells at step %d (hottest logit %.2f, median %.2f)",
+             len(hard), step, logits.max(), np.median(logits))
+    return hard, record
+
+
+def _training_batch(
+    cache: _ImageCache, renderer, config: DetectorTrainConfig, rng: np.random.Generator,  # noqa: ANN001
+    hard: list[HardCell], n_hard: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One batch: clean/marked pairs of the same window, plus ``n_hard`` clean windows around
+    the mined ``hard`` cells (none while nothing is mined). Returns images (B,3,H,W) in [0,1],
+    masks (B,1,H,W), labels (B,) and the number of hard windows in it."""
+    n_hard = n_hard if hard else 0
+    xs, ms, ys = [], [], []
+    for _ in range(max(1, (config.batch_size - n_hard) // 2)):  # pairs: the same window clean and marked
+        clean, marked, m, y = make_pair(cache.pick(rng), renderer, rng, config.crop, config.train_families,
+                                        photometric=config.photometric)
+        for v, mk, lab in ((clean, np.zeros_like(m), 0.0), (marked, m, y)):
+            xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
+            ms.append(torch.from_numpy(mk)[None])
+            ys.append(lab)
+    for _ in range(n_hard):  # clean windows around the cells that fire most
+        cell = hard[int(rng.integers(len(hard)))]
+        v = hard_window(cache.images[cell.path], cell, config.crop, rng)  # mined photos are all decoded
+        if rng.random() < 0.5:
+            v = v[:, ::-1]
+        v, _ = renderer.postprocess(np.ascontiguousarray(v), rng)
+        xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
+        ms.append(torch.zeros(1, config.crop, config.crop, dtype=torch.bool))
+        ys.append(0.0)
+    x = torch.stack(xs).float() / 255.0
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.stack(ms).float(), torch.tensor(ys), n_hard
+
+
+def _detector_loss(
+    model: WatermarkDetector, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, config: DetectorTrainConfig,
+    autocast,  # noqa: ANN001 - a context manager
+) -> torch.Tensor:
+    """Image-level BCE plus ``cell_weight`` × the per-cell BCE, both in float32."""
+    with autocast:
+        out = model(x)
+    loss = F.binary_cross_entropy_with_logits(out["logit"].float(), y)
+    # watermark cells are rare: weight them up so "no mark anywhere" is not a cheap optimum
+    cell_t = _cell_targets(m)
+    return loss + config.cell_weight * F.binary_cross_entropy_with_logits(
+        out["cells"].float(), cell_t, pos_weight=torch.tensor(config.cell_pos_weight))
+
+
+def _validation_report(
+    model: WatermarkDetector, paths: Sequence[str], renderer, config: DetectorTrainConfig,  # noqa: ANN001
+) -> dict:
+    """Scores of the held-out validation set and the metrics at 0.5 and at the best threshold."""
+    vimgs, vlabels = build_validation_set(list(paths), renderer, config.val_families,
+                                          config.val_samples, config.seed)
+    t1 = time.perf_counter()
+    scores = score_images(model, vimgs)
+    score_s = time.perf_counter() - t1
+    thr = best_accuracy_threshold(scores, vlabels)
+    return {
+        "val": detection_metrics(scores, vlabels, 0.5),
+        "val_best_threshold": detection_metrics(scores, vlabels, thr),
+        "val_images_per_s": round(len(vimgs) / max(score_s, 1e-9), 2),
+        "_val_scores": scores.tolist(),
+        "_val_labels": vlabels.astype(int).tolist(),
+    }
+
+
 def train_detector(
     paths: Sequence[str],
     renderer,  # noqa: ANN001 - model.synth.renderer.WatermarkRenderer
@@ -306,64 +403,19 @@ def train_detector(
     losses: list[float] = []
     step = 0
     model.train()
-    if not 0 <= config.hard_negatives < 1:
-        raise ValueError(f"hard_negatives is a share of the batch in [0, 1), not {config.hard_negatives}")
-    # at least one window a batch when asked for any (a small batch would round a share to none),
-    # and always room for one pair
-    n_hard = max(1, round(config.hard_negatives * config.batch_size)) if config.hard_negatives > 0 else 0
-    n_hard = max(0, min(n_hard, config.batch_size - 2))
-    if n_hard and config.mine_every < 1:
-        raise ValueError(f"mine_every must be at least 1 step, not {config.mine_every}")
+    n_hard = _hard_windows_per_batch(config)
     hard: list[HardCell] = []
     mining: list[dict] = []
     last_mined = -config.mine_every
     hard_windows = 0
     for step in range(1, config.steps + 1):
         if n_hard and done >= config.mine_after and step - last_mined >= config.mine_every:
-            sample = list(cache.paths)
-            if len(sample) > config.mine_images:
-                sample = [sample[int(i)] for i in rng.choice(len(sample), config.mine_images, replace=False)]
-            imgs = {p: im for p in sample if (im := cache.get(p)) is not None}
-            tm = time.perf_counter()
-            hard = mine_hard_cells(model, imgs, config.crop)
+            hard, record = _mine_round(model, cache, config, rng, step)
             last_mined = step
-            logits = np.array([c.logit for c in hard]) if hard else np.zeros(1)
-            mining.append({"step": step, "cells": len(hard), "seconds": round(time.perf_counter() - tm, 2),
-                           "max_logit": round(float(logits.max()), 3),
-                           "median_logit": round(float(np.median(logits)), 3)})
-            log.info("detector: mined %d hard cells at step %d (hottest logit %.2f, median %.2f)",
-                     len(hard), step, logits.max(), np.median(logits))
-        xs, ms, ys = [], [], []
-        n_pairs = max(1, (config.batch_size - (n_hard if hard else 0)) // 2)
-        for _ in range(n_pairs):  # pairs: the same window clean and marked
-            clean, marked, m, y = make_pair(cache.pick(rng), renderer, rng, config.crop, config.train_families,
-                                            photometric=config.photometric)
-            for v, mk, lab in ((clean, np.zeros_like(m), 0.0), (marked, m, y)):
-                xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
-                ms.append(torch.from_numpy(mk)[None])
-                ys.append(lab)
-        for _ in range(n_hard if hard else 0):  # clean windows around the cells that fire most
-            cell = hard[int(rng.integers(len(hard)))]
-            v = hard_window(cache.images[cell.path], cell, config.crop, rng)  # mined photos are all decoded
-            if rng.random() < 0.5:
-                v = v[:, ::-1]
-            v, _ = renderer.postprocess(np.ascontiguousarray(v), rng)
-            xs.append(torch.from_numpy(np.array(v, copy=True)).permute(2, 0, 1))
-            ms.append(torch.zeros(1, config.crop, config.crop, dtype=torch.bool))
-            ys.append(0.0)
-            hard_windows += 1
-        x = torch.stack(xs).float() / 255.0
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        m = torch.stack(ms).float()
-        y = torch.tensor(ys)
-        with autocast:
-            out = model(x)
-        loss = F.binary_cross_entropy_with_logits(out["logit"].float(), y)
-        # watermark cells are rare: weight them up so "no mark anywhere" is not a cheap optimum
-        cell_t = _cell_targets(m)
-        loss = loss + config.cell_weight * F.binary_cross_entropy_with_logits(
-            out["cells"].float(), cell_t, pos_weight=torch.tensor(config.cell_pos_weight))
+            mining.append(record)
+        x, m, y, n_hard_now = _training_batch(cache, renderer, config, rng, hard, n_hard)
+        hard_windows += n_hard_now
+        loss = _detector_loss(model, x, m, y, config, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -377,24 +429,18 @@ def train_detector(
         if done >= 1.0:
             break
     train_s = time.perf_counter() - t0
-    vimgs, vlabels = build_validation_set(list(val_paths or paths), renderer, config.val_families,
-                                          config.val_samples, config.seed)
-    t1 = time.perf_counter()
-    scores = score_images(model, vimgs)
-    score_s = time.perf_counter() - t1
-    thr = best_accuracy_threshold(scores, vlabels)
+    val = _validation_report(model, val_paths or paths, renderer, config)
     report = {
         "steps": step,
         "train_seconds": round(train_s, 2),
         "final_loss": float(np.mean(losses[-25:])),
-        "val": detection_metrics(scores, vlabels, 0.5),
-        "val_best_threshold": detection_metrics(scores, vlabels, thr),
-        "val_images_per_s": round(len(vimgs) / max(score_s, 1e-9), 2),
+        "val": val.pop("val"),
+        "val_best_threshold": val.pop("val_best_threshold"),
+        "val_images_per_s": val.pop("val_images_per_s"),
         "unreadable_training_images": len(cache.unreadable),
         "hard_negative_mining": mining,
         "hard_negative_windows": hard_windows,
         "config": asdict(config),
     }
-    report["_val_scores"] = scores.tolist()
-    report["_val_labels"] = vlabels.astype(int).tolist()
+    report.update(val)  # the raw validation scores and labels, last
     return model, report

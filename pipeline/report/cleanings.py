@@ -13,12 +13,9 @@ import math
 import re
 from pathlib import Path
 
-from sqlalchemy import select
-
 from pipeline.report.assets import Assets, Zoom, write_atomic
 from pipeline.report.html import e, fmt, img, page
-from storage import Catalog
-from storage.models import Cleaning, Image
+from storage import Catalog, reports
 
 PAGE_SIZE = 100
 EAGER_ROWS = 3
@@ -29,19 +26,8 @@ SORTS = (("score_after", -1, "highest detector score after"), ("psnr", 1, "lowes
 
 def cleaning_rows(catalog: Catalog, version: str | None) -> list[dict]:
     """Every cleaning (by ``version`` when given), newest first, with its image's keys and size."""
-    stmt = (select(Cleaning.id, Cleaning.output_key, Cleaning.source, Cleaning.model_version, Cleaning.psnr_vs_input,
-                   Cleaning.ssim_vs_input, Cleaning.changed_fraction, Cleaning.score_before, Cleaning.score_after,
-                   Cleaning.runtime_s, Cleaning.metrics, Image.sha256, Image.blob_key, Image.width, Image.height)
-            .join(Image, Image.id == Cleaning.image_id).order_by(Cleaning.id.desc()))
-    if version:
-        stmt = stmt.where(Cleaning.model_version == version)
     with catalog.session() as s:
-        return [{"id": r.id, "sha256": r.sha256, "input_key": r.blob_key, "output_key": r.output_key,
-                 "source": r.source, "model_version": r.model_version, "width": r.width, "height": r.height,
-                 "psnr_vs_input": r.psnr_vs_input, "ssim_vs_input": r.ssim_vs_input,
-                 "changed_fraction": r.changed_fraction, "score_before": r.score_before,
-                 "score_after": r.score_after, "runtime_s": r.runtime_s, "metrics": dict(r.metrics or {})}
-                for r in s.execute(stmt)]
+        return reports.cleaning_rows(s, version)
 
 
 def rank(rows: list[dict]) -> tuple[str, list[dict]]:

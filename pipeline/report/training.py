@@ -12,11 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-from sqlalchemy import select
-
 from pipeline.report.html import e, fmt
 from storage import Catalog
-from storage.models import TrainingRun
+from storage import runs as training_runs
 
 
 def _safe(name: str) -> str:
@@ -25,7 +23,7 @@ def _safe(name: str) -> str:
 
 def _run_of(catalog: Catalog, runs_dir: Path, version: str) -> tuple[list[dict], Path]:
     with catalog.session() as s:
-        run = s.scalar(select(TrainingRun).where(TrainingRun.model_version == version).order_by(TrainingRun.id.desc()))
+        run = training_runs.run_of(s, version)
         history = list(run.history or []) if run else []
         run_dir = Path(run.run_dir) if run and run.run_dir else runs_dir / version
     if not history and (run_dir / "history.json").exists():

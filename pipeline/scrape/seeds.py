@@ -17,8 +17,15 @@ class SeedError(ValueError):
     """A seed that is neither an http(s) URL nor a readable file of URLs."""
 
 
+def read_seed_file(path: Path) -> list[str]:
+    """The seed lines of a seeds file: one seed (a URL, then its options) a line; ``#`` starts a
+    comment, to the end of the line; blank lines are skipped."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [line for raw in lines if (line := raw.split("#", 1)[0].strip())]
+
+
 def expand_seeds(seeds: Iterable[str], render: dict[str, str] | None = None) -> list[str]:
-    """Seed URLs; an argument naming a local file contributes one URL per line (``#`` comments).
+    """Seed URLs; an argument naming a local file contributes its seeds (:func:`read_seed_file`).
 
     A seed may carry options after the URL: ``https://site/ render=always`` renders that seed's
     site (``never`` / ``auto`` / ``always``); ``render`` (when given) receives ``{site: mode}``."""
@@ -27,8 +34,7 @@ def expand_seeds(seeds: Iterable[str], render: dict[str, str] | None = None) -> 
         seed = seed.strip()
         path = Path(seed)
         if "://" not in seed and path.is_file():
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            out.extend(expand_seeds((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), render))
+            out.extend(expand_seeds(read_seed_file(path), render))
             continue
         first, *options = seed.split()
         url = normalize_url(first) if first else None
