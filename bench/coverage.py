@@ -9,7 +9,7 @@ response it gets from the site is counted when it is raster (PNG, JPEG, GIF, Web
 Nothing leaves the machine: the crawl's resolver refuses every name, and the browser's requests to
 other hosts are aborted (an image on another host counts on neither side).
 
-    python bench/coverage.py [--root DIR] [--seeds book/index.html,cargo/index.html] [--max-pages 300]
+    python bench/coverage.py [--root DIR] [--seeds book/index.html,cargo/index.html] [--max-pages 300] [--name N]
 
 Writes ``bench/results/coverage.json`` (``static_share``, with and without ``--icons``) and
 appends to RESULTS.md.
@@ -50,14 +50,15 @@ def no_dns(host: str, port: int) -> list[str]:
     raise OSError(f"{host}: this benchmark resolves no name")
 
 
-def static_crawl(seeds: list[str], max_pages: int, icons: bool) -> tuple[list[str], set[str]]:
-    """(pages fetched that did not opt out, image URLs sighted)."""
+def static_crawl(seeds: list[str], max_pages: int, icons: bool) -> tuple[list[str], set[str], set[str]]:
+    """(pages fetched that did not opt out, image URLs sighted, image URLs found but refused by the
+    size policy: fetched, decoded and below ``min_image_side``, a failure row "too-small")."""
     from sqlalchemy import select
 
     from pipeline.config import load_settings
     from pipeline.scrape.crawl import scrape
     from pipeline.workspace import open_workspace
-    from storage.models import Page, Sighting
+    from storage.models import Failure, Page, Sighting
 
     with tempfile.TemporaryDirectory() as home:
         settings = load_settings(home=Path(home), scrape_icons=icons, max_depth=20)
@@ -70,8 +71,10 @@ def static_crawl(seeds: list[str], max_pages: int, icons: bool) -> tuple[list[st
                 pages = [u for u, st, out in rows if st == 200 and not out]
                 print(f"pages opted out: {sum(1 for _, st, out in rows if st == 200 and out)}", flush=True)
                 sighted = set(s.scalars(select(Sighting.image_url)))
-    print(f"static crawl (icons={icons}): {summary['pages_fetched']} pages, {len(sighted)} image URLs", flush=True)
-    return pages, sighted
+                small = set(s.scalars(select(Failure.subject).where(Failure.error_class == "too-small")))
+    print(f"static crawl (icons={icons}): {summary['pages_fetched']} pages, {len(sighted)} image URLs, "
+          f"{len(small)} below the size floor", flush=True)
+    return pages, sighted, small
 
 
 async def browser_images(pages: list[str], origin: str) -> dict[str, set[str]]:
@@ -126,6 +129,7 @@ def main() -> None:
     ap.add_argument("--root", default=found[0] if found else None)
     ap.add_argument("--seeds", default=DEFAULT_SEEDS)
     ap.add_argument("--max-pages", type=int, default=300)
+    ap.add_argument("--name", default="coverage", help="result name: bench/results/NAME.json (one per site)")
     args = ap.parse_args()
     if not args.root or not Path(args.root).is_dir():
         sys.exit("no site folder: pass --root DIR (a folder of HTML pages)")
@@ -135,30 +139,38 @@ def main() -> None:
     origin = f"http://127.0.0.1:{port}/"
     seeds = [origin + s.strip().lstrip("/") for s in args.seeds.split(",") if s.strip()]
     try:
-        pages, sighted = static_crawl(seeds, args.max_pages, icons=False)
-        _, sighted_icons = static_crawl(seeds, args.max_pages, icons=True)
+        pages, sighted, small = static_crawl(seeds, args.max_pages, icons=False)
+        _, sighted_icons, small_icons = static_crawl(seeds, args.max_pages, icons=True)
         loaded = asyncio.run(browser_images(pages, origin))
     finally:
         server.shutdown()
     browser = {normalize_url(u) for urls in loaded.values() for u in urls} - {None}
     hit, hit_icons = browser & sighted, browser & sighted_icons
-    missed = sorted(urlsplit(u).path for u in browser - sighted)
+    found = browser & (sighted | small)  # the extractor read it; the size policy may then refuse it
+    missed = sorted(urlsplit(u).path for u in browser - sighted - small)
+    floored = sorted(urlsplit(u).path for u in browser & (small - sighted))
     figures = {
         "site": args.root, "seeds": args.seeds, "pages": len(pages), "browser_raster_images": len(browser),
         "static_found": len(hit), "static_share": round(len(hit) / len(browser), 4) if browser else None,
         "static_found_with_icons": len(hit_icons),
         "static_share_with_icons": round(len(hit_icons) / len(browser), 4) if browser else None,
+        "found_by_extractor": len(found), "extractor_share": round(len(found) / len(browser), 4) if browser else None,
+        "below_size_floor": floored[:50], "found_with_icons": len(browser & (sighted_icons | small_icons)),
         "missed": missed[:50],
     }
     print(figures, flush=True)
     body = (f"Site: `{args.root}` (served as it is on 127.0.0.1), seeds `{args.seeds}`, {len(pages)} pages "
             f"fetched by the static crawl and not opted out (`noindex` pages such as mdBook's print.html are "
             f"left out on both sides).\n\n"
-            "| | raster images Chromium loads | sighted by the static crawl | share |\n| --- | --- | --- | --- |\n"
-            f"| default (no icons) | {len(browser)} | {len(hit)} | **{figures['static_share']}** |\n"
-            f"| `--icons` | {len(browser)} | {len(hit_icons)} | {figures['static_share_with_icons']} |\n\n"
-            f"Missed (default): {', '.join(missed[:20]) or 'none'}\n")
-    write_results("coverage", figures, body)
+            "| | raster images Chromium loads | found by the extractor | of them kept (sighted) | found share | kept share |\n"
+            "| --- | --- | --- | --- | --- | --- |\n"
+            f"| default (no icons) | {len(browser)} | {len(found)} | {len(hit)} | **{figures['extractor_share']}** | "
+            f"{figures['static_share']} |\n"
+            f"| `--icons` | {len(browser)} | {figures['found_with_icons']} | {len(hit_icons)} | – | "
+            f"{figures['static_share_with_icons']} |\n\n"
+            f"Found, then refused by the size floor (`min_image_side`, a `too-small` failure row): "
+            f"{', '.join(floored[:20]) or 'none'}  \nMissed by the extractor (default): {', '.join(missed[:20]) or 'none'}\n")
+    write_results(args.name, figures, body)
 
 
 if __name__ == "__main__":
