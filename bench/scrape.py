@@ -326,6 +326,9 @@ processes included).
 - Unmark: `{um['command']}` (UNMARK_GLOBAL_CONCURRENCY={args.concurrency}, UNMARK_PER_HOST_CONCURRENCY={args.concurrency})
 - img2dataset: `{i2d['command']}`
 """
+    body = body.replace(str(tmp), "TMP")
+    if args.peer_venv:  # the recorded command line names no machine path
+        sys.argv = [("VENV" if a == args.peer_venv else a) for a in sys.argv]
     write_results("scrape", figures, body)
     print(json.dumps(figures, indent=2))
 
