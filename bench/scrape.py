@@ -314,11 +314,11 @@ img2dataset {figures['img2dataset_wall_s_all']}, no re-encode {figures['img2data
 | img2dataset (default: decode + re-encode) | {i2d['wall_s']:.2f} | **{i2d_ips:.0f}** | — | {figures['img2dataset_own_stats_images_per_s']:.0f} |
 | img2dataset `--disable_all_reencoding True` | {raw['wall_s']:.2f} | {raw_ips:.0f} | — | {figures['img2dataset_no_reencode_own_stats_images_per_s']:.0f} |
 
-Ratio Unmark / img2dataset (wall images/s): **{figures['ratio']:.2f}×** (goal ≥ 1.5×); against the
+Ratio Unmark / img2dataset (wall images/s): **{figures['ratio']:.2f}×** (goal ≥ 2×); against the
 no-re-encode variant, which validates nothing: {figures['ratio_vs_no_reencode']:.2f}×.
 Much of the wall-clock gap is start-up (img2dataset imports pandas/pyarrow/cv2/albumentations/wandb in
 each of its processes). Excluding start-up on both sides (Unmark's crawl rate, pages included, over
-img2dataset's own stats rate) the ratio is {figures['ratio_in_run']}×.
+img2dataset's own stats rate) the ratio is {figures['ratio_in_run']}× (goal ≥ 1.5×).
 Other engineers share the 2 cores during the run, so absolute numbers are noisy (1-minute load
 average {load_start:.2f} when the timed runs began, {load_end:.2f} when they ended, the benchmark's own
 processes included).
@@ -326,6 +326,9 @@ processes included).
 - Unmark: `{um['command']}` (UNMARK_GLOBAL_CONCURRENCY={args.concurrency}, UNMARK_PER_HOST_CONCURRENCY={args.concurrency})
 - img2dataset: `{i2d['command']}`
 """
+    body = body.replace(str(tmp), "TMP")
+    if args.peer_venv:  # the recorded command line names no machine path
+        sys.argv = [("VENV" if a == args.peer_venv else a) for a in sys.argv]
     write_results("scrape", figures, body)
     print(json.dumps(figures, indent=2))
 
