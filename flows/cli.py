@@ -419,7 +419,7 @@ def demo(
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
 
 
-from flows import cli_check, cli_clean  # noqa: E402,F401 - register check, clean and clean-files on app
+from flows import cli_check, cli_clean, cli_models  # noqa: E402,F401 - register check, clean, clean-files, catalog models
 
 
 def main() -> None:

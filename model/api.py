@@ -17,6 +17,15 @@ bytes (``model.detector.save_detector``); ``score`` is the probability that an i
 mark, scored as triage scores it (at the checkpoint's ``scales`` when it records them).
 ``calibration`` holds the checkpoint's triage thresholds (``low``/``high``), if any, and
 ``threshold`` its best-accuracy single threshold, if any.
+
+A model of a catalog: ``load(version=..., catalog=models)`` (``version`` None: the catalog's
+promoted one), where ``models`` is any ``ModelSource``. ``model`` never imports the catalog;
+``pipeline.registry.CatalogModels`` is the source over Unmark's catalog and blob store::
+
+    from pipeline.registry import CatalogModels
+    with CatalogModels.open() as models:          # the catalog of UNMARK_HOME (or UNMARK_CATALOG_URL)
+        remover = Remover.load(version="remover-20261203-101500", catalog=models)
+        detector = Detector.load(catalog=models)  # the promoted detector
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -37,6 +47,31 @@ from model.remover.network import load_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
+
+class ModelSource(Protocol):
+    """Where ``load(version=..., catalog=...)`` takes a model's checkpoint from."""
+
+    def model_checkpoint(self, kind: str, version: str | None = None) -> bytes:
+        """The checkpoint bytes of model ``version`` (None: the promoted one) of ``kind``
+        ("remover" or "detector"); a ``LookupError`` naming the reason when there is none, or
+        when ``version`` is of another kind."""
+        ...
+
+
+def _source(kind: str, source, version: str | None, catalog: ModelSource | None):  # noqa: ANN001, ANN202
+    """What ``load`` reads: ``source`` (None: the shipped weights) or ``catalog``'s ``version``."""
+    if catalog is None:
+        if version is not None:
+            raise ValueError(f"version {version!r} names a catalog model: pass catalog= as well "
+                             "(pipeline.registry.CatalogModels)")
+        return source
+    if source is not None:
+        raise ValueError("pass a checkpoint (source) or a catalog model (catalog=, version=), not both")
+    if not callable(getattr(catalog, "model_checkpoint", None)):
+        raise TypeError(f"catalog= takes a ModelSource (a model_checkpoint(kind, version) method), "
+                        f"not {type(catalog).__name__}")
+    return catalog.model_checkpoint(kind, None if version is None else str(version))
+
 class Remover:
     """A loaded remover network and the inference engine that runs it."""
 
@@ -46,8 +81,11 @@ class Remover:
         self._cleaner = Cleaner(network, device=device, harden_mask=True, tile=512, overlap=64)
 
     @classmethod
-    def load(cls, source: str | os.PathLike | bytes | None = None, device: str = "auto") -> Remover:
-        """The shipped remover (``source`` None), or the checkpoint at ``source`` (a path or bytes)."""
+    def load(cls, source: str | os.PathLike | bytes | None = None, device: str = "auto", *,
+             version: str | None = None, catalog: ModelSource | None = None) -> Remover:
+        """The shipped remover (``source`` None), the checkpoint at ``source`` (a path or bytes), or
+        ``catalog``'s remover ``version`` (None: its promoted one)."""
+        source = _source("remover", source, version, catalog)
         if source is None:
             source = WEIGHTS_DIR / "remover.pt"
         if not isinstance(source, bytes) and not Path(source).is_file():
@@ -85,8 +123,11 @@ class Detector:
         self.network.to(self.device)
 
     @classmethod
-    def load(cls, source: str | os.PathLike | bytes | None = None, device: str = "auto") -> Detector:
-        """The shipped detector (``source`` None), or the checkpoint at ``source`` (a path or bytes)."""
+    def load(cls, source: str | os.PathLike | bytes | None = None, device: str = "auto", *,
+             version: str | None = None, catalog: ModelSource | None = None) -> Detector:
+        """The shipped detector (``source`` None), the checkpoint at ``source`` (a path or bytes), or
+        ``catalog``'s detector ``version`` (None: its promoted one)."""
+        source = _source("detector", source, version, catalog)
         if source is None:
             source = WEIGHTS_DIR / "detector.pt"
             if not source.is_file():

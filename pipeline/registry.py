@@ -4,6 +4,8 @@ checkpoint blobs. Every step that loads, registers or promotes a model goes thro
 - `find`: the promoted model of a kind, or a named version; None when there is none.
 - `require`: `find`, raising `NoModel` (with the reason) when there is none.
 - `checkpoint`: the checkpoint bytes of a found model.
+- `CatalogModels`: the catalog as a ``model.api.ModelSource``, for ``Remover.load(version=,
+  catalog=)`` and ``Detector.load`` in Python.
 - `register`: store a checkpoint blob and its row, promoting it when asked.
 - `register_shipped`: the pretrained remover in ``model/weights/`` becomes the promoted remover
   of a catalog that has none (``unmark init``, the demo); `register_shipped_detector` does the
@@ -63,6 +65,41 @@ def require(catalog: Catalog, kind: str, version: str | None = None) -> ModelRef
 
 def checkpoint(blobs: BlobStore, ref: ModelRef) -> bytes:
     return blobs.get(ref.checkpoint_key)
+
+
+class CatalogModels:
+    """A catalog and its blob store as a ``model.api.ModelSource``: ``model_checkpoint(kind,
+    version)`` is `require` then `checkpoint` (`NoModel`, a ``LookupError``, with the reason)."""
+
+    def __init__(self, catalog: Catalog, blobs: BlobStore):
+        self.catalog, self.blobs = catalog, blobs
+        self._close = None
+
+    @classmethod
+    def open(cls, settings=None) -> CatalogModels:  # noqa: ANN001 - a pipeline.config.Settings
+        """The catalog and blobs of ``settings`` (default: the environment's, ``UNMARK_HOME``…);
+        use it as a context manager, or ``close`` it."""
+        from pipeline.config import load_settings
+        from pipeline.workspace import open_workspace
+
+        ws = open_workspace(settings or load_settings())
+        models = cls(*ws.__enter__())
+        models._close = ws
+        return models
+
+    def model_checkpoint(self, kind: str, version: str | None = None) -> bytes:
+        return checkpoint(self.blobs, require(self.catalog, kind, version))
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close.__exit__(None, None, None)
+            self._close = None
+
+    def __enter__(self) -> CatalogModels:
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.close()
 
 
 def register(session: Session, blobs: BlobStore, version: str, kind: str, checkpoint_bytes: bytes,

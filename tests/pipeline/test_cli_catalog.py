@@ -125,3 +125,15 @@ def test_console_script_in_subprocess(settings, unmark_env):
     r = subprocess.run(cmd + ["init", "--json"], env=unmark_env, capture_output=True, text=True, timeout=120)
     assert json.loads(r.stdout)["registered"] == {}  # both are promoted: nothing registered again
     assert os.path.exists(settings.home / "catalog.sqlite")
+
+
+def test_catalog_models_lists_the_registered_versions_that_load_takes(settings):
+    init = json.loads(_invoke(settings.home, "init", "--json"))["registered"]
+    rows = json.loads(_invoke(settings.home, "catalog", "models", "--json"))
+    assert [(r["version"], r["kind"], r["promoted"]) for r in rows] == [
+        (init["remover"]["version"], "remover", True), (init["detector"]["version"], "detector", True)]
+    only = json.loads(_invoke(settings.home, "catalog", "models", "--kind", "detector", "--json"))
+    assert [r["kind"] for r in only] == ["detector"]
+    assert init["remover"]["version"] in _invoke(settings.home, "catalog", "models")  # the table
+    r = CliRunner().invoke(app, ["catalog", "models", "--kind", "cat"], env={"UNMARK_HOME": str(settings.home)})
+    assert r.exit_code == 2 and "unknown kind 'cat'" in r.output
