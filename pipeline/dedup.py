@@ -19,6 +19,11 @@ brightened, rotated, re-encoded or watermarked copies of one photo):
 Old pairs are not compared again, and only rows whose group or role changes are written, so a
 re-run with nothing new changes nothing. ``regroup=True`` drops the stored groups and compares
 every pair again (after changing the threshold, say).
+
+Stopped (``stop``, SIGTERM at the command line) while hashing, the step writes the hashes in
+hand, cancels the chunks not yet started and raises ``Stopped`` before matching: the hashed
+images keep no group (``group_id`` NULL), so the next run matches them with the rest, exactly
+as if it had hashed them itself.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pipeline.config import Settings
 from pipeline.hashindex import make_index
 from pipeline.images import BadImage
 from pipeline.perceptual import HASH_IMPL, N_WINDOWS, hash_image
+from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, status
 from storage import queries as q
 from storage.blobs import BlobError, check_content
@@ -115,9 +121,12 @@ def hash_blobs(jobs: Sequence[tuple[int, str]], settings: Settings) -> Iterator[
         for c in chunks:
             yield from _hash_chunk(*args, c)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context()) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context())
+    try:
         for result in pool.map(_hash_chunk, *zip(*[(*args, c) for c in chunks], strict=True)):
             yield from result
+    finally:  # closed early (a stop): the chunks not started are dropped, the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- union-find ---------------------------------------------------------------------------
@@ -232,12 +241,14 @@ def find_pairs(full_ids: np.ndarray, full: np.ndarray, win_ids: np.ndarray, win:
 
 
 def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool = False,
-          hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]] | None = None) -> dict:
+          hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]] | None = None,
+          stop: StopFlag | None = None) -> dict:
     """Hash new images, match them against the catalog, and update groups. Returns counts:
     ``hashed``, ``failed``, ``matches`` (near-duplicate pairs found in this run), ``changed``
     (rows whose group or role changed), ``groups`` (with two or more members) and ``duplicates``
     (catalog-wide), and timings. ``hasher`` replaces ``hash_blobs`` (same arguments, the same tuples
-    in the same order): the flows pass one that maps the chunks onto Dask workers."""
+    in the same order): the flows pass one that maps the chunks onto Dask workers. Once ``stop``
+    is set, the hashes in hand are written and ``Stopped`` is raised (see the module's notes)."""
     t0 = time.perf_counter()
     threshold = settings.dedup_threshold
     rows = _load_rows(catalog)
@@ -249,7 +260,8 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
     failed = 0
     fresh: dict[int, np.ndarray] = {}
     batch: list[tuple[int, np.ndarray]] = []
-    for image_id, codes, err_class, message in (hasher or hash_blobs)([(r.id, r.blob_key) for r in todo], settings):
+    hashed = (hasher or hash_blobs)([(r.id, r.blob_key) for r in todo], settings)
+    for image_id, codes, err_class, message in hashed:
         row = by_id[image_id]
         if codes is None:
             failed += 1
@@ -264,7 +276,13 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
         if len(batch) >= settings.write_batch_size:
             _write_hashes(catalog, batch)
             batch.clear()
+            if stop is not None and stop.requested:
+                break
+    if hasattr(hashed, "close"):
+        hashed.close()  # a stop: the pool's chunks not yet started are cancelled
     _write_hashes(catalog, batch)
+    if stop is not None:
+        stop.check(STAGE, {"images": len(by_id), "hashed": len(fresh), "failed": failed, "todo": len(todo)})
     t_hash = time.perf_counter()
 
     # 2. match the images never grouped (or just re-hashed) against every hashed image
