@@ -214,7 +214,12 @@ def dedup(
     if _runner(settings, task_runner) == "dask":
         emit(_run_mapped("dedup", settings, regroup), as_json, "dedup")
         return
-    emit(run_dedup(cat, blobs, settings, regroup=regroup), as_json, "dedup")
+    try:
+        with stopping.on_signals(stopping.StopFlag()) as stop:
+            result = run_dedup(cat, blobs, settings, regroup=regroup, stop=stop)
+    except stopping.Stopped as exc:
+        stopped_exit(exc, as_json, "dedup")
+    emit(result, as_json, "dedup")
 
 
 @catalog_app.command("stats")
@@ -293,10 +298,14 @@ def triage(
         return
     with stage_progress(disabled=as_json) as progress:
         try:
-            result = triage_step.triage(cat, blobs, settings, retrain_detector=retrain_detector, progress=progress)
+            with stopping.on_signals(stopping.StopFlag()) as stop:
+                result = triage_step.triage(cat, blobs, settings, retrain_detector=retrain_detector,
+                                            progress=progress, stop=stop)
         except triage_step.NoTrainingImages as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
+        except stopping.Stopped as exc:
+            stopped_exit(exc, as_json, "triage")
     emit(result, as_json, "triage")
 
 

@@ -19,6 +19,11 @@ brightened, rotated, re-encoded or watermarked copies of one photo):
 Old pairs are not compared again, and only rows whose group or role changes are written, so a
 re-run with nothing new changes nothing. ``regroup=True`` drops the stored groups and compares
 every pair again (after changing the threshold, say).
+
+Stopped (``stop``, SIGTERM at the command line) while hashing, the step writes the hashes in
+hand, cancels the chunks not yet started and raises ``Stopped`` before matching: the hashed
+images keep no group (``group_id`` NULL), so the next run matches them with the rest, exactly
+as if it had hashed them itself.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pipeline.config import Settings
 from pipeline.hashindex import make_index
 from pipeline.images import BadImage
 from pipeline.perceptual import HASH_IMPL, N_WINDOWS, hash_image
+from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, status
 from storage import queries as q
 from storage.blobs import BlobError, check_content
@@ -115,9 +121,12 @@ def hash_blobs(jobs: Sequence[tuple[int, str]], settings: Settings) -> Iterator[
         for c in chunks:
             yield from _hash_chunk(*args, c)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context()) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context())
+    try:
         for result in pool.map(_hash_chunk, *zip(*[(*args, c) for c in chunks], strict=True)):
             yield from result
+    finally:  # closed early (a stop): the chunks not started are dropped, the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- union-find ---------------------------------------------------------------------------
@@ -232,15 +241,18 @@ def find_pairs(full_ids: np.ndarray, full: np.ndarray, win_ids: np.ndarray, win:
 
 
 def _hash_new(catalog: Catalog, rows: list[Row], by_id: dict[int, Row], settings: Settings,
-              hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]]) -> tuple[dict[int, np.ndarray], int]:
+              hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]],
+              stop: StopFlag | None = None) -> tuple[dict[int, np.ndarray], int]:
     """Stage 1: hash what has no hash of the current implementation. Returns the fresh window
-    codes by image id and how many failed; a failed image leaves ``by_id`` (and its group)."""
+    codes by image id and how many failed; a failed image leaves ``by_id`` (and its group). Once
+    ``stop`` is set, the hashes in hand are written and ``Stopped`` is raised."""
     windowed = _images_with_windows(catalog)
     todo = [r for r in rows if r.hash_impl != HASH_IMPL or r.phash is None or r.dhash is None or r.id not in windowed]
     failed = 0
     fresh: dict[int, np.ndarray] = {}
     batch: list[tuple[int, np.ndarray]] = []
-    for image_id, codes, err_class, message in hasher([(r.id, r.blob_key) for r in todo], settings):
+    hashed = hasher([(r.id, r.blob_key) for r in todo], settings)
+    for image_id, codes, err_class, message in hashed:
         row = by_id[image_id]
         if codes is None:
             failed += 1
@@ -255,7 +267,13 @@ def _hash_new(catalog: Catalog, rows: list[Row], by_id: dict[int, Row], settings
         if len(batch) >= settings.write_batch_size:
             _write_hashes(catalog, batch)
             batch.clear()
+            if stop is not None and stop.requested:
+                break
+    if hasattr(hashed, "close"):
+        hashed.close()  # a stop: the pool's chunks not yet started are cancelled
     _write_hashes(catalog, batch)
+    if stop is not None:
+        stop.check(STAGE, {"images": len(by_id), "hashed": len(fresh), "failed": failed, "todo": len(todo)})
     return fresh, failed
 
 
@@ -306,18 +324,20 @@ def _write_groups(catalog: Catalog, rows: list[Row], uf: UnionFind, batch_size: 
 
 
 def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool = False,
-          hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]] | None = None) -> dict:
+          hasher: Callable[[Sequence[tuple[int, str]], Settings], Iterable[tuple]] | None = None,
+          stop: StopFlag | None = None) -> dict:
     """Hash new images, match them against the catalog, and update groups. Returns counts:
     ``hashed``, ``failed``, ``matches`` (near-duplicate pairs found in this run), ``changed``
     (rows whose group or role changed), ``groups`` (with two or more members) and ``duplicates``
     (catalog-wide), and timings. ``hasher`` replaces ``hash_blobs`` (same arguments, the same tuples
-    in the same order): the flows pass one that maps the chunks onto Dask workers."""
+    in the same order): the flows pass one that maps the chunks onto Dask workers. Once ``stop``
+    is set, the hashes in hand are written and ``Stopped`` is raised (see the module's notes)."""
     t0 = time.perf_counter()
     threshold = settings.dedup_threshold
     rows = _load_rows(catalog)
     by_id = {r.id: r for r in rows}
 
-    fresh, failed = _hash_new(catalog, rows, by_id, settings, hasher or hash_blobs)
+    fresh, failed = _hash_new(catalog, rows, by_id, settings, hasher or hash_blobs, stop)
     t_hash = time.perf_counter()
     rows = [r for r in by_id.values() if r.hash_impl == HASH_IMPL]
     uf, pairs = _match(catalog, rows, by_id, fresh, regroup, threshold)

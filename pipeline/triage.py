@@ -8,7 +8,8 @@ validated and calibrated on held-out watermark styles. Later runs reuse the prom
 watermarked and promotes it only if it ranks the same held-out images better (a cell detector is
 retrained from scratch, as before). Every image whose score came from another detector version (or none) is
 (re-)scored in batches; unreadable images become failure rows and the batch goes on. Clean images
-get their stable split.
+get their stable split. Once ``stop`` is set (SIGTERM at the command line), the chunk in hand is
+committed and ``Stopped`` raised; a detector still training is abandoned, nothing registered.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from model.detector import (
 from pipeline import registry
 from pipeline.config import Settings
 from pipeline.images import BadImage, open_image
+from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, status
 from storage import queries as q
 from storage.blobs import BlobError
@@ -108,9 +110,10 @@ def detector_train_families(holdout: Sequence[str], skip: str) -> tuple[str, ...
 
 def train_and_register(
     catalog: Catalog, blobs: BlobStore, settings: Settings, exclude_watermarked: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, stop: StopFlag | None = None,
 ) -> LoadedDetector:
-    """Train a detector on the pool, calibrate it on held-out styles, register and promote it."""
+    """Train a detector on the pool, calibrate it on held-out styles, register and promote it.
+    Once ``stop`` is set, training is abandoned at its next step (``Stopped``)."""
     from model.synth.renderer import FAMILIES, WatermarkRenderer
 
     holdout = tuple(f for f in settings.detector_holdout_families.split(",") if f)
@@ -133,8 +136,13 @@ def train_and_register(
             mine_every=settings.detector_mine_every,
         )
         renderer = WatermarkRenderer(seed=0)
-        cb = (lambda step, total, loss: progress("detector", step, total)) if progress else None
-        model, report = train_detector(train_paths, renderer, cfg, val_paths=val_paths, progress=cb)
+        def cb(step: int, total: int, _loss: float) -> None:
+            if stop is not None:
+                stop.check("triage", {"detector": "abandoned mid-training", "step": step})
+            if progress:
+                progress("detector", step, total)
+        model, report = train_detector(train_paths, renderer, cfg, val_paths=val_paths,
+                                       progress=cb if progress or stop else None)
     scores = np.asarray(report.pop("_val_scores"))
     labels = np.asarray(report.pop("_val_labels"), bool)
     cal = calibrate(scores, labels, settings.triage_target_precision)
@@ -216,8 +224,8 @@ def score_chunk(
     catalog: Catalog, blobs: BlobStore, settings: Settings, detector: LoadedDetector, ids: Sequence[int],
 ) -> dict[str, int]:
     """Score one chunk of image ids and write label, score, detector version, status and split."""
-    with catalog.session() as s:
-        rows = list(s.execute(select(Image.id, Image.sha256, Image.blob_key).where(Image.id.in_(list(ids)))))
+    rows = catalog.read(lambda s: list(s.execute(select(Image.id, Image.sha256, Image.blob_key)
+                                                 .where(Image.id.in_(list(ids))))))
     decoded, good, bad = [], [], []
     for iid, sha, key in rows:
         try:
@@ -227,30 +235,34 @@ def score_chunk(
             bad.append((iid, sha, exc))
     scores = detector.score(decoded) if decoded else np.array([])
     counts = {"clean": 0, "watermarked": 0, "uncertain": 0, "failed": len(bad)}
-    with catalog.write() as s:
-        for (iid, _sha), score in zip(good, scores):
-            label = detector.calibration.label(float(score))
-            status.mark_triaged(s, iid, label, float(score), detector.version)
-            counts[label] += 1
+    labels = [(iid, detector.calibration.label(float(score)), float(score)) for (iid, _sha), score in zip(good, scores)]
+    for _iid, label, _score in labels:
+        counts[label] += 1
+
+    def write(s) -> None:  # noqa: ANN001  (one transaction, run again whole after a lost connection)
+        for iid, label, score in labels:
+            status.mark_triaged(s, iid, label, score, detector.version)
         for iid, sha, exc in bad:
             status.mark_triage_failed(s, iid, detector.version)
             q.record_failure(s, "triage", sha, exc)
+
+    catalog.transact(write)
     return counts
 
 
 def images_to_score(catalog: Catalog, version: str) -> list[int]:
-    with catalog.session() as s:
-        stmt = select(Image.id).where(
-            Image.status != "failed",
-            or_(Image.detector_version.is_(None), Image.detector_version != version),
-        ).order_by(Image.id)
-        return list(s.scalars(stmt))
+    stmt = select(Image.id).where(
+        Image.status != "failed",
+        or_(Image.detector_version.is_(None), Image.detector_version != version),
+    ).order_by(Image.id)
+    return catalog.read(lambda s: list(s.scalars(stmt)))
 
 
 def triage(
     catalog: Catalog, blobs: BlobStore, settings: Settings, retrain_detector: bool = False,
     progress: Progress | None = None,
     score_chunks: Callable[[LoadedDetector, list[list[int]]], Iterable[dict[str, int]]] | None = None,
+    stop: StopFlag | None = None,
 ) -> dict:
     """Label every image not yet scored by the promoted detector; train one first when needed.
     ``score_chunks(detector, chunks)`` replaces the in-process ``score_chunk`` loop (it yields one
@@ -265,7 +277,7 @@ def triage(
         trained = fine_tune["version"]
     elif detector is None or retrain_detector:
         detector = train_and_register(catalog, blobs, settings, exclude_watermarked=retrain_detector,
-                                      progress=progress)
+                                      progress=progress, stop=stop)
         trained = detector.version
     ids = images_to_score(catalog, detector.version)
     totals = {"clean": 0, "watermarked": 0, "uncertain": 0, "failed": 0}
@@ -281,6 +293,9 @@ def triage(
         done += len(chunk)
         if progress:
             progress("triage", done, len(ids))
+        if stop is not None and stop.requested:
+            stop.check("triage", {"detector": detector.version, "trained_detector": trained, "scored": done,
+                                  "todo": len(ids), **totals})
     score_s = time.perf_counter() - t1
     return {
         "detector": detector.version,

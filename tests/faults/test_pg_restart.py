@@ -7,6 +7,7 @@ never saw one."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import psycopg
@@ -144,3 +145,59 @@ def test_restart_mid_clean_with_two_workers_cleans_each_image_once(pg, tmp_path,
             assert s.scalar(select(func.count()).select_from(Cleaning)) == N_CLEAN
     finally:
         cat.dispose()
+
+
+def _triage_pg(pg, tmp_path, unmark_env):
+    from tests.faults.test_sigterm_steps import triage_env, triage_pool
+
+    url = pg.create_database()
+    settings = load_settings(home=tmp_path / "home", catalog_url=url)
+    triage_pool(settings)
+    return url, settings, {**triage_env(unmark_env), "UNMARK_CATALOG_URL": url}
+
+
+def _scored(pg, url: str) -> int:
+    try:
+        with psycopg.connect(pg.dsn(url.rsplit("/", 1)[1]), connect_timeout=2) as conn:
+            return conn.execute("SELECT count(*) FROM images WHERE detector_version IS NOT NULL").fetchone()[0]
+    except psycopg.Error:
+        return 0
+
+
+def _until_scored(pg, url: str, proc, at_least: int = 2) -> None:
+    deadline = time.monotonic() + 120
+    while _scored(pg, url) < at_least and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "triage finished before the restart"
+
+
+def test_restart_mid_triage_completes_with_the_rows_of_a_fault_free_run(pg, tmp_path, unmark_env):
+    from tests.faults.test_sigterm_steps import N_TRIAGE, reference_triage, triage_rows
+
+    url, settings, env = _triage_pg(pg, tmp_path, unmark_env)
+    proc = cs.popen(cs.unmark("triage", "--json"), env)
+    _until_scored(pg, url, proc)
+    pg.restart(down_s=2.0)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out)["scored"] == N_TRIAGE
+    assert triage_rows(settings) == reference_triage(tmp_path)
+
+
+def test_restart_longer_than_the_deadline_stops_triage_clearly_and_the_rerun_is_exact(pg, tmp_path, unmark_env):
+    from tests.faults.test_sigterm_steps import N_TRIAGE, reference_triage, triage_rows
+
+    url, settings, env = _triage_pg(pg, tmp_path, unmark_env)
+    proc = cs.popen(cs.unmark("triage", "--json"), {**env, "UNMARK_CATALOG_RETRY_S": "2"})
+    _until_scored(pg, url, proc)
+    pg.restart(down_s=8.0)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 4, err[-3000:]  # EXIT_UNAVAILABLE
+    assert "unreachable for" in err and "Traceback" not in err
+    at_stop = _scored(pg, url)
+    assert 0 < at_stop < N_TRIAGE and at_stop % 2 == 0  # whole chunks, the one in flight rolled back
+
+    r = subprocess.run(cs.unmark("triage", "--json"), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["scored"] == N_TRIAGE - at_stop
+    assert triage_rows(settings) == reference_triage(tmp_path)
