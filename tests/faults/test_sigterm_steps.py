@@ -239,7 +239,8 @@ def test_sigterm_while_triage_trains_its_detector_abandons_it_and_registers_noth
             q.add_images(s, rows)
     finally:
         cat.dispose()
-    env = {**unmark_env, "UNMARK_DETECTOR_STEPS": "100000", "UNMARK_DETECTOR_CROP": "64",
+    # no shipped detector (triage's cold start would register it): triage trains a cell detector
+    env = {**unmark_env, "UNMARK_SHIPPED_WEIGHTS": str(settings.home / "no-weights"), "UNMARK_DETECTOR_STEPS": "100000", "UNMARK_DETECTOR_CROP": "64",
            "UNMARK_DETECTOR_BATCH_SIZE": "2", "UNMARK_DETECTOR_VAL_SAMPLES": "4", "OMP_NUM_THREADS": "1"}
     proc = popen(unmark("triage", "--json"), env)
     time.sleep(12.0)  # start-up, then training (nothing in the catalog shows it)
