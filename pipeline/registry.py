@@ -14,6 +14,7 @@ checkpoint blobs. Every step that loads, registers or promotes a model goes thro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -82,9 +83,9 @@ class CatalogModels:
         from pipeline.config import load_settings
         from pipeline.workspace import open_workspace
 
-        ws = open_workspace(settings or load_settings())
-        models = cls(*ws.__enter__())
-        models._close = ws
+        stack = contextlib.ExitStack()
+        models = cls(*stack.enter_context(open_workspace(settings or load_settings())))
+        models._close = stack.close
         return models
 
     def model_checkpoint(self, kind: str, version: str | None = None) -> bytes:
@@ -92,7 +93,7 @@ class CatalogModels:
 
     def close(self) -> None:
         if self._close is not None:
-            self._close.__exit__(None, None, None)
+            self._close()
             self._close = None
 
     def __enter__(self) -> CatalogModels:

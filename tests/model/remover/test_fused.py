@@ -129,25 +129,10 @@ def test_fused_engine_matches_eager_on_tiles_with_hardened_mask():
     eager.close()
 
 
-def test_fused_matches_eager_on_a_trained_remover(tmp_path):
+def test_fused_matches_eager_on_a_trained_remover(trained_tiny):
     """Equivalence on a network that has been trained (the tiny profile on real photos), so the
     BatchNorm statistics and weights are the ones training produces, not random ones."""
-    import skimage.data as sd
-    from PIL import Image
-
-    from model.remover.network import load_checkpoint
-    from model.remover.train import profile_config, train
-
-    paths = []
-    for i, a in enumerate([sd.astronaut(), sd.chelsea(), sd.coffee(), sd.rocket()]):
-        im = Image.fromarray(a).convert("RGB")
-        im.thumbnail((128, 128))
-        paths.append(tmp_path / f"{i}.png")
-        im.save(paths[-1])
-    cfg = profile_config("tiny", epochs=3, steps_per_epoch=4, mask_guided=False, lr=2e-2)
-    train(paths[:2], paths[2:3], paths[3:4], cfg, tmp_path / "run", log=None)
-    net, _ = load_checkpoint(tmp_path / "run" / "best.pt")
-    img = np.asarray(Image.open(paths[0]))
+    net, img = trained_tiny
     eager = Cleaner(net, device="cpu", tile=64, overlap=16, precision="fp32", backend="eager").clean([img])[0]
     auto = Cleaner(net, device="cpu", tile=64, overlap=16, precision="fp32")
     assert auto.backend == "fused"

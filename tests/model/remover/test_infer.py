@@ -256,26 +256,10 @@ def test_compiled_engine_keeps_one_shape_and_the_answer():
         Cleaner(model, device="cpu", tile=32, compile=True, even_tiles=True)
 
 
-def test_bf16_error_is_small_on_a_trained_remover(tmp_path):
+def test_bf16_error_is_small_on_a_trained_remover(trained_tiny):
     """The precision ``auto`` picks on CUDA and on bf16 CPUs, checked on a network that has been
     trained (the tiny profile on real photos), not only on random weights."""
-    import skimage.data as sd
-    from PIL import Image
-
-    from model.remover.network import load_checkpoint
-    from model.remover.train import profile_config, train
-
-    paths = []
-    for i, a in enumerate([sd.astronaut(), sd.chelsea(), sd.coffee(), sd.rocket()]):
-        im = Image.fromarray(a).convert("RGB")
-        im.thumbnail((128, 128))
-        paths.append(tmp_path / f"{i}.png")
-        im.save(paths[-1])
-    # not mask-guided: its output is input + residual everywhere, so precision shows in every pixel
-    cfg = profile_config("tiny", epochs=3, steps_per_epoch=4, mask_guided=False, lr=2e-2)
-    train(paths[:2], paths[2:3], paths[3:4], cfg, tmp_path / "run", log=None)
-    net, _ = load_checkpoint(tmp_path / "run" / "best.pt")
-    img = np.asarray(Image.open(paths[0]))
+    net, img = trained_tiny
     a = Cleaner(net, device="cpu", tile=64, overlap=16, precision="fp32").clean([img])[0]
     b = Cleaner(net, device="cpu", tile=64, overlap=16, precision="bf16").clean([img])[0]
     diff = np.abs(a.image.astype(int) - b.image.astype(int))
