@@ -73,10 +73,10 @@ def pretrain_remover_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or continue) the shipped remover on clean photos; write fp16 weights and the model card."""
-    from pipeline.pretrain import WEIGHTS_DIR, pretrain_remover
+    from pipeline.pretrain import WEIGHTS_DIR, card_command, pretrain_remover
 
     settings = _settings()
-    command = "unmark pretrain remover " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unmark pretrain remover"
+    command = card_command("unmark pretrain remover", sys.argv[3:])
     try:
         result = pretrain_remover(images, settings.home / "pretrain" / f"remover-{profile}", minutes, resume=resume,
                                   from_scratch=from_scratch, out_dir=out or WEIGHTS_DIR, threads=threads,
@@ -98,11 +98,11 @@ def pretrain_detector_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Build the shipped detector from the shipped remover's localiser: fine-tune, calibrate, measure; write the card."""
-    from pipeline.pretrain import WEIGHTS_DIR
+    from pipeline.pretrain import WEIGHTS_DIR, card_command
     from pipeline.pretrain_detector import pretrain_detector
 
     settings = _settings()
-    command = "unmark pretrain detector " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "unmark pretrain detector"
+    command = card_command("unmark pretrain detector", sys.argv[3:])
     try:
         result = pretrain_detector(images, minutes, out_dir=out or WEIGHTS_DIR, resume=resume, threads=threads,
                                    target_precision=settings.triage_target_precision, command=command,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from datetime import UTC, datetime
@@ -121,6 +122,21 @@ def _shown(path: Path) -> str:
         return str(Path(path).resolve().relative_to(WEIGHTS_DIR.resolve().parents[1]))
     except ValueError:
         return Path(path).name
+
+
+def card_command(prefix: str, args: list[str]) -> str:
+    """The command line as a model card records it: ``prefix`` and ``args``, with every absolute
+    path shown relative to the repository when it lies beside it (``../shared/corpus/kodak24``),
+    else by its name, so a card never carries a machine's paths."""
+    root = WEIGHTS_DIR.resolve().parents[1]
+    shown = []
+    for a in args:
+        key, eq, value = a.partition("=") if a.startswith("--") else ("", "", a)
+        if value.startswith("/"):
+            p = Path(value).resolve()
+            value = os.path.relpath(p, root) if p.is_relative_to(root.parent) else f"…/{p.name}"
+        shown.append(key + eq + value)
+    return " ".join([prefix, *shown])
 
 
 def _sha256(path: Path) -> str:

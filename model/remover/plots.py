@@ -200,20 +200,28 @@ def _hooks(modules: dict[str, torch.nn.Module]):
             h.remove()
 
 
-def _run(model, image, modules):
-    x, hw = _batch(model, image)
+@contextlib.contextmanager
+def _whole_forward(model):
+    """``model`` in eval mode for the figure; a locate-then-restore network restores the whole image
+    with its graph (at inference it restores only the marked box, without grad), so every part is
+    drawn and gradients reach the input."""
     was_training = model.training
-    everywhere = getattr(model, "restore_everywhere", None)  # a locate-then-restore network: draw every part
+    everywhere = getattr(model, "restore_everywhere", None)
     model.eval()
     if everywhere is not None:
         model.restore_everywhere = True
     try:
-        with _hooks(modules) as seen, torch.no_grad():
-            model(x)
+        yield model
     finally:
         model.train(was_training)
         if everywhere is not None:
             model.restore_everywhere = everywhere
+
+
+def _run(model, image, modules):
+    x, hw = _batch(model, image)
+    with _whole_forward(model), _hooks(modules) as seen, torch.no_grad():
+        model(x)
     return x, hw, seen
 
 
@@ -299,17 +307,13 @@ def gradient_saliency(model, image, path) -> Path:
     change the network makes to the image."""
     x, (h, w) = _batch(model, image)
     x.requires_grad_(True)
-    was_training = model.training
-    model.eval()
-    try:
+    with _whole_forward(model):
         out = model(x)
         if "mask_logits" in out:
             objective, what = torch.sigmoid(out["mask_logits"]).sum(), "predicted mask mass"
         else:
             objective, what = (out["image"] - x).abs().sum(), "total change"
         (grad,) = torch.autograd.grad(objective, x)
-    finally:
-        model.train(was_training)
     sal = grad[0].abs().amax(0)[:h, :w].cpu().numpy()
     fig, axes = _grid(3, 3, 3.5, 3.5)
     axes[0].imshow(np.clip(_float(image), 0, 1))

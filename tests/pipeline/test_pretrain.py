@@ -14,7 +14,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from model.remover.network import load_checkpoint
-from pipeline.pretrain import corpus_paths, pretrain_remover
+from pipeline.pretrain import WEIGHTS_DIR, card_command, corpus_paths, pretrain_remover
 from pipeline.registry import register_shipped
 from storage import queries as q
 from storage.models import Model
@@ -46,6 +46,19 @@ def test_corpus_paths_recurse_and_skip_overlays_and_bad_folders(photos, tmp_path
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
         corpus_paths([tmp_path / "empty"])
+
+
+def test_the_card_records_the_command_without_machine_paths(tmp_path):
+    root = WEIGHTS_DIR.resolve().parents[1]
+    beside = root.parent / "shared" / "corpus" / "kodak24"
+    inside = root / "model" / "weights"
+    got = card_command("unmark pretrain remover", ["--images", str(beside), f"--out={inside}",
+                                                   "--images", str(tmp_path / "mine"), "--minutes", "5"])
+    elsewhere = "…/mine" if not tmp_path.resolve().is_relative_to(root.parent) else "../" + str(
+        (tmp_path / "mine").resolve().relative_to(root.parent))
+    assert got == ("unmark pretrain remover --images ../shared/corpus/kodak24 --out=model/weights "
+                   f"--images {elsewhere} --minutes 5")
+    assert card_command("unmark pretrain detector", []) == "unmark pretrain detector"
 
 
 def test_pretrain_exports_fp16_weights_manifest_and_card_then_continues_from_them(photos, tmp_path):

@@ -109,3 +109,16 @@ def test_a_part_the_network_lacks_is_not_applicable(tmp_path, scene):
     assert not (tmp_path / "gates.png").exists()
     _assert_real_png(plots.attention_gate_maps(net, marked, tmp_path / "gates.png", trunk=net.restorer.trunk))
     assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_saliency_of_a_locate_restore_remover_that_marks_something(tmp_path, scene):
+    """At inference the restorer runs on the marked box without a graph; the saliency figure must
+    still reach the input's gradient when the localiser marks pixels (a trained remover does)."""
+    from model.remover.locate import LocateRestore
+
+    _, marked, _ = scene
+    net = LocateRestore(base=8, depth=2, loc_base=8, loc_depth=2, view=32).eval()
+    with torch.no_grad():
+        net.localiser.out.bias[0] = 4.0  # every pixel marked: the box is the whole image
+    _assert_real_png(plots.gradient_saliency(net, marked, tmp_path / "sal.png"))
+    assert net.restore_everywhere is False and not net.training
