@@ -6,8 +6,9 @@ view (``model.remover.locate.mark_scores``: the mean of the top ``top_fraction``
 side is ``view`` pixels whatever the photo's size, so a score means the same on a 4000 px photo and
 on a 400 px one: the network is trained and scored at that one resolution.
 
-``train_localiser_detector`` fine-tunes it on a pool's own photos (half of them unmarked, the rest
-marked by the renderer) with the localiser's mask terms, for ``unmark triage --retrain-detector``.
+``train_localiser_detector`` fine-tunes it on photos (half of them unmarked, the rest marked by the
+renderer), each seen whole at the view it is scored at, with the localiser's mask terms and a loss on
+the image score itself: for ``unmark pretrain detector`` and ``unmark triage --retrain-detector``.
 """
 
 from __future__ import annotations
@@ -92,48 +93,119 @@ def _loc_terms(out: dict[str, torch.Tensor], mask: torch.Tensor, alpha: torch.Te
             + 0.5 * (out["alpha"].float() - t_alpha).abs().mean())
 
 
+VIEW_SHAPES = ((3, 4), (4, 3), (1, 1), (2, 3), (3, 2))  # height:width of the training views
+
+
+def _photo(path: str, max_side: int) -> np.ndarray | None:
+    from model.synth.pairs import load_rgb
+
+    try:
+        img = load_rgb(path)
+    except (OSError, ValueError):
+        return None  # unreadable: the sampler draws another
+    h, w = img.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    if s < 1:
+        img = np.asarray(Image.fromarray(img).resize((round(w * s), round(h * s)), Image.Resampling.LANCZOS))
+    return img
+
+
+def whole_view_batch(photos: Callable[[], np.ndarray], renderer, view: int, batch_size: int,  # noqa: ANN001
+                     rng: np.random.Generator, clean_share: float = 0.5) -> dict[str, torch.Tensor]:
+    """A batch as scoring sees photos: each is a large crop (60–100 % of the photo, one aspect
+    ratio of ``VIEW_SHAPES`` per batch), marked at its own resolution by ``renderer`` (or, with
+    probability ``clean_share``, only re-encoded), then area-reduced to the view (long side
+    ``view``). Returns ``input`` (B,3,h,w), ``mask`` and ``alpha`` (B,1,h,w), ``label`` (B,)."""
+    from model.remover.locate import view_size
+
+    ah, aw = VIEW_SHAPES[int(rng.integers(len(VIEW_SHAPES)))]
+    vh, vw = view_size(ah * 1000, aw * 1000, view)
+    xs, ms, als, ys = [], [], [], []
+
+    def reduce(arr: np.ndarray, scale: float) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(arr.shape[0], arr.shape[1], -1)
+        return F.interpolate(t.permute(2, 0, 1)[None] / scale, size=(vh, vw), mode="area")
+
+    for _ in range(batch_size):
+        img = photos()
+        h, w = img.shape[:2]
+        ch, cw = (h, round(h * vw / vh)) if h * vw <= w * vh else (round(w * vh / vw), w)
+        f = rng.uniform(0.6, 1.0)
+        ch, cw = max(32, min(h, round(ch * f))), max(32, min(w, round(cw * f)))
+        y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        crop = np.ascontiguousarray(img[y0 : y0 + ch, x0 : x0 + cw])
+        if rng.random() < clean_share:
+            out, mask, alpha, label = renderer.postprocess(crop, rng)[0], np.zeros(crop.shape[:2]), None, 0.0
+        else:
+            wm = renderer.render(crop, rng)
+            out, mask, alpha, label = wm.composite, wm.mask, wm.alpha, 1.0
+        xs.append(reduce(out, 255.0))
+        ms.append(reduce(mask, 1.0))
+        als.append(reduce(alpha if alpha is not None else mask, 1.0))
+        ys.append(label)
+    return {"input": torch.cat(xs), "mask": torch.cat(ms), "alpha": torch.cat(als), "label": torch.tensor(ys)}
+
+
+def image_score_loss(logits: torch.Tensor, label: torch.Tensor, top_fraction: float) -> torch.Tensor:
+    """BCE of the image score triage uses (the mean of the top ``top_fraction`` of the view's mark
+    probabilities) against marked / unmarked: it pushes down exactly the pixels that would make a
+    clean photo a false alarm, and up the ones that carry a mark."""
+    prob = torch.sigmoid(logits.float()).flatten(1)
+    k = max(1, round(top_fraction * prob.shape[1]))
+    score = prob.topk(k, dim=1).values.mean(1).clamp(1e-5, 1 - 1e-5)
+    return F.binary_cross_entropy(score, label.float())
+
+
 def train_localiser_detector(detector: LocaliserDetector, paths: Sequence[str], renderer,  # noqa: ANN001
-                             steps: int = 300, minutes: float | None = None, batch_size: int = 8, size: int = 256,
-                             lr: float = 2e-4, clean_share: float = 0.5, seed: int = 0,
-                             progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Fine-tune ``detector`` in place on ``paths`` (whole ``size`` px crops, ``clean_share`` of
-    them unmarked, the rest marked by ``renderer``) for ``steps`` steps or ``minutes``, whichever
-    ends first (at least one step), at ``lr`` decayed on a cosine over the run. Returns what it did."""
-    from torch.utils.data import DataLoader
-
-    from model.synth.pairs import WatermarkPairs
-
+                             steps: int = 300, minutes: float | None = None, batch_size: int = 8,
+                             lr: float = 2e-4, clean_share: float = 0.5, seed: int = 0, image_weight: float = 1.0,
+                             max_side: int = 640, progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Fine-tune ``detector`` in place on ``paths`` for ``steps`` steps or ``minutes``, whichever
+    ends first (at least one step), at ``lr`` decayed on a cosine over the run. Each batch is made
+    of whole views (``whole_view_batch``: the resolution triage scores at), ``clean_share`` of them
+    unmarked; the loss is the localiser's mask terms plus ``image_weight`` × ``image_score_loss``
+    (at equal wall time this beat the mask terms alone on 256 px crops: bench/RESULTS.md, triage).
+    Photos are read once, reduced to ``max_side``, and kept. Returns what it did."""
     if not paths:
         raise ValueError("train_localiser_detector needs at least one image path")
     torch.manual_seed(seed)
-    # one pass over the photos per epoch; the loop below starts another until the budget is spent
-    ds = WatermarkPairs(paths, size=size, train=True, seed=seed, renderer=renderer, clean_share=clean_share)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=len(ds) > batch_size)
+    rng = np.random.default_rng(seed)
+    cache: dict[str, np.ndarray | None] = {}
+
+    def photos() -> np.ndarray:
+        for _ in range(10 * len(paths)):
+            p = paths[int(rng.integers(len(paths)))]
+            if p not in cache:
+                cache[p] = _photo(p, max_side)
+            if cache[p] is not None:
+                return cache[p]
+        raise ValueError(f"none of the {len(paths)} training photos could be read")
+
     opt = torch.optim.AdamW(detector.parameters(), lr=lr, weight_decay=1e-5)
     detector.train()
     t0, step, losses = time.perf_counter(), 0, []
-    views = [v for v in (96, 128, 160, detector.config["view"]) if v <= detector.config["view"]]
     budget = minutes * 60 if minutes else math.inf
+    frac = detector.config["top_fraction"]
 
     def spent() -> float:  # the share of the run done: steps or wall time, whichever is further
         return max(step / steps, (time.perf_counter() - t0) / budget)
 
     while step < steps and (step == 0 or spent() < 1):  # at least one step
-        for batch in loader:
-            if step >= steps or (step and spent() >= 1):
-                break
-            for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, spent())))
-            view = views[step % len(views)]
-            x = F.interpolate(batch["input"], size=(view, view), mode="area")
-            loss = _loc_terms(detector(x), batch["mask"], batch["alpha"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if progress:
-                progress(step, steps, losses[-1])
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, spent())))
+        batch = whole_view_batch(photos, renderer, detector.config["view"], batch_size, rng, clean_share)
+        out = detector(batch["input"])
+        loss = _loc_terms(out, batch["mask"], batch["alpha"])
+        if image_weight:
+            loss = loss + image_weight * image_score_loss(out["logits"], batch["label"], frac)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        if progress:
+            progress(step, steps, losses[-1])
     detector.eval()
     return {"steps": step, "seconds": round(time.perf_counter() - t0, 1), "clean_share": clean_share,
-            "final_loss": float(np.mean(losses[-20:])) if losses else None, "lr": lr, "images": len(paths)}
+            "image_weight": image_weight, "final_loss": float(np.mean(losses[-20:])) if losses else None, "lr": lr,
+            "images": len(paths), "unreadable": sum(v is None for v in cache.values())}

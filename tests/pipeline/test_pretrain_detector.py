@@ -23,6 +23,7 @@ from model.detector import (
     score_images,
     train_localiser_detector,
 )
+from model.detector.localiser import image_score_loss, whole_view_batch
 from model.remover.locate import LocateRestore
 from model.remover.network import UNet, load_checkpoint, save_checkpoint
 from model.synth.renderer import WatermarkRenderer
@@ -95,12 +96,41 @@ def test_fine_tuning_moves_the_weights_and_lowers_the_loss(shipped):
     photos, weights = shipped
     det = LocaliserDetector.from_remover(load_checkpoint(weights / "remover.pt")[0].float())
     before = {k: v.clone() for k, v in det.state_dict().items()}
-    report = train_localiser_detector(det, sorted(map(str, photos.glob("*.png"))), WatermarkRenderer(seed=0),
-                                      steps=6, batch_size=2, size=64)
-    assert report["steps"] == 6 and report["images"] == 12 and np.isfinite(report["final_loss"])
+    broken = photos.parent / "broken.png"
+    broken.write_bytes(b"not a png")
+    paths = [*sorted(map(str, photos.glob("*.png"))), str(broken)]
+    report = train_localiser_detector(det, paths, WatermarkRenderer(seed=0), steps=6, batch_size=2)
+    assert report["steps"] == 6 and report["images"] == 13 and np.isfinite(report["final_loss"])
+    assert report["image_weight"] == 1.0 and report["unreadable"] <= 1
     assert any(not torch.equal(before[k], v) for k, v in det.state_dict().items())
     with pytest.raises(ValueError, match="at least one image"):
         train_localiser_detector(det, [], WatermarkRenderer(seed=0))
+    with pytest.raises(ValueError, match="none of the 1 training photos could be read"):
+        train_localiser_detector(det, [str(broken)], WatermarkRenderer(seed=0), steps=1)
+
+
+def test_training_views_are_whole_photos_at_the_scoring_view_and_labelled(shipped):
+    photos, _ = shipped
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(photos.glob("*.png"))]
+    rng = np.random.default_rng(0)
+    batch = whole_view_batch(lambda: arrays[int(rng.integers(len(arrays)))], WatermarkRenderer(seed=0), 64, 6, rng)
+    x, mask, label = batch["input"], batch["mask"], batch["label"]
+    assert x.shape[0] == 6 and max(x.shape[2:]) == 64 and mask.shape[2:] == x.shape[2:]
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    marked = mask.flatten(1).amax(1) > 0
+    assert torch.equal(marked, label > 0.5) and 0 < int(marked.sum()) < 6
+
+
+def test_the_image_score_loss_punishes_a_hot_clean_view_and_a_cold_marked_one():
+    hot = torch.full((1, 1, 8, 8), -6.0)
+    hot[..., 0, 0] = 6.0  # one confident pixel: the top-fraction score is high
+    cold = torch.full((1, 1, 8, 8), -6.0)
+    as_clean = image_score_loss(hot, torch.tensor([0.0]), 1 / 64)
+    assert float(as_clean) > 5 and float(image_score_loss(cold, torch.tensor([0.0]), 1 / 64)) < 0.01
+    assert float(image_score_loss(cold, torch.tensor([1.0]), 1 / 64)) > 5
+    hot.requires_grad_(True)
+    image_score_loss(hot, torch.tensor([0.0]), 1 / 64).backward()
+    assert hot.grad[..., 0, 0] > 0 and float(hot.grad.abs().sum() - hot.grad[..., 0, 0].abs().sum()) == 0
 
 
 def test_clean_and_marked_pairs_each_photo_with_a_marked_copy():
