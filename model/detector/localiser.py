@@ -23,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from model.detector.cells import top_mean
+from model.detector.training import _ImageCache
 from model.remover.locate import SCORE_TOP_FRACTION, Localiser, mark_scores
 
 
@@ -96,20 +98,6 @@ def _loc_terms(out: dict[str, torch.Tensor], mask: torch.Tensor, alpha: torch.Te
 VIEW_SHAPES = ((3, 4), (4, 3), (1, 1), (2, 3), (3, 2))  # height:width of the training views
 
 
-def _photo(path: str, max_side: int) -> np.ndarray | None:
-    from model.synth.pairs import load_rgb
-
-    try:
-        img = load_rgb(path)
-    except (OSError, ValueError):
-        return None  # unreadable: the sampler draws another
-    h, w = img.shape[:2]
-    s = min(1.0, max_side / max(h, w))
-    if s < 1:
-        img = np.asarray(Image.fromarray(img).resize((round(w * s), round(h * s)), Image.Resampling.LANCZOS))
-    return img
-
-
 def whole_view_batch(photos: Callable[[], np.ndarray], renderer, view: int, batch_size: int,  # noqa: ANN001
                      rng: np.random.Generator, clean_share: float = 0.5) -> dict[str, torch.Tensor]:
     """A batch as scoring sees photos: each is a large crop (60–100 % of the photo, one aspect
@@ -150,9 +138,7 @@ def image_score_loss(logits: torch.Tensor, label: torch.Tensor, top_fraction: fl
     """BCE of the image score triage uses (the mean of the top ``top_fraction`` of the view's mark
     probabilities) against marked / unmarked: it pushes down exactly the pixels that would make a
     clean photo a false alarm, and up the ones that carry a mark."""
-    prob = torch.sigmoid(logits.float()).flatten(1)
-    k = max(1, round(top_fraction * prob.shape[1]))
-    score = prob.topk(k, dim=1).values.mean(1).clamp(1e-5, 1 - 1e-5)
+    score = top_mean(torch.sigmoid(logits.float()), top_fraction).clamp(1e-5, 1 - 1e-5)
     return F.binary_cross_entropy(score, label.float())
 
 
@@ -164,22 +150,13 @@ def train_localiser_detector(detector: LocaliserDetector, paths: Sequence[str], 
     ends first (at least one step), at ``lr`` decayed on a cosine over the run. Each batch is made
     of whole views (``whole_view_batch``: the resolution triage scores at), ``clean_share`` of them
     unmarked; the loss is the localiser's mask terms plus ``image_weight`` × ``image_score_loss``
-    (at equal wall time this beat the mask terms alone on 256 px crops: bench/RESULTS.md, triage).
-    Photos are read once, reduced to ``max_side``, and kept. Returns what it did."""
+    (at equal wall time this beat the mask terms alone on 256 px crops). Photos are read once,
+    reduced to ``max_side``, and kept; unreadable ones are skipped and counted. Returns what it did."""
     if not paths:
         raise ValueError("train_localiser_detector needs at least one image path")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cache: dict[str, np.ndarray | None] = {}
-
-    def photos() -> np.ndarray:
-        for _ in range(10 * len(paths)):
-            p = paths[int(rng.integers(len(paths)))]
-            if p not in cache:
-                cache[p] = _photo(p, max_side)
-            if cache[p] is not None:
-                return cache[p]
-        raise ValueError(f"none of the {len(paths)} training photos could be read")
+    cache = _ImageCache(paths, max_side)
 
     opt = torch.optim.AdamW(detector.parameters(), lr=lr, weight_decay=1e-5)
     detector.train()
@@ -193,7 +170,7 @@ def train_localiser_detector(detector: LocaliserDetector, paths: Sequence[str], 
     while step < steps and (step == 0 or spent() < 1):  # at least one step
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, spent())))
-        batch = whole_view_batch(photos, renderer, detector.config["view"], batch_size, rng, clean_share)
+        batch = whole_view_batch(lambda: cache.pick(rng), renderer, detector.config["view"], batch_size, rng, clean_share)
         out = detector(batch["input"])
         loss = _loc_terms(out, batch["mask"], batch["alpha"])
         if image_weight:
@@ -208,4 +185,4 @@ def train_localiser_detector(detector: LocaliserDetector, paths: Sequence[str], 
     detector.eval()
     return {"steps": step, "seconds": round(time.perf_counter() - t0, 1), "clean_share": clean_share,
             "image_weight": image_weight, "final_loss": float(np.mean(losses[-20:])) if losses else None, "lr": lr,
-            "images": len(paths), "unreadable": sum(v is None for v in cache.values())}
+            "images": len(paths), "unreadable": len(cache.unreadable)}

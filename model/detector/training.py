@@ -69,8 +69,10 @@ def _load_rgb(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
 class _ImageCache:
     """Decoded training images by path; unreadable files are dropped (and counted), not fatal."""
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], max_side: int = 1024):
         self.paths = list(paths)
+        self.total = len(self.paths)
+        self.max_side = max_side
         self.images: dict[str, np.ndarray] = {}
         self.unreadable: list[str] = []
 
@@ -79,7 +81,7 @@ class _ImageCache:
         if p in self.images:
             return self.images[p]
         try:
-            self.images[p] = _load_rgb(p)
+            self.images[p] = _load_rgb(p, self.max_side)
             return self.images[p]
         except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on bad files
             log.warning("detector: skipping unreadable training image %s (%s)", p, exc)
@@ -92,7 +94,7 @@ class _ImageCache:
             img = self.get(self.paths[int(rng.integers(len(self.paths)))])
             if img is not None:
                 return img
-        raise ValueError("none of the detector's training images could be read")
+        raise ValueError(f"none of the {self.total} training photos could be read")
 
 
 def _rescale(img: np.ndarray, long_side: int, min_side: int) -> np.ndarray:
