@@ -20,8 +20,8 @@ from pipeline.config import load_settings
 from storage import BlobStore
 from storage.blobs import BlobStoreUnavailable, blob_key, sha256_bytes
 from tests.faults import catalog_state as cs
-from tests.faults.test_sigterm import CLEAN_ROWS, N_CLEAN, _clean_env, _clean_pool, reference_clean
-from tests.faults.test_sigterm_steps import _scalar, _wait
+from tests.faults.test_sigterm import CLEAN_ROWS, N_CLEAN, clean_pool_env, reference_clean, start_clean
+from tests.faults.test_sigterm_steps import _scalar
 from tests.pipeline.scrape_site import png_bytes
 
 
@@ -120,16 +120,11 @@ def test_store_down_past_the_deadline_fails_import_clearly_and_the_rerun_is_exac
 def _clean_on_store(tmp_path, env: dict, unmark_env: dict, **more: str):
     """(settings, environment) of ``unmark clean`` over ``_clean_pool`` kept in the object store."""
     settings = _settings(tmp_path / "home", env)
-    _clean_pool(settings, tmp_path)
-    return settings, {**_clean_env(unmark_env), **env, **more}
+    return settings, clean_pool_env(settings, tmp_path, unmark_env, **env, **more)
 
 
-def _start_clean(settings, run_env: dict) -> subprocess.Popen:
-    """``unmark clean`` in a subprocess, returned once its first chunk is committed."""
-    proc = cs.popen(cs.unmark("clean", "--json", "--device", "cpu"), run_env)
-    db = settings.home / "catalog.sqlite"
-    _wait(proc, lambda: _scalar(db, "SELECT count(*) FROM cleanings") >= 2, "clean")
-    return proc
+def cleanings(settings) -> int:
+    return _scalar(settings.home / "catalog.sqlite", "SELECT count(*) FROM cleanings")
 
 
 # longer than botocore's and s3fs's own retries ride out (about 7 s here): the step's deadline
@@ -141,7 +136,7 @@ def test_outage_mid_clean_is_ridden_out_and_the_rows_are_exact(store, tmp_path, 
     proxy, _, env = store
     # one decoding process: its reads ride the outage out under the same deadline as the puts
     settings, run_env = _clean_on_store(tmp_path, env, unmark_env, UNMARK_BLOB_RETRY_S="30", UNMARK_NUM_WORKERS="1")
-    proc = _start_clean(settings, run_env)
+    proc = start_clean(run_env, lambda: cleanings(settings))
     proxy.down()
     time.sleep(OUTAGE_S)
     assert proc.poll() is None, "the clean ended during the outage"
@@ -153,13 +148,13 @@ def test_outage_mid_clean_is_ridden_out_and_the_rows_are_exact(store, tmp_path, 
     cs.assert_same_rows(cs.snapshot(settings), reference_clean(tmp_path), CLEAN_ROWS)
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
+@pytest.mark.parametrize("workers", ["0", "1"], ids=["decode-in-process", "decode-worker"])
 def test_store_down_past_the_deadline_stops_clean_clearly_and_the_rerun_is_exact(store, tmp_path, unmark_env,
                                                                                  workers):
     proxy, _, env = store
     settings, run_env = _clean_on_store(tmp_path, env, unmark_env, UNMARK_BLOB_RETRY_S="1",
                                         UNMARK_NUM_WORKERS=workers)
-    proc = _start_clean(settings, run_env)
+    proc = start_clean(run_env, lambda: cleanings(settings))
     proxy.down()
     try:
         out, err = proc.communicate(timeout=120)

@@ -106,6 +106,24 @@ def _clean_env(unmark_env: dict) -> dict:
             "UNMARK_CLEAN_OVERLAP": "16", "OMP_NUM_THREADS": "1"}
 
 
+def clean_pool_env(settings, tmp_path, unmark_env: dict, **more: str) -> dict:
+    """``_clean_pool`` in ``settings``' catalog and blob store; the environment of an ``unmark
+    clean`` over it (``_clean_env`` and ``more``)."""
+    _clean_pool(settings, tmp_path)
+    return {**_clean_env(unmark_env), **more}
+
+
+def start_clean(env: dict, cleanings) -> subprocess.Popen:
+    """``unmark clean`` on the CPU in a subprocess, returned (still running) once ``cleanings()``
+    counts its first committed chunk."""
+    proc = popen(unmark("clean", "--json", "--device", "cpu"), env)
+    deadline = time.monotonic() + 120
+    while cleanings() == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the clean finished before the fault"
+    return proc
+
+
 def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_exact(tmp_path, settings, unmark_env):
     _clean_pool(settings, tmp_path)
     env = _clean_env(unmark_env)
@@ -116,11 +134,7 @@ def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_ex
             return s.scalar(select(func.count()).select_from(Cleaning))
 
     try:
-        proc = popen(unmark("clean", "--json", "--device", "cpu"), env)
-        deadline = time.monotonic() + 120
-        while count() == 0 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proc.poll() is None, "the clean finished before it could be stopped"
+        proc = start_clean(env, count)
         took, out, err = _stop(proc)
         at_stop = count()
     finally:
