@@ -51,8 +51,14 @@ def _worker(procs, name: str, env: dict):
 
 
 def _run_deployment(api: str, deployment: str) -> str:
-    r = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", timeout=10,
-                   json={"parameters": {"write_report": False, "device": "cpu"}})
+    """A flow run of the deployment; a 503 (the server's database busy on a loaded machine) is
+    asked again, as Prefect's own client does."""
+    for _ in range(30):
+        r = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", timeout=10,
+                       json={"parameters": {"write_report": False, "device": "cpu"}})
+        if r.status_code != 503:
+            break
+        time.sleep(2.0)
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
