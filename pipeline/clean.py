@@ -47,6 +47,7 @@ from pipeline.config import Settings
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, claims, pools, status
 from storage import queries as q
+from storage.blobs import STORE_FAULTS
 from storage.db import insert_ignore
 from storage.models import Cleaning, Image
 
@@ -138,6 +139,8 @@ def _detector(catalog: Catalog, blobs: BlobStore):
         return None
     try:
         return load_promoted_detector(catalog, blobs)
+    except STORE_FAULTS:
+        raise  # the store is down, not the detector: cleaning without scores would record other rows
     except Exception as exc:  # noqa: BLE001 - scores are optional; cleaning goes on without them
         log.warning("detector unavailable, cleaning without scores: %s", exc)
         return None
@@ -312,6 +315,12 @@ def _finish(summary: dict[str, Any], t0: float, compute_s: float, settings: Sett
 
 def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: BlobStore,
                  settings: Settings, version: str) -> tuple[list[dict], list[tuple[WorkItem, BaseException]]]:
+    """(cleaning rows, per-image failures) of a decoded chunk, its blobs written. A store fault
+    (``STORE_FAULTS``, in a read or a write) is raised: the chunk is left uncommitted, its claims
+    to be released, and a re-run does it again; its blobs already written are the same bytes then."""
+    for d in chunk:
+        if isinstance(d.error, STORE_FAULTS):
+            raise d.error
     failed = [(d.item, d.error) for d in chunk if d.error is not None]
     good = [d for d in chunk if d.error is None]
     results: list = []
@@ -369,6 +378,8 @@ def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: Bl
             row["runtime_s"] = res.seconds + (time.perf_counter() - t)
             row["metrics"] = m
             rows.append(row)
+        except STORE_FAULTS:
+            raise
         except Exception as exc:  # noqa: BLE001 - this image's failure; the chunk goes on
             failed.append((d.item, exc))
     return rows, failed

@@ -52,10 +52,10 @@ class BlobImages(Dataset):
     never stops the loader. The blob store is opened lazily in each worker process."""
 
     def __init__(self, items: Sequence[WorkItem], blob_root: str, storage_options: dict, max_pixels: int,
-                 with_clean: bool = True):
+                 with_clean: bool = True, retry_s: float = 60.0):
         self.items = list(items)
         self.blob_root, self.storage_options, self.max_pixels = blob_root, storage_options, max_pixels
-        self.with_clean = with_clean
+        self.with_clean, self.retry_s = with_clean, retry_s
         self._blobs: BlobStore | None = None
 
     def __len__(self) -> int:
@@ -64,7 +64,7 @@ class BlobImages(Dataset):
     def __getitem__(self, i: int) -> Decoded:
         item = self.items[i]
         if self._blobs is None:
-            self._blobs = BlobStore(self.blob_root, self.storage_options)
+            self._blobs = BlobStore(self.blob_root, self.storage_options, self.retry_s)
         try:
             rgb, alpha = decode_rgba(self._blobs.get(item.blob_key), self.max_pixels)
             clean = None
@@ -74,8 +74,8 @@ class BlobImages(Dataset):
                     c = np.asarray(PILImage.fromarray(c).resize((rgb.shape[1], rgb.shape[0]), PILImage.LANCZOS))
                 clean = c
             return Decoded(item, rgb, alpha, clean)
-        except Exception as exc:  # noqa: BLE001 - any decode error is this image's failure row
-            return Decoded(item, error=exc)
+        except Exception as exc:  # noqa: BLE001 - a decode error is this image's failure row; a
+            return Decoded(item, error=exc)  # store fault (STORE_FAULTS) travels too and stops the step
 
 
 def _one(x: Decoded) -> Decoded:  # DataLoader collate for batch_size=None (top level: picklable)
@@ -84,7 +84,8 @@ def _one(x: Decoded) -> Decoded:  # DataLoader collate for batch_size=None (top 
 
 def iter_decoded(items: Sequence[WorkItem], settings: Settings, with_clean: bool = True) -> Iterator[Decoded]:
     """Decoded items in order, decoded by ``settings.num_workers`` processes (0 = in-process)."""
-    ds = BlobImages(items, settings.blob_root, settings.blob_storage_options(), settings.max_image_pixels, with_clean)
+    ds = BlobImages(items, settings.blob_root, settings.blob_storage_options(), settings.max_image_pixels, with_clean,
+                    settings.blob_retry_s)
     workers = max(0, min(settings.num_workers, len(items)))
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_one,
                         prefetch_factor=2 if workers else None)

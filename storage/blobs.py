@@ -34,6 +34,18 @@ class BlobError(RuntimeError):
         super().__init__(f"blob {key}: {reason}")
         self.key = key
 
+    def __reduce__(self):
+        # pickled as it is (message and fields), not by calling __init__ again with the message:
+        # a DataLoader or process-pool worker hands these to its parent
+        return _restore_error, (type(self), self.args, self.__dict__)
+
+
+def _restore_error(cls: type[BlobError], args: tuple, state: dict) -> BlobError:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
 
 class BlobCorrupt(BlobError):
     """A content-addressed blob whose bytes no longer hash to its key (bit rot, a bad copy, a
@@ -60,6 +72,10 @@ class DiskFull(BlobError):
         super().__init__(key, f"disk full: no space left on the device holding {path}; free space and re-run")
         self.path = path
 
+
+# faults of the store itself, not of one blob: a step stops on them with its named error (no
+# image is to blame, none gets a failure row) and a re-run redoes what was in hand
+STORE_FAULTS = (BlobStoreUnavailable, DiskFull)
 
 # errors of a store that is down or unreachable (the connection, not the request): botocore's
 # connection errors by name (botocore is optional), and the OS's own

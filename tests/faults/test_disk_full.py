@@ -1,11 +1,14 @@
 """The disk fills: a real small file system (tmpfs, mounted for the test; root only) under the
-blob store or under the catalog. The step stops with a clear "disk full" error naming the path
-and exit 5, the SQLite catalog passes ``PRAGMA integrity_check``, and once the file system is
-grown the re-run ends with exactly the rows and blobs of a run that had room."""
+blob store or under the catalog, during import or during cleaning. The step stops with a clear
+"disk full" error naming the path and exit 5, the SQLite catalog passes ``PRAGMA
+integrity_check``, and once there is room again the re-run ends with exactly the rows and blobs
+of a run that had room."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import sqlite3
 import subprocess
@@ -17,6 +20,8 @@ from pipeline.config import load_settings
 from storage import BlobStore
 from storage.blobs import DiskFull
 from tests.faults import catalog_state as cs
+from tests.faults.test_sigterm import CLEAN_ROWS, N_CLEAN, clean_pool_env, reference_clean, start_clean
+from tests.faults.test_sigterm_steps import _scalar
 from tests.pipeline.scrape_site import png_bytes
 
 
@@ -106,3 +111,45 @@ def test_catalog_disk_fills_then_has_room(tmp_path, unmark_env):
         assert _integrity(home / "catalog.sqlite") == "ok"
         got = cs.snapshot(settings)
     cs.assert_same_rows(got, _reference(tmp_path, src, unmark_env), ("images", "n_images", "failures"))
+
+
+def _fill(folder: Path) -> Path:
+    """A file taking every free byte of ``folder``'s file system (another writer on a shared disk)."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        block = b"\0" * 65536
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_blob_store_fills_during_clean_then_has_room(tmp_path, unmark_env):
+    blob_root = tmp_path / "small"
+    with small_fs(blob_root, "16m"):
+        settings = load_settings(home=tmp_path / "home", blob_root=str(blob_root))
+        env = clean_pool_env(settings, tmp_path, unmark_env, UNMARK_BLOB_ROOT=str(blob_root))
+        proc = start_clean(env, lambda: _scalar(settings.home / "catalog.sqlite", "SELECT count(*) FROM cleanings"))
+        filler = _fill(blob_root)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 5, err[-3000:]  # EXIT_DISK_FULL
+        assert "disk full" in err and str(blob_root) in err and "Traceback" not in err
+        assert _integrity(settings.home / "catalog.sqlite") == "ok"
+        filler.unlink()  # room again (before the snapshot: the filler is no blob)
+        state = cs.snapshot(settings)
+        at_stop = state["n_cleanings"]
+        assert 0 < at_stop < N_CLEAN and at_stop % 2 == 0, f"whole chunks only, mid-run ({at_stop} of {N_CLEAN})"
+        assert not state["dangling"] and not state["held_claims"] and not state["failures"]
+
+        r = subprocess.run(cs.unmark("clean", "--json", "--device", "cpu"), env=env, capture_output=True, text=True,
+                           cwd=cs.ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout)["cleaned"] == N_CLEAN - at_stop  # nothing done twice
+        got = cs.snapshot(settings)
+    cs.assert_same_rows(got, reference_clean(tmp_path), CLEAN_ROWS)

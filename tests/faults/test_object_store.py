@@ -1,7 +1,11 @@
 """The object store stops answering (the network to the real S3 API server goes down: connections
-reset, the port refuses) and comes back. Puts are retried with backoff and ride the outage out;
-past the deadline a step fails with a clear, named error and exit 4; no catalog row ever points
-at a blob that was not written, and a re-run ends with the rows and objects of a fault-free run."""
+reset, the port refuses) and comes back, during ingest (scrape, import) and during cleaning.
+Gets and puts are retried with backoff and ride the outage out; past the deadline a step fails
+with a clear, named error and exit 4; no catalog row ever points at a blob that was not written,
+no image stays claimed, and a re-run ends with the rows and objects of a fault-free run.
+
+The network goes, not the server: moto keeps its objects in memory, so a killed server would
+come back empty, which is a lost store, not an outage."""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from pipeline.config import load_settings
 from storage import BlobStore
 from storage.blobs import BlobStoreUnavailable, blob_key, sha256_bytes
 from tests.faults import catalog_state as cs
+from tests.faults.test_sigterm import CLEAN_ROWS, N_CLEAN, clean_pool_env, reference_clean, start_clean
+from tests.faults.test_sigterm_steps import _scalar
 from tests.pipeline.scrape_site import png_bytes
 
 
@@ -106,3 +112,65 @@ def test_store_down_past_the_deadline_fails_import_clearly_and_the_rerun_is_exac
                        capture_output=True, text=True, cwd=cs.ROOT, timeout=120)
     assert r.returncode == 0
     cs.assert_same_rows(cs.snapshot(settings), cs.snapshot(ref), ("images", "n_images", "failures"))
+
+
+# --- cleaning ----------------------------------------------------------------------------------
+
+
+def _clean_on_store(tmp_path, env: dict, unmark_env: dict, **more: str):
+    """(settings, environment) of ``unmark clean`` over ``_clean_pool`` kept in the object store."""
+    settings = _settings(tmp_path / "home", env)
+    return settings, clean_pool_env(settings, tmp_path, unmark_env, **env, **more)
+
+
+def cleanings(settings) -> int:
+    return _scalar(settings.home / "catalog.sqlite", "SELECT count(*) FROM cleanings")
+
+
+# longer than botocore's and s3fs's own retries ride out (about 7 s here): the step's deadline
+# (blob_retry_s) is what carries the run through
+OUTAGE_S = 10.0
+
+
+def test_outage_mid_clean_is_ridden_out_and_the_rows_are_exact(store, tmp_path, unmark_env):
+    proxy, _, env = store
+    # one decoding process: its reads ride the outage out under the same deadline as the puts
+    settings, run_env = _clean_on_store(tmp_path, env, unmark_env, UNMARK_BLOB_RETRY_S="30", UNMARK_NUM_WORKERS="1")
+    proc = start_clean(run_env, lambda: cleanings(settings))
+    proxy.down()
+    time.sleep(OUTAGE_S)
+    assert proc.poll() is None, "the clean ended during the outage"
+    proxy.up()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["cleaned"] == N_CLEAN and summary["failed"] == 0  # no image lost to the outage
+    cs.assert_same_rows(cs.snapshot(settings), reference_clean(tmp_path), CLEAN_ROWS)
+
+
+@pytest.mark.parametrize("workers", ["0", "1"], ids=["decode-in-process", "decode-worker"])
+def test_store_down_past_the_deadline_stops_clean_clearly_and_the_rerun_is_exact(store, tmp_path, unmark_env,
+                                                                                 workers):
+    proxy, _, env = store
+    settings, run_env = _clean_on_store(tmp_path, env, unmark_env, UNMARK_BLOB_RETRY_S="1",
+                                        UNMARK_NUM_WORKERS=workers)
+    proc = start_clean(run_env, lambda: cleanings(settings))
+    proxy.down()
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proxy.up()
+    assert proc.returncode == 4, err[-3000:]  # EXIT_UNAVAILABLE
+    assert "unreachable for" in err and "Traceback" not in err
+    state = cs.snapshot(settings)
+    at_stop = state["n_cleanings"]
+    assert 0 < at_stop < N_CLEAN and at_stop % 2 == 0, f"whole chunks only, mid-run ({at_stop} of {N_CLEAN})"
+    assert not state["dangling"], f"rows naming blobs never written: {sorted(state['dangling'])[:3]}"
+    assert not state["held_claims"], "claims left held after the outage"
+    assert not state["failures"], "the outage was recorded as the images' failures"
+
+    r = subprocess.run(cs.unmark("clean", "--json", "--device", "cpu"), env=run_env, capture_output=True, text=True,
+                       cwd=cs.ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["cleaned"] == N_CLEAN - at_stop  # nothing done twice
+    cs.assert_same_rows(cs.snapshot(settings), reference_clean(tmp_path), CLEAN_ROWS)

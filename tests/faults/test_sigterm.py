@@ -84,9 +84,44 @@ def _clean_pool(settings, tmp_path) -> None:
         cat.dispose()
 
 
+CLEAN_ROWS = ("images", "n_images", "cleanings", "n_cleanings", "failures")
+
+
+def reference_clean(tmp_path) -> dict:
+    """The snapshot of a fault-free, in-process clean of ``_clean_pool`` (``_clean_env``'s
+    settings) in a fresh local home."""
+    ref = load_settings(home=tmp_path / "reference", num_workers=0, clean_chunk_images=2, clean_tile=64,
+                        clean_overlap=16)
+    _clean_pool(ref, tmp_path)
+    rcat = open_catalog(ref)
+    try:
+        clean_step.clean(rcat, BlobStore.from_settings(ref), ref, device="cpu")
+    finally:
+        rcat.dispose()
+    return snapshot(ref)
+
+
 def _clean_env(unmark_env: dict) -> dict:
     return {**unmark_env, "UNMARK_NUM_WORKERS": "0", "UNMARK_CLEAN_CHUNK_IMAGES": "2", "UNMARK_CLEAN_TILE": "64",
             "UNMARK_CLEAN_OVERLAP": "16", "OMP_NUM_THREADS": "1"}
+
+
+def clean_pool_env(settings, tmp_path, unmark_env: dict, **more: str) -> dict:
+    """``_clean_pool`` in ``settings``' catalog and blob store; the environment of an ``unmark
+    clean`` over it (``_clean_env`` and ``more``)."""
+    _clean_pool(settings, tmp_path)
+    return {**_clean_env(unmark_env), **more}
+
+
+def start_clean(env: dict, cleanings) -> subprocess.Popen:
+    """``unmark clean`` on the CPU in a subprocess, returned (still running) once ``cleanings()``
+    counts its first committed chunk."""
+    proc = popen(unmark("clean", "--json", "--device", "cpu"), env)
+    deadline = time.monotonic() + 120
+    while cleanings() == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the clean finished before the fault"
+    return proc
 
 
 def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_exact(tmp_path, settings, unmark_env):
@@ -99,11 +134,7 @@ def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_ex
             return s.scalar(select(func.count()).select_from(Cleaning))
 
     try:
-        proc = popen(unmark("clean", "--json", "--device", "cpu"), env)
-        deadline = time.monotonic() + 120
-        while count() == 0 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proc.poll() is None, "the clean finished before it could be stopped"
+        proc = start_clean(env, count)
         took, out, err = _stop(proc)
         at_stop = count()
     finally:
@@ -121,16 +152,7 @@ def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_ex
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["cleaned"] == N_CLEAN - at_stop  # nothing done twice
 
-    ref = load_settings(home=tmp_path / "reference")
-    _clean_pool(ref, tmp_path)
-    for s in (ref,):
-        s.num_workers, s.clean_chunk_images, s.clean_tile, s.clean_overlap = 0, 2, 64, 16
-    rcat = open_catalog(ref)
-    try:
-        clean_step.clean(rcat, BlobStore.from_settings(ref), ref, device="cpu")
-    finally:
-        rcat.dispose()
-    assert_same_rows(snapshot(settings), snapshot(ref), ("images", "n_images", "cleanings", "n_cleanings", "failures"))
+    assert_same_rows(snapshot(settings), reference_clean(tmp_path), CLEAN_ROWS)
 
 
 def test_stop_flag_before_start_raises_stopped_with_nothing_claimed(settings, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from storage.blobs import BlobError, BlobStore, blob_key, sha256_bytes
+from storage.blobs import (
+    BlobCorrupt,
+    BlobError,
+    BlobStore,
+    BlobStoreUnavailable,
+    DiskFull,
+    blob_key,
+    sha256_bytes,
+)
 
 
 def test_put_get_exists_keys(tmp_path):
@@ -137,3 +146,12 @@ def test_a_second_store_on_the_same_root_skips_known_blobs_and_leaves_no_temp_fi
     _, other = second.put(b"other")
     assert second.get(other) == b"other" and (second.local_path(other).stat().st_mode & 0o777) == 0o600
     assert not list((tmp_path / "blobs").rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("exc", [BlobError("ab/cd/k", "not found"), BlobCorrupt("ab/cd/k", "0" * 64),
+                                 BlobStoreUnavailable("ab/cd/k", "bucket/blobs", 2.0, ConnectionError("reset")),
+                                 DiskFull("ab/cd/k", "/full/ab/cd")])
+def test_blob_errors_cross_a_process_boundary_whole(exc):
+    """A DataLoader or process-pool worker pickles the error it hands back; it arrives as itself."""
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc) and str(back) == str(exc) and back.__dict__ == exc.__dict__
