@@ -10,7 +10,7 @@ brightened, rotated, re-encoded or watermarked copies of one photo):
 2. match each newly hashed image against every hashed image (``pipeline.hashindex``): two images
    are near duplicates when the Hamming distance between their 128-bit (pHash ‖ dHash) codes, or
    between one's code and the code of one of the other's eight 90 % crop windows (so that crops
-   match; ``pipeline.perceptual``), is at most ``settings.dedup_threshold`` (chosen from the
+   match; ``pipeline.perceptual``), is at most ``settings.dedup.dedup_threshold`` (chosen from the
    precision/recall curve, see ``bench/dedup.py`` and ``bench/results/dedup.json``);
 3. join matches with union-find, starting from the groups already stored, so a new image that
    matches two groups merges them; pick each changed group's canonical image (highest
@@ -113,10 +113,10 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 def hash_blobs(jobs: Sequence[tuple[int, str]], settings: Settings) -> Iterator[tuple]:
     """Hash ``(id, blob key)`` jobs, in a process pool when there is enough work for one; yields
     the worker tuples of ``_hash_chunk`` chunk by chunk, in order."""
-    chunk = max(1, settings.dedup_chunk_size)
-    workers = settings.dedup_workers or os.cpu_count() or 1
+    chunk = max(1, settings.dedup.dedup_chunk_size)
+    workers = settings.dedup.dedup_workers or os.cpu_count() or 1
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    args = (settings.blob_root, settings.blob_storage_options(), settings.max_image_pixels)
+    args = (settings.storage.blob_root, settings.storage.blob_storage_options(), settings.images.max_image_pixels)
     if workers <= 1 or len(chunks) <= 1:
         for c in chunks:
             yield from _hash_chunk(*args, c)
@@ -264,7 +264,7 @@ def _hash_new(catalog: Catalog, rows: list[Row], by_id: dict[int, Row], settings
         row.phash, row.dhash, row.hash_impl = int(codes[0, 0]), int(codes[0, 1]), HASH_IMPL
         fresh[image_id] = codes
         batch.append((image_id, codes))
-        if len(batch) >= settings.write_batch_size:
+        if len(batch) >= settings.storage.write_batch_size:
             _write_hashes(catalog, batch)
             batch.clear()
             if stop is not None and stop.requested:
@@ -333,7 +333,7 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
     in the same order): the flows pass one that maps the chunks onto Dask workers. Once ``stop``
     is set, the hashes in hand are written and ``Stopped`` is raised (see the module's notes)."""
     t0 = time.perf_counter()
-    threshold = settings.dedup_threshold
+    threshold = settings.dedup.dedup_threshold
     rows = _load_rows(catalog)
     by_id = {r.id: r for r in rows}
 
@@ -342,7 +342,7 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
     rows = [r for r in by_id.values() if r.hash_impl == HASH_IMPL]
     uf, pairs = _match(catalog, rows, by_id, fresh, regroup, threshold)
     t_match = time.perf_counter()
-    changes, groups, duplicates = _write_groups(catalog, rows, uf, settings.write_batch_size)
+    changes, groups, duplicates = _write_groups(catalog, rows, uf, settings.storage.write_batch_size)
     t_end = time.perf_counter()
     return {
         "images": len(rows),

@@ -113,7 +113,7 @@ def import_files(
             progress(stats.seen - 1, len(files))
         try:
             data = path.read_bytes()
-            info = inspect_image(data, settings.max_image_pixels)
+            info = inspect_image(data, settings.images.max_image_pixels)
         except (BadImage, OSError) as exc:
             stats.failed += 1
             done.append(ImportedFile(path, error=exc))
@@ -127,7 +127,7 @@ def import_files(
             (path, {"sha256": sha, "blob_key": key, "mime": info.mime, "width": info.width, "height": info.height,
                     "bytes": len(data), "source": source})
         )
-        if len(batch) >= settings.write_batch_size:
+        if len(batch) >= settings.storage.write_batch_size:
             flush()
     flush()
     if stop is not None:

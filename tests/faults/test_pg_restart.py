@@ -44,7 +44,7 @@ def _count(pg, url: str, table: str) -> int:
 
 def test_transaction_in_flight_when_its_connection_dies_is_retried_whole(pg, tmp_path):
     url = pg.create_database()
-    cat = open_catalog(load_settings(home=tmp_path / "h", catalog_url=url))
+    cat = open_catalog(load_settings(home=tmp_path / "h", catalog_url=url).storage)
     attempts = []
 
     def work(s):
@@ -82,7 +82,7 @@ def test_server_that_stays_down_is_a_clear_error_after_the_deadline(pg, tmp_path
 
     settings = load_settings(home=tmp_path / "h", catalog_url=f"postgresql+psycopg://unmark@127.0.0.1:{free_port()}/x",
                              catalog_retry_s=1.5)
-    cat = open_catalog(settings, migrate_schema=False)
+    cat = open_catalog(settings.storage, migrate_schema=False)
     t = time.monotonic()
     try:
         with pytest.raises(CatalogUnavailable, match="unreachable for"):
@@ -131,15 +131,15 @@ def test_restart_mid_clean_with_two_workers_cleans_each_image_once(pg, tmp_path,
     _clean_pool(ref, tmp_path)
     from pipeline import clean as clean_step
 
-    rcat = open_catalog(ref)
+    rcat = open_catalog(ref.storage)
     try:
-        clean_step.clean(rcat, BlobStore.from_settings(ref), ref, device="cpu")
+        clean_step.clean(rcat, BlobStore.from_settings(ref.storage), ref, device="cpu")
     finally:
         rcat.dispose()
     got, want = cs.snapshot(settings), cs.snapshot(ref)
     assert got["n_cleanings"] == N_CLEAN
     cs.assert_same_rows(got, want, ("images", "n_images", "cleanings", "n_cleanings", "failures"))
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             assert s.scalar(select(func.count()).select_from(Cleaning)) == N_CLEAN

@@ -74,8 +74,8 @@ N_CLEAN = 10
 
 
 def _clean_pool(settings, tmp_path) -> None:
-    cat = open_catalog(settings)
-    blobs = BlobStore.from_settings(settings)
+    cat = open_catalog(settings.storage)
+    blobs = BlobStore.from_settings(settings.storage)
     try:
         register_remover(cat, blobs, tiny_remover(tmp_path, base=8, depth=3))
         for i in range(N_CLEAN):
@@ -92,7 +92,7 @@ def _clean_env(unmark_env: dict) -> dict:
 def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_exact(tmp_path, settings, unmark_env):
     _clean_pool(settings, tmp_path)
     env = _clean_env(unmark_env)
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
 
     def count() -> int:
         with cat.session() as s:
@@ -124,10 +124,10 @@ def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_ex
     ref = load_settings(home=tmp_path / "reference")
     _clean_pool(ref, tmp_path)
     for s in (ref,):
-        s.num_workers, s.clean_chunk_images, s.clean_tile, s.clean_overlap = 0, 2, 64, 16
-    rcat = open_catalog(ref)
+        s.clean.num_workers, s.clean.clean_chunk_images, s.clean.clean_tile, s.clean.clean_overlap = 0, 2, 64, 16
+    rcat = open_catalog(ref.storage)
     try:
-        clean_step.clean(rcat, BlobStore.from_settings(ref), ref, device="cpu")
+        clean_step.clean(rcat, BlobStore.from_settings(ref.storage), ref, device="cpu")
     finally:
         rcat.dispose()
     assert_same_rows(snapshot(settings), snapshot(ref), ("images", "n_images", "cleanings", "n_cleanings", "failures"))
@@ -136,13 +136,13 @@ def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_ex
 def test_stop_flag_before_start_raises_stopped_with_nothing_claimed(settings, tmp_path):
     """A flag already set: the step claims nothing, holds nothing, and says it stopped."""
     _clean_pool(settings, tmp_path)
-    settings.num_workers = 0
+    settings.clean.num_workers = 0
     flag = StopFlag()
     flag.set("SIGTERM")
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with pytest.raises(Stopped, match="clean stopped by SIGTERM") as info:
-            clean_step.clean(cat, BlobStore.from_settings(settings), settings, device="cpu", stop=flag)
+            clean_step.clean(cat, BlobStore.from_settings(settings.storage), settings, device="cpu", stop=flag)
     finally:
         cat.dispose()
     assert info.value.summary["claimed"] == 0
