@@ -47,8 +47,7 @@ from pipeline.config import CleanSettings, Settings
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, claims, pools, status
 from storage import queries as q
-from storage.db import insert_ignore
-from storage.models import Cleaning, Image
+from storage.models import Image
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -166,7 +165,7 @@ def _commit(catalog: Catalog, rows: list[dict], failed: list[tuple[WorkItem, Bas
             lost = len(rows) + len(failed) - len(kept_rows) - len(kept_failed)
             rows[:], failed[:] = kept_rows, kept_failed
         if rows:
-            insert_ignore(s, Cleaning, rows, ["image_id", "model_version"])
+            q.add_cleanings(s, rows)
             ids = [r["image_id"] for r in rows]
             status.mark_cleaned(s, ids)
             shas = q.shas_by_id(s, ids)

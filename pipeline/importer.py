@@ -12,7 +12,6 @@ from pipeline.images import BadImage, inspect_image
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog
 from storage import queries as q
-from storage.models import Sighting
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -100,7 +99,8 @@ def import_files(
                     stats.added += 1
                     known.add(row["sha256"])
                 if not q.has_sighting(s, ids[row["sha256"]], url):
-                    s.add(Sighting(image_id=ids[row["sha256"]], page_id=None, image_url=url, alt=None, found_by="import"))
+                    q.add_sightings(s, [{"image_id": ids[row["sha256"]], "page_id": None, "image_url": url,
+                                         "alt": None, "found_by": "import"}])
                 q.clear_failure(s, "import", url)
         done.extend(ImportedFile(path, row["sha256"]) for path, row in batch)
         batch.clear()

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import or_, select
 
 from model.detector import (
     SCORE_SCALES,
@@ -40,10 +39,9 @@ from pipeline import registry
 from pipeline.config import Settings
 from pipeline.images import BadImage, open_image
 from pipeline.stopping import StopFlag
-from storage import BlobStore, Catalog, status
+from storage import BlobStore, Catalog, pools, status
 from storage import queries as q
 from storage.blobs import BlobError
-from storage.models import Image
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -77,11 +75,7 @@ def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_water
     """Local files of the pool to train on: one image per dedup group, no failures, and (on a
     retrain) none already judged watermarked. Remote blobs are copied to ``tmp``."""
     with catalog.session() as s:
-        stmt = select(Image.blob_key).where(Image.status != "failed",
-                                            or_(Image.dedup_role.is_(None), Image.dedup_role == "canonical"))
-        if exclude_watermarked:
-            stmt = stmt.where(or_(Image.label.is_(None), Image.label != "watermarked"))
-        keys = list(s.scalars(stmt.order_by(Image.id)))
+        keys = pools.detector_training_keys(s, exclude_watermarked)
     paths = []
     for k in keys:
         if blobs.is_local:
@@ -225,8 +219,7 @@ def score_chunk(
     catalog: Catalog, blobs: BlobStore, settings: Settings, detector: LoadedDetector, ids: Sequence[int],
 ) -> dict[str, int]:
     """Score one chunk of image ids and write label, score, detector version, status and split."""
-    rows = catalog.read(lambda s: list(s.execute(select(Image.id, Image.sha256, Image.blob_key)
-                                                 .where(Image.id.in_(list(ids))))))
+    rows = catalog.read(lambda s: q.image_blobs(s, ids))
     decoded, good, bad = [], [], []
     for iid, sha, key in rows:
         try:
@@ -252,11 +245,7 @@ def score_chunk(
 
 
 def images_to_score(catalog: Catalog, version: str) -> list[int]:
-    stmt = select(Image.id).where(
-        Image.status != "failed",
-        or_(Image.detector_version.is_(None), Image.detector_version != version),
-    ).order_by(Image.id)
-    return catalog.read(lambda s: list(s.scalars(stmt)))
+    return catalog.read(lambda s: q.images_to_score(s, version))
 
 
 def triage(
