@@ -222,14 +222,21 @@ STAGES: dict[str, type[BaseSettings]] = {
     "triage": TriageSettings, "models": ModelSettings, "train": TrainSettings, "clean": CleanSettings,
     "scale": ScaleSettings,
 }
-# field name -> its stage; a field name is unique across stages, so a flat name (and its
-# UNMARK_ variable) says where it goes
-STAGE_OF: dict[str, str] = {}
-for _stage, _cls in STAGES.items():
-    for _field in _cls.model_fields:
-        if _field in STAGE_OF:
-            raise RuntimeError(f"setting {_field!r} is declared by both {STAGE_OF[_field]} and {_stage}")
-        STAGE_OF[_field] = _stage
+
+
+def _stage_of_fields() -> dict[str, str]:
+    """Field name -> its stage. A field name is unique across stages, so a flat name (and its
+    ``UNMARK_`` variable) says where it goes."""
+    out: dict[str, str] = {}
+    for stage, cls in STAGES.items():
+        for name in cls.model_fields:
+            if name in out:
+                raise RuntimeError(f"setting {name!r} is declared by both {out[name]} and {stage}")
+            out[name] = stage
+    return out
+
+
+STAGE_OF = _stage_of_fields()
 
 
 class UnknownSettingError(TypeError):
