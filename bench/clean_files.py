@@ -81,7 +81,7 @@ def mark_all_watermarked(home: Path) -> None:
     from storage import open_catalog, status
     from storage.models import Image
 
-    cat = open_catalog(load_settings(home=home))
+    cat = open_catalog(load_settings(home=home).storage)
     with cat.write() as s:
         for im in s.query(Image).all():
             status.mark_reviewed(s, im.id, im.sha256, "watermarked")

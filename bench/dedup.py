@@ -115,7 +115,7 @@ def closure(files: list[str], edges: list[tuple[str, str]]) -> set[tuple[str, st
 def import_once(image_dir: Path, work: Path) -> Path:
     """A catalog holding the files, as ``unmark import`` leaves it (copied fresh for each run)."""
     settings = load_settings(home=work / "imported")
-    catalog, blobs = open_catalog(settings), BlobStore.from_settings(settings)
+    catalog, blobs = open_catalog(settings.storage), BlobStore.from_settings(settings.storage)
     import_paths([image_dir], catalog, blobs, settings)
     catalog.dispose()
     return settings.home
@@ -125,7 +125,7 @@ def run_unmark(imported: Path, work: Path, repeat: int) -> tuple[float, float, d
     home = work / f"home{repeat}"
     shutil.copytree(imported, home)
     settings = load_settings(home=home)
-    catalog, blobs = open_catalog(settings), BlobStore.from_settings(settings)
+    catalog, blobs = open_catalog(settings.storage), BlobStore.from_settings(settings.storage)
     c, t = os.times(), time.perf_counter()
     summary = dedup(catalog, blobs, settings)
     wall = time.perf_counter() - t
@@ -359,7 +359,7 @@ def main() -> None:
     if args.append_only:
         append_results(json.loads((ROOT / "bench" / "results" / "dedup.json").read_text()))
         return
-    threshold = load_settings().dedup_threshold
+    threshold = load_settings().dedup.dedup_threshold
 
     with tempfile.TemporaryDirectory(prefix="unmark-dedup-bench-") as tmp:
         work = Path(tmp)

@@ -79,7 +79,7 @@ def run_fetcher(urls: list[str], concurrency: int) -> int:
     from pipeline.scrape.fetch import Fetcher
 
     settings = load_settings(per_host_concurrency=concurrency, global_concurrency=concurrency)
-    fetcher = Fetcher(settings, allow_private_hosts=True)
+    fetcher = Fetcher(settings.scrape, allow_private_hosts=True)
     try:
         with ThreadPoolExecutor(concurrency) as pool:
             return sum(len(r.body) for r in pool.map(lambda u: fetcher.get(u, 1 << 24), urls))

@@ -188,7 +188,7 @@ def worker(mode: str, w: int, h: int, n: int, threads: int, precision: str, comp
         dt, cpu = time.perf_counter() - t, time.process_time() - c
     elif mode in ("engine", "seam"):
         dev = resolve_device("cpu")
-        opts = engine_options(load_settings(), dev)
+        opts = engine_options(load_settings().clean, dev)
         if precision != "auto":
             opts["precision"] = precision
         opts["compile"] = compile
@@ -237,7 +237,7 @@ def gpu_worker(sizes: list[tuple[int, int]], n: int) -> dict:
 
     dev = torch.device("cuda")
     net = _network()
-    opts = engine_options(load_settings(), dev)
+    opts = engine_options(load_settings().clean, dev)
     cleaner = Cleaner(net, device=dev, **opts)
     out: dict = {"device": torch.cuda.get_device_name(dev), **{k: opts[k] for k in ("tile", "overlap", "batch_size")},
                  "precision": cleaner.precision}

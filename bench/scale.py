@@ -117,7 +117,7 @@ def bench_hash(n: int, work: Path) -> dict:
 
     base = work / "hash-base"
     settings = load_settings(home=base)
-    cat, blobs = open_catalog(settings), BlobStore.from_settings(settings)
+    cat, blobs = open_catalog(settings.storage), BlobStore.from_settings(settings.storage)
     from PIL import Image
 
     rows = []
@@ -154,7 +154,7 @@ def _fill_catalog(settings, n: int, version: str, remover: bytes) -> None:
     from storage import BlobStore, open_catalog, status
     from storage import queries as q
 
-    cat, blobs = open_catalog(settings), BlobStore.from_settings(settings)
+    cat, blobs = open_catalog(settings.storage), BlobStore.from_settings(settings.storage)
     _, key = blobs.put(remover)
     with cat.write() as s:
         q.register_model(s, version, "remover", key, config={}, metrics={})
@@ -198,7 +198,7 @@ def clean_run(workers: int, n: int, pg, tmp: Path, env_base: dict, api: str) -> 
             r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", timeout=10,
                            json={"parameters": {"write_report": False}})
             r.raise_for_status()
-        cat = open_catalog(settings)
+        cat = open_catalog(settings.storage)
         stage = f"clean:{version}"
 
         def done() -> bool:

@@ -44,7 +44,7 @@ from model.detector import (
     train_detector,
 )
 from model.synth.renderer import FAMILIES, WatermarkRenderer
-from pipeline.config import Settings
+from pipeline.config import TriageSettings
 from pipeline.triage import detector_train_families
 
 VOC = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "voc150"
@@ -222,14 +222,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--holdout", default="tiled,badge")
     ap.add_argument("--train-families", default="",
                     help="families the detector trains on, e.g. text,logo,shape (default: as the pipeline: every "
-                    "family neither held out nor in Settings.detector_skip_families)")
+                    "family neither held out nor in TriageSettings.detector_skip_families)")
     ap.add_argument("--context", default="", help="dilations of the detector's context blocks, e.g. 2,4 (default none)")
     ap.add_argument("--cell-pos-weight", type=float, default=DetectorTrainConfig.cell_pos_weight)
     ap.add_argument("--photometric", type=float, default=DetectorTrainConfig.photometric,
                     help="chance a training view is recoloured (model.detector.recolour)")
-    ap.add_argument("--hard-negatives", type=float, default=Settings.model_fields["detector_hard_negatives"].default,
+    ap.add_argument("--hard-negatives", type=float, default=TriageSettings.model_fields["detector_hard_negatives"].default,
                     help="fraction of each batch drawn from mined hard negatives (model.detector.mine_hard_cells; "
-                    "default: as the pipeline, Settings.detector_hard_negatives; 0 turns it off)")
+                    "default: as the pipeline, TriageSettings.detector_hard_negatives; 0 turns it off)")
     ap.add_argument("--mine-every", type=int, default=DetectorTrainConfig.mine_every,
                     help="steps between two mining passes")
     ap.add_argument("--seed", type=int, default=0, help="the detector's training seed (the test images stay the same)")
@@ -253,7 +253,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     holdout = tuple(args.holdout.split(","))
     scales = tuple(int(x) for x in args.scales.split(","))
-    train_fams = detector_train_families(holdout, Settings.model_fields["detector_skip_families"].default)
+    train_fams = detector_train_families(holdout, TriageSettings.model_fields["detector_skip_families"].default)
     if args.train_families:
         train_fams = tuple(args.train_families.split(","))
         if set(train_fams) & set(holdout) or set(train_fams) - set(FAMILIES):

@@ -43,14 +43,14 @@ def init(as_json: JsonOpt = False) -> None:
     from storage.db import current_revision
 
     try:
-        shipped = {k: v for k, v in (("remover", register_shipped(cat, blobs, settings.shipped_weights)),
-                                     ("detector", register_shipped_detector(cat, blobs, settings.shipped_weights)))
+        shipped = {k: v for k, v in (("remover", register_shipped(cat, blobs, settings.models.shipped_weights)),
+                                     ("detector", register_shipped_detector(cat, blobs, settings.models.shipped_weights)))
                    if v}
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     emit({"catalog": cat.engine.url.render_as_string(), "revision": current_revision(cat.engine),
-          "blobs": settings.blob_root, "registered": shipped or {}}, as_json, "catalog ready")
+          "blobs": settings.storage.blob_root, "registered": shipped or {}}, as_json, "catalog ready")
 
 
 pretrain_app = typer.Typer(no_args_is_help=True, help="Train the models that ship in model/weights/.")
@@ -105,7 +105,7 @@ def pretrain_detector_cmd(
     command = card_command("unmark pretrain detector", sys.argv[3:])
     try:
         result = pretrain_detector(images, minutes, out_dir=out or WEIGHTS_DIR, resume=resume, threads=threads,
-                                   target_precision=settings.triage_target_precision, command=command,
+                                   target_precision=settings.triage.triage_target_precision, command=command,
                                    log=lambda m: err.print(m))
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -160,7 +160,7 @@ def scrape(
         gc.enable()
     try:
         if icons is not None:
-            settings = settings.model_copy(update={"scrape_icons": icons})
+            settings = settings.updated(scrape_icons=icons)
         with stopping.on_signals(stopping.StopFlag()) as stop:
             summary = run_scrape(urls, cat, blobs, settings, max_pages=max_pages, max_depth=max_depth,
                                  allow_private_hosts=allow_private_hosts, render=render, stop=stop)
@@ -181,7 +181,7 @@ TaskRunnerOpt = Annotated[str | None, typer.Option(
 
 
 def _runner(settings: Settings, task_runner: str | None) -> str:
-    kind = task_runner or settings.task_runner
+    kind = task_runner or settings.scale.task_runner
     if kind not in ("thread", "dask"):
         err.print(f"[red]error:[/red] --task-runner must be thread or dask, not {kind!r}")
         raise typer.Exit(2)

@@ -52,9 +52,9 @@ def fault_exit(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_CATALOG, str(exc)
     if orig is not None and type(orig).__module__ == "sqlite3":
         if "disk is full" in str(orig):
-            return EXIT_DISK_FULL, f"disk full: no space left for the catalog {settings_now().catalog_url}; free space and re-run"
+            return EXIT_DISK_FULL, f"disk full: no space left for the catalog {settings_now().storage.catalog_url}; free space and re-run"
         if is_malformed(orig):
-            return EXIT_CATALOG, f"catalog {settings_now().catalog_url} is damaged: {orig}; run `unmark check`"
+            return EXIT_CATALOG, f"catalog {settings_now().storage.catalog_url} is damaged: {orig}; run `unmark check`"
     return None
 
 def open_all(settings: Settings | None = None):
@@ -65,11 +65,11 @@ def open_all(settings: Settings | None = None):
 
     settings = settings or settings_now()
     try:
-        cat = open_catalog(settings)
+        cat = open_catalog(settings.storage)
     except CatalogError as exc:
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_CATALOG) from exc
-    return settings, cat, BlobStore.from_settings(settings)
+    return settings, cat, BlobStore.from_settings(settings.storage)
 
 def emit(data: Any, as_json: bool, title: str = "") -> None:
     """Print ``data`` as JSON, or as a two-column rich table (nested dicts flattened)."""

@@ -23,13 +23,13 @@ def check(
 
     settings = settings_now()
     try:
-        cat = open_catalog(settings)
+        cat = open_catalog(settings.storage)
     except CatalogError as exc:
         emit({"ok": False, "integrity": str(exc), "problems": {"integrity": 1}}, as_json, "check")
         err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_CATALOG) from exc
     try:
-        report = verify(cat, BlobStore.from_settings(settings), hashes=hashes).as_dict()
+        report = verify(cat, BlobStore.from_settings(settings.storage), hashes=hashes).as_dict()
     finally:
         cat.dispose()
     if as_json:

@@ -217,12 +217,12 @@ def run_demo(settings: Settings, minutes: float = 12.0, perceptual: str = "off",
     start, since = time.monotonic(), datetime.now(UTC)
     settings.home.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]Unmark demo[/bold] in {settings.home.resolve()} "
-                  f"(catalog {settings.catalog_url}); Prefect embedded, home {_prefect_home()}")
+                  f"(catalog {settings.storage.catalog_url}); Prefect embedded, home {_prefect_home()}")
     console.print(f"perceptual loss: [bold]{perceptual}[/bold] (no ImageNet VGG16 weights offline; "
                   "`--perceptual random` uses random VGG features, slower per step)")
     with open_workspace(settings) as (catalog, blobs):
-        detector = register_shipped_detector(catalog, blobs, settings.shipped_weights)
-        shipped = register_shipped(catalog, blobs, settings.shipped_weights) if use_shipped else None
+        detector = register_shipped_detector(catalog, blobs, settings.models.shipped_weights)
+        shipped = register_shipped(catalog, blobs, settings.models.shipped_weights) if use_shipped else None
     for kind, got in (("detector", detector), ("remover", shipped)):
         if got:
             console.print(f"shipped {kind} registered and promoted: {got['version']}")

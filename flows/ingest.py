@@ -96,8 +96,8 @@ def ingest_report(settings: Settings, summary: dict) -> dict:
 def ingest(
     seeds: list[AnyHttpUrl] = [],  # noqa: B006 - Prefect copies parameter defaults per run
     seeds_file: str | None = None,
-    max_pages: Annotated[int, Field(ge=1, le=1_000_000)] = 200,
-    max_depth: Annotated[int, Field(ge=0, le=50)] = 3,
+    max_pages: Annotated[int, Field(ge=1, le=1_000_000)] | None = None,
+    max_depth: Annotated[int, Field(ge=0, le=50)] | None = None,
     allow_private_hosts: bool = False,
     render: Literal["never", "auto", "always"] | None = None,
     retrain_detector: bool = False,
@@ -107,15 +107,18 @@ def ingest(
 ) -> dict:
     """Scrape ``seeds`` (and the seeds file) in host batches, then dedup and triage the catalog.
     ``task_runner="dask"`` (default: ``UNMARK_TASK_RUNNER``) hashes and scores on Dask workers.
-    ``max_pages`` bounds the whole run (shared between batches by their number of seeds).
+    ``max_pages`` bounds the whole run (shared between batches by their number of seeds);
+    ``max_pages`` and ``max_depth`` default to ``UNMARK_MAX_PAGES`` and ``UNMARK_MAX_DEPTH``.
     ``allow_private_hosts`` permits loopback only (tests and the demo). ``render`` loads pages in
     headless Chromium too (default: ``UNMARK_RENDER``; a seed line ``URL render=MODE`` sets its
     own site). Returns counts."""
     log = get_run_logger()
     settings = flow_settings(home)
+    max_pages = settings.scrape.max_pages if max_pages is None else max_pages
+    max_depth = settings.scrape.max_depth if max_depth is None else max_depth
     urls = read_seeds(settings, [str(u) for u in seeds], seeds_file)
     batches = seed_batches(urls, hosts_per_batch)
-    log.info("ingest: %d seeds in %d batches into %s", len(urls), len(batches), settings.catalog_url)
+    log.info("ingest: %d seeds in %d batches into %s", len(urls), len(batches), settings.storage.catalog_url)
 
     scraped: list[dict] = []
     if batches:
@@ -132,7 +135,7 @@ def ingest(
         progress = artifacts.Progress("ingest-progress", 2, "ingest: dedup, triage (no seeds)")
         log.warning("ingest: no seeds given and no %s in %s; deduplicating and triaging the catalog as it is",
                     SEEDS_FILE, settings.home)
-    if (task_runner or settings.task_runner) == "dask":
+    if (task_runner or settings.scale.task_runner) == "dask":
         both = run_dedup_and_triage(settings, retrain_detector, "dask")
         deduped, triaged = both["dedup"], both["triage"]
         progress.advance(2)

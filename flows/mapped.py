@@ -33,7 +33,7 @@ def hash_chunk(settings: Settings, jobs: list[tuple[int, str]]) -> list[tuple]:
     worker: its processes are daemons and may not have children)."""
     from pipeline import dedup
 
-    return list(dedup.hash_blobs(jobs, settings.model_copy(update={"dedup_workers": 1})))
+    return list(dedup.hash_blobs(jobs, settings.updated(dedup_workers=1)))
 
 
 @task(name="score-chunk", cache_policy=NO_CACHE)
@@ -42,7 +42,7 @@ def score_chunk(settings: Settings, detector_version: str, ids: list[int]) -> di
     from pipeline import triage
 
     with open_workspace(settings) as (catalog, blobs):
-        key = (str(settings.catalog_url), str(settings.blob_root), detector_version)
+        key = (str(settings.storage.catalog_url), str(settings.storage.blob_root), detector_version)
         if key not in _DETECTOR:
             detector = triage.load_promoted_detector(catalog, blobs)
             if detector is None or detector.version != detector_version:
@@ -54,7 +54,7 @@ def score_chunk(settings: Settings, detector_version: str, ids: list[int]) -> di
 
 
 def _mapped_hasher(jobs: Sequence[tuple[int, str]], settings: Settings) -> Iterator[tuple]:
-    futures = hash_chunk.map(unmapped(settings), chunks(list(jobs), max(1, settings.dedup_chunk_size)))
+    futures = hash_chunk.map(unmapped(settings), chunks(list(jobs), max(1, settings.dedup.dedup_chunk_size)))
     for fut in futures:  # in submission order, as hash_blobs yields
         yield from fut.result()
 

@@ -30,8 +30,8 @@ def train_minutes(elapsed_s: float, finish_within_minutes: float | None, reserve
 def nightly(
     seeds: list[AnyHttpUrl] = [],  # noqa: B006 - Prefect copies parameter defaults per run
     seeds_file: str | None = None,
-    max_pages: Annotated[int, Field(ge=1, le=1_000_000)] = 200,
-    max_depth: Annotated[int, Field(ge=0, le=50)] = 3,
+    max_pages: Annotated[int, Field(ge=1, le=1_000_000)] | None = None,
+    max_depth: Annotated[int, Field(ge=0, le=50)] | None = None,
     allow_private_hosts: bool = False,
     retrain_detector: bool = False,
     train_profile: Profile | None = None,
@@ -47,7 +47,8 @@ def nightly(
     """``ingest`` then ``clean``. With ``train_profile`` a remover is trained in between; with
     ``finish_within_minutes`` its time cap shrinks so that the whole run fits, keeping
     ``clean_reserve_minutes`` for cleaning. ``task_runner="dask"``: hashing and triage scoring on
-    Dask (see ``ingest``). Returns the three flows' summaries."""
+    Dask (see ``ingest``); ``max_pages`` and ``max_depth`` as ``ingest``. Returns the three flows'
+    summaries."""
     log = get_run_logger()
     start = time.monotonic()
     out: dict = {"ingest": ingest(seeds=seeds, seeds_file=seeds_file, max_pages=max_pages, max_depth=max_depth,

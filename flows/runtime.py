@@ -21,8 +21,8 @@ MAX_TASK_THREADS = 4
 
 def task_runner(kind: str = "thread", settings: Settings | None = None):
     """The runner for a flow's mapped tasks. ``thread``: a bounded thread pool in the flow's
-    process. ``dask`` (prefect-dask): the Dask scheduler at ``settings.dask_address``, or else a
-    local cluster of ``settings.dask_workers`` processes (one thread each), every socket on
+    process. ``dask`` (prefect-dask): the Dask scheduler at ``settings.scale.dask_address``, or else a
+    local cluster of ``settings.scale.dask_workers`` processes (one thread each), every socket on
     127.0.0.1 and no dashboard."""
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=MAX_TASK_THREADS)
@@ -30,13 +30,13 @@ def task_runner(kind: str = "thread", settings: Settings | None = None):
         raise ValueError(f"task runner must be thread or dask, not {kind!r}")
     from prefect_dask import DaskTaskRunner
 
-    if settings is not None and settings.dask_address:
-        return DaskTaskRunner(address=settings.dask_address)
+    if settings is not None and settings.scale.dask_address:
+        return DaskTaskRunner(address=settings.scale.dask_address)
     _project_on_sys_path()
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
-            "n_workers": settings.dask_workers if settings is not None else 2,
+            "n_workers": settings.scale.dask_workers if settings is not None else 2,
             "threads_per_worker": 1,
             "processes": True,
             "host": "127.0.0.1",

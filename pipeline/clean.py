@@ -6,16 +6,16 @@ What gets cleaned (DESIGN.md, "Life of an image"):
   palette and 16-bit images become RGB; RGBA keeps its alpha, re-attached after cleaning the RGB),
   cleaned by the tiled engine (``model.remover.infer``; with the hardened mask when the model was
   evaluated that way, ``config["harden_mask"]``), encoded as PNG or JPEG q95
-  (``settings.output_format``; images with alpha are always PNG), stored as a blob, and described
+  (``settings.clean.output_format``; images with alpha are always PNG), stored as a blob, and described
   by a ``cleanings`` row;
 - watermarked images whose group does have a clean member (real pairs): that clean copy is the
   asset (``source='duplicate'``; no output is computed for it). With
-  ``settings.clean_score_real_pairs`` the model is still run on them, to measure it against real
+  ``settings.clean.clean_score_real_pairs`` the model is still run on them, to measure it against real
   ground truth: PSNR/SSIM of its output (and of the input, the baseline) against the clean copy,
   resized to match, go into the row's metrics; its output is kept as ``metrics["model_output"]``.
 
 Metrics per model cleaning: pixels are "changed" where any channel moved by more than
-``settings.clean_changed_threshold`` levels; ``changed_fraction``; PSNR and SSIM of output vs input
+``settings.clean.clean_changed_threshold`` levels; ``changed_fraction``; PSNR and SSIM of output vs input
 outside the changed region (PSNR capped at 100 dB where the untouched region is bit-identical;
 SSIM over pixels whose 7×7 window holds no changed pixel); in ``metrics``: mean absolute residual,
 predicted mask area (mask-head models), detector score before/after (when a detector is promoted,
@@ -43,13 +43,12 @@ from model.remover.network import load_checkpoint
 from pipeline import registry
 from pipeline.clean_decode import Decoded, WorkItem, iter_decoded
 from pipeline.clean_metrics import cleaning_metrics, encode_mask, encode_output, versus_clean
-from pipeline.config import Settings
+from pipeline.config import CleanSettings, Settings
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, claims, pools, status
 from storage import queries as q
 from storage.blobs import STORE_FAULTS
-from storage.db import insert_ignore
-from storage.models import Cleaning, Image
+from storage.models import Image
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -92,7 +91,7 @@ def work_items(catalog: Catalog, version: str, detector_version: str | None) -> 
 # --- the step ------------------------------------------------------------------------------------
 
 
-def engine_options(settings: Settings, device: torch.device) -> dict[str, Any]:
+def engine_options(settings: CleanSettings, device: torch.device) -> dict[str, Any]:
     """Tile, overlap and batch for the device, unless the settings name them."""
     cuda = device.type == "cuda"
     return {
@@ -107,7 +106,7 @@ def engine_options(settings: Settings, device: torch.device) -> dict[str, Any]:
 
 def pick_device(device: str, settings: Settings) -> torch.device:
     """``device`` (``auto``: the settings' choice); `DeviceUnavailable` for a CUDA that is not here."""
-    dev = resolve_device(device if device != "auto" else settings.device)
+    dev = resolve_device(device if device != "auto" else settings.models.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable(f"device {device!r} asked for, but CUDA is not available here (use --device cpu or auto)")
     return dev
@@ -128,7 +127,7 @@ def mask_settings(harden: bool, rule: MaskRule) -> dict[str, Any]:
 def make_cleaner(remover: Remover, settings: Settings, dev: torch.device, mask_rule: MaskRule | None = None) -> Cleaner:
     """The engine for ``remover`` with its ``output_rule``."""
     harden, rule = output_rule(remover, mask_rule)
-    return Cleaner(remover.model, device=dev, harden_mask=harden, mask_rule=rule, **engine_options(settings, dev))
+    return Cleaner(remover.model, device=dev, harden_mask=harden, mask_rule=rule, **engine_options(settings.clean, dev))
 
 
 def _detector(catalog: Catalog, blobs: BlobStore):
@@ -169,7 +168,7 @@ def _commit(catalog: Catalog, rows: list[dict], failed: list[tuple[WorkItem, Bas
             lost = len(rows) + len(failed) - len(kept_rows) - len(kept_failed)
             rows[:], failed[:] = kept_rows, kept_failed
         if rows:
-            insert_ignore(s, Cleaning, rows, ["image_id", "model_version"])
+            q.add_cleanings(s, rows)
             ids = [r["image_id"] for r in rows]
             status.mark_cleaned(s, ids)
             shas = q.shas_by_id(s, ids)
@@ -198,8 +197,8 @@ def _claimed_batches(catalog: Catalog, stage: str, worker: str, settings: Settin
     pool is done (or ``limit`` images were claimed)."""
     taken = 0
     while (limit is None or taken < limit) and not (stop is not None and stop.requested):
-        n = settings.claim_batch if limit is None else min(settings.claim_batch, limit - taken)
-        ids = claims.claim(catalog, stage, worker, n, settings.claim_lease_s)
+        n = settings.scale.claim_batch if limit is None else min(settings.scale.claim_batch, limit - taken)
+        ids = claims.claim(catalog, stage, worker, n, settings.scale.claim_lease_s)
         if ids:
             taken += len(ids)
             yield ids
@@ -208,7 +207,7 @@ def _claimed_batches(catalog: Catalog, stage: str, worker: str, settings: Settin
             continue  # a killed run on this machine held them: free now, no need to wait
         if catalog.read(claims.progress, stage)["held"] == 0:
             return
-        time.sleep(min(5.0, max(0.2, settings.claim_lease_s / 20)))
+        time.sleep(min(5.0, max(0.2, settings.scale.claim_lease_s / 20)))
 
 
 def clean(
@@ -237,7 +236,7 @@ def clean(
     summary: dict[str, Any] = {"model": remover.version, "device": str(dev), "todo": len(pool) + len(pairs),
                                "cleaned": 0, "duplicates": len(pairs), "failed": 0,
                                "detector": detector.version if detector else None}
-    if not settings.clean_score_real_pairs and pairs:
+    if not settings.clean.clean_score_real_pairs and pairs:
         _record_duplicates(catalog, remover.version, pairs)
         pairs = []
     items = pool + pairs
@@ -277,11 +276,11 @@ def clean(
                                 detector.version if detector else None)
             for dec in iter_decoded(todo, settings):
                 chunk.append(dec)
-                if len(chunk) >= settings.clean_chunk_images:
+                if len(chunk) >= settings.clean.clean_chunk_images:
                     flush()
                     if stop is not None and stop.requested:
                         break  # the next claim sees the flag too: nothing more is taken
-                    claims.renew(catalog, stage, worker, batch, settings.claim_lease_s)
+                    claims.renew(catalog, stage, worker, batch, settings.scale.claim_lease_s)
             if chunk:
                 flush()
     finally:
@@ -308,7 +307,7 @@ def _batch_items(catalog: Catalog, batch: Sequence[int], by_id: dict[int, WorkIt
 def _finish(summary: dict[str, Any], t0: float, compute_s: float, settings: Settings) -> dict[str, Any]:
     summary["compute_s"] = round(compute_s, 2)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
-    n = summary["cleaned"] + (summary["duplicates"] if settings.clean_score_real_pairs else 0)
+    n = summary["cleaned"] + (summary["duplicates"] if settings.clean.clean_score_real_pairs else 0)
     summary["images_per_s"] = round(n / summary["seconds"], 3) if n and summary["seconds"] > 0 else None
     return summary
 
@@ -356,9 +355,9 @@ def _clean_chunk(chunk: Sequence[Decoded], cleaner: Cleaner, detector, blobs: Bl
             continue
         try:
             t = time.perf_counter()
-            m = cleaning_metrics(d.rgb, res.image, res.mask, settings.clean_changed_threshold)
+            m = cleaning_metrics(d.rgb, res.image, res.mask, settings.clean.clean_changed_threshold)
             m["score_before"], m["score_after"] = scores_before[k], scores_after[k]
-            _, out_key = blobs.put(encode_output(res.image, d.alpha, settings.output_format))
+            _, out_key = blobs.put(encode_output(res.image, d.alpha, settings.clean.output_format))
             if res.mask is not None:  # what the model took for the mark: the report shows it
                 _, m["mask_key"] = blobs.put(encode_mask(res.mask))
             if res.weights is not None:  # the region the output took from the model (clean-files' masks)

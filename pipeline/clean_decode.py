@@ -83,10 +83,10 @@ def _one(x: Decoded) -> Decoded:  # DataLoader collate for batch_size=None (top 
 
 
 def iter_decoded(items: Sequence[WorkItem], settings: Settings, with_clean: bool = True) -> Iterator[Decoded]:
-    """Decoded items in order, decoded by ``settings.num_workers`` processes (0 = in-process)."""
-    ds = BlobImages(items, settings.blob_root, settings.blob_storage_options(), settings.max_image_pixels, with_clean,
-                    settings.blob_retry_s)
-    workers = max(0, min(settings.num_workers, len(items)))
+    """Decoded items in order, decoded by ``settings.clean.num_workers`` processes (0 = in-process)."""
+    ds = BlobImages(items, settings.storage.blob_root, settings.storage.blob_storage_options(),
+                    settings.images.max_image_pixels, with_clean, settings.storage.blob_retry_s)
+    workers = max(0, min(settings.clean.num_workers, len(items)))
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_one,
                         prefetch_factor=2 if workers else None)
     yield from loader

@@ -199,7 +199,7 @@ def triage_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
     with catalog.session() as s:
         stale = sorted({im.id for im in q.images_by_id(s, [j.image_id for j in live])
                         if im.detector_version != detector.version and im.status != "failed"})
-    bs = settings.triage_batch_size
+    bs = settings.triage.triage_batch_size
     for i in range(0, len(stale), bs):
         score_chunk(catalog, blobs, settings, detector, stale[i : i + bs])
         if progress:
@@ -256,7 +256,7 @@ def clean_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings
     if not todo:
         return remover.version, done
     cleaner = make_cleaner(remover, settings, pick_device(options.device, settings), options.mask_rule)
-    store = settings.model_copy(update={"output_format": "png"})  # lossless: the outputs are written from it
+    store = settings.updated(output_format="png")  # lossless: the outputs are written from it
     before = {j.image_id: j.row.score if detector else None for j in jobs}
     blob_of = {j.image_id: (j.row.sha256, j.blob_key) for j in jobs if j.image_id is not None}
     items = [WorkItem(i, blob_of[i][0], blob_of[i][1], score_before=before.get(i)) for i in todo]
@@ -274,7 +274,7 @@ def clean_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings
     try:
         for k, dec in enumerate(iter_decoded(items, settings, with_clean=False), 1):
             chunk.append(dec)
-            if len(chunk) >= settings.clean_chunk_images or k == len(items):
+            if len(chunk) >= settings.clean.clean_chunk_images or k == len(items):
                 flush()
                 if progress:
                     progress("clean", k, len(items))
@@ -333,7 +333,7 @@ def write_cleaned(job: Job, snap: dict[str, Any], blobs: BlobStore, settings: Se
         raise NotWritable("changed", "the file changed while it was being cleaned; run again")
     if snap["output_key"] is None:
         raise NotWritable("no-output", "the catalog's asset for this image is a clean duplicate, not a cleaning")
-    orig = read_original(data, settings.max_image_pixels)
+    orig = read_original(data, settings.images.max_image_pixels)
     rgb = np.asarray(displayed(orig.image).convert("RGB"))  # what the remover was given
     cleaned = _decode_png(blobs, snap["output_key"])[..., :3]
     changed = (cleaned != rgb).any(axis=2)
@@ -399,7 +399,7 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
     _pass_animated(jobs)
     version, cleanings = None, {}
     if any(_wants_cleaning(j) for j in jobs):
-        if options.model_version is None and (shipped := registry.register_shipped(catalog, blobs, settings.shipped_weights)):
+        if options.model_version is None and (shipped := registry.register_shipped(catalog, blobs, settings.models.shipped_weights)):
             notes.append(f"registered the shipped remover {shipped['version']} (as `unmark init` does)")
         version, cleanings = clean_jobs(jobs, catalog, blobs, settings, options, detector, progress)
     write_jobs(jobs, cleanings, version, catalog, blobs, settings, options, progress)

@@ -1,23 +1,42 @@
-"""The one settings object. Every value can be set with an ``UNMARK_`` environment variable.
+"""The one settings object, in a room per stage. Every value can be set with an ``UNMARK_``
+environment variable named after its field (``UNMARK_MAX_PAGES``, ``UNMARK_CLEAN_TILE``), whatever
+stage it belongs to; code reads it as ``settings.<stage>.<field>`` (``settings.scrape.max_pages``).
 
 ``UNMARK_HOME`` (default ``./data``) holds the catalog, blobs, training runs and reports; the
 catalog URL and blob root default to places inside it.
+
+| stage | holds |
+| --- | --- |
+| ``storage`` | home, the catalog (URL, SQLite timeout, write batches, retry) and the blob store |
+| ``images`` | the pixel cap every decoder of untrusted bytes applies |
+| ``scrape`` | the fetcher, the crawl's bounds and the headless browser |
+| ``dedup`` | near-duplicate threshold and hashing workers |
+| ``triage`` | detector training, calibration and scoring |
+| ``models`` | where the shipped models are read from and the device models run on |
+| ``train`` | remover training |
+| ``clean`` | batch cleaning: tiles, precision, backend, output format, decoding workers |
+| ``scale`` | the task runner, Dask, and cleaning claims |
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.db import default_catalog_url
 
+_ENV = SettingsConfigDict(env_prefix="UNMARK_", extra="forbid")
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UNMARK_", extra="ignore")
 
-    # --- where things live -------------------------------------------------------------
+class StorageSettings(BaseSettings):
+    """Where things live: home, the catalog and the blob store (``storage.open_catalog``,
+    ``storage.BlobStore.from_settings``)."""
+
+    model_config = _ENV
+
     home: Path = Field(default=Path("./data"), description="root of runtime data")
     catalog_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite in home")
     blob_root: str | None = Field(default=None, description="local folder or fsspec URL; default home/blobs")
@@ -27,17 +46,49 @@ class Settings(BaseSettings):
     blob_secret: str | None = None
     blob_region: str | None = None  # S3 region name (set it for S3 so nothing asks AWS for one)
     blob_retry_s: float = 60.0  # how long an object store that does not answer is retried before a step fails
-
-    # --- catalog -----------------------------------------------------------------------
     sqlite_busy_timeout_ms: int = 60_000
     write_batch_size: int = 500
     catalog_retry_s: float = 60.0  # how long a lost database connection is retried before a step fails
 
-    # --- scraping ----------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> StorageSettings:
+        self.home = Path(self.home).expanduser()
+        if self.catalog_url is None:
+            self.catalog_url = default_catalog_url(self.home)
+        if self.blob_root is None:
+            self.blob_root = str((self.home / "blobs").resolve())
+        return self
+
+    def blob_storage_options(self) -> dict:
+        """fsspec storage options derived from the blob_* settings (empty for local folders)."""
+        opts: dict = {}
+        if self.blob_endpoint_url:
+            opts["client_kwargs"] = {"endpoint_url": self.blob_endpoint_url}
+        if self.blob_region:
+            opts.setdefault("client_kwargs", {})["region_name"] = self.blob_region
+        if self.blob_key_id:
+            opts["key"] = self.blob_key_id
+        if self.blob_secret:
+            opts["secret"] = self.blob_secret
+        return opts
+
+
+class ImageSettings(BaseSettings):
+    """The guard of ``pipeline.images``, applied wherever untrusted bytes are decoded."""
+
+    model_config = _ENV
+
+    max_image_pixels: int = 64_000_000
+
+
+class ScrapeSettings(BaseSettings):
+    """The fetcher, the crawl and the headless browser (``pipeline/scrape/``)."""
+
+    model_config = _ENV
+
     user_agent: str = "UnmarkBot/0.1 (+https://example.invalid/unmark)"
     max_image_bytes: int = 20 * 1024 * 1024
     max_page_bytes: int = 5 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
     min_image_side: int = 64
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 15.0
@@ -47,8 +98,8 @@ class Settings(BaseSettings):
     global_concurrency: int = 16
     max_retries: int = 3
     max_redirects: int = 5
-    max_pages: int = 1000  # per scrape run (``--max-pages``)
-    max_depth: int = 3  # link hops from a seed (``--max-depth``)
+    max_pages: int = 1000  # per scrape run (``--max-pages``, the ingest flow's ``max_pages``)
+    max_depth: int = 3  # link hops from a seed (``--max-depth``, the ingest flow's ``max_depth``)
     max_links_per_page: int = 20_000
     max_images_per_page: int = 1_000
     retry_backoff_s: float = 0.5  # first retry waits this, doubling (Retry-After wins when sent)
@@ -70,17 +121,24 @@ class Settings(BaseSettings):
     # (tests listen there to prove that nothing arrives)
     render_trap_proxy: str = "http://127.0.0.1:9"
 
-    # --- dedup -------------------------------------------------------------------------
+
+class DedupSettings(BaseSettings):
+    """Exact and near duplicates (``pipeline/dedup.py``)."""
+
+    model_config = _ENV
+
     # Max Hamming distance between the 128-bit (pHash ‖ dHash) codes of two near duplicates;
     # chosen from the precision/recall curve in bench/dedup.py (bench/results/dedup.json).
     dedup_threshold: int = 22
     dedup_workers: int = 0  # hashing processes; 0 = one per core
     dedup_chunk_size: int = 64  # images per hashing task
 
-    # --- triage ------------------------------------------------------------------------
-    # where the shipped detector and remover are read from (None: model/weights/; a folder without
-    # them: nothing ships, and triage's cold start trains a cell detector on the pool)
-    shipped_weights: Path | None = None
+
+class TriageSettings(BaseSettings):
+    """The watermark detector: training, calibration and scoring (``pipeline/triage.py``)."""
+
+    model_config = _ENV
+
     triage_target_precision: float = 0.98
     triage_batch_size: int = 32
     # cold-start / retrain length (self-supervised pairs); whichever of steps and minutes ends
@@ -106,12 +164,32 @@ class Settings(BaseSettings):
     detector_hard_negatives: float = 0.25
     detector_mine_every: int = 1000
 
-    # --- model / training --------------------------------------------------------------
-    perceptual: str = Field(default="imagenet", description="imagenet | random | off")
-    device: str = "auto"
-    output_format: str = Field(default="png", description="png | jpeg")
 
-    # --- cleaning (pipeline/clean.py, model/remover/infer.py) ----------------------------------
+class ModelSettings(BaseSettings):
+    """Where the shipped models come from and where models run (init, triage, train, clean, evaluate)."""
+
+    model_config = _ENV
+
+    # where the shipped detector and remover are read from (None: model/weights/; a folder without
+    # them: nothing ships, and triage's cold start trains a cell detector on the pool)
+    shipped_weights: Path | None = None
+    device: str = "auto"
+
+
+class TrainSettings(BaseSettings):
+    """Remover training (``pipeline/train.py``)."""
+
+    model_config = _ENV
+
+    perceptual: str = Field(default="imagenet", description="imagenet | random | off")
+
+
+class CleanSettings(BaseSettings):
+    """Batch cleaning (``pipeline/clean.py``, ``model/remover/infer.py``)."""
+
+    model_config = _ENV
+
+    output_format: str = Field(default="png", description="png | jpeg")
     # Tiles: None = by device (CUDA 512/64; CPU 512/32: with the fused CPU backend, fewer overlap
     # pixels beat smaller tiles; bench/results/infer.json). Any size works: memory depends on
     # the tile, not the image.
@@ -126,21 +204,88 @@ class Settings(BaseSettings):
     clean_changed_threshold: int = 8  # |output − input| above this (0–255, any channel) = changed
     clean_score_real_pairs: bool = True  # also run the model on real pairs, scored vs the clean copy
 
-    # --- scale-out (storage/claims.py; the Dask task runner in flows/) -------------------
+
+class ScaleSettings(BaseSettings):
+    """Scale-out: the Dask task runner in ``flows/`` and cleaning claims (``storage/claims.py``)."""
+
+    model_config = _ENV
+
     task_runner: str = Field(default="thread", description="thread | dask: where hashing and triage scoring run")
     dask_address: str | None = None  # a running Dask scheduler (tcp://host:8786); None = a local cluster
     dask_workers: int = 2  # processes of the local cluster, one thread each
     claim_batch: int = 16  # images a cleaning worker claims at a time
     claim_lease_s: float = 600.0  # a claim neither completed nor renewed in this time is free again
 
-    @model_validator(mode="after")
-    def _fill_defaults(self) -> Settings:
-        self.home = Path(self.home).expanduser()
-        if self.catalog_url is None:
-            self.catalog_url = default_catalog_url(self.home)
-        if self.blob_root is None:
-            self.blob_root = str((self.home / "blobs").resolve())
-        return self
+
+STAGES: dict[str, type[BaseSettings]] = {
+    "storage": StorageSettings, "images": ImageSettings, "scrape": ScrapeSettings, "dedup": DedupSettings,
+    "triage": TriageSettings, "models": ModelSettings, "train": TrainSettings, "clean": CleanSettings,
+    "scale": ScaleSettings,
+}
+
+
+def _stage_of_fields() -> dict[str, str]:
+    """Field name -> its stage. A field name is unique across stages, so a flat name (and its
+    ``UNMARK_`` variable) says where it goes."""
+    out: dict[str, str] = {}
+    for stage, cls in STAGES.items():
+        for name in cls.model_fields:
+            if name in out:
+                raise RuntimeError(f"setting {name!r} is declared by both {out[name]} and {stage}")
+            out[name] = stage
+    return out
+
+
+STAGE_OF = _stage_of_fields()
+
+
+class UnknownSettingError(TypeError):
+    """A flat override named no field of any stage."""
+
+    def __init__(self, name: str):
+        self.name = name
+        near = difflib.get_close_matches(name, STAGE_OF, n=1)
+        super().__init__(f"unknown setting {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+
+
+def by_stage(overrides: dict) -> dict[str, dict]:
+    """Flat ``{field: value}`` overrides grouped as ``{stage: {field: value}}``."""
+    grouped: dict[str, dict] = {}
+    for name, value in overrides.items():
+        if name not in STAGE_OF:
+            raise UnknownSettingError(name)
+        grouped.setdefault(STAGE_OF[name], {})[name] = value
+    return grouped
+
+
+class Settings(BaseModel):
+    """Every stage's settings; ``load_settings`` builds one from the environment."""
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
+    scrape: ScrapeSettings = Field(default_factory=ScrapeSettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    triage: TriageSettings = Field(default_factory=TriageSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    clean: CleanSettings = Field(default_factory=CleanSettings)
+    scale: ScaleSettings = Field(default_factory=ScaleSettings)
+
+    def updated(self, **overrides) -> Settings:
+        """A copy with flat overrides (``max_retries=0``) routed to their stages and validated;
+        this one is left as it was. ``catalog_url`` and ``blob_root`` were filled from ``home``
+        when loaded: a new ``home`` does not move them."""
+        changes: dict = {}
+        for stage, values in by_stage(overrides).items():
+            current = getattr(self, stage)
+            valid = type(current).model_validate({**current.model_dump(), **values})
+            changes[stage] = type(current).model_construct(_fields_set=current.model_fields_set | set(values),
+                                                           **dict(valid))
+        return self.model_copy(deep=True, update=changes)
+
+    @property
+    def home(self) -> Path:
+        return self.storage.home
 
     @property
     def runs_dir(self) -> Path:
@@ -151,19 +296,12 @@ class Settings(BaseSettings):
         return self.home / "reports"
 
     def blob_storage_options(self) -> dict:
-        """fsspec storage options derived from the blob_* settings (empty for local folders)."""
-        opts: dict = {}
-        if self.blob_endpoint_url:
-            opts["client_kwargs"] = {"endpoint_url": self.blob_endpoint_url}
-        if self.blob_region:
-            opts.setdefault("client_kwargs", {})["region_name"] = self.blob_region
-        if self.blob_key_id:
-            opts["key"] = self.blob_key_id
-        if self.blob_secret:
-            opts["secret"] = self.blob_secret
-        return opts
+        return self.storage.blob_storage_options()
 
 
 def load_settings(**overrides) -> Settings:
-    """Settings from the environment, with explicit overrides (used by the CLI and tests)."""
-    return Settings(**overrides)
+    """Settings from the environment, with explicit flat overrides (``home=…``, ``max_pages=…``)
+    that win over it (used by the CLI, flows and tests); an unknown name raises
+    ``UnknownSettingError``."""
+    grouped = by_stage(overrides)
+    return Settings(**{stage: cls(**grouped.get(stage, {})) for stage, cls in STAGES.items()})

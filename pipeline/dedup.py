@@ -10,7 +10,7 @@ brightened, rotated, re-encoded or watermarked copies of one photo):
 2. match each newly hashed image against every hashed image (``pipeline.hashindex``): two images
    are near duplicates when the Hamming distance between their 128-bit (pHash ‖ dHash) codes, or
    between one's code and the code of one of the other's eight 90 % crop windows (so that crops
-   match; ``pipeline.perceptual``), is at most ``settings.dedup_threshold`` (chosen from the
+   match; ``pipeline.perceptual``), is at most ``settings.dedup.dedup_threshold`` (chosen from the
    precision/recall curve, see ``bench/dedup.py`` and ``bench/results/dedup.json``);
 3. join matches with union-find, starting from the groups already stored, so a new image that
    matches two groups merges them; pick each changed group's canonical image (highest
@@ -38,17 +38,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from pipeline.config import Settings
 from pipeline.hashindex import make_index
 from pipeline.images import BadImage
 from pipeline.perceptual import HASH_IMPL, N_WINDOWS, hash_image
 from pipeline.stopping import StopFlag
-from storage import BlobStore, Catalog, status
+from storage import BlobStore, Catalog, hashes, status
 from storage import queries as q
 from storage.blobs import BlobError, check_content
-from storage.models import Image, WindowHash
 
 STAGE = "dedup"
 
@@ -113,10 +111,10 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 def hash_blobs(jobs: Sequence[tuple[int, str]], settings: Settings) -> Iterator[tuple]:
     """Hash ``(id, blob key)`` jobs, in a process pool when there is enough work for one; yields
     the worker tuples of ``_hash_chunk`` chunk by chunk, in order."""
-    chunk = max(1, settings.dedup_chunk_size)
-    workers = settings.dedup_workers or os.cpu_count() or 1
+    chunk = max(1, settings.dedup.dedup_chunk_size)
+    workers = settings.dedup.dedup_workers or os.cpu_count() or 1
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    args = (settings.blob_root, settings.blob_storage_options(), settings.max_image_pixels)
+    args = (settings.storage.blob_root, settings.storage.blob_storage_options(), settings.images.max_image_pixels)
     if workers <= 1 or len(chunks) <= 1:
         for c in chunks:
             yield from _hash_chunk(*args, c)
@@ -155,27 +153,20 @@ class UnionFind:
 
 
 def _load_rows(catalog: Catalog) -> list[Row]:
-    cols = [getattr(Image, f) for f in Row.__dataclass_fields__]
     with catalog.session() as s:
-        return [Row(*r) for r in s.execute(select(*cols).where(Image.status != "failed").order_by(Image.id))]
+        return [Row(*r) for r in hashes.hash_rows(s, list(Row.__dataclass_fields__))]
 
 
 def _load_windows(catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
     """``(owner ids, (n, 2) uint64 codes)`` of every stored window of a current-impl image."""
-    stmt = (
-        select(WindowHash.image_id, WindowHash.phash, WindowHash.dhash)
-        .join(Image, Image.id == WindowHash.image_id)
-        .where(Image.hash_impl == HASH_IMPL, Image.status != "failed")
-    )
     with catalog.session() as s:
-        arr = np.array([tuple(r) for r in s.execute(stmt)], dtype=np.int64).reshape(-1, 3)
+        arr = np.array(hashes.window_codes(s, HASH_IMPL), dtype=np.int64).reshape(-1, 3)
     return arr[:, 0], np.ascontiguousarray(arr[:, 1:]).view(np.uint64)
 
 
 def _images_with_windows(catalog: Catalog) -> set[int]:
-    stmt = select(WindowHash.image_id).group_by(WindowHash.image_id).having(func.count() == N_WINDOWS)
     with catalog.session() as s:
-        return set(s.scalars(stmt))
+        return hashes.images_with_windows(s, N_WINDOWS)
 
 
 def _query_windows(query_ids: np.ndarray, fresh: dict[int, np.ndarray], win_ids: np.ndarray,
@@ -198,17 +189,10 @@ def _write_hashes(catalog: Catalog, results: list[tuple[int, np.ndarray]]) -> No
     """Store each image's own codes and replace its window codes, in one transaction."""
     if not results:
         return
-    ids = [i for i, _ in results]
-    images, windows = Image.__table__, WindowHash.__table__
-    # Core statements, not ORM bulk operations: the ORM's per-row bookkeeping cost more than the
-    # SQL here (eight window rows per image)
+    own = [(i, int(c[0, 0]), int(c[0, 1])) for i, c in results]
+    windows = [(i, w, int(c[w, 0]), int(c[w, 1])) for i, c in results for w in range(1, len(c))]
     with catalog.write() as s:
-        s.execute(update(images).where(images.c.id == bindparam("b_id")),
-                  [{"b_id": i, "phash": int(c[0, 0]), "dhash": int(c[0, 1]), "hash_impl": HASH_IMPL}
-                   for i, c in results])
-        s.execute(delete(windows).where(windows.c.image_id.in_(ids)))
-        s.execute(insert(windows), [{"image_id": i, "window": w, "phash": int(c[w, 0]), "dhash": int(c[w, 1])}
-                                    for i, c in results for w in range(1, len(c))])
+        hashes.store_hashes(s, HASH_IMPL, own, windows)
 
 
 def find_pairs(full_ids: np.ndarray, full: np.ndarray, win_ids: np.ndarray, win: np.ndarray,
@@ -264,7 +248,7 @@ def _hash_new(catalog: Catalog, rows: list[Row], by_id: dict[int, Row], settings
         row.phash, row.dhash, row.hash_impl = int(codes[0, 0]), int(codes[0, 1]), HASH_IMPL
         fresh[image_id] = codes
         batch.append((image_id, codes))
-        if len(batch) >= settings.write_batch_size:
+        if len(batch) >= settings.storage.write_batch_size:
             _write_hashes(catalog, batch)
             batch.clear()
             if stop is not None and stop.requested:
@@ -319,7 +303,7 @@ def _write_groups(catalog: Catalog, rows: list[Row], uf: UnionFind, batch_size: 
                 changes.append({"id": r.id, "group_id": canon.id, "dedup_role": role})
     for i in range(0, len(changes), batch_size):
         with catalog.write() as s:
-            s.execute(update(Image), changes[i : i + batch_size])
+            hashes.set_groups(s, changes[i : i + batch_size])
     return changes, groups, duplicates
 
 
@@ -333,7 +317,7 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
     in the same order): the flows pass one that maps the chunks onto Dask workers. Once ``stop``
     is set, the hashes in hand are written and ``Stopped`` is raised (see the module's notes)."""
     t0 = time.perf_counter()
-    threshold = settings.dedup_threshold
+    threshold = settings.dedup.dedup_threshold
     rows = _load_rows(catalog)
     by_id = {r.id: r for r in rows}
 
@@ -342,7 +326,7 @@ def dedup(catalog: Catalog, blobs: BlobStore, settings: Settings, regroup: bool 
     rows = [r for r in by_id.values() if r.hash_impl == HASH_IMPL]
     uf, pairs = _match(catalog, rows, by_id, fresh, regroup, threshold)
     t_match = time.perf_counter()
-    changes, groups, duplicates = _write_groups(catalog, rows, uf, settings.write_batch_size)
+    changes, groups, duplicates = _write_groups(catalog, rows, uf, settings.storage.write_batch_size)
     t_end = time.perf_counter()
     return {
         "images": len(rows),

@@ -48,7 +48,7 @@ def evaluate(
         raise ValueError(f"unknown protocol {protocol!r}: {', '.join(PROTOCOLS)}")
     ref = registry.require(catalog, "remover", model_version)
     version, config = ref.version, ref.config
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.models.device)
     model, _ = load_checkpoint(registry.checkpoint(blobs, ref), map_location=device)
     result = swcnn_protocol(model, images, logos, alphas=alphas, device=device,
                             harden_mask=bool(config.get("harden_mask", False)), progress=progress)

@@ -12,7 +12,6 @@ from pipeline.images import BadImage, inspect_image
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog
 from storage import queries as q
-from storage.models import Sighting
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -100,7 +99,8 @@ def import_files(
                     stats.added += 1
                     known.add(row["sha256"])
                 if not q.has_sighting(s, ids[row["sha256"]], url):
-                    s.add(Sighting(image_id=ids[row["sha256"]], page_id=None, image_url=url, alt=None, found_by="import"))
+                    q.add_sightings(s, [{"image_id": ids[row["sha256"]], "page_id": None, "image_url": url,
+                                         "alt": None, "found_by": "import"}])
                 q.clear_failure(s, "import", url)
         done.extend(ImportedFile(path, row["sha256"]) for path, row in batch)
         batch.clear()
@@ -113,7 +113,7 @@ def import_files(
             progress(stats.seen - 1, len(files))
         try:
             data = path.read_bytes()
-            info = inspect_image(data, settings.max_image_pixels)
+            info = inspect_image(data, settings.images.max_image_pixels)
         except (BadImage, OSError) as exc:
             stats.failed += 1
             done.append(ImportedFile(path, error=exc))
@@ -127,7 +127,7 @@ def import_files(
             (path, {"sha256": sha, "blob_key": key, "mime": info.mime, "width": info.width, "height": info.height,
                     "bytes": len(data), "source": source})
         )
-        if len(batch) >= settings.write_batch_size:
+        if len(batch) >= settings.storage.write_batch_size:
             flush()
     flush()
     if stop is not None:

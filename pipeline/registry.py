@@ -19,14 +19,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
 from model.api import WEIGHTS_DIR
 from model.remover.network import load_checkpoint
 from storage import queries as q
 from storage.blobs import BlobStore
 from storage.db import Catalog
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 class NoModel(LookupError):

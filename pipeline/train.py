@@ -46,18 +46,18 @@ def resolve_config(settings: Settings, profile: str, pairing: str, max_minutes: 
     reason); ``UNMARK_PERCEPTUAL`` set explicitly overrides it. ``seed`` takes the settings' value,
     so by default it asks for ImageNet weights and stops with the loss's error when they are absent.
     """
-    overrides: dict = {"pairing": pairing, "device": settings.device}
+    overrides: dict = {"pairing": pairing, "device": settings.models.device}
     if max_minutes is not None:
         if max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive, got {max_minutes}")
         overrides["max_minutes"] = float(max_minutes)
     config = trainer.profile_config(profile, **overrides)
-    if "perceptual" in settings.model_fields_set or profile == "seed":
-        reason = "UNMARK_PERCEPTUAL" if "perceptual" in settings.model_fields_set else "settings default"
+    if "perceptual" in settings.train.model_fields_set or profile == "seed":
+        reason = "UNMARK_PERCEPTUAL" if "perceptual" in settings.train.model_fields_set else "settings default"
         loss = dict(config.loss)
-        if settings.perceptual != "off" and not loss.get("perceptual"):
+        if settings.train.perceptual != "off" and not loss.get("perceptual"):
             loss["perceptual"] = trainer.PROFILES["seed"].loss["perceptual"]
-        config = dataclasses.replace(config, perceptual=settings.perceptual, perceptual_reason=reason, loss=loss)
+        config = dataclasses.replace(config, perceptual=settings.train.perceptual, perceptual_reason=reason, loss=loss)
     return config
 
 

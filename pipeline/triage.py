@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import or_, select
 
 from model.detector import (
     SCORE_SCALES,
@@ -40,10 +39,9 @@ from pipeline import registry
 from pipeline.config import Settings
 from pipeline.images import BadImage, open_image
 from pipeline.stopping import StopFlag
-from storage import BlobStore, Catalog, status
+from storage import BlobStore, Catalog, pools, status
 from storage import queries as q
 from storage.blobs import BlobError
-from storage.models import Image
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -77,11 +75,7 @@ def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_water
     """Local files of the pool to train on: one image per dedup group, no failures, and (on a
     retrain) none already judged watermarked. Remote blobs are copied to ``tmp``."""
     with catalog.session() as s:
-        stmt = select(Image.blob_key).where(Image.status != "failed",
-                                            or_(Image.dedup_role.is_(None), Image.dedup_role == "canonical"))
-        if exclude_watermarked:
-            stmt = stmt.where(or_(Image.label.is_(None), Image.label != "watermarked"))
-        keys = list(s.scalars(stmt.order_by(Image.id)))
+        keys = pools.detector_training_keys(s, exclude_watermarked)
     paths = []
     for k in keys:
         if blobs.is_local:
@@ -95,7 +89,7 @@ def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_water
 
 def detector_train_families(holdout: Sequence[str], skip: str) -> tuple[str, ...]:
     """The watermark families a detector trains on: every family neither held out (for its
-    validation) nor in ``skip`` (comma-separated, ``Settings.detector_skip_families``)."""
+    validation) nor in ``skip`` (comma-separated, ``TriageSettings.detector_skip_families``)."""
     from model.synth.renderer import FAMILIES
 
     skipped = tuple(f for f in skip.split(",") if f)
@@ -116,8 +110,9 @@ def train_and_register(
     Once ``stop`` is set, training is abandoned at its next step (``Stopped``)."""
     from model.synth.renderer import FAMILIES, WatermarkRenderer
 
-    holdout = tuple(f for f in settings.detector_holdout_families.split(",") if f)
-    train_fams = detector_train_families(holdout, settings.detector_skip_families)
+    t = settings.triage
+    holdout = tuple(f for f in t.detector_holdout_families.split(",") if f)
+    train_fams = detector_train_families(holdout, t.detector_skip_families)
     val_fams = holdout or FAMILIES
     with tempfile.TemporaryDirectory(prefix="unmark-detector-") as tmp:
         paths = _training_paths(catalog, blobs, Path(tmp), exclude_watermarked)
@@ -130,10 +125,10 @@ def train_and_register(
         val_paths = [paths[i] for i in order[:n_val]]
         train_paths = [paths[i] for i in order[n_val:]] or val_paths
         cfg = DetectorTrainConfig(
-            steps=settings.detector_steps, crop=settings.detector_crop, batch_size=settings.detector_batch_size,
-            train_families=train_fams, val_families=val_fams, val_samples=settings.detector_val_samples,
-            max_minutes=settings.detector_max_minutes, hard_negatives=settings.detector_hard_negatives,
-            mine_every=settings.detector_mine_every,
+            steps=t.detector_steps, crop=t.detector_crop, batch_size=t.detector_batch_size,
+            train_families=train_fams, val_families=val_fams, val_samples=t.detector_val_samples,
+            max_minutes=t.detector_max_minutes, hard_negatives=t.detector_hard_negatives,
+            mine_every=t.detector_mine_every,
         )
         renderer = WatermarkRenderer(seed=0)
         def cb(step: int, total: int, _loss: float) -> None:
@@ -145,7 +140,7 @@ def train_and_register(
                                        progress=cb if progress or stop else None)
     scores = np.asarray(report.pop("_val_scores"))
     labels = np.asarray(report.pop("_val_labels"), bool)
-    cal = calibrate(scores, labels, settings.triage_target_precision)
+    cal = calibrate(scores, labels, t.triage_target_precision)
     version = "detector-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     metrics = {
         **{k: v for k, v in report.items() if k != "config"},
@@ -194,10 +189,10 @@ def fine_tune_and_register(catalog: Catalog, blobs: BlobStore, settings: Setting
         model = copy.deepcopy(current.model)
         cb = (lambda step, total, _loss: progress("detector", step, total)) if progress else None
         report = train_localiser_detector(model, train, WatermarkRenderer(seed=0, icon_logos=64, icon_split="train"),
-                                          steps=settings.detector_steps, minutes=settings.detector_max_minutes,
-                                          progress=cb)
+                                          steps=settings.triage.detector_steps,
+                                          minutes=settings.triage.detector_max_minutes, progress=cb)
     after = model.score(images)
-    cal = calibrate(after, labels, settings.triage_target_precision)
+    cal = calibrate(after, labels, settings.triage.triage_target_precision)
     auc_before, auc_after = roc_auc(before, labels), roc_auc(after, labels)
     better = auc_after > auc_before
     version = "detector-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
@@ -224,12 +219,11 @@ def score_chunk(
     catalog: Catalog, blobs: BlobStore, settings: Settings, detector: LoadedDetector, ids: Sequence[int],
 ) -> dict[str, int]:
     """Score one chunk of image ids and write label, score, detector version, status and split."""
-    rows = catalog.read(lambda s: list(s.execute(select(Image.id, Image.sha256, Image.blob_key)
-                                                 .where(Image.id.in_(list(ids))))))
+    rows = catalog.read(lambda s: q.image_blobs(s, ids))
     decoded, good, bad = [], [], []
     for iid, sha, key in rows:
         try:
-            decoded.append(_decode(blobs, key, settings.max_image_pixels))
+            decoded.append(_decode(blobs, key, settings.images.max_image_pixels))
             good.append((iid, sha))
         except (BadImage, BlobError, OSError, ValueError) as exc:
             bad.append((iid, sha, exc))
@@ -251,11 +245,7 @@ def score_chunk(
 
 
 def images_to_score(catalog: Catalog, version: str) -> list[int]:
-    stmt = select(Image.id).where(
-        Image.status != "failed",
-        or_(Image.detector_version.is_(None), Image.detector_version != version),
-    ).order_by(Image.id)
-    return catalog.read(lambda s: list(s.scalars(stmt)))
+    return catalog.read(lambda s: q.images_to_score(s, version))
 
 
 def triage(
@@ -270,7 +260,7 @@ def triage(
     t0 = time.perf_counter()
     trained, fine_tune = None, None
     detector = load_promoted_detector(catalog, blobs)
-    if detector is None and registry.register_shipped_detector(catalog, blobs, settings.shipped_weights):
+    if detector is None and registry.register_shipped_detector(catalog, blobs, settings.models.shipped_weights):
         detector = load_promoted_detector(catalog, blobs)
     if retrain_detector and detector is not None and getattr(detector.model, "scores_whole_images", False):
         detector, fine_tune = fine_tune_and_register(catalog, blobs, settings, detector, progress)
@@ -281,7 +271,7 @@ def triage(
         trained = detector.version
     ids = images_to_score(catalog, detector.version)
     totals = {"clean": 0, "watermarked": 0, "uncertain": 0, "failed": 0}
-    bs = settings.triage_batch_size
+    bs = settings.triage.triage_batch_size
     t1 = time.perf_counter()
     chunks = [ids[i : i + bs] for i in range(0, len(ids), bs)]
     scored = (score_chunks(detector, chunks) if score_chunks is not None

@@ -13,8 +13,8 @@ from storage import BlobStore, Catalog, open_catalog
 def open_workspace(settings: Settings) -> Iterator[tuple[Catalog, BlobStore]]:
     """``(catalog, blobs)``, migrated and ready; the catalog's engine is disposed on exit, so a
     task or thread that opens one leaves no connections behind."""
-    catalog = open_catalog(settings)
+    catalog = open_catalog(settings.storage)
     try:
-        yield catalog, BlobStore.from_settings(settings)
+        yield catalog, BlobStore.from_settings(settings.storage)
     finally:
         catalog.dispose()

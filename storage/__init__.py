@@ -5,7 +5,7 @@
   SQLite file and lost connections.
 - ``queries``: the named writes and reads; ``pools``: what training and cleaning work on;
   ``reports``: the counts flows publish; ``status``: an image's status transitions;
-  ``claims``: work units that several workers share.
+  ``hashes``: dedup's stored codes and groups; ``claims``: work units that several workers share.
 - ``blobs``: the content-addressed blob store (local folder or fsspec).
 """
 

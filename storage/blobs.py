@@ -197,6 +197,8 @@ class BlobStore:
 
     @classmethod
     def from_settings(cls, settings) -> BlobStore:
+        """The store named by the pipeline's storage stage (``Settings.storage``): ``blob_root``,
+        ``blob_storage_options()``, ``blob_retry_s``."""
         return cls(settings.blob_root, settings.blob_storage_options(), settings.blob_retry_s)
 
     def _remote(self, key: str, fn, *args):

@@ -273,7 +273,10 @@ class Catalog:
 
 
 def open_catalog(settings: Any = None, *, url: str | None = None, migrate_schema: bool = True) -> Catalog:
-    """Open (and by default migrate) the catalog named by ``settings.catalog_url`` or ``url``."""
+    """Open (and by default migrate) the catalog named by ``settings.catalog_url`` or ``url``.
+
+    ``settings`` is the pipeline's storage stage (``Settings.storage``): ``catalog_url``,
+    ``sqlite_busy_timeout_ms``, ``write_batch_size`` and ``catalog_retry_s``."""
     from storage.integrity import CatalogCorrupt, check_sqlite_file, file_of, is_malformed, sqlite_path
 
     if url is None:

@@ -3,7 +3,8 @@
 - ``clean_pool``: the best clean member of each dedup group (training's pool, by split);
 - ``watermarked_pool``: watermarked images whose group has no clean member (cleaning's pool);
 - ``real_pairs``: (watermarked, clean) members of one group, real ground truth for the remover;
-- ``images_without_cleaning``: the watermarked pool a remover version has not cleaned yet.
+- ``images_without_cleaning``: the watermarked pool a remover version has not cleaned yet;
+- ``detector_training_keys``: one image per group, what triage trains a detector on.
 
 Every function takes a session.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, and_, exists, func, select
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from storage.models import Claim, Cleaning, Image
@@ -99,3 +100,14 @@ def cleaned_image_ids(session: Session, model_version: str) -> set[int]:
 def claim_has_cleaning(model_version: str) -> ColumnElement[bool]:
     """A condition on ``claims`` rows: the claimed image has a cleaning by ``model_version``."""
     return exists().where(Cleaning.image_id == Claim.image_id, Cleaning.model_version == model_version)
+
+
+def detector_training_keys(session: Session, exclude_watermarked: bool = False) -> list[str]:
+    """Blob keys a detector trains on, by image id: one image per dedup group (its canonical
+    member, or an ungrouped image), no failures, and with ``exclude_watermarked`` (a retrain) none
+    already labelled watermarked."""
+    stmt = select(Image.blob_key).where(Image.status != "failed",
+                                        or_(Image.dedup_role.is_(None), Image.dedup_role == "canonical"))
+    if exclude_watermarked:
+        stmt = stmt.where(or_(Image.label.is_(None), Image.label != "watermarked"))
+    return list(session.scalars(stmt.order_by(Image.id)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from storage.db import dialect_insert, insert_ignore, upsert
@@ -84,6 +84,22 @@ def shas_by_id(session: Session, image_ids: Sequence[int]) -> dict[int, str]:
     return dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))).all())
 
 
+def image_blobs(session: Session, image_ids: Sequence[int]) -> list[tuple[int, str, str]]:
+    """``(id, sha256, blob_key)`` of each of ``image_ids`` in the catalog."""
+    stmt = select(Image.id, Image.sha256, Image.blob_key).where(Image.id.in_(list(image_ids)))
+    return [tuple(r) for r in session.execute(stmt)]
+
+
+def images_to_score(session: Session, detector_version: str) -> list[int]:
+    """Ids, in order, of the images triage scores next: not failed, and not yet scored by
+    ``detector_version``."""
+    stmt = select(Image.id).where(
+        Image.status != "failed",
+        or_(Image.detector_version.is_(None), Image.detector_version != detector_version),
+    ).order_by(Image.id)
+    return list(session.scalars(stmt))
+
+
 def images_by_id(session: Session, image_ids: Sequence[int]) -> list[Image]:
     return list(session.scalars(select(Image).where(Image.id.in_(list(image_ids)))))
 
@@ -92,6 +108,12 @@ def cleanings_by(session: Session, model_version: str, image_ids: Sequence[int])
     """The cleanings ``model_version`` made of ``image_ids``."""
     return list(session.scalars(select(Cleaning).where(Cleaning.model_version == model_version,
                                                        Cleaning.image_id.in_(list(image_ids)))))
+
+
+def add_cleanings(session: Session, rows: Sequence[dict]) -> None:
+    """Insert cleaning rows (image_id, model_version, output_key, metrics, …); an image that
+    ``model_version`` cleaned already keeps its row."""
+    insert_ignore(session, Cleaning, rows, ["image_id", "model_version"])
 
 
 def drop_model_cleanings(session: Session, model_version: str, image_ids: Sequence[int]) -> None:

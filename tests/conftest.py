@@ -73,7 +73,7 @@ def settings(tmp_path):
 def catalog(settings):
     from storage import open_catalog
 
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     yield cat
     cat.dispose()
 
@@ -82,7 +82,7 @@ def catalog(settings):
 def blobs(settings):
     from storage import BlobStore
 
-    return BlobStore.from_settings(settings)
+    return BlobStore.from_settings(settings.storage)
 
 
 @pytest.fixture

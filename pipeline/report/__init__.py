@@ -66,7 +66,7 @@ def report(catalog: Catalog, blobs: BlobStore, settings: Settings, pairs: int = 
         raise ValueError(f"page_size must be >= 1 and pairs, extremes >= 0; got {page_size}, {pairs}, {extremes}")
     out_dir = Path(settings.reports_dir)
     assets_dir = out_dir / "assets"
-    assets = Assets(assets_dir, blobs, settings.max_image_pixels)
+    assets = Assets(assets_dir, blobs, settings.images.max_image_pixels)
     with catalog.session() as s:
         stats = q.catalog_stats(s)
         remover = q.promoted_model(s, "remover")

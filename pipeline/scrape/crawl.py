@@ -61,10 +61,10 @@ class Crawl:
         self.catalog, self.blobs, self.settings = catalog, blobs, settings
         self.stop = stop  # once set: no new pages; those in flight finish with their images
         self.max_pages, self.max_depth = max_pages, max_depth
-        self.fetcher = Fetcher(settings, allow_private_hosts=allow_private_hosts, resolver=resolver)
+        self.fetcher = Fetcher(settings.scrape, allow_private_hosts=allow_private_hosts, resolver=resolver)
         self.site_render = dict(site_render or {})
-        self.work = Workers(settings, self.fetcher, blobs, render or settings.render, self.site_render)
-        self.writer = Writer(catalog, blobs, settings.write_batch_size)
+        self.work = Workers(settings, self.fetcher, blobs, render or settings.scrape.render, self.site_render)
+        self.writer = Writer(catalog, blobs, settings.storage.write_batch_size)
         self.progress = progress
         self.sites: set[str] = set()
         self.seen_pages: set[str] = set()
@@ -106,8 +106,8 @@ class Crawl:
             self.sites.add(site_of(url))
             path = urlsplit(url).path.lower()
             self.enqueue(url, 0, counted=not (path.endswith(".xml") or "sitemap" in path))
-        page_window = max(2, self.settings.global_concurrency)
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.global_concurrency),
+        page_window = max(2, self.settings.scrape.global_concurrency)
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.scrape.global_concurrency),
                                 thread_name_prefix="unmark-scrape") as pool:
             self._pool = pool
             try:
@@ -365,7 +365,7 @@ def scrape(
 
     ``allow_private_hosts`` lets the crawl reach loopback (tests, the demo); ``resolver(host,
     port) -> [address]`` replaces DNS (tests); ``progress(summary)`` hears about each batch.
-    ``render`` (``never`` / ``auto`` / ``always``; default ``settings.render``) loads pages in
+    ``render`` (``never`` / ``auto`` / ``always``; default ``settings.scrape.render``) loads pages in
     headless Chromium too (``pipeline.scrape.render``); a seed's own ``render=`` option wins for its site.
     Raises ``SeedError`` for a bad seed, ``RenderModeError`` for a bad mode, ``RenderUnavailable``
     when rendering is asked for and cannot run, all before any request. Once ``stop`` is set, no
@@ -375,8 +375,8 @@ def scrape(
     urls = expand_seeds(seeds, site_render)
     crawl = Crawl(
         catalog, blobs, settings,
-        max_pages=settings.max_pages if max_pages is None else max_pages,
-        max_depth=settings.max_depth if max_depth is None else max_depth,
+        max_pages=settings.scrape.max_pages if max_pages is None else max_pages,
+        max_depth=settings.scrape.max_depth if max_depth is None else max_depth,
         allow_private_hosts=allow_private_hosts, resolver=resolver, progress=progress,
         render=check_mode(render, "--render") if render is not None else None, site_render=site_render, stop=stop,
     )

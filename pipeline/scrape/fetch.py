@@ -18,10 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from pipeline.scrape.client import BadTarget, Client, Deadline, ProtocolError, Proxies, TLSFailure, TooLarge
 from pipeline.scrape.ssrf import AddressGuard, HostRefused, Resolver
+
+if TYPE_CHECKING:
+    from pipeline.config import ScrapeSettings
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 RETRY_CODES = (429, 500, 502, 503, 504)
@@ -116,7 +120,7 @@ class HostGate:
 class Fetcher:
     """GETs for the scraper. Thread-safe; one per scrape run."""
 
-    def __init__(self, settings, allow_private_hosts: bool = False, resolver: Resolver | None = None,  # noqa: ANN001
+    def __init__(self, settings: ScrapeSettings, allow_private_hosts: bool = False, resolver: Resolver | None = None,
                  dns_cache_s: float = 300.0, proxies: Proxies | None = None):
         self.settings = settings
         self.guard = AddressGuard(allow_private_hosts, resolver, ttl_s=dns_cache_s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from pipeline.config import Settings
+from pipeline.config import ScrapeSettings
 from pipeline.scrape.fetch import Response
 from pipeline.scrape.render import MODES, RENDER_STAGE, Renderer, check_available
 
@@ -31,7 +31,7 @@ def check_mode(mode: str, subject: str = "--render") -> str:
 class RenderStep:
     """Thread-safe; one per crawl. ``fetch(url, max_bytes)`` is the crawl's guarded GET."""
 
-    def __init__(self, settings: Settings, default: str, site_modes: dict[str, str],
+    def __init__(self, settings: ScrapeSettings, default: str, site_modes: dict[str, str],
                  fetch: Callable[[str, int], Response], site_of: Callable[[str], str]):
         self.settings, self.default, self.site_modes = settings, check_mode(default), site_modes
         self.fetch, self.site_of = fetch, site_of

@@ -63,13 +63,14 @@ class Workers:
     def __init__(self, settings: Settings, fetcher: Fetcher, blobs: BlobStore, render: str,
                  site_render: dict[str, str]):
         self.settings, self.fetcher, self.blobs = settings, fetcher, blobs
-        self.token = agent_token(settings.user_agent)
-        self.robots = RobotsPolicy(settings.user_agent, self._fetch_robots, self._robots_failed)
+        self.token = agent_token(settings.scrape.user_agent)
+        self.robots = RobotsPolicy(settings.scrape.user_agent, self._fetch_robots, self._robots_failed)
         self.robots_failures: list[tuple[str, BaseException]] = []
-        self.render = RenderStep(settings, render, site_render,
+        self.render = RenderStep(settings.scrape, render, site_render,
                                  lambda url, cap: self.fetcher.get(url, cap, allow=self.allowed), site_of)
-        self.sheets = Stylesheets(self._fetch_sheet, settings.max_stylesheets_per_page, settings.max_import_depth,
-                                  settings.max_images_per_page)
+        scrape = settings.scrape
+        self.sheets = Stylesheets(self._fetch_sheet, scrape.max_stylesheets_per_page, scrape.max_import_depth,
+                                  scrape.max_images_per_page)
 
     def _fetch_robots(self, robots_url: str) -> tuple[int, bytes]:
         resp = self.fetcher.get(robots_url, ROBOTS_MAX_BYTES)
@@ -81,11 +82,11 @@ class Workers:
     def allowed(self, url: str) -> bool:
         ok, delay = self.robots.check(url)
         if delay:
-            self.fetcher.gate.set_delay(host_key(url), min(delay, self.settings.max_crawl_delay_s))
+            self.fetcher.gate.set_delay(host_key(url), min(delay, self.settings.scrape.max_crawl_delay_s))
         return ok
 
     def _fetch_sheet(self, url: str) -> tuple[str, str]:
-        resp = self.fetcher.get(url, self.settings.max_page_bytes, allow=self.allowed)
+        resp = self.fetcher.get(url, self.settings.scrape.max_page_bytes, allow=self.allowed)
         if not 200 <= resp.status < 300:
             raise FetchError(url, f"http-{resp.status}", status=resp.status)
         charset = content_charset(resp.headers.get("Content-Type")) or "utf-8"
@@ -100,7 +101,7 @@ class Workers:
         out.failures.extend((SHEET_STAGE, url, exc) for url, exc in got.failed)
         out.cleared.extend((SHEET_STAGE, url) for url in got.fetched)
         have = {r.url for r in out.images}
-        room = self.settings.max_images_per_page - len(out.images)
+        room = self.settings.scrape.max_images_per_page - len(out.images)
         out.images.extend([r for r in got.images if r.url not in have][:max(0, room)])
 
     def page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
@@ -110,7 +111,7 @@ class Workers:
             return PageResult(url=url, depth=depth, error=exc)
 
     def _page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
-        s = self.settings
+        s = self.settings.scrape
         out = PageResult(url=url, depth=depth)
         headers = {}
         if validators[0]:
@@ -156,7 +157,7 @@ class Workers:
         return out
 
     def image(self, url: str) -> ImageResult:
-        s = self.settings
+        s = self.settings.scrape
         try:
             resp = self.fetcher.get(url, s.max_image_bytes, allow=self.allowed)
             if not 200 <= resp.status < 300:
@@ -164,7 +165,7 @@ class Workers:
             opted = opt_out_of(parse_directives(resp.robots_tags, self.token))
             if opted:
                 raise FetchError(url, "opted-out", f"X-Robots-Tag {opted}")
-            info = inspect_image(resp.body, max_pixels=s.max_image_pixels, min_side=s.min_image_side)
+            info = inspect_image(resp.body, max_pixels=self.settings.images.max_image_pixels, min_side=s.min_image_side)
             # blob first: a row never points at a missing blob (the writer syncs before it commits)
             sha, key = self.blobs.put(resp.body, durable=False)
         except (FetchError, BadImage) as exc:

@@ -58,7 +58,7 @@ def scrape_until(seed: str, env: dict, images, at_least: int = 25) -> tuple[subp
 
 def named_keys(settings) -> set[str]:
     """Every blob key a catalog row names: images, model checkpoints, cleanings and their masks."""
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             keys = set(s.scalars(select(Image.blob_key)))
@@ -73,7 +73,7 @@ def named_keys(settings) -> set[str]:
 
 def snapshot(settings) -> dict:
     """Rows by content (no ids: two catalogs number rows differently) and the blob accounting."""
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             images = set(s.execute(select(Image.sha256, Image.blob_key, Image.bytes, Image.status)).all())
@@ -88,7 +88,7 @@ def snapshot(settings) -> dict:
                                     .where(Claim.done_at.is_(None), Claim.worker.is_not(None))).all()
     finally:
         cat.dispose()
-    stored = set(BlobStore.from_settings(settings).keys())
+    stored = set(BlobStore.from_settings(settings.storage).keys())
     named = named_keys(settings)
     return {
         "images": images, "n_images": len(images),
@@ -105,9 +105,9 @@ def reference_scrape(seed: str, home: Path) -> dict:
     from pipeline.scrape.crawl import scrape
 
     ref = load_settings(home=home)
-    cat = open_catalog(ref)
+    cat = open_catalog(ref.storage)
     try:
-        scrape([seed], cat, BlobStore.from_settings(ref), ref, allow_private_hosts=True)
+        scrape([seed], cat, BlobStore.from_settings(ref.storage), ref, allow_private_hosts=True)
     finally:
         cat.dispose()
     return snapshot(ref)

@@ -45,7 +45,7 @@ def imported(tmp_path, settings, unmark_env):
 
 
 def _keys(settings) -> dict[str, str]:
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             return dict(s.execute(select(Image.sha256, Image.blob_key)).all())
@@ -95,7 +95,7 @@ def test_scribbled_page_is_found_by_check(imported, settings, unmark_env):
 
 def test_corrupt_missing_and_orphan_blobs_are_reported_and_steps_skip_them(imported, settings, unmark_env):
     keys = _keys(settings)
-    blobs = BlobStore.from_settings(settings)
+    blobs = BlobStore.from_settings(settings.storage)
     shas = sorted(keys)
     rotten, gone = shas[0], shas[1]
     path = blobs.local_path(keys[rotten])
@@ -116,7 +116,7 @@ def test_corrupt_missing_and_orphan_blobs_are_reported_and_steps_skip_them(impor
     assert out["blobs_checked"] == N and out["integrity"] == "ok"
 
     # a step reading them records each as a failure row and goes on with the others
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         dedup(cat, blobs, settings)
         with cat.session() as s:

@@ -84,7 +84,7 @@ def test_blob_store_fills_then_has_room(tmp_path, unmark_env):
         partial = cs.snapshot(settings)
         assert 0 < partial["n_images"] < 24 and not partial["dangling"]  # every row's blob was written
         with pytest.raises(DiskFull, match="disk full"):
-            BlobStore.from_settings(settings).put(os.urandom(200_000))
+            BlobStore.from_settings(settings.storage).put(os.urandom(200_000))
 
         grow("4m")
         r = _import(env, src)
@@ -98,7 +98,7 @@ def test_catalog_disk_fills_then_has_room(tmp_path, unmark_env):
     home = tmp_path / "home"
     with small_fs(home, "480k") as grow:
         settings = load_settings(home=home, blob_root=str(tmp_path / "blobs"))
-        env = {**unmark_env, "UNMARK_BLOB_ROOT": settings.blob_root, "UNMARK_WRITE_BATCH_SIZE": "10"}
+        env = {**unmark_env, "UNMARK_BLOB_ROOT": settings.storage.blob_root, "UNMARK_WRITE_BATCH_SIZE": "10"}
         r = _import(env, src)
         assert r.returncode == 5, (r.stdout[-500:], r.stderr[-2000:])
         assert "disk full" in r.stderr and "catalog" in r.stderr and "Traceback" not in r.stderr

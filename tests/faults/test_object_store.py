@@ -48,7 +48,7 @@ def _settings(home, env: dict, **more):
 
 def test_put_rides_out_an_outage_and_gives_up_clearly_past_its_deadline(store, tmp_path):
     proxy, _, env = store
-    blobs = BlobStore.from_settings(_settings(tmp_path / "h", env, blob_retry_s=20.0))
+    blobs = BlobStore.from_settings(_settings(tmp_path / "h", env, blob_retry_s=20.0).storage)
     blobs.put(b"warm-up")  # a live connection in the pool, which the outage resets
     proxy.down()
     threading.Timer(2.0, proxy.up).start()
@@ -57,7 +57,7 @@ def test_put_rides_out_an_outage_and_gives_up_clearly_past_its_deadline(store, t
     assert time.monotonic() - t >= 1.5  # it waited for the store rather than failing
     assert blobs.get(key) == b"written during the outage" and sha == sha256_bytes(b"written during the outage")
 
-    short = BlobStore.from_settings(_settings(tmp_path / "h", env, blob_retry_s=1.0))
+    short = BlobStore.from_settings(_settings(tmp_path / "h", env, blob_retry_s=1.0).storage)
     proxy.down()
     t = time.monotonic()
     with pytest.raises(BlobStoreUnavailable, match="unreachable for"):

@@ -44,7 +44,7 @@ def _count(pg, url: str, table: str) -> int:
 
 def test_transaction_in_flight_when_its_connection_dies_is_retried_whole(pg, tmp_path):
     url = pg.create_database()
-    cat = open_catalog(load_settings(home=tmp_path / "h", catalog_url=url))
+    cat = open_catalog(load_settings(home=tmp_path / "h", catalog_url=url).storage)
     attempts = []
 
     def work(s):
@@ -82,7 +82,7 @@ def test_server_that_stays_down_is_a_clear_error_after_the_deadline(pg, tmp_path
 
     settings = load_settings(home=tmp_path / "h", catalog_url=f"postgresql+psycopg://unmark@127.0.0.1:{free_port()}/x",
                              catalog_retry_s=1.5)
-    cat = open_catalog(settings, migrate_schema=False)
+    cat = open_catalog(settings.storage, migrate_schema=False)
     t = time.monotonic()
     try:
         with pytest.raises(CatalogUnavailable, match="unreachable for"):
@@ -129,7 +129,7 @@ def test_restart_mid_clean_with_two_workers_cleans_each_image_once(pg, tmp_path,
     got = cs.snapshot(settings)
     assert got["n_cleanings"] == N_CLEAN
     cs.assert_same_rows(got, reference_clean(tmp_path), CLEAN_ROWS)
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             assert s.scalar(select(func.count()).select_from(Cleaning)) == N_CLEAN

@@ -74,8 +74,8 @@ N_CLEAN = 10
 
 
 def _clean_pool(settings, tmp_path) -> None:
-    cat = open_catalog(settings)
-    blobs = BlobStore.from_settings(settings)
+    cat = open_catalog(settings.storage)
+    blobs = BlobStore.from_settings(settings.storage)
     try:
         register_remover(cat, blobs, tiny_remover(tmp_path, base=8, depth=3))
         for i in range(N_CLEAN):
@@ -93,9 +93,9 @@ def reference_clean(tmp_path) -> dict:
     ref = load_settings(home=tmp_path / "reference", num_workers=0, clean_chunk_images=2, clean_tile=64,
                         clean_overlap=16)
     _clean_pool(ref, tmp_path)
-    rcat = open_catalog(ref)
+    rcat = open_catalog(ref.storage)
     try:
-        clean_step.clean(rcat, BlobStore.from_settings(ref), ref, device="cpu")
+        clean_step.clean(rcat, BlobStore.from_settings(ref.storage), ref, device="cpu")
     finally:
         rcat.dispose()
     return snapshot(ref)
@@ -127,7 +127,7 @@ def start_clean(env: dict, cleanings) -> subprocess.Popen:
 def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_exact(tmp_path, settings, unmark_env):
     _clean_pool(settings, tmp_path)
     env = _clean_env(unmark_env)
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
 
     def count() -> int:
         with cat.session() as s:
@@ -158,13 +158,13 @@ def test_sigterm_mid_clean_commits_the_chunk_releases_claims_and_the_rerun_is_ex
 def test_stop_flag_before_start_raises_stopped_with_nothing_claimed(settings, tmp_path):
     """A flag already set: the step claims nothing, holds nothing, and says it stopped."""
     _clean_pool(settings, tmp_path)
-    settings.num_workers = 0
+    settings.clean.num_workers = 0
     flag = StopFlag()
     flag.set("SIGTERM")
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with pytest.raises(Stopped, match="clean stopped by SIGTERM") as info:
-            clean_step.clean(cat, BlobStore.from_settings(settings), settings, device="cpu", stop=flag)
+            clean_step.clean(cat, BlobStore.from_settings(settings.storage), settings, device="cpu", stop=flag)
     finally:
         cat.dispose()
     assert info.value.summary["claimed"] == 0

@@ -86,16 +86,16 @@ def dedup_pool(tmp_path, settings):
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=70)
         (src / f"copy-{i:03d}.jpg").write_bytes(buf.getvalue())
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
-        assert import_paths([src], cat, BlobStore.from_settings(settings), settings).added == N_DEDUP
+        assert import_paths([src], cat, BlobStore.from_settings(settings.storage), settings).added == N_DEDUP
     finally:
         cat.dispose()
     return settings
 
 
 def _groups(settings) -> dict:
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             canon = aliased(Image)
@@ -127,9 +127,9 @@ def test_sigterm_mid_dedup_writes_the_hashes_in_hand_and_the_rerun_is_exact(tmp_
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["hashed"] == N_DEDUP - hashed  # nothing hashed twice
 
-    rcat = open_catalog(ref)
+    rcat = open_catalog(ref.storage)
     try:
-        want_summary = dedup(rcat, BlobStore.from_settings(ref), ref)
+        want_summary = dedup(rcat, BlobStore.from_settings(ref.storage), ref)
     finally:
         rcat.dispose()
     got, want = _groups(settings), _groups(ref)
@@ -153,8 +153,8 @@ def triage_pool(settings, n: int = N_TRIAGE, side: int = 384) -> None:
     """``n`` photos and a promoted (untrained, seeded) detector, so triage only scores."""
     from tests.pipeline.test_clean import _encode, _photo
 
-    cat = open_catalog(settings)
-    blobs = BlobStore.from_settings(settings)
+    cat = open_catalog(settings.storage)
+    blobs = BlobStore.from_settings(settings.storage)
     try:
         with cat.write() as s:
             from storage import queries as q
@@ -175,7 +175,7 @@ def triage_pool(settings, n: int = N_TRIAGE, side: int = 384) -> None:
 
 
 def triage_rows(settings) -> set:
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             rows = s.execute(select(Image.sha256, Image.status, Image.label, Image.watermark_score,
@@ -191,11 +191,11 @@ def triage_env(unmark_env: dict) -> dict:
 
 def reference_triage(tmp_path: Path, name: str = "reference") -> set:
     ref = load_settings(home=tmp_path / name)
-    ref.triage_batch_size = 2
+    ref.triage.triage_batch_size = 2
     triage_pool(ref)
-    cat = open_catalog(ref)
+    cat = open_catalog(ref.storage)
     try:
-        triage(cat, BlobStore.from_settings(ref), ref)
+        triage(cat, BlobStore.from_settings(ref.storage), ref)
     finally:
         cat.dispose()
     return triage_rows(ref)
@@ -225,8 +225,8 @@ def test_sigterm_mid_triage_commits_whole_chunks_and_the_rerun_is_exact(tmp_path
 def test_sigterm_while_triage_trains_its_detector_abandons_it_and_registers_nothing(settings, unmark_env):
     from tests.pipeline.test_clean import _encode, _photo
 
-    cat = open_catalog(settings)
-    blobs = BlobStore.from_settings(settings)
+    cat = open_catalog(settings.storage)
+    blobs = BlobStore.from_settings(settings.storage)
     try:
         from storage import queries as q
 
@@ -249,7 +249,7 @@ def test_sigterm_while_triage_trains_its_detector_abandons_it_and_registers_noth
     assert proc.returncode == EXIT_STOPPED, err[-2000:]
     assert json.loads(out)["detector"] == "abandoned mid-training"
     assert took < STOP_BOUND_S
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             assert s.scalar(select(func.count()).select_from(Model)) == 0

@@ -43,7 +43,7 @@ def _pool(folder):
 
 
 def _snapshot(settings) -> dict:
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             images = [tuple(r) for r in s.execute(
@@ -63,7 +63,7 @@ def _snapshot(settings) -> dict:
 @pytest.mark.usefixtures("prefect_harness")
 def test_dask_runner_gives_the_thread_runners_catalog(tmp_path):
     base = load_settings(home=tmp_path / "base", **TINY)
-    cat, blobs = open_catalog(base), BlobStore.from_settings(base)
+    cat, blobs = open_catalog(base.storage), BlobStore.from_settings(base.storage)
     assert import_paths([_pool(tmp_path / "pool")], cat, blobs, base).added == 12
     # and a row whose blob turned out unreadable: a failure both runners must record alike
     sha, key = blobs.put(b"\x89PNG\r\n\x1a\n not really a png")
@@ -113,7 +113,7 @@ def test_cli_dedup_task_runner_dask_matches_the_plain_step(tmp_path):
     import sys
 
     base = load_settings(home=tmp_path / "base")
-    cat, blobs = open_catalog(base), BlobStore.from_settings(base)
+    cat, blobs = open_catalog(base.storage), BlobStore.from_settings(base.storage)
     assert import_paths([_pool(tmp_path / "pool")], cat, blobs, base).added == 12
     cat.dispose()
     out = {}

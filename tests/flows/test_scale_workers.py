@@ -61,7 +61,7 @@ def _remover_bytes(tmp_path: Path) -> bytes:
 
 
 def _catalog_with_pool(settings, tmp_path: Path) -> list[int]:
-    cat, blobs = open_catalog(settings), BlobStore.from_settings(settings)
+    cat, blobs = open_catalog(settings.storage), BlobStore.from_settings(settings.storage)
     _, key = blobs.put(_remover_bytes(tmp_path))
     ids = []
     with cat.write() as s:
@@ -122,7 +122,7 @@ def test_two_workers_one_killed_every_image_cleaned_exactly_once(tmp_path, pg_ur
                            json={"parameters": {"write_report": False}})
             assert r.status_code == 201, r.text
 
-        cat = open_catalog(settings)
+        cat = open_catalog(settings.storage)
         stage = "clean:remover-scale"
 
         def both_cleaning() -> bool:
@@ -176,7 +176,7 @@ def test_two_workers_one_killed_every_image_cleaned_exactly_once(tmp_path, pg_ur
         cat.dispose()
         # exactly once: one cleaning per image (and its blob), each claim done once, by one worker
         assert sorted(i for i, _ in cleanings) == sorted(ids)
-        blobs = BlobStore.from_settings(settings)
+        blobs = BlobStore.from_settings(settings.storage)
         assert all(blobs.exists(k) for _, k in cleanings) and statuses == {"cleaned"}
         assert all(done_at is not None for done_at, _, _ in rows.values())
         # the dead worker's batch waited for its lease, then the survivor did it (a second attempt)

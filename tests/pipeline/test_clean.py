@@ -77,10 +77,10 @@ def add_image(catalog, blobs, data: bytes, label: str, width: int, height: int, 
 
 @pytest.fixture
 def small_settings(settings):
-    settings.num_workers = 0
-    settings.clean_tile = 48
-    settings.clean_overlap = 16
-    settings.clean_chunk_images = 3
+    settings.clean.num_workers = 0
+    settings.clean.clean_tile = 48
+    settings.clean.clean_overlap = 16
+    settings.clean.clean_chunk_images = 3
     return settings
 
 
@@ -215,8 +215,8 @@ def test_cli_refuses_bad_mask_options(small_settings, monkeypatch):
 
 
 def test_jpeg_output_and_no_real_pair_compute(small_settings, catalog, blobs, remover, pool):
-    small_settings.output_format = "jpeg"
-    small_settings.clean_score_real_pairs = False
+    small_settings.clean.output_format = "jpeg"
+    small_settings.clean.clean_score_real_pairs = False
     clean_step.clean(catalog, blobs, small_settings)
     rows = _cleanings(catalog)
     assert _decode(blobs, rows[pool["grey"]].output_key).format == "JPEG"
@@ -230,7 +230,7 @@ def test_worker_processes_decode_the_same(small_settings, catalog, blobs, remove
     in_process = {i: c.output_key for i, c in _cleanings(catalog).items()}
     # a second model version, same weights, cleaned through two DataLoader worker processes
     register_remover(catalog, blobs, tiny_remover(tmp_path), version="remover-test-2")
-    small_settings.num_workers = 2
+    small_settings.clean.num_workers = 2
     res = clean_step.clean(catalog, blobs, small_settings)
     assert res["model"] == "remover-test-2" and res["cleaned"] == 6 and res["failed"] == 1
     with catalog.session() as s:

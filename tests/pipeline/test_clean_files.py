@@ -288,7 +288,7 @@ def test_a_file_that_cannot_be_written_is_a_failed_row_and_the_rest_are_written(
 def test_progress_reaches_every_stage_to_its_end(remover, folder, tmp_path, catalog, blobs, env):
     from pipeline.clean_files import Options, clean_files
 
-    env.num_workers, env.clean_tile, env.clean_overlap, env.clean_backend = 0, 48, 16, "eager"
+    env.clean.num_workers, env.clean.clean_tile, env.clean.clean_overlap, env.clean.clean_backend = 0, 48, 16, "eager"
     seen: dict[str, tuple[int, int]] = {}
     res = clean_files([folder], catalog, blobs, env, Options(tmp_path / "out"),
                       progress=lambda stage, done, total: seen.__setitem__(stage, (done, total)))

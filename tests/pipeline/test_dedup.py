@@ -238,7 +238,7 @@ def test_incremental_run_hashes_only_new_images_and_joins_existing_groups(tmp_pa
 
 def test_a_new_image_bridging_two_groups_merges_them(catalog, blobs, settings):
     """Union-find across runs, on rows with chosen codes (no pixels needed: already hashed)."""
-    settings.dedup_threshold = 12
+    settings.dedup.dedup_threshold = 12
     rng = np.random.default_rng(1)
     base = rng.integers(0, 2**63, size=2, dtype=np.int64)
     bits = rng.choice(128, 20, replace=False)
@@ -326,9 +326,9 @@ def test_parallel_hashing_gives_the_same_hashes(tmp_path, photos, catalog, blobs
     import_paths([tmp_path / "s"], catalog, blobs, settings)
     with catalog.session() as s:
         jobs = [tuple(r) for r in s.execute(select(ImageRow.id, ImageRow.blob_key).order_by(ImageRow.id))]
-    settings.dedup_workers, settings.dedup_chunk_size = 1, 100
+    settings.dedup.dedup_workers, settings.dedup.dedup_chunk_size = 1, 100
     serial = list(hash_blobs(jobs, settings))
-    settings.dedup_workers, settings.dedup_chunk_size = 2, 3
+    settings.dedup.dedup_workers, settings.dedup.dedup_chunk_size = 2, 3
     parallel = list(hash_blobs(jobs, settings))
     assert [r[0] for r in parallel] == [r[0] for r in serial]
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(serial, parallel, strict=True))
@@ -383,7 +383,7 @@ def test_regroup_compares_everything_again_with_a_new_threshold(tmp_path, photos
     _write_set(tmp_path / "s", photos, ["coffee", "rocket"], kinds={"png", "crop10-corner", "rot3"})
     import_paths([tmp_path / "s"], catalog, blobs, settings)
     assert dedup(catalog, blobs, settings)["groups"] == 2
-    settings.dedup_threshold = 0
+    settings.dedup.dedup_threshold = 0
     assert dedup(catalog, blobs, settings)["changed"] == 0  # incremental: stored groups stay
     summary = dedup(catalog, blobs, settings, regroup=True)
     assert summary["hashed"] == 0 and summary["changed"] > 0
@@ -391,6 +391,6 @@ def test_regroup_compares_everything_again_with_a_new_threshold(tmp_path, photos
     assert len(set(groups.values())) > 2
     for name in ("coffee", "rocket"):  # rotation moves the codes far more than 0 bits
         assert groups[f"{name}-rot3.jpg"] != groups[f"{name}-base.jpg"]
-    settings.dedup_threshold = 22
+    settings.dedup.dedup_threshold = 22
     back = dedup(catalog, blobs, settings, regroup=True)
     assert back["groups"] == 2 and back["duplicates"] == 6 and back["hashed"] == 0

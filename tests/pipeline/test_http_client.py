@@ -82,8 +82,8 @@ class RawServer:
 
 @pytest.fixture
 def fast(settings):
-    return settings.model_copy(update={"connect_timeout_s": 1.0, "read_timeout_s": 0.5, "download_deadline_s": 2.0,
-                                       "retry_backoff_s": 0.01, "max_retries": 0})
+    return settings.updated(connect_timeout_s=1.0, read_timeout_s=0.5, download_deadline_s=2.0,
+                            retry_backoff_s=0.01, max_retries=0)
 
 
 def ok(body: bytes, *headers: str) -> bytes:
@@ -103,7 +103,7 @@ def test_keep_alive_reuses_one_connection_and_a_server_close_costs_nothing(fast)
 
     server = serve(script)
     try:
-        f = Fetcher(fast, allow_private_hosts=True)
+        f = Fetcher(fast.scrape, allow_private_hosts=True)
         assert f.get(server.url("/a"), 1000).body == b"/a"
         assert f.get(server.url("/b"), 1000).body == b"/b"  # same connection; the server closes it
         assert f.get(server.url("/c"), 1000).body == b"/c"
@@ -139,7 +139,7 @@ def test_framing_errors_and_limits(fast):
     }
     server = serve(lambda path, n: answers[path])
     try:
-        f = Fetcher(fast, allow_private_hosts=True)
+        f = Fetcher(fast.scrape, allow_private_hosts=True)
 
         def reason(path, cap=1000):
             with pytest.raises(FetchError) as exc:
@@ -177,7 +177,7 @@ def test_deflate_in_both_forms_brotli_and_bombs_stop_at_the_cap(fast):
     }
     server = serve(lambda path, n: answers[path])
     try:
-        f = Fetcher(fast, allow_private_hosts=True)
+        f = Fetcher(fast.scrape, allow_private_hosts=True)
         assert f.get(server.url("/zlib"), 20_000).body == body
         assert f.get(server.url("/raw"), 20_000).body == body
         with pytest.raises(FetchError) as exc:
@@ -194,7 +194,7 @@ def test_deflate_in_both_forms_brotli_and_bombs_stop_at_the_cap(fast):
 def test_requests_carry_the_host_and_no_injected_lines(fast):
     server = serve(lambda path, n: ok(b"."))
     try:
-        f = Fetcher(fast, allow_private_hosts=True)
+        f = Fetcher(fast.scrape, allow_private_hosts=True)
         f.get(server.url("/a b/ü?q=1 2\r\nX-Evil: 1#frag"), 100)
         head = server.requests[-1][1].decode("latin-1")
         assert head.startswith("GET /a%20b/%C3%BC?q=1%202%0D%0AX-Evil:%201 HTTP/1.1\r\n")
@@ -217,7 +217,7 @@ def test_a_connection_the_server_wrote_more_on_is_not_reused(fast):
     answers = {"/with": ok(b"z") + timeout_408, "/later": (ok(b"z"), "later", timeout_408), "/b": ok(b"b")}
     server = serve(lambda path, n: answers[path])
     try:
-        f = Fetcher(fast, allow_private_hosts=True)
+        f = Fetcher(fast.scrape, allow_private_hosts=True)
         assert f.get(server.url("/with"), 100).body == b"z"
         second = f.get(server.url("/b"), 100)
         assert (second.status, second.body) == (200, b"b")

@@ -95,17 +95,17 @@ def test_http_tunnels_to_the_checked_address_and_no_proxy_goes_direct(env, site,
     proxy = Proxy()
     try:
         env.setenv("HTTP_PROXY", proxy.url)
-        fetcher = Fetcher(fast, allow_private_hosts=True, resolver=lambda host, port: ["127.0.0.1"])
+        fetcher = Fetcher(fast.scrape, allow_private_hosts=True, resolver=lambda host, port: ["127.0.0.1"])
         url = f"http://named.test:{site.port}/a.png"
-        assert fetcher.get(url, fast.max_image_bytes).body == png_bytes(1)
-        assert fetcher.get(url, fast.max_image_bytes).body == png_bytes(1)
+        assert fetcher.get(url, fast.scrape.max_image_bytes).body == png_bytes(1)
+        assert fetcher.get(url, fast.scrape.max_image_bytes).body == png_bytes(1)
         assert proxy.asked == [("CONNECT", f"127.0.0.1:{site.port}")]  # one tunnel, kept alive
         assert [r.headers["host"] for r in site.log] == [f"named.test:{site.port}"] * 2
         fetcher.close()
 
         env.setenv("NO_PROXY", "named.test")
-        direct = Fetcher(fast, allow_private_hosts=True, resolver=lambda host, port: ["127.0.0.1"])
-        assert direct.get(url, fast.max_image_bytes).body == png_bytes(1)
+        direct = Fetcher(fast.scrape, allow_private_hosts=True, resolver=lambda host, port: ["127.0.0.1"])
+        assert direct.get(url, fast.scrape.max_image_bytes).body == png_bytes(1)
         assert len(proxy.asked) == 1 and len(site.log) == 3  # the site, not the proxy
         direct.close()
     finally:
@@ -120,9 +120,9 @@ def test_https_tunnels_to_the_checked_address_and_verifies_the_name(env, tmp_pat
         site.static("/a.png", png_bytes(2), "image/png")
         env.setenv("HTTPS_PROXY", proxy.url)
         env.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # not asked for https
-        fetcher = Fetcher(fast, allow_private_hosts=True, resolver=lambda host, port: ["127.0.0.1"])
+        fetcher = Fetcher(fast.scrape, allow_private_hosts=True, resolver=lambda host, port: ["127.0.0.1"])
         fetcher.session.verify = str(cert_pem)
-        resp = fetcher.get(f"https://secure.test:{site.port}/a.png", fast.max_image_bytes)
+        resp = fetcher.get(f"https://secure.test:{site.port}/a.png", fast.scrape.max_image_bytes)
         assert resp.status == 200 and resp.body == png_bytes(2)
         # the proxy is told the checked address, never the name (which it cannot resolve here)
         assert proxy.asked == [("CONNECT", f"127.0.0.1:{site.port}")]
@@ -138,11 +138,11 @@ def test_a_refused_address_never_reaches_the_proxy(env, fast):
     try:
         env.setenv("HTTP_PROXY", proxy.url)
         env.setenv("HTTPS_PROXY", proxy.url)
-        fetcher = Fetcher(fast, allow_private_hosts=True,
+        fetcher = Fetcher(fast.scrape, allow_private_hosts=True,
                           resolver=lambda host, port: ["10.0.0.1"] if host == "internal.test" else ["127.0.0.1"])
         for url in ("http://10.0.0.1/x.png", "https://169.254.169.254/latest/", "http://internal.test/x.png"):
             with pytest.raises(FetchError) as exc:
-                fetcher.get(url, fast.max_image_bytes)
+                fetcher.get(url, fast.scrape.max_image_bytes)
             assert exc.value.reason == "refused-address"
         assert proxy.asked == []
         fetcher.close()

@@ -213,9 +213,9 @@ def test_register_shipped_detector_promotes_once_and_refuses_bad_files(shipped_d
 def test_triage_starts_from_the_shipped_detector_and_fine_tunes_it(shipped, shipped_detector, settings, catalog,
                                                                     blobs):
     photos, _ = shipped
-    settings.shipped_weights = shipped_detector
-    settings.detector_steps = 4
-    settings.triage_batch_size = 5
+    settings.models.shipped_weights = shipped_detector
+    settings.triage.detector_steps = 4
+    settings.triage.triage_batch_size = 5
     import_paths([photos], catalog, blobs, settings)
     first = triage_step.triage(catalog, blobs, settings)
     assert first["detector"].startswith("detector-shipped-") and first["trained_detector"] is None

@@ -47,9 +47,9 @@ def _draw_run_figures(checkpoint, out) -> None:
 
 @pytest.fixture
 def cleaned_home(settings, catalog, blobs, tmp_path):
-    settings.num_workers = 0
-    settings.clean_tile = 48
-    settings.clean_overlap = 16
+    settings.clean.num_workers = 0
+    settings.clean.clean_tile = 48
+    settings.clean.clean_overlap = 16
     checkpoint = tiny_remover(tmp_path)
     version = register_remover(catalog, blobs, checkpoint)
     _draw_run_figures(checkpoint, settings.runs_dir / version / "visuals")
@@ -145,7 +145,7 @@ def test_zoom_is_the_padded_mask_box_at_full_resolution(settings, blobs, tmp_pat
     _, mask_key = blobs.put(_png(mask))
     _, after_key = blobs.put(_png(255 - photo))
     assert marked_box(PILImage.fromarray(mask), (200, 100)) == (42, 12, 90, 50)
-    assets = Assets(tmp_path / "assets", blobs, settings.max_image_pixels)
+    assets = Assets(tmp_path / "assets", blobs, settings.images.max_image_pixels)
     z = assets.zoom(image_key, after_key, mask_key)
     assert z is not None and z.box == (42, 12, 90, 50) and z.scale == 1.0 and "full resolution" in z.note
     assert z.size == (48, 38) and z.magnify == 4 and "shown 4×" in z.note  # small: shown magnified
@@ -157,7 +157,7 @@ def test_zoom_is_the_padded_mask_box_at_full_resolution(settings, blobs, tmp_pat
     # red is x and green 2·y: their means place the crop at (42..89, 12..49) to within a pixel
     assert abs(before[..., 0].mean() - 65.5) < 0.5 and abs(before[..., 1].mean() - 61.0) < 1.0
     # the region is remembered: a later report reads no blob for it
-    again = Assets(tmp_path / "assets", blobs, settings.max_image_pixels)
+    again = Assets(tmp_path / "assets", blobs, settings.images.max_image_pixels)
     monkeypatch.setattr(again, "_open", lambda key: (_ for _ in ()).throw(AssertionError("decoded again")))
     assert again.zoom(image_key, after_key, mask_key) == z
 
@@ -167,7 +167,7 @@ def test_zoom_of_a_large_region_an_empty_mask_and_a_bad_blob(settings, blobs, tm
     _, full = blobs.put(_png(np.full((600, 800), 255, np.uint8)))
     _, empty = blobs.put(_png(np.zeros((600, 800), np.uint8)))
     _, junk = blobs.put(b"not an image at all")
-    assets = Assets(tmp_path / "assets", blobs, settings.max_image_pixels)
+    assets = Assets(tmp_path / "assets", blobs, settings.images.max_image_pixels)
     z = assets.zoom(big, big, full)
     assert z.box == (0, 0, 800, 600) and z.scale == ZOOM_MAX / 800 and "scaled 1:2.1" in z.note and z.magnify == 1
     assert PILImage.open(tmp_path / z.before).size == (ZOOM_MAX, 288)

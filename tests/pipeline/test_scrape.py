@@ -279,7 +279,7 @@ def test_retries_honour_retry_after_and_back_off(site, catalog, blobs, fast):
     t429 = [r.t for r in site.requests_for("/img/429.png")]
     assert len(t429) == 2 and t429[1] - t429[0] >= 0.95  # waited for Retry-After: 1
     assert len(site.requests_for("/img/500.png")) == 2
-    assert len(site.requests_for("/img/503.png")) == fast.max_retries + 1
+    assert len(site.requests_for("/img/503.png")) == fast.scrape.max_retries + 1
     assert failures(catalog)["/img/503.png"] == "http-503"
     assert summary["images_failed"] == 1
 
@@ -334,7 +334,7 @@ def test_timeouts_caps_and_hostile_bytes(site, catalog, blobs, fast):
     site.static("/img/photo", jpeg_bytes(2), "text/html")  # a JPEG served as text/html
     site.page("/", "".join(f"<img src='/img/{n}'>" for n in (
         "huge.png", "declared.png", "slow.png", "trickle.png", "bomb.png", "truncated.jpg", "fake.jpg", "photo")))
-    settings = fast.model_copy(update={"max_retries": 1})
+    settings = fast.updated(max_retries=1)
 
     t = time.monotonic()
     run(site, catalog, blobs, settings)
@@ -346,7 +346,7 @@ def test_timeouts_caps_and_hostile_bytes(site, catalog, blobs, fast):
     assert f["/img/slow.png"] == "timeout" and f["/img/trickle.png"] == "deadline"
     assert f["/img/bomb.png"] == "too-many-pixels"
     assert f["/img/truncated.jpg"] == "corrupt" and f["/img/fake.jpg"] == "not-image"
-    cap = settings.max_image_bytes
+    cap = settings.scrape.max_image_bytes
     assert cap <= sent["stream"] < cap + 16 * 1024 * 1024  # aborted at the cap, not read to 200 MB
     assert sent["declared"] < 16 * 1024 * 1024  # refused on the declared length
     with catalog.session() as s:
@@ -367,7 +367,7 @@ def test_per_host_concurrency_global_bound_and_delays(catalog, blobs, fast):
         site.page("/", imgs + f"<a href='http://b.test:{site.port}/'>b</a>")
         for i in range(8):
             site.static(f"/img/{i}.png", png_bytes(i), "image/png")
-        settings = fast.model_copy(update={"per_host_concurrency": 2, "global_concurrency": 3})
+        settings = fast.updated(per_host_concurrency=2, global_concurrency=3)
         summary = scrape([f"http://a.test:{site.port}/", f"http://b.test:{site.port}/"], catalog, blobs, settings,
                          allow_private_hosts=True, resolver=resolver)
         assert summary["images_fetched"] == 16 and summary["images_new"] == 8  # same bytes on both hosts
@@ -386,7 +386,7 @@ def test_min_delay_and_robots_crawl_delay(settings, catalog, blobs, fast):
             site.page("/", "".join(f"<img src='/img/{i}.png'>" for i in range(4)))
             for i in range(4):
                 site.static(f"/img/{i}.png", png_bytes(i + int(gap * 100)), "image/png")
-            run(site, catalog, blobs, fast.model_copy(update={"per_host_delay_s": delay_setting}))
+            run(site, catalog, blobs, fast.updated(per_host_delay_s=delay_setting))
             starts = sorted(r.t for r in site.log if r.path.startswith("/img/"))
             assert len(starts) == 4
             # The gate spaces request starts by the delay; the server stamps them when its thread
@@ -513,19 +513,19 @@ def test_fetcher_chunked_gzip_bomb_and_dns_rebinding(site, fast):
     site.routes["/chunked.png"] = chunked(body, False)
     site.routes["/gz.png"] = chunked(gzip.compress(body), True)
     site.routes["/bomb.png"] = chunked(bomb, True)
-    fetcher = Fetcher(fast, allow_private_hosts=True)
-    assert fetcher.get(site.url("/chunked.png"), fast.max_image_bytes).body == body
-    assert fetcher.get(site.url("/gz.png"), fast.max_image_bytes).body == body
+    fetcher = Fetcher(fast.scrape, allow_private_hosts=True)
+    assert fetcher.get(site.url("/chunked.png"), fast.scrape.max_image_bytes).body == body
+    assert fetcher.get(site.url("/gz.png"), fast.scrape.max_image_bytes).body == body
     with pytest.raises(FetchError) as exc:
-        fetcher.get(site.url("/bomb.png"), fast.max_image_bytes)
+        fetcher.get(site.url("/bomb.png"), fast.scrape.max_image_bytes)
     assert exc.value.reason == "too-large"  # the cap counts decoded bytes
 
     # DNS rebinding: the name passes the check, then resolves to 10.0.0.1 when the connection
     # opens. The connection re-checks (no cache here) and refuses before any packet is sent.
     answers = iter([["127.0.0.1"], ["10.0.0.1"]])
-    rebinding = Fetcher(fast, allow_private_hosts=True, resolver=lambda host, port: next(answers), dns_cache_s=0)
+    rebinding = Fetcher(fast.scrape, allow_private_hosts=True, resolver=lambda host, port: next(answers), dns_cache_s=0)
     with pytest.raises(FetchError) as exc:
-        rebinding.get(f"http://rebind.test:{site.port}/chunked.png", fast.max_image_bytes)
+        rebinding.get(f"http://rebind.test:{site.port}/chunked.png", fast.scrape.max_image_bytes)
     assert exc.value.reason == "refused-address" and "10.0.0.1" in str(exc.value)
     assert site.requests_for("/chunked.png") and all(r.headers["host"] != f"rebind.test:{site.port}" for r in site.log)
 
@@ -542,7 +542,7 @@ def test_rerun_retries_transient_failures_only(site, catalog, blobs, fast):
     site.routes["/img/flaky.png"] = sometimes
     site.static("/img/tiny.png", png_bytes(4, 10, 10), "image/png")
     site.routes["/"] = lambda req: req.send(200, b"<img src='/img/flaky.png'><img src='/img/tiny.png'>")
-    settings = fast.model_copy(update={"max_retries": 0})
+    settings = fast.updated(max_retries=0)
 
     run(site, catalog, blobs, settings)
     assert failures(catalog) == {"/img/flaky.png": "http-503", "/img/tiny.png": "too-small"}
@@ -571,13 +571,13 @@ def test_https_through_the_pinned_address_verifies_the_name(tmp_path, fast):
         def resolver(host, port):
             return ["127.0.0.1"]
 
-        fetcher = Fetcher(fast, allow_private_hosts=True, resolver=resolver)
+        fetcher = Fetcher(fast.scrape, allow_private_hosts=True, resolver=resolver)
         fetcher.session.verify = str(cert_pem)
-        resp = fetcher.get(f"https://secure.test:{site.port}/a.png", fast.max_image_bytes)
+        resp = fetcher.get(f"https://secure.test:{site.port}/a.png", fast.scrape.max_image_bytes)
         assert resp.status == 200 and resp.body == png_bytes(1)
         assert snis == ["secure.test"] and site.log[0].headers["host"] == f"secure.test:{site.port}"
         with pytest.raises(FetchError) as exc:  # same address, a name the certificate does not carry
-            fetcher.get(f"https://other.test:{site.port}/a.png", fast.max_image_bytes)
+            fetcher.get(f"https://other.test:{site.port}/a.png", fast.scrape.max_image_bytes)
         assert exc.value.reason == "tls" and "certificate" in str(exc.value).lower()
         assert snis == ["secure.test", "other.test"]  # one handshake for it: a TLS failure is not retried
     finally:
@@ -598,7 +598,7 @@ def test_a_failing_catalog_write_ends_the_crawl_with_its_error(site, catalog, bl
     with catalog.write() as s:
         s.execute(text("DROP TABLE sightings"))
     with pytest.raises(DatabaseError, match="sightings"):
-        run(site, catalog, blobs, fast.model_copy(update={"write_batch_size": 2}))
+        run(site, catalog, blobs, fast.updated(write_batch_size=2))
     assert not [t for t in threading.enumerate() if t.name == "unmark-scrape-writer"]
 
 

@@ -73,7 +73,7 @@ def site():
 
 
 def test_every_element_that_fetches_an_image(site, catalog, blobs, fast):
-    settings = fast.model_copy(update={"max_page_bytes": 16384})  # huge.css is over the page cap
+    settings = fast.updated(max_page_bytes=16384)  # huge.css is over the page cap
     summary = run(site, catalog, blobs, settings)
 
     got = sightings(catalog)
@@ -98,7 +98,7 @@ def test_every_element_that_fetches_an_image(site, catalog, blobs, fast):
 
 
 def test_icons_only_when_asked_for(site, catalog, blobs, fast):
-    run(site, catalog, blobs, fast.model_copy(update={"scrape_icons": True}), max_depth=0)
+    run(site, catalog, blobs, fast.updated(scrape_icons=True), max_depth=0)
     got = sightings(catalog)
     assert got["/img/icon.png"][0] == "icon" and got["/img/touch.png"][0] == "icon"
 
@@ -110,7 +110,7 @@ def test_a_rerun_fetches_no_sheet_image_again_and_clears_healed_sheet_failures(s
     site.static("/img/healed.png", png_bytes(999), "image/png")
     site.page("/", PAGE + "<!-- changed -->")  # a new ETag: the page is read again, not a 304
     before = len(site.paths())
-    run(site, catalog, blobs, fast.model_copy(update={"max_retries": 0}))
+    run(site, catalog, blobs, fast.updated(max_retries=0))
     new = site.paths()[before:]
     assert "/img/healed.png" in new and not any(p in new for p in FETCHED)
     assert "/css/missing.css" not in failures(catalog, SHEET_STAGE)

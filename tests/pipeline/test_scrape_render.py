@@ -84,8 +84,8 @@ def trap():
 
 @pytest.fixture
 def rfast(fast, trap):
-    return fast.model_copy(update={"render_trap_proxy": f"http://127.0.0.1:{trap.port}", "render_timeout_s": 10.0,
-                                   "render_settle_s": 0.15})
+    return fast.updated(render_trap_proxy=f"http://127.0.0.1:{trap.port}", render_timeout_s=10.0,
+                        render_settle_s=0.15)
 
 
 def resolver(host, port):
@@ -163,9 +163,9 @@ def test_bounds_request_cap_restart_and_crash(site, catalog, blobs, rfast):
     from pipeline.scrape.fetch import Fetcher
     from pipeline.scrape.render import Renderer
 
-    fetcher = Fetcher(rfast, allow_private_hosts=True)
+    fetcher = Fetcher(rfast.scrape, allow_private_hosts=True)
     r = Renderer(lambda u, cap: fetcher.get(u, cap), check_available(), 1 << 20, timeout_s=10, max_requests=2,
-                 restart_every=2, trap=rfast.render_trap_proxy, settle_s=0.15)
+                 restart_every=2, trap=rfast.scrape.render_trap_proxy, settle_s=0.15)
     try:
         scroll = r.render(site.url("/scroll.html"), _body(site, "/scroll.html"), "text/html")
         assert [e.reason for _, e in scroll.failures] == ["render-cap"]  # the third feed page is over the cap
@@ -198,7 +198,7 @@ def test_bad_render_input_is_refused_before_any_request(site, catalog, blobs, rf
         scrape([site.url("/") + " render=maybe"], catalog, blobs, rfast, allow_private_hosts=True)
     with pytest.raises(SeedError, match="unknown seed option"):
         scrape([site.url("/") + " depth=3"], catalog, blobs, rfast, allow_private_hosts=True)
-    missing = rfast.model_copy(update={"chromium_path": "/nonexistent/chromium"})
+    missing = rfast.updated(chromium_path="/nonexistent/chromium")
     with pytest.raises(RenderUnavailable, match="no chromium"):
         crawl(site, catalog, blobs, missing, "auto")
     assert site.log == []

@@ -51,9 +51,9 @@ def test_kill_9_with_the_browser_then_rerun_gives_exact_counts(tmp_path, unmark_
         resumed = snapshot(settings)
 
         ref = load_settings(home=tmp_path / "reference")
-        cat = open_catalog(ref)
+        cat = open_catalog(ref.storage)
         try:
-            scrape([site.url("/")], cat, BlobStore.from_settings(ref), ref, allow_private_hosts=True, render="always")
+            scrape([site.url("/")], cat, BlobStore.from_settings(ref.storage), ref, allow_private_hosts=True, render="always")
         finally:
             cat.dispose()
         want = snapshot(ref)

@@ -39,7 +39,7 @@ def build(site: Site) -> None:
 
 
 def snapshot(settings) -> dict:
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     try:
         with cat.session() as s:
             images = s.execute(select(Image.sha256, Image.blob_key, Image.bytes)).all()
@@ -52,7 +52,7 @@ def snapshot(settings) -> dict:
             fails = s.execute(select(Failure.stage, Failure.subject, Failure.error_class)).all()
     finally:
         cat.dispose()
-    blob_keys = set(BlobStore.from_settings(settings).keys())
+    blob_keys = set(BlobStore.from_settings(settings.storage).keys())
     return {
         "n_images": len(images), "images": {(sha, n) for sha, _, n in images},
         "n_sightings": len(sights), "sightings": {tuple(r) for r in sights},
@@ -113,9 +113,9 @@ def test_kill_9_halfway_then_rerun_gives_exact_counts(tmp_path, unmark_env, sett
         resumed = snapshot(settings)
 
         reference_settings = load_settings(home=tmp_path / "reference")
-        cat = open_catalog(reference_settings)
+        cat = open_catalog(reference_settings.storage)
         try:
-            scrape([site.url("/")], cat, BlobStore.from_settings(reference_settings), reference_settings,
+            scrape([site.url("/")], cat, BlobStore.from_settings(reference_settings.storage), reference_settings,
                    allow_private_hosts=True)
         finally:
             cat.dispose()

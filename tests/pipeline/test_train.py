@@ -154,8 +154,7 @@ def test_seed_profile_asks_for_imagenet_and_stops_clearly(catalog, blobs, settin
     run = _runs(catalog)[0]
     assert run.status == "failed" and "VGG16" in run.error
     # an explicit UNMARK_PERCEPTUAL overrides a profile's choice, and is recorded as such
-    explicit = settings.model_copy(update={"perceptual": "random"})
-    explicit.__pydantic_fields_set__.add("perceptual")
+    explicit = settings.updated(perceptual="random")
     c = train_step.resolve_config(explicit, "quick-cpu", "supervised", 5)
     assert (c.perceptual, c.perceptual_reason, c.max_minutes) == ("random", "UNMARK_PERCEPTUAL", 5.0)
     assert c.loss["perceptual"] > 0

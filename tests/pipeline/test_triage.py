@@ -36,14 +36,14 @@ def _photos():
 
 @pytest.fixture
 def tiny_settings(settings, tmp_path):
-    settings.shipped_weights = tmp_path / "no-weights"  # nothing ships: the cold start trains a cell detector
-    settings.detector_steps = 8
-    settings.detector_crop = 64
-    settings.detector_batch_size = 4
-    settings.detector_val_samples = 12
-    settings.triage_batch_size = 3
-    settings.detector_hard_negatives = 0.25  # one window of four from the mined cells
-    settings.detector_mine_every = 3
+    settings.models.shipped_weights = tmp_path / "no-weights"  # nothing ships: the cold start trains a cell detector
+    settings.triage.detector_steps = 8
+    settings.triage.detector_crop = 64
+    settings.triage.detector_batch_size = 4
+    settings.triage.detector_val_samples = 12
+    settings.triage.triage_batch_size = 3
+    settings.triage.detector_hard_negatives = 0.25  # one window of four from the mined cells
+    settings.triage.detector_mine_every = 3
     return settings
 
 
@@ -110,10 +110,10 @@ def test_rerun_reuses_detector_and_retrain_rescored(tiny_settings, catalog, blob
 def test_detector_family_settings_are_checked(tiny_settings, catalog, blobs, pool):
     """A misspelt family, or settings that leave the detector nothing to train on, stop with a
     clear error before any training, and register nothing."""
-    tiny_settings.detector_skip_families = "shape,sparkle"
+    tiny_settings.triage.detector_skip_families = "shape,sparkle"
     with pytest.raises(ValueError, match="unknown watermark families.*sparkle"):
         triage_step.triage(catalog, blobs, tiny_settings)
-    tiny_settings.detector_skip_families = "text,logo,shape"
+    tiny_settings.triage.detector_skip_families = "text,logo,shape"
     with pytest.raises(ValueError, match="no family to train"):
         triage_step.triage(catalog, blobs, tiny_settings)
     with catalog.session() as s:

@@ -81,7 +81,7 @@ KILLED_WRITER = textwrap.dedent(
 
     home, image, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     settings = load_settings(home=home)
-    cat, bs = open_catalog(settings), BlobStore.from_settings(settings)
+    cat, bs = open_catalog(settings.storage), BlobStore.from_settings(settings.storage)
     real_fsync = os.fsync
     def stalled_fsync(fd):  # the bytes are written but not yet renamed into place: die here
         marker.write_text("writing")
@@ -114,13 +114,13 @@ def test_kill_during_blob_write_leaves_no_partial_blob_and_no_dangling_row(tmp_p
     from storage.models import Image
 
     settings = load_settings(home=home)
-    bs = BlobStore.from_settings(settings)
+    bs = BlobStore.from_settings(settings.storage)
     sha = sha256_bytes(img.read_bytes())
     assert not bs.exists(blob_key(sha)), "a partial blob was left under its final key"
     assert list(bs.keys()) == []
-    temps = list(Path(settings.blob_root).rglob(".tmp-*"))
+    temps = list(Path(settings.storage.blob_root).rglob(".tmp-*"))
     assert temps, "the killed writer should have left its temp file (proves the kill hit mid-write)"
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     with cat.session() as s:
         assert s.query(Image).count() == 0  # no row points at a blob that does not exist
     # Re-running completes the work; stale temp files can be swept.

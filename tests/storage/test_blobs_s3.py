@@ -33,7 +33,7 @@ def _s3_settings(tmp_path, s3_server, bucket: str, prefix: str = "unmark/blobs")
 
 
 def test_put_get_exists_keys_on_s3(tmp_path, s3_server, s3_bucket):
-    bs = BlobStore.from_settings(_s3_settings(tmp_path, s3_server, s3_bucket))
+    bs = BlobStore.from_settings(_s3_settings(tmp_path, s3_server, s3_bucket).storage)
     assert not bs.is_local and list(bs.keys()) == []
     sha, key = bs.put(b"first blob")
     assert (sha, key) == (sha256_bytes(b"first blob"), blob_key(sha256_bytes(b"first blob")))
@@ -51,7 +51,7 @@ def test_put_get_exists_keys_on_s3(tmp_path, s3_server, s3_bucket):
     body = client.get_object(Bucket=s3_bucket, Key=f"unmark/blobs/{key}")["Body"].read()
     assert body == b"first blob"
     # another prefix in the same bucket is another store
-    other = BlobStore.from_settings(_s3_settings(tmp_path, s3_server, s3_bucket, prefix="elsewhere"))
+    other = BlobStore.from_settings(_s3_settings(tmp_path, s3_server, s3_bucket, prefix="elsewhere").storage)
     other.put(b"not mine")
     assert sorted(bs.keys()) == sorted([key, key2])
     with pytest.raises(BlobError):
@@ -63,7 +63,7 @@ def test_put_get_exists_keys_on_s3(tmp_path, s3_server, s3_bucket):
 
 
 def test_idempotent_put_does_not_rewrite_the_object(tmp_path, s3_server, s3_bucket):
-    bs = BlobStore.from_settings(_s3_settings(tmp_path, s3_server, s3_bucket))
+    bs = BlobStore.from_settings(_s3_settings(tmp_path, s3_server, s3_bucket).storage)
     _, key = bs.put(b"same bytes")
     before = bs.fs.info(bs.path(key))
     time.sleep(1.1)  # S3 LastModified has one-second resolution
@@ -94,7 +94,7 @@ def test_cli_import_into_s3_blobs_from_environment(tmp_path, s3_server, s3_bucke
     settings = load_settings(home=tmp_path / "home", blob_root=f"s3://{s3_bucket}/cli",
                              blob_endpoint_url=s3_server.endpoint, blob_key_id=S3_KEY_ID, blob_secret=S3_SECRET,
                              blob_region=S3_REGION)
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     with cat.session() as s:
         key = s.query(Image).one().blob_key
-    assert BlobStore.from_settings(settings).get(key) == buf.getvalue()
+    assert BlobStore.from_settings(settings.storage).get(key) == buf.getvalue()

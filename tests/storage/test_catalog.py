@@ -22,14 +22,14 @@ def _img(sha: str, **kw) -> dict:
 
 
 def test_migrates_from_empty_to_head(settings):
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     assert current_revision(cat.engine) == head_revision()
     names = set(inspect(cat.engine).get_table_names())
     assert TABLES <= names and "alembic_version" in names
     # Opening again is a no-op and keeps data.
     with cat.write() as s:
         q.add_images(s, [_img("a" * 64)])
-    cat2 = open_catalog(settings)
+    cat2 = open_catalog(settings.storage)
     with cat2.session() as s:
         assert s.query(Image).count() == 1
 
@@ -166,10 +166,10 @@ def test_opening_a_fresh_or_current_catalog_does_not_import_alembic(settings):
     code = ("import sys; from storage import open_catalog; open_catalog(url=sys.argv[1]); "
             "print('alembic' in sys.modules)")
     for _ in ("fresh", "at head"):
-        out = subprocess.run([sys.executable, "-c", code, settings.catalog_url], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code, settings.storage.catalog_url], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.split() == ["False"]
-        assert current_revision(open_catalog(settings, migrate_schema=False).engine) == head_revision()
+        assert current_revision(open_catalog(settings.storage, migrate_schema=False).engine) == head_revision()
 
 
 def _schema(engine) -> dict:
@@ -194,7 +194,7 @@ def test_fresh_schema_is_the_migrated_one(settings):
 
     from storage.db import _alembic_config
 
-    cat = open_catalog(settings, migrate_schema=False)
+    cat = open_catalog(settings.storage, migrate_schema=False)
     with cat.engine.begin() as conn:
         command.upgrade(_alembic_config(conn), "head")
     migrated = _schema(cat.engine)
@@ -203,7 +203,7 @@ def test_fresh_schema_is_the_migrated_one(settings):
         conn.execute(text("DROP TABLE alembic_version"))
     assert inspect(cat.engine).get_table_names() == []
     cat.dispose()
-    fresh = open_catalog(settings)
+    fresh = open_catalog(settings.storage)
     assert current_revision(fresh.engine) == head_revision()
     assert _schema(fresh.engine) == migrated
 
@@ -213,11 +213,11 @@ def test_a_catalog_behind_head_is_still_upgraded(settings):
 
     from storage.db import _alembic_config
 
-    cat = open_catalog(settings)
+    cat = open_catalog(settings.storage)
     with cat.engine.begin() as conn:
         command.downgrade(_alembic_config(conn), "-1")
     assert current_revision(cat.engine) != head_revision()
-    cat2 = open_catalog(settings)
+    cat2 = open_catalog(settings.storage)
     assert current_revision(cat2.engine) == head_revision()
     assert "window_hashes" in inspect(cat2.engine).get_table_names()
 

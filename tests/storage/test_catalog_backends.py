@@ -152,7 +152,7 @@ WRITER = textwrap.dedent(
     from storage import queries as q
 
     home, url, worker, n, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-    cat = open_catalog(load_settings(home=home, catalog_url=url))
+    cat = open_catalog(load_settings(home=home, catalog_url=url).storage)
     while time.time() < start_at:
         time.sleep(0.001)
     shared = hashlib.sha256(b"shared").hexdigest()
@@ -175,7 +175,7 @@ def test_processes_upsert_the_same_rows_concurrently(settings, catalog):
     n, workers = 100, 3
     start_at = time.time() + 3.0
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(settings.home), settings.catalog_url, str(w), str(n),
+        subprocess.Popen([sys.executable, "-c", WRITER, str(settings.home), settings.storage.catalog_url, str(w), str(n),
                           str(start_at)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
         for w in range(workers)
     ]

@@ -20,7 +20,7 @@ WRITER = textwrap.dedent(
     from storage import queries as q
 
     home, worker, n, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    cat = open_catalog(load_settings(home=home))   # every process also races on 'migrate if needed'
+    cat = open_catalog(load_settings(home=home).storage)   # every process also races on 'migrate if needed'
     while time.time() < start_at:
         time.sleep(0.001)
     for b in range(0, n, 25):
@@ -59,7 +59,7 @@ def test_four_processes_write_concurrently(tmp_path):
         assert "database is locked" not in errs
     from pipeline.config import load_settings
 
-    cat = open_catalog(load_settings(home=home))
+    cat = open_catalog(load_settings(home=home).storage)
     with cat.session() as s:
         assert s.query(Image).count() == 4 * n + 1
         assert s.query(Sighting).count() == 4 * n + 4 * (n // 25)
