@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -222,6 +223,18 @@ def test_sigterm_mid_triage_commits_whole_chunks_and_the_rerun_is_exact(tmp_path
     assert triage_rows(settings) == reference_triage(tmp_path)
 
 
+def _wait_cpu_seconds(proc, cpu_s: float, timeout_s: float) -> None:  # noqa: ANN001
+    """Wait until ``proc`` has used ``cpu_s`` seconds of CPU (user + system), or fail at ``timeout_s``."""
+    tick, end = os.sysconf("SC_CLK_TCK"), time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / tick >= cpu_s:  # utime, stime
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the process used under {cpu_s} CPU seconds in {timeout_s} s")
+
+
 def test_sigterm_while_triage_trains_its_detector_abandons_it_and_registers_nothing(settings, unmark_env):
     from tests.pipeline.test_clean import _encode, _photo
 
@@ -243,7 +256,10 @@ def test_sigterm_while_triage_trains_its_detector_abandons_it_and_registers_noth
     env = {**unmark_env, "UNMARK_SHIPPED_WEIGHTS": str(settings.home / "no-weights"), "UNMARK_DETECTOR_STEPS": "100000", "UNMARK_DETECTOR_CROP": "64",
            "UNMARK_DETECTOR_BATCH_SIZE": "2", "UNMARK_DETECTOR_VAL_SAMPLES": "4", "OMP_NUM_THREADS": "1"}
     proc = popen(unmark("triage", "--json"), env)
-    time.sleep(12.0)  # start-up, then training (nothing in the catalog shows it)
+    # start-up, then training (nothing in the catalog shows it): 12 s of the process's own CPU time,
+    # what 12 s of wall time gave on a quiet machine (wall time alone fails under load: the
+    # signal then lands before the handler is installed)
+    _wait_cpu_seconds(proc, 12.0, timeout_s=240.0)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     took, out, err = _stop(proc)
     assert proc.returncode == EXIT_STOPPED, err[-2000:]
