@@ -94,7 +94,7 @@ CASES = {
 
 def run_round(junit: Path) -> dict[str, tuple[str, float]]:
     env = {**os.environ, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "NO_ALBUMENTATIONS_UPDATE": "1"}
+           "NO_ALBUMENTATIONS_UPDATE": "1", "UNMARK_SOAK": "1"}  # the soak cases too
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults",
                     f"--junitxml={junit}"], cwd=ROOT, env=env, check=False)
     out = {}

@@ -14,6 +14,7 @@ prefect.yaml, ``prefect worker start``; a SQLite catalog and a local blob folder
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -26,7 +27,10 @@ from tests.faults import catalog_state as cs
 from tests.faults.test_sigterm import CLEAN_ROWS, N_CLEAN, STOP_BOUND_S, clean_pool_env, reference_clean
 from tests.faults.test_sigterm_steps import _scalar
 
-pytestmark = pytest.mark.slow
+# About 8 minutes on a quiet 2-core machine (a Prefect server, a deployment, two workers) and
+# timing-bound under load: a soak case that bench/faults.py runs (UNMARK_SOAK=1), not the suite.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not os.environ.get("UNMARK_SOAK"), reason="soak case: bench/faults.py runs it")]
 POOL = "unmark-gpu"  # the pool prefect.yaml gives clean/after-ingest
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
