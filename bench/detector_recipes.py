@@ -21,6 +21,7 @@ the val best-accuracy threshold, and the uncertain share at the val thresholds.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 from pathlib import Path
 
@@ -45,7 +46,6 @@ from pipeline.pretrain_detector import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
-FOLDERS = ("bsds500", "imagenet-sample", "urban100", "sun-hays80", "kodak24", "dreambooth", "set5-set14-natural")
 NOISE = 0.01  # val ROC-AUC differences below this are not called
 RECIPES = {  # name: (view, image-score weight, unmarked share)
     "shipped": (192, 1.0, 0.5),
@@ -77,7 +77,9 @@ def main() -> None:
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; known: {list(RECIPES)}")
-    train_p, val_p, test_p = split_paths(corpus_paths([CORPUS / f for f in FOLDERS]), SPLIT)
+    with open(ROOT / "model" / "weights" / "remover-manifest.tsv") as fh:  # the shipped models' folders
+        folders = sorted({row["folder"] for row in csv.DictReader(fh, delimiter="\t")})
+    train_p, val_p, test_p = split_paths(corpus_paths([CORPUS / f for f in folders]), SPLIT)
     val = clean_and_marked([load_rgb(p) for p in val_p], seed=0)[:2]
     test = clean_and_marked([load_rgb(p) for p in test_p], seed=1)
     start = load_checkpoint(args.remover)[0].float()
