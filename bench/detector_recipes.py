@@ -12,7 +12,7 @@ Recipes (``model.detector.train_localiser_detector``'s knobs):
   the false alarms that make the uncertain band wide).
 
 Each recipe: the start's figures are known (``start`` row), then ``--minutes`` of fine-tuning on one
-thread; the pooling share is the start's (1 %). Judged on the val photos (each once clean, once
+thread; the pooling share is the localiser default (`SCORE_TOP_FRACTION`, 0.2 %). Judged on the val photos (each once clean, once
 marked with held-out icon identities): ROC-AUC, and the share left uncertain when triage's two
 thresholds are calibrated there at 0.98 precision; the test photos then give ROC-AUC, accuracy at
 the val best-accuracy threshold, and the uncertain share at the val thresholds.
