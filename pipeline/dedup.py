@@ -46,7 +46,7 @@ from pipeline.perceptual import HASH_IMPL, N_WINDOWS, hash_image
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, hashes, status
 from storage import queries as q
-from storage.blobs import BlobError, check_content
+from storage.blobs import STORE_FAULTS, BlobError, check_content
 
 STAGE = "dedup"
 
@@ -85,15 +85,19 @@ def _read_blob(store: BlobStore, key: str) -> bytes:
         raise BlobError(key, "not found") from exc
 
 
-def _hash_chunk(blob_root: str, storage_options: dict, max_pixels: int,
+def _hash_chunk(blob_root: str, storage_options: dict, retry_s: float, max_pixels: int,
                 jobs: Sequence[tuple[int, str]]) -> list[tuple[int, np.ndarray | None, str | None, str | None]]:
     """Worker: ``(id, codes, error class, message)`` for each ``(id, blob key)``; ``codes`` is
-    ``hash_image``'s (1 + N_WINDOWS, 2) int64 array."""
-    store = BlobStore(blob_root, storage_options)
+    ``hash_image``'s (1 + N_WINDOWS, 2) int64 array. A fault of the store itself
+    (``STORE_FAULTS``: down past ``retry_s``) is raised, not written down as the image's failure:
+    the step stops with it, and a re-run hashes what was left."""
+    store = BlobStore(blob_root, storage_options, retry_s)
     out = []
     for image_id, key in jobs:
         try:
             out.append((image_id, hash_image(_read_blob(store, key), max_pixels), None, None))
+        except STORE_FAULTS:
+            raise
         except (BadImage, BlobError, OSError) as exc:
             out.append((image_id, None, type(exc).__name__, str(exc)))
     return out
@@ -114,7 +118,8 @@ def hash_blobs(jobs: Sequence[tuple[int, str]], settings: Settings) -> Iterator[
     chunk = max(1, settings.dedup.dedup_chunk_size)
     workers = settings.dedup.dedup_workers or os.cpu_count() or 1
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    args = (settings.storage.blob_root, settings.storage.blob_storage_options(), settings.images.max_image_pixels)
+    st = settings.storage
+    args = (st.blob_root, st.blob_storage_options(), st.blob_retry_s, settings.images.max_image_pixels)
     if workers <= 1 or len(chunks) <= 1:
         for c in chunks:
             yield from _hash_chunk(*args, c)

@@ -41,7 +41,7 @@ from pipeline.images import BadImage, open_image
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, pools, status
 from storage import queries as q
-from storage.blobs import BlobError
+from storage.blobs import STORE_FAULTS, BlobError
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -225,6 +225,8 @@ def score_chunk(
         try:
             decoded.append(_decode(blobs, key, settings.images.max_image_pixels))
             good.append((iid, sha))
+        except STORE_FAULTS:
+            raise  # the store is down, not the image to blame: the step stops, the chunk stays unscored
         except (BadImage, BlobError, OSError, ValueError) as exc:
             bad.append((iid, sha, exc))
     scores = detector.score(decoded) if decoded else np.array([])

@@ -1,5 +1,6 @@
 """The object store stops answering (the network to the real S3 API server goes down: connections
-reset, the port refuses) and comes back, during ingest (scrape, import) and during cleaning.
+reset, the port refuses) and comes back, during ingest (scrape, import, dedup, triage) and during
+cleaning.
 Gets and puts are retried with backoff and ride the outage out; past the deadline a step fails
 with a clear, named error and exit 4; no catalog row ever points at a blob that was not written,
 no image stays claimed, and a re-run ends with the rows and objects of a fault-free run.
@@ -21,7 +22,17 @@ from storage import BlobStore
 from storage.blobs import BlobStoreUnavailable, blob_key, sha256_bytes
 from tests.faults import catalog_state as cs
 from tests.faults.test_sigterm import CLEAN_ROWS, N_CLEAN, clean_pool_env, reference_clean, start_clean
-from tests.faults.test_sigterm_steps import _scalar
+from tests.faults.test_sigterm_steps import (
+    _groups,
+    _scalar,
+    _wait,
+    groups_after_dedup,
+    import_dedup_pool,
+    reference_triage,
+    triage_env,
+    triage_pool,
+    triage_rows,
+)
 from tests.pipeline.scrape_site import png_bytes
 
 
@@ -174,3 +185,73 @@ def test_store_down_past_the_deadline_stops_clean_clearly_and_the_rerun_is_exact
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["cleaned"] == N_CLEAN - at_stop  # nothing done twice
     cs.assert_same_rows(cs.snapshot(settings), reference_clean(tmp_path), CLEAN_ROWS)
+
+
+# --- dedup and triage: the store goes down mid-step ---------------------------------------------
+
+
+def _down_mid_step(proxy, proc, progress, what: str) -> tuple[str, str]:  # noqa: ANN001
+    """Take the store down once ``progress()`` shows the step under way; (stdout, stderr) at its end."""
+    _wait(proc, progress, what)
+    proxy.down()
+    try:
+        return proc.communicate(timeout=180)
+    finally:
+        proxy.up()
+
+
+def _assert_stopped_on_the_store(proc, err: str, db) -> None:  # noqa: ANN001
+    assert proc.returncode == 4, err[-3000:]  # EXIT_UNAVAILABLE
+    assert "unreachable for" in err and "Traceback" not in err
+    assert _scalar(db, "SELECT count(*) FROM failures") == 0, "the outage was recorded as the images' failures"
+    assert _scalar(db, "SELECT count(*) FROM images WHERE status = 'failed'") == 0
+
+
+DEDUP_POOL = (120, 24)  # distinct pictures, near copies
+TRIAGE_POOL = (12, 256)  # photos, side
+
+
+def test_store_down_mid_dedup_stops_it_clearly_and_the_rerun_is_exact(store, tmp_path, unmark_env):
+    proxy, _, env = store
+    settings = _settings(tmp_path / "home", env)
+    import_dedup_pool(settings, tmp_path / "src", *DEDUP_POOL)
+    db = settings.home / "catalog.sqlite"
+    hashed_sql = "SELECT count(*) FROM images WHERE phash IS NOT NULL"
+    run_env = {**unmark_env, **env, "UNMARK_BLOB_RETRY_S": "1", "UNMARK_DEDUP_WORKERS": "2",
+               "UNMARK_DEDUP_CHUNK_SIZE": "8", "UNMARK_WRITE_BATCH_SIZE": "8"}
+    proc = cs.popen(cs.unmark("dedup", "--json"), run_env)
+    _, err = _down_mid_step(proxy, proc, lambda: _scalar(db, hashed_sql) >= 16, "dedup")
+    _assert_stopped_on_the_store(proc, err, db)
+    hashed = _scalar(db, hashed_sql)
+    assert 0 < hashed < sum(DEDUP_POOL), f"the outage did not land mid-hashing ({hashed})"
+
+    r = subprocess.run(cs.unmark("dedup", "--json"), env=run_env, capture_output=True, text=True, cwd=cs.ROOT,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["hashed"] == sum(DEDUP_POOL) - hashed  # nothing hashed twice, nothing lost
+    ref = load_settings(home=tmp_path / "reference")
+    import_dedup_pool(ref, tmp_path / "src-reference", *DEDUP_POOL)
+    got, want = _groups(settings), groups_after_dedup(ref, DEDUP_POOL[1])
+    assert got["n"] == want["n"] == sum(DEDUP_POOL) and got["windows"] == want["windows"]
+    assert got["rows"] == want["rows"], f"lost {list(want['rows'] - got['rows'])[:3]}"
+
+
+def test_store_down_mid_triage_stops_it_clearly_and_the_rerun_is_exact(store, tmp_path, unmark_env):
+    proxy, _, env = store
+    settings = _settings(tmp_path / "home", env)
+    triage_pool(settings, *TRIAGE_POOL)
+    db = settings.home / "catalog.sqlite"
+    scored_sql = "SELECT count(*) FROM images WHERE detector_version IS NOT NULL"
+    run_env = {**triage_env(unmark_env), **env, "UNMARK_BLOB_RETRY_S": "1"}
+    proc = cs.popen(cs.unmark("triage", "--json"), run_env)
+    _, err = _down_mid_step(proxy, proc, lambda: _scalar(db, scored_sql) >= 2, "triage")
+    _assert_stopped_on_the_store(proc, err, db)
+    at_stop = _scalar(db, scored_sql)
+    n = TRIAGE_POOL[0]
+    assert 0 < at_stop < n and at_stop % 2 == 0, f"whole chunks only, mid-run ({at_stop} of {n})"
+
+    r = subprocess.run(cs.unmark("triage", "--json"), env=run_env, capture_output=True, text=True, cwd=cs.ROOT,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["scored"] == n - at_stop  # nothing scored twice
+    assert triage_rows(settings) == reference_triage(tmp_path, "reference", *TRIAGE_POOL)
