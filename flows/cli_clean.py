@@ -65,6 +65,8 @@ def clean_files(
     mask_only: Annotated[bool, typer.Option("--mask-only", help="write the masks only and leave the images alone")] = False,
     model: Annotated[str | None, typer.Option(help="remover version (default: the promoted one, else the shipped one)")] = None,
     device: Annotated[str, typer.Option(help="auto|cpu|cuda")] = "auto",
+    triage: Annotated[bool, typer.Option("--triage/--no-triage", help="let the detector decide which files are "
+                                         "cleaned (--no-triage: clean every file)")] = True,
     threshold: ThresholdOpt = None,
     dilate: DilateOpt = None,
     feather: FeatherOpt = None,
@@ -81,7 +83,7 @@ def clean_files(
 
     rule = mask_rule(threshold, dilate, feather)
     options = step.Options(Path(out), masks=masks, copy_clean=copy_all, mask_only=mask_only, mask_rule=rule,
-                           model_version=model, device=device)
+                           model_version=model, device=device, triage=triage)
     settings, cat, blobs = _open()
     with stage_progress(disabled=as_json) as progress:
         try:

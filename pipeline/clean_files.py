@@ -8,9 +8,11 @@ The stages, each the catalog's own step, so dedup, triage and the metrics still 
 2. **import** (``pipeline.importer.import_files``, as ``unmark import``): a file that is not an
    acceptable image (zero bytes, truncated, a bomb, not an image whatever its name) is a failed
    row with its reason; the other files go on.
-3. **triage** (``pipeline.triage.score_chunk`` with the promoted detector): files it calls
-   watermarked are cleaned, the others passed through (copied only with ``--all``). With no
-   promoted detector every file is cleaned, labelled ``untriaged``, and the summary says so.
+3. **triage** (``pipeline.triage.score_chunk`` with the promoted detector; the shipped one is
+   registered first when the catalog promotes none, as ``unmark triage`` does): files it calls
+   watermarked are cleaned, the others passed through (copied only with ``--all``). With
+   ``--no-triage``, or with no detector promoted and none shipped, every file is cleaned,
+   labelled ``untriaged``, and the summary says so.
 4. **clean** (``pipeline.clean``'s engine, chunks and commits; the shipped remover is registered
    first when the catalog promotes none): a file whose image this model already cleaned with the
    same mask settings is not cleaned again; its stored output is used. Animated files are passed
@@ -59,8 +61,9 @@ from storage.models import Cleaning
 
 Progress = Callable[[str, int, int], None]
 STAGE = "clean-files"
-NO_DETECTOR = ("no detector is promoted: every file was treated as watermarked and cleaned (label 'untriaged'); "
-               "`unmark triage` trains one")
+NO_DETECTOR = ("no detector is promoted and none ships: every file was treated as watermarked and cleaned "
+               "(label 'untriaged'); `unmark triage` trains one")
+NO_TRIAGE = "triage off (--no-triage): every file was treated as watermarked and cleaned (label 'untriaged')"
 
 
 class CleanFilesError(ValueError):
@@ -76,6 +79,7 @@ class Options:
     mask_rule: MaskRule | None = None
     model_version: str | None = None
     device: str = "auto"
+    triage: bool = True  # False (--no-triage): every file is treated as watermarked
 
 
 @dataclass
@@ -185,13 +189,22 @@ def import_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
 
 
 def triage_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings: Settings,
-                progress: Progress | None = None):
-    """Label the imported files with the promoted detector (scoring those it has not scored);
-    returns the detector, or None when none is promoted (every file is then ``untriaged``)."""
+                progress: Progress | None = None, notes: list[str] | None = None, enabled: bool = True):
+    """Label the imported files with the promoted detector (scoring those it has not scored),
+    registering the shipped one first when none is promoted; returns the detector, or None when
+    triage is off (``enabled`` False) or no detector is promoted or ships (every file is then
+    ``untriaged``). What it did goes to ``notes``."""
     from pipeline.triage import load_promoted_detector, score_chunk
 
     live = [j for j in jobs if j.image_id is not None]
-    detector = load_promoted_detector(catalog, blobs)
+    detector = load_promoted_detector(catalog, blobs) if enabled else None
+    if enabled and detector is None and (
+            shipped := registry.register_shipped_detector(catalog, blobs, settings.models.shipped_weights)):
+        detector = load_promoted_detector(catalog, blobs)
+        if notes is not None:
+            notes.append(f"registered the shipped detector {shipped['version']} (as `unmark init` does)")
+    if notes is not None and detector is None:
+        notes.append(NO_DETECTOR if enabled else NO_TRIAGE)
     if detector is None:
         for j in live:
             j.row.label = "untriaged"
@@ -358,8 +371,8 @@ def write_jobs(jobs: Sequence[Job], cleanings: dict[int, dict], version: str | N
     for n, job in enumerate(jobs, 1):
         try:
             if job.row.action != "pending":
-                continue
-            if _wants_cleaning(job) and job.image_id in cleanings:
+                pass  # failed before (or passed over): nothing to write
+            elif _wants_cleaning(job) and job.image_id in cleanings:
                 job.row.model = version
                 write_cleaned(job, cleanings[job.image_id], blobs, settings, options)
             elif _wants_cleaning(job):
@@ -367,9 +380,9 @@ def write_jobs(jobs: Sequence[Job], cleanings: dict[int, dict], version: str | N
             elif options.copy_clean and not options.mask_only:
                 _atomic_write(job.dest, job.path.read_bytes())
                 job.row.output, job.row.action = str(job.dest), "copied"
+                job.row.reason = job.passthrough or f"triage: {job.row.label}"
             else:
                 job.row.action = "skipped"
-            if job.row.action in ("copied", "skipped"):
                 job.row.reason = job.passthrough or f"triage: {job.row.label}"
         except (BadImage, NotWritable, OSError, ValueError) as exc:
             job.fail(f"write: {why(exc)}")
@@ -393,9 +406,7 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
     jobs = plan(paths, options.out_dir, masks=options.masks or options.mask_only)
     notes: list[str] = []
     import_jobs(jobs, catalog, blobs, settings, progress)
-    detector = triage_jobs(jobs, catalog, blobs, settings, progress)
-    if detector is None:
-        notes.append(NO_DETECTOR)
+    detector = triage_jobs(jobs, catalog, blobs, settings, progress, notes, enabled=options.triage)
     _pass_animated(jobs)
     version, cleanings = None, {}
     if any(_wants_cleaning(j) for j in jobs):
@@ -408,6 +419,6 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
     counts = {a: sum(r.action == a for r in rows) for a in ("cleaned", "masked", "copied", "skipped", "failed")}
     return {"files": len(rows), **counts, "cached": sum(r.cached and r.action in ("cleaned", "masked") for r in rows),
             "model": version, "detector": detector.version if detector else None,
-            "triage": "detector" if detector else "untriaged", "out": str(options.out_dir), **manifest,
+            "triage": "detector" if detector else ("untriaged" if options.triage else "off"), "out": str(options.out_dir), **manifest,
             "failures": [{"input": r.input, "reason": r.reason} for r in rows if r.action == "failed"],
             "notes": notes, "seconds": round(time.perf_counter() - t0, 2)}

@@ -22,6 +22,7 @@ from model.detector import Calibration, WatermarkDetector, detector_to_bytes, sc
 from model.remover.network import UNet, save_checkpoint
 from pipeline import registry
 from pipeline.images import sniff_format
+from pipeline.registry import WEIGHTS_DIR
 from storage.models import Cleaning
 
 ORIENTATION = 0x0112
@@ -34,11 +35,25 @@ def _one_thread():
 
 
 @pytest.fixture
-def env(settings, monkeypatch):
+def env(settings, monkeypatch, tmp_path):
+    """A release that ships the remover and no detector (so files are ``untriaged`` unless a test
+    promotes one); ``shipped_detector`` puts the shipped detector back."""
+    ships = tmp_path / "ships-remover-only"
+    ships.mkdir()
+    (ships / "remover.pt").symlink_to(WEIGHTS_DIR / "remover.pt")
+    settings.models.shipped_weights = ships
     for k, v in {"UNMARK_HOME": str(settings.home), "UNMARK_NUM_WORKERS": "0", "UNMARK_CLEAN_TILE": "48",
-                 "UNMARK_CLEAN_OVERLAP": "16", "UNMARK_CLEAN_BACKEND": "eager"}.items():
+                 "UNMARK_CLEAN_OVERLAP": "16", "UNMARK_CLEAN_BACKEND": "eager",
+                 "UNMARK_SHIPPED_WEIGHTS": str(ships)}.items():
         monkeypatch.setenv(k, v)
     return settings
+
+
+@pytest.fixture
+def shipped_detector(env, monkeypatch):
+    env.models.shipped_weights = WEIGHTS_DIR
+    monkeypatch.setenv("UNMARK_SHIPPED_WEIGHTS", str(WEIGHTS_DIR))
+    return env
 
 
 def masking_remover(path: Path) -> bytes:
@@ -256,6 +271,37 @@ def test_shipped_remover_is_registered_when_the_catalog_has_none(env, tmp_path, 
     assert registry.find(catalog, "remover").version == res["model"] and res["cleaned"] == 1
 
 
+def test_a_fresh_home_registers_the_shipped_detector_and_triages(shipped_detector, folder, tmp_path, catalog):
+    out = tmp_path / "out"
+    code, res, output = run(str(folder), "--out", str(out), "--all")
+    assert code == 0, output
+    assert res["triage"] == "detector" and res["detector"].startswith("detector-shipped-")
+    assert "registered the shipped detector" in output and registry.find(catalog, "detector").version == res["detector"]
+    rows = manifest(out)
+    assert len(rows) == 3
+    for r in rows.values():
+        assert r["label"] in ("clean", "watermarked", "uncertain") and 0.0 <= r["score"] <= 1.0
+        if r["label"] == "watermarked":
+            assert r["action"] == "cleaned"
+        else:  # left alone, copied through byte for byte with --all
+            assert r["action"] == "copied" and r["reason"] == f"triage: {r['label']}"
+            assert Path(r["output"]).read_bytes() == Path(r["input"]).read_bytes()
+
+
+def test_no_triage_cleans_every_file_whatever_the_detector_says(remover, catalog, blobs, tmp_path):
+    imgs = [photo(seed=5), 255 - photo(seed=6)]
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, im in enumerate(imgs):
+        (d / f"p{i}.png").write_bytes(encode(Image.fromarray(im), "PNG"))
+    _promote_detector(catalog, blobs, *imgs)  # it calls one of the two clean
+    out = tmp_path / "out"
+    code, res, output = run(str(d), "--out", str(out), "--no-triage")
+    assert code == 0, output
+    assert res["triage"] == "off" and res["detector"] is None and res["cleaned"] == 2 and "triage off" in output
+    assert {r["label"] for r in manifest(out).values()} == {"untriaged"}
+
+
 def test_bad_arguments_are_clear_errors_that_touch_nothing(remover, folder, tmp_path):
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     code, _, output = run(str(folder), "--out", str(folder))
@@ -290,7 +336,8 @@ def test_progress_reaches_every_stage_to_its_end(remover, folder, tmp_path, cata
 
     env.clean.num_workers, env.clean.clean_tile, env.clean.clean_overlap, env.clean.clean_backend = 0, 48, 16, "eager"
     seen: dict[str, tuple[int, int]] = {}
+    (folder / "zz-empty.png").write_bytes(b"")  # fails at import, and is the last file written
     res = clean_files([folder], catalog, blobs, env, Options(tmp_path / "out"),
                       progress=lambda stage, done, total: seen.__setitem__(stage, (done, total)))
-    assert res["cleaned"] == 3
-    assert seen == {"import": (3, 3), "clean": (3, 3), "write": (3, 3)}
+    assert res["cleaned"] == 3 and res["failed"] == 1
+    assert seen == {"import": (4, 4), "clean": (3, 3), "write": (4, 4)}
