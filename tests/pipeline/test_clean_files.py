@@ -237,13 +237,19 @@ def _promote_detector(catalog, blobs, clean_img: np.ndarray, marked_img: np.ndar
     return "detector-test"
 
 
-def test_a_promoted_detector_decides_and_all_copies_clean_files(remover, catalog, blobs, tmp_path):
+def _two_photos_one_called_clean(catalog, blobs, tmp_path) -> Path:
+    """A folder of two photos and a promoted detector that calls one clean and one watermarked."""
     imgs = [photo(seed=5), 255 - photo(seed=6)]
     d = tmp_path / "in"
     d.mkdir()
     for i, im in enumerate(imgs):
         (d / f"p{i}.png").write_bytes(encode(Image.fromarray(im), "PNG"))
     _promote_detector(catalog, blobs, *imgs)
+    return d
+
+
+def test_a_promoted_detector_decides_and_all_copies_clean_files(remover, catalog, blobs, tmp_path):
+    d = _two_photos_one_called_clean(catalog, blobs, tmp_path)
     out = tmp_path / "out"
     code, res, output = run(str(d), "--out", str(out))
     assert code == 0 and res["triage"] == "detector" and "no detector" not in output
@@ -289,12 +295,7 @@ def test_a_fresh_home_registers_the_shipped_detector_and_triages(shipped_detecto
 
 
 def test_no_triage_cleans_every_file_whatever_the_detector_says(remover, catalog, blobs, tmp_path):
-    imgs = [photo(seed=5), 255 - photo(seed=6)]
-    d = tmp_path / "in"
-    d.mkdir()
-    for i, im in enumerate(imgs):
-        (d / f"p{i}.png").write_bytes(encode(Image.fromarray(im), "PNG"))
-    _promote_detector(catalog, blobs, *imgs)  # it calls one of the two clean
+    d = _two_photos_one_called_clean(catalog, blobs, tmp_path)
     out = tmp_path / "out"
     code, res, output = run(str(d), "--out", str(out), "--no-triage")
     assert code == 0, output
