@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,7 +182,27 @@ def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: di
     runs = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     card = out / "remover.md"
     card.write_text(_card(config, summary, metrics, splits, runs, weights))
+    ship_run_figures(run_dir, out, weights)
     return {"weights": str(weights), "card": str(card)}
+
+
+SHIPPED_RUN = "remover-run"  # beside remover.pt: the run's history and figures (the report's model section)
+
+
+def ship_run_figures(run_dir: Path, out: Path, weights: Path) -> Path:
+    """Copy the run's ``history.json`` and ``visuals/`` (the figures drawn at its end) into
+    ``out/remover-run/``, with ``weights.sha256`` naming the weights they belong to, so that a
+    catalog whose remover is the shipped one shows its curves and figures (``pipeline.report``)."""
+    dest = out / SHIPPED_RUN
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "visuals").mkdir(parents=True)
+    if (run_dir / "history.json").is_file():
+        shutil.copyfile(run_dir / "history.json", dest / "history.json")
+    for f in sorted((run_dir / "visuals").glob("*")):
+        if f.suffix in (".png", ".json") and f.is_file():
+            shutil.copyfile(f, dest / "visuals" / f.name)
+    (dest / "weights.sha256").write_text(_sha256(weights) + "\n")
+    return dest
 
 
 def _metrics_table(m: dict) -> str:

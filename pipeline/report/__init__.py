@@ -22,6 +22,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from model.api import WEIGHTS_DIR
 from pipeline.config import Settings
 from pipeline.report.assets import Assets, write_atomic
 from pipeline.report.cleanings import (
@@ -94,7 +95,8 @@ def report(catalog: Catalog, blobs: BlobStore, settings: Settings, pairs: int = 
         f"<p>remover: <b>{e(version) if version else 'none promoted'}</b>" + (f" · detector: <b>{e(dv)}</b>" if dv else "") + "</p>",
         kv_table(remover_metrics) if remover_metrics else "",
         "<h3>Training curves</h3>",
-        training_section(catalog, settings.runs_dir, version, assets_dir),
+        training_section(catalog, settings.runs_dir, version, assets_dir,
+                         Path(settings.models.shipped_weights or WEIGHTS_DIR)),
         f"<h2>Before / after ({min(pairs, len(rows))} latest of {len(rows)} cleanings{by})</h2>",
         f'<p id="all-cleanings">all {len(rows)} cleanings: <a href="{page_name("latest", 1)}">newest first</a> '
         f'({counts["latest"]} pages) · <a href="{page_name("worst", 1)}">worst first</a> ({counts["worst"]} pages)</p>',

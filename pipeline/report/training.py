@@ -21,11 +21,25 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _run_of(catalog: Catalog, runs_dir: Path, version: str) -> tuple[list[dict], Path]:
+SHIPPED_PREFIX = "remover-shipped-"  # pipeline.registry.register_shipped: the prefix, then the weights' sha256
+
+
+def shipped_run_dir(shipped_dir: Path, version: str) -> Path | None:
+    """The run folder shipped beside the weights (``pipeline.pretrain.ship_run_figures``) when
+    ``version`` is the shipped remover those weights are, else None."""
+    tag = shipped_dir / "remover-run" / "weights.sha256"
+    if not version.startswith(SHIPPED_PREFIX) or not tag.is_file():
+        return None
+    return tag.parent if tag.read_text().strip()[:12] == version[len(SHIPPED_PREFIX):] else None
+
+
+def _run_of(catalog: Catalog, runs_dir: Path, version: str, shipped_dir: Path | None = None) -> tuple[list[dict], Path]:
     with catalog.session() as s:
         run = training_runs.run_of(s, version)
         history = list(run.history or []) if run else []
         run_dir = Path(run.run_dir) if run and run.run_dir else runs_dir / version
+    if run is None and not run_dir.exists() and shipped_dir is not None:
+        run_dir = shipped_run_dir(shipped_dir, version) or run_dir
     if not history and (run_dir / "history.json").exists():
         history = json.loads((run_dir / "history.json").read_text())
     return history, run_dir
@@ -62,11 +76,13 @@ def visuals_section(run_dir: Path, version: str, assets_dir: Path) -> str:
             + (f'<p class="muted">not drawn: {"; ".join(skipped)}</p>' if skipped else ""))
 
 
-def training_section(catalog: Catalog, runs_dir: Path, version: str | None, assets_dir: Path) -> str:
-    """Curves of the promoted remover's training run and the figures its run drew."""
+def training_section(catalog: Catalog, runs_dir: Path, version: str | None, assets_dir: Path,
+                     shipped_dir: Path | None = None) -> str:
+    """Curves of the promoted remover's training run and the figures its run drew (for the shipped
+    remover, those shipped beside its weights in ``shipped_dir``)."""
     if not version:
         return '<p class="muted">no promoted remover</p>'
-    history, run_dir = _run_of(catalog, runs_dir, version)
+    history, run_dir = _run_of(catalog, runs_dir, version, shipped_dir)
     figures = visuals_section(run_dir, version, assets_dir)
     if not history:
         return f'<p class="muted">no training history recorded for {e(version)}</p>' + figures

@@ -61,6 +61,30 @@ def test_the_card_records_the_command_without_machine_paths(tmp_path):
     assert card_command("unmark pretrain detector", []) == "unmark pretrain detector"
 
 
+def test_shipped_weights_carry_their_run_figures_to_the_report(photos, tmp_path, settings, catalog, blobs):
+    """The export copies the run's history and figures beside the weights; a catalog whose remover
+    is the shipped one shows them in the report's model section, and only for those weights."""
+    from pipeline import registry
+    from pipeline.report.training import training_section
+
+    torch.set_num_threads(1)
+    out = tmp_path / "weights"
+    pretrain_remover([photos], tmp_path / "run1", 0.5, out_dir=out, profile="tiny", log=None, icon_logos=0)
+    shipped = out / "remover-run"
+    assert (shipped / "weights.sha256").read_text().strip() == hashlib.sha256((out / "remover.pt").read_bytes()).hexdigest()
+    figures = json.loads((shipped / "visuals" / "visuals.json").read_text())["figures"]
+    assert figures and all((shipped / "visuals" / f["file"]).is_file() for f in figures)
+    assert json.loads((shipped / "history.json").read_text())  # the curves
+    version = registry.register_shipped(catalog, blobs, out)["version"]
+    html = training_section(catalog, settings.runs_dir, version, tmp_path / "assets", out)
+    assert "Figures on fixed test samples" in html and f"assets/curves-{version}.png" in html
+    assert all(f"assets/visuals-{version}/{f['file']}" in html for f in figures)
+    assert all((tmp_path / "assets" / f"visuals-{version}" / f["file"]).is_file() for f in figures)
+    (shipped / "weights.sha256").write_text("0" * 64)  # figures of other weights: not shown
+    html = training_section(catalog, settings.runs_dir, version, tmp_path / "assets2", out)
+    assert "no training history recorded" in html and "no figures recorded" in html
+
+
 def test_pretrain_exports_fp16_weights_manifest_and_card_then_continues_from_them(photos, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "weights"
