@@ -17,6 +17,7 @@ fetch("/api/gallery.json").then(r => r.json()).then(items => {
     document.getElementById("g").appendChild(img);
   }
 });
+const preload = new Image(); preload.src = "/img/req-only.png";  // requested, never put in the page
 </script></body></html>"""
 
 SCROLL = """<html><head><style>.spacer { height: 3000px }</style></head><body>
@@ -69,6 +70,7 @@ SCRIPTED = {
     "/img/feed-2b.png": "render:dom", "/img/feed-3a.png": "render:dom", "/img/feed-3b.png": "render:dom",
     "/img/app-pic-l.png": "render:dom", "/img/app-hero.png": "render:dom", "/img/app-2x.png": "render:dom",
     "/img/app-lazy.png": "render:dom", "/img/evil-ok.png": "render:dom", "/img/js-child.png": "img",
+    "/img/req-only.png": "render:request",
 }
 CANDIDATES = {"/img/app-pic-s.png": "/img/app-pic-l.png", "/img/app-1x.png": "/img/app-2x.png"}
 
