@@ -214,3 +214,16 @@ def test_cli_render_option(unmark_env, site):
                           "--allow-private-hosts"], env=unmark_env, capture_output=True, text=True)
     assert bad.returncode == 2 and "sometimes" in (bad.stderr + bad.stdout)
     assert site.log == []
+
+
+@needs_browser
+def test_the_ingest_flow_passes_its_render_parameter_to_the_crawl(site, catalog, rfast):
+    """The ingest flow's ``render`` reaches the crawl (its scrape task, as a flow run calls it)."""
+    from flows.ingest import scrape_batch
+
+    gallery = site.url("/gallery.html")
+    static = scrape_batch.fn(rfast, [gallery], 1, 0, True, render="never")
+    assert static["pages_fetched"] == 1 and "/img/gallery-1.png" not in sightings(catalog)
+    rendered = scrape_batch.fn(rfast, [gallery], 1, 0, True, render="always")
+    assert rendered["pages_rendered"] == 1
+    assert sightings(catalog)["/img/gallery-1.png"][0] == "render:dom"
