@@ -120,3 +120,21 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md", "exec"), {})
     out, mask = np.asarray(Image.open("astronaut-clean.png")), np.asarray(Image.open("astronaut-mask.png"))
     assert out.shape == (512, 512, 3) and mask.shape == (512, 512) and "cleaned" in capsys.readouterr().out
+
+
+def test_the_api_loads_no_catalog_database_or_orchestrator():
+    """``from model import Remover, Detector`` and loading the shipped models bring in none of the
+    pipeline's other layers or their heavy dependencies (a notebook needs only torch)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from model import Remover, Detector; Remover.load(device='cpu'); Detector.load(); "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr[-2000:]
+    loaded = set(r.stdout.split())
+    assert "torch" in loaded and "model" in loaded
+    assert not loaded & {"prefect", "sqlalchemy", "storage", "pipeline", "flows", "dask", "playwright"}, loaded

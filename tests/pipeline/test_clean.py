@@ -214,6 +214,18 @@ def test_cli_refuses_bad_mask_options(small_settings, monkeypatch):
         assert r.exit_code == 2 and opt.strip("-") in r.output
 
 
+def test_cli_mask_options_are_applied_and_recorded(small_settings, catalog, blobs, remover, pool, monkeypatch):
+    for k, v in {"UNMARK_HOME": str(small_settings.home), "UNMARK_NUM_WORKERS": "0", "UNMARK_CLEAN_TILE": "48",
+                 "UNMARK_CLEAN_OVERLAP": "16"}.items():
+        monkeypatch.setenv(k, v)
+    r = CliRunner().invoke(app, ["clean", "--device", "cpu", "--threshold", "0.4", "--dilate", "3", "--feather", "2",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    cleaned = _cleanings(catalog)
+    assert cleaned and {(c.metrics["mask_threshold"], c.metrics["mask_dilate"], c.metrics["mask_feather"])
+                        for c in cleaned.values() if c.source == "model"} == {(0.4, 3, 2)}
+
+
 def test_jpeg_output_and_no_real_pair_compute(small_settings, catalog, blobs, remover, pool):
     small_settings.clean.output_format = "jpeg"
     small_settings.clean.clean_score_real_pairs = False

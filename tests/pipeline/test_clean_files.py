@@ -332,6 +332,15 @@ def test_a_file_that_cannot_be_written_is_a_failed_row_and_the_rest_are_written(
         assert s.scalar(select(Failure.stage).where(Failure.subject == (folder / "a.png").resolve().as_uri())) == "clean-files"
 
 
+def test_without_json_the_failures_are_listed_on_stderr(remover, folder, tmp_path):
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    r = CliRunner().invoke(app, ["clean-files", str(folder), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1
+    said = "".join(r.output.split())  # rich wraps long lines anywhere
+    assert f"failed:{folder / 'broken.png'}:corrupt:" in said
+    assert (tmp_path / "out" / "a.png").is_file()  # the others are written
+
+
 def test_progress_reaches_every_stage_to_its_end(remover, folder, tmp_path, catalog, blobs, env):
     from pipeline.clean_files import Options, clean_files
 
