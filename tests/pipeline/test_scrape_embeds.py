@@ -117,6 +117,32 @@ def test_a_rerun_fetches_no_sheet_image_again_and_clears_healed_sheet_failures(s
     assert sightings(catalog)["/img/healed.png"][0] == "stylesheet"
 
 
+def test_sheets_past_the_per_page_cap_and_imports_past_the_depth_are_never_requested(catalog, blobs, fast):
+    site = Site()
+    try:
+        css = "text/css"
+        links = "".join(f'<link rel="stylesheet" href="/css/s{i}.css">' for i in range(5))
+        site.page("/", f"<html><head>{links}</head><body>five sheets</body></html>")
+        site.page("/chain.html", '<html><head><link rel="stylesheet" href="/css/c0.css"></head><body>x</body></html>')
+        for i in range(5):
+            site.static(f"/css/s{i}.css", f".s{i} {{ background: url(/img/s{i}.png) }}".encode(), css)
+            site.static(f"/css/c{i}.css", (f'@import "c{i + 1}.css"; ' if i < 4 else "").encode()
+                        + f".c{i} {{ background: url(/img/c{i}.png) }}".encode(), css)
+        for i in range(5):
+            site.static(f"/img/s{i}.png", png_bytes(700 + i), "image/png")
+            site.static(f"/img/c{i}.png", png_bytes(800 + i), "image/png")
+        site.page("/both.html", "<a href='/'>a</a><a href='/chain.html'>b</a>")
+        run(site, catalog, blobs, fast.updated(max_stylesheets_per_page=3, max_import_depth=1), path="/both.html")
+        paths = site.paths()
+        assert [p for p in paths if p.startswith("/css/s")] == ["/css/s0.css", "/css/s1.css", "/css/s2.css"]
+        assert [p for p in paths if p.startswith("/css/c")] == ["/css/c0.css", "/css/c1.css"]  # the page's, one import
+        got = sightings(catalog)
+        assert {p for p in got if p.startswith(("/img/s", "/img/c"))} == {
+            "/img/s0.png", "/img/s1.png", "/img/s2.png", "/img/c0.png", "/img/c1.png"}
+    finally:
+        site.close()
+
+
 @pytest.mark.parametrize(
     ("css", "images", "imports"),
     [
