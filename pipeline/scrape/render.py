@@ -122,7 +122,7 @@ class Renderer:
         self.max_scrolls, self.settle_s, self.max_images, self.max_links = max_scrolls, settle_s, max_images, max_links
         self.trap = trap
         self.stats = {"pages_rendered": 0, "render_errors": 0, "render_requests": 0, "render_refused": 0,
-                      "render_launches": 0}
+                      "render_launches": 0, "render_contexts": 0}  # contexts: one per host per browser launch
         self._concurrency = max(1, concurrency)
         self._stats_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="unmark-render-fetch")
@@ -133,6 +133,7 @@ class Renderer:
         self._contexts: dict[str, object] = {}
         self._since_launch = 0
         self._active = 0
+        self._busy: dict[str, int] = {}  # pages rendering now, by host (a busy context is never evicted)
         self._call(self._start(), 60)
 
     # --- called from any thread ------------------------------------------------------
@@ -232,16 +233,30 @@ class Renderer:
                 await self._launch()
             self._since_launch += 1
             self._active += 1
+            self._busy[host] = self._busy.get(host, 0) + 1
             ctx = self._contexts.get(host)
             if ctx is None:
-                if len(self._contexts) >= 8:  # the oldest host's context goes
-                    old = self._contexts.pop(next(iter(self._contexts)))
-                    asyncio.ensure_future(old.close())
-                ctx = await self._browser.new_context(service_workers="block", viewport={"width": 1280, "height": 900},
-                                                      java_script_enabled=True)
+                idle = [h for h in self._contexts if not self._busy.get(h)]
+                if len(self._contexts) >= 8 and idle:  # the oldest idle host's context goes
+                    asyncio.ensure_future(self._contexts.pop(idle[0]).close())
+                try:
+                    ctx = await self._browser.new_context(service_workers="block", java_script_enabled=True,
+                                                          viewport={"width": 1280, "height": 900})
+                except BaseException:  # the page never starts: it holds no slot of the browser
+                    self._release(host)
+                    raise
                 ctx.set_default_timeout(self.timeout_s * 1000)
                 self._contexts[host] = ctx
+                self.stats["render_contexts"] += 1
             return ctx
+
+    def _release(self, host: str) -> None:
+        """A page of ``host`` ended (call with ``_idle`` held)."""
+        self._active -= 1
+        self._busy[host] -= 1
+        if not self._busy[host]:
+            del self._busy[host]
+        self._idle.notify_all()
 
     async def _render(self, page: _Page) -> None:
         """One page, once a browser slot is free: the wait for a slot is not the page's time
@@ -253,7 +268,8 @@ class Renderer:
                 raise RenderError(page.url, "render-timeout", f"over {self.timeout_s}s") from exc
 
     async def _render_in_slot(self, page: _Page) -> None:
-        ctx = await self._context(host_key(page.url))
+        host = host_key(page.url)
+        ctx = await self._context(host)
         tab = None
         try:
             tab = await ctx.new_page()
@@ -267,8 +283,7 @@ class Renderer:
                 except Exception:  # noqa: BLE001 - a crashed browser took it along
                     pass
             async with self._idle:
-                self._active -= 1
-                self._idle.notify_all()
+                self._release(host)
 
     async def _load_and_read(self, tab, page: _Page) -> None:  # noqa: ANN001
         from playwright.async_api import Error as PlaywrightError

@@ -173,10 +173,10 @@ def test_bounds_request_cap_restart_and_crash(site, catalog, blobs, rfast):
         r.render(site.url("/gallery.html"), _body(site, "/gallery.html"), "text/html")
         assert r.stats["render_launches"] == 1
         again = r.render(site.url("/gallery.html"), _body(site, "/gallery.html"), "text/html")
-        assert r.stats["render_launches"] == 2 and len(again.images) == 3  # restarted after two pages
+        assert r.stats["render_launches"] == 2 and len(again.images) == 4  # restarted after two pages (3 in the DOM, 1 requested)
         r.kill_browser()
         after = r.render(site.url("/gallery.html"), _body(site, "/gallery.html"), "text/html")
-        assert after.error is None and len(after.images) == 3 and r.stats["render_launches"] == 3
+        assert after.error is None and len(after.images) == 4 and r.stats["render_launches"] == 3
         stuck = r.render(site.url("/stuck.html"), b"<script>while (true) {}</script>", "text/html")
         assert stuck.error is not None and stuck.error.reason == "render-timeout"
     finally:
@@ -227,3 +227,13 @@ def test_the_ingest_flow_passes_its_render_parameter_to_the_crawl(site, catalog,
     rendered = scrape_batch.fn(rfast, [gallery], 1, 0, True, render="always")
     assert rendered["pages_rendered"] == 1
     assert sightings(catalog)["/img/gallery-1.png"][0] == "render:dom"
+
+
+@needs_browser
+def test_one_browser_context_per_host_reused_across_its_pages(site, catalog, blobs, rfast):
+    pages = ("/gallery.html", "/scroll.html", "/app.html")
+    seeds = [site.url(p) for p in pages] + [site.url(p).replace("127.0.0.1", "localhost") for p in pages]
+    summary = scrape(seeds, catalog, blobs, rfast, allow_private_hosts=True, render="always",
+                     max_depth=0)
+    assert summary["pages_rendered"] == 6 and summary["render_launches"] == 1
+    assert summary["render_contexts"] == 2  # 127.0.0.1 and localhost: each its own, each reused for three pages
