@@ -85,6 +85,11 @@ class Reply:
     status: int
     headers: HTTPHeaderDict
     body: bytes
+    http_version: str = "1.1"  # as libcurl spoke it: "1.0", "1.1", "2" (where a TLS server offers h2)
+
+
+_VERSIONS = {pycurl.CURL_HTTP_VERSION_1_0: "1.0", pycurl.CURL_HTTP_VERSION_1_1: "1.1",
+             pycurl.CURL_HTTP_VERSION_2_0: "2"}
 
 
 def target_of(url: str) -> tuple[str, str, int, str]:
@@ -362,7 +367,8 @@ class Client:
             h.keep(key)
         if ex.failure is not None:
             raise ex.failure
-        return Reply(ex.status, ex.headers, bytes(ex.body) if not ex.skip_body else b"")
+        return Reply(ex.status, ex.headers, bytes(ex.body) if not ex.skip_body else b"",
+                     _VERSIONS.get(c.getinfo(pycurl.INFO_HTTP_VERSION), "1.1"))
 
     def _tls(self, c: pycurl.Curl) -> None:
         verify = self._verify()

@@ -51,6 +51,7 @@ class Response:
     redirects: list[str] = field(default_factory=list)
     attempts: int = 1
     robots_tags: list[str] = field(default_factory=list)  # each X-Robots-Tag header, unmerged
+    http_version: str = "1.1"  # of the last exchange ("2" over h2)
 
 
 def host_key(url: str) -> str:
@@ -215,4 +216,4 @@ class Fetcher:
         except (ProtocolError, OSError) as exc:
             raise FetchError(url, "connection", f"{type(exc).__name__}: {exc}") from exc
         return Response(url=url, status=r.status, headers=r.headers, body=r.body,
-                        robots_tags=r.headers.getlist("X-Robots-Tag"))
+                        robots_tags=r.headers.getlist("X-Robots-Tag"), http_version=r.http_version)

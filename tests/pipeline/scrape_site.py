@@ -51,12 +51,9 @@ def bomb_png(side: int = 12_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
-def serve_tls(site: Site, folder, name: str) -> tuple[Path, list[str]]:
-    """Put ``site`` behind TLS with a self-signed certificate for ``name`` (written to ``folder``):
-    returns the certificate's path (a CA file for the client) and the list of the SNI names the
-    server is asked for."""
+def self_signed(folder, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` and its key, written to ``folder``: (cert.pem, key.pem)."""
     import datetime
-    import ssl
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -76,6 +73,16 @@ def serve_tls(site: Site, folder, name: str) -> tuple[Path, list[str]]:
     cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
+    return cert_pem, key_pem
+
+
+def serve_tls(site: Site, folder, name: str) -> tuple[Path, list[str]]:
+    """Put ``site`` behind TLS with a self-signed certificate for ``name`` (written to ``folder``):
+    returns the certificate's path (a CA file for the client) and the list of the SNI names the
+    server is asked for."""
+    import ssl
+
+    cert_pem, key_pem = self_signed(folder, name)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert_pem, key_pem)
     snis: list[str] = []

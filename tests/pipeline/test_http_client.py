@@ -229,3 +229,31 @@ def test_a_connection_the_server_wrote_more_on_is_not_reused(fast):
             (1, b"/with"), (2, b"/b"), (2, b"/later"), (3, b"/b")]
     finally:
         server.close()
+
+
+def test_https_speaks_http2_where_the_server_offers_it_with_caps_and_headers_intact(tmp_path, fast):
+    """A TLS server that offers only h2: the client negotiates HTTP/2 over the pinned address,
+    sends the crawl's headers, reads X-Robots-Tag, and the byte cap holds on an h2 stream."""
+    from h2server import H2Server
+
+    from tests.pipeline.scrape_site import png_bytes, self_signed
+
+    cert_pem, key_pem = self_signed(tmp_path, "h2.test")
+    server = H2Server(cert_pem, key_pem)
+    try:
+        server.routes["/a.png"] = (200, {"content-type": "image/png", "x-robots-tag": "noimageindex"}, png_bytes(3))
+        server.routes["/big.bin"] = (200, {"content-type": "application/octet-stream"}, b"x" * 20000)
+        fetcher = Fetcher(fast.scrape, allow_private_hosts=True, resolver=lambda host, port: ["127.0.0.1"])
+        fetcher.session.verify = str(cert_pem)
+        resp = fetcher.get(f"https://h2.test:{server.port}/a.png", fast.scrape.max_image_bytes)
+        assert resp.status == 200 and resp.body == png_bytes(3) and resp.http_version == "2"
+        assert resp.robots_tags == ["noimageindex"] and server.alpn == ["h2"]
+        path, headers = server.requests[0]
+        assert path == "/a.png" and headers[":authority"] == f"h2.test:{server.port}"
+        assert headers["user-agent"].startswith("UnmarkBot/")
+        with pytest.raises(FetchError) as exc:
+            fetcher.get(f"https://h2.test:{server.port}/big.bin", 4096)
+        assert exc.value.reason == "too-large"
+        fetcher.close()
+    finally:
+        server.close()
