@@ -75,6 +75,11 @@ CASES = {
     "test_store_down_past_the_deadline_stops_clean_clearly_and_the_rerun_is_exact[decode-worker]":
         ("object store down past the deadline", "clean (a decoding worker process)",
          "exit 4 (the error crosses the process boundary), re-run exact"),
+    "test_store_down_mid_dedup_stops_it_clearly_and_the_rerun_is_exact":
+        ("object store down past the deadline", "dedup (two hashing processes)",
+         "exit 4, no failure rows, nothing marked failed, hashes in hand kept, re-run exact"),
+    "test_store_down_mid_triage_stops_it_clearly_and_the_rerun_is_exact":
+        ("object store down past the deadline", "triage", "exit 4, whole chunks, no failure rows, re-run exact"),
     "test_blob_store_fills_then_has_room":
         ("disk full (blob folder, tmpfs)", "import (ingest)", "exit 5 naming the folder, integrity ok, re-run exact"),
     "test_catalog_disk_fills_then_has_room":
@@ -140,10 +145,10 @@ def main() -> None:
     md += [f"| {r['fault']} | {r['stage']} | {r['checks']} | {r['passed']}/{r['rounds']} | {r['max_s']} |" for r in rows]
     if unnamed:
         md += ["", f"Tests in tests/faults this table does not name yet (add them to CASES): {', '.join(unnamed)}."]
-    md += ["", "Not covered yet: the object store down during dedup or triage (their reads still make a "
-           "failure row per image); disk full under `clean-files --out`; SIGTERM to a `flow.serve()` process; "
-           "the Prefect server down for longer than its client's retries (about a minute). A SIGTERMed Prefect "
-           "worker leaves its flow run Running on the server (Prefect's own behaviour; the catalog is exact)."]
+    md += ["", "Not covered yet: disk full under `clean-files --out`; the Prefect server down for longer than "
+           "its client's retries (about a minute). Unmark runs its flows through deployments and workers, not "
+           "`flow.serve()`, so SIGTERM to a worker is the case that stands for it. A SIGTERMed Prefect worker "
+           "leaves its flow run Running on the server (Prefect's own behaviour; the catalog is exact)."]
     write_results("faults", figures, "\n".join(md))
     print("\n".join(md))
 
