@@ -86,12 +86,17 @@ def training_section(catalog: Catalog, runs_dir: Path, version: str | None, asse
     figures = visuals_section(run_dir, version, assets_dir)
     if not history:
         return f'<p class="muted">no training history recorded for {e(version)}</p>' + figures
-    from model.remover.plots import training_curves
+    from model.remover.plots import lr_schedule, training_curves
 
     name = f"curves-{_safe(version)}.png"
     training_curves(history, assets_dir / name)
+    lr = ""
+    if all("lr" in row for row in history):  # the schedule the run followed, beside its curves
+        lr_name = f"lr-{_safe(version)}.png"
+        lr_schedule(history, assets_dir / lr_name)
+        lr = f'<img src="assets/{e(lr_name)}" alt="learning rate of {e(version)}" style="max-width:40%">'
     last = history[-1]
-    return (f'<p><img src="assets/{e(name)}" alt="training curves of {e(version)}" style="max-width:100%"></p>'
+    return (f'<p><img src="assets/{e(name)}" alt="training curves of {e(version)}" style="max-width:100%">{lr}</p>'
             f"<p class=muted>{len(history)} epochs; last: "
             + ", ".join(f"{e(k)} {fmt(v, 4)}" for k, v in last.items() if isinstance(v, int | float)) + "</p>"
             + figures)

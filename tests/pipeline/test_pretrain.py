@@ -78,6 +78,7 @@ def test_shipped_weights_carry_their_run_figures_to_the_report(photos, tmp_path,
     version = registry.register_shipped(catalog, blobs, out)["version"]
     html = training_section(catalog, settings.runs_dir, version, tmp_path / "assets", out)
     assert "Figures on fixed test samples" in html and f"assets/curves-{version}.png" in html
+    assert f"assets/lr-{version}.png" in html and (tmp_path / "assets" / f"lr-{version}.png").is_file()
     assert all(f"assets/visuals-{version}/{f['file']}" in html for f in figures)
     assert all((tmp_path / "assets" / f"visuals-{version}" / f["file"]).is_file() for f in figures)
     (shipped / "weights.sha256").write_text("0" * 64)  # figures of other weights: not shown
