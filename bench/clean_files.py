@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import offline_photo_files, write_results  # noqa: E402
+from _common import offline_photo_files, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import write_results
 
 PAGE = """<html><head><title>p{n}</title></head><body><div id="g"></div><a href="/p{next}.html">next</a>
 <script>

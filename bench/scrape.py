@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH, write_results  # noqa: E402
+from _common import BENCH, write_results
 
 REPO = BENCH.parent
 PEER_ENV = {
@@ -102,7 +102,7 @@ def serve(root: str, port: int, latency_ms: float) -> None:
         # request), which measures the kernel, not the clients.
         disable_nagle_algorithm = True
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             time.sleep(latency_ms / 1000)
             path = self.path.split("?", 1)[0]
             body = files.get(path)

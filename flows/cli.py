@@ -320,13 +320,14 @@ def train(
     """Train a remover on the clean pool, evaluate it on the test split, register it; promote it if better."""
     from model.remover.losses import VGGWeightsMissing
     from model.remover.train import PROFILES
+    from model.synth.pairs import PAIRINGS
     from pipeline import train as train_step
 
     if profile not in PROFILES:
         err.print(f"[red]error:[/red] unknown profile {profile!r}: {', '.join(PROFILES)}")
         raise typer.Exit(2)
-    if pairing not in ("supervised", "self-supervised"):
-        err.print(f"[red]error:[/red] unknown pairing {pairing!r}: supervised or self-supervised")
+    if pairing not in PAIRINGS:
+        err.print(f"[red]error:[/red] unknown pairing {pairing!r}: {' or '.join(PAIRINGS)}")
         raise typer.Exit(2)
     if max_minutes is not None and max_minutes <= 0:
         err.print("[red]error:[/red] --max-minutes must be positive")

@@ -58,7 +58,7 @@ class ModelSource(Protocol):
         ...
 
 
-def _source(kind: str, source, version: str | None, catalog: ModelSource | None):  # noqa: ANN001, ANN202
+def _source(kind: str, source, version: str | None, catalog: ModelSource | None):
     """What ``load`` reads: ``source`` (None: the shipped weights) or ``catalog``'s ``version``."""
     if catalog is None:
         if version is not None:
@@ -113,7 +113,7 @@ class Remover:
 class Detector:
     """A loaded watermark detector (``model.detector.WatermarkDetector``)."""
 
-    def __init__(self, network: torch.nn.Module, scales=SCORE_SCALES, calibration: dict | None = None,  # noqa: ANN001
+    def __init__(self, network: torch.nn.Module, scales=SCORE_SCALES, calibration: dict | None = None,
                  device: str = "auto"):
         self.network = network.eval()
         self.scales = tuple(int(s) for s in scales)

@@ -1,6 +1,6 @@
 """``unmark clean``: run the promoted remover over the watermarked pool and record every result.
 
-What gets cleaned (DESIGN.md, "Life of an image"):
+What gets cleaned:
 - the watermarked pool (watermarked images whose dedup group has no clean member) not yet cleaned
   by this model version: each is decoded in DataLoader workers (EXIF orientation applied; grey,
   palette and 16-bit images become RGB; RGBA keeps its alpha, re-attached after cleaning the RGB),

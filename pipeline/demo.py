@@ -305,7 +305,7 @@ def _write_pages(dest: Path, man: SiteManifest, per_style: dict[str, list[str]])
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002, ANN001 - the demo has its own display
+    def log_message(self, format, *args):  # the demo has its own display
         pass
 
 
@@ -391,7 +391,7 @@ def site_path(url: str | None, base_url: str) -> str | None:
     return u.path.removeprefix(b.path) if u.path.startswith(b.path) else None
 
 
-def triage_agreement(catalog, labels: dict[str, str], base_url: str) -> dict[str, int]:  # noqa: ANN001
+def triage_agreement(catalog, labels: dict[str, str], base_url: str) -> dict[str, int]:
     """How triage's labels compare with the site's truth, on the site's images:
     ``images``, ``right`` (same label; ``uncertain`` is never right), ``watermarked`` (true),
     ``watermarked_found`` (labelled watermarked) and ``watermarked_called_clean`` (the ones that

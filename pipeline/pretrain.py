@@ -58,7 +58,7 @@ def corpus_paths(folders: list[str | Path]) -> list[Path]:
 
 def pretrain_remover(folders: list[str | Path], run_dir: str | Path, minutes: float, resume: bool = True,
                      from_scratch: bool = False, out_dir: str | Path = WEIGHTS_DIR, threads: int | None = None,
-                     profile: str = "locate-cpu", command: str = "", log=print,  # noqa: ANN001
+                     profile: str = "locate-cpu", command: str = "", log=print,
                      icon_logos: int = 512, synth: str = "cpu", batch_size: int | None = None,
                      lr: float | None = None) -> dict:
     """Train (or continue) the shipped remover for ``minutes`` of wall time, then export it.

@@ -70,7 +70,7 @@ def measure(detector: LocaliserDetector, images: list[np.ndarray], labels: np.nd
 
 def pretrain_detector(folders: list[str | Path], minutes: float = 0.0, out_dir: str | Path = WEIGHTS_DIR,
                       resume: bool = True, threads: int | None = None, target_precision: float = 0.98,
-                      command: str = "", log=print) -> dict:  # noqa: ANN001
+                      command: str = "", log=print) -> dict:
     """Build (and fine-tune for ``minutes``) the shipped detector; write it and its card."""
     if minutes < 0:
         raise ValueError(f"minutes must be zero or positive, got {minutes}")

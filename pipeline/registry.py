@@ -79,7 +79,7 @@ class CatalogModels:
         self._close = None
 
     @classmethod
-    def open(cls, settings=None) -> CatalogModels:  # noqa: ANN001 - a pipeline.config.Settings
+    def open(cls, settings=None) -> CatalogModels:  # a pipeline.config.Settings
         """The catalog and blobs of ``settings`` (default: the environment's, ``UNMARK_HOME``…);
         use it as a context manager, or ``close`` it."""
         from pipeline.config import load_settings
@@ -101,7 +101,7 @@ class CatalogModels:
     def __enter__(self) -> CatalogModels:
         return self
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self.close()
 
 

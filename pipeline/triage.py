@@ -52,7 +52,7 @@ class NoTrainingImages(RuntimeError):
 
 
 class LoadedDetector:
-    def __init__(self, model, version: str, calibration: Calibration, scales: Sequence[int]):  # noqa: ANN001
+    def __init__(self, model, version: str, calibration: Calibration, scales: Sequence[int]):
         self.model, self.version, self.calibration, self.scales = model, version, calibration, tuple(scales)
 
     def score(self, images: Sequence) -> np.ndarray:
@@ -76,15 +76,7 @@ def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_water
     retrain) none already judged watermarked. Remote blobs are copied to ``tmp``."""
     with catalog.session() as s:
         keys = pools.detector_training_keys(s, exclude_watermarked)
-    paths = []
-    for k in keys:
-        if blobs.is_local:
-            paths.append(str(blobs.local_path(k)))
-        else:
-            p = tmp / k.replace("/", "_")
-            p.write_bytes(blobs.get(k))
-            paths.append(str(p))
-    return paths
+    return [str(blobs.local_file(k, tmp)) for k in keys]
 
 
 def detector_train_families(holdout: Sequence[str], skip: str) -> tuple[str, ...]:
@@ -210,7 +202,7 @@ def fine_tune_and_register(catalog: Catalog, blobs: BlobStore, settings: Setting
     return (LoadedDetector(model, version, cal, []) if better else current), {**comparison, "version": version}
 
 
-def _decode(blobs: BlobStore, key: str, max_pixels: int):  # noqa: ANN202
+def _decode(blobs: BlobStore, key: str, max_pixels: int):
     im = open_image(blobs.get(key), max_pixels)
     return im.convert("RGB")
 
@@ -235,7 +227,7 @@ def score_chunk(
     for _iid, label, _score in labels:
         counts[label] += 1
 
-    def write(s) -> None:  # noqa: ANN001  (one transaction, run again whole after a lost connection)
+    def write(s) -> None:  # one transaction, run again whole after a lost connection
         for iid, label, score in labels:
             status.mark_triaged(s, iid, label, score, detector.version)
         for iid, sha, exc in bad:

@@ -1,4 +1,4 @@
-"""Catalog tables (see DESIGN.md, "Catalog"). The schema itself is owned by Alembic
+"""Catalog tables (the README's "Querying the catalog" shows them in use). The schema itself is owned by Alembic
 (``storage/migrations``); these classes must match the latest migration."""
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def _loc_terms(out: dict[str, torch.Tensor], mask: torch.Tensor, alpha: torch.Te
 VIEW_SHAPES = ((3, 4), (4, 3), (1, 1), (2, 3), (3, 2))  # height:width of the training views
 
 
-def whole_view_batch(photos: Callable[[], np.ndarray], renderer, view: int, batch_size: int,  # noqa: ANN001
+def whole_view_batch(photos: Callable[[], np.ndarray], renderer, view: int, batch_size: int,
                      rng: np.random.Generator, clean_share: float = 0.5) -> dict[str, torch.Tensor]:
     """A batch as scoring sees photos: each is a large crop (60–100 % of the photo, one aspect
     ratio of ``VIEW_SHAPES`` per batch), marked at its own resolution by ``renderer`` (or, with
@@ -142,7 +142,7 @@ def image_score_loss(logits: torch.Tensor, label: torch.Tensor, top_fraction: fl
     return F.binary_cross_entropy(score, label.float())
 
 
-def train_localiser_detector(detector: LocaliserDetector, paths: Sequence[str], renderer,  # noqa: ANN001
+def train_localiser_detector(detector: LocaliserDetector, paths: Sequence[str], renderer,
                              steps: int = 300, minutes: float | None = None, batch_size: int = 8,
                              lr: float = 2e-4, clean_share: float = 0.5, seed: int = 0, image_weight: float = 1.0,
                              max_side: int = 640, progress: Callable[[int, int, float], None] | None = None) -> dict:

@@ -137,7 +137,7 @@ def recolour(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_pair(
-    img: np.ndarray, renderer, rng: np.random.Generator, crop: int,  # noqa: ANN001
+    img: np.ndarray, renderer, rng: np.random.Generator, crop: int,
     families: Sequence[str] | None, max_long: int = 768, photometric: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(clean window, marked window, mask, label): one ``crop``×``crop`` window of the image at a
@@ -171,7 +171,7 @@ def make_pair(
 
 
 def make_image(
-    img: np.ndarray, renderer, rng: np.random.Generator, positive: bool,  # noqa: ANN001
+    img: np.ndarray, renderer, rng: np.random.Generator, positive: bool,
     families: Sequence[str] | None,
 ) -> tuple[np.ndarray, float]:
     """(image uint8, label): the whole image at its own size, as triage scores it, clean or with a
@@ -259,7 +259,7 @@ def _cell_targets(masks: torch.Tensor) -> torch.Tensor:
 
 
 def build_validation_set(
-    paths: Sequence[str], renderer, families: Sequence[str] | None, n: int, seed: int,  # noqa: ANN001
+    paths: Sequence[str], renderer, families: Sequence[str] | None, n: int, seed: int,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed + 7919)
     imgs, labels = [], []
@@ -272,7 +272,7 @@ def build_validation_set(
     return imgs, np.asarray(labels, dtype=bool)
 
 
-def _train_autocast(config: DetectorTrainConfig):  # noqa: ANN202
+def _train_autocast(config: DetectorTrainConfig):
     """bf16 autocast for training steps on a CPU that does bf16 natively (AVX512-BF16 or AMX);
     float32 elsewhere, where emulated bf16 is slower. The losses are computed in float32."""
     if config.cpu_bf16 and native_bf16("cpu"):
@@ -314,7 +314,7 @@ def _mine_round(
 
 
 def _training_batch(
-    cache: _ImageCache, renderer, config: DetectorTrainConfig, rng: np.random.Generator,  # noqa: ANN001
+    cache: _ImageCache, renderer, config: DetectorTrainConfig, rng: np.random.Generator,
     hard: list[HardCell], n_hard: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One batch: clean/marked pairs of the same window, plus ``n_hard`` clean windows around
@@ -346,7 +346,7 @@ def _training_batch(
 
 def _detector_loss(
     model: WatermarkDetector, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, config: DetectorTrainConfig,
-    autocast,  # noqa: ANN001 - a context manager
+    autocast,  # a context manager
 ) -> torch.Tensor:
     """Image-level BCE plus ``cell_weight`` × the per-cell BCE, both in float32."""
     with autocast:
@@ -359,7 +359,7 @@ def _detector_loss(
 
 
 def _validation_report(
-    model: WatermarkDetector, paths: Sequence[str], renderer, config: DetectorTrainConfig,  # noqa: ANN001
+    model: WatermarkDetector, paths: Sequence[str], renderer, config: DetectorTrainConfig,
 ) -> dict:
     """Scores of the held-out validation set and the metrics at 0.5 and at the best threshold."""
     vimgs, vlabels = build_validation_set(list(paths), renderer, config.val_families,
@@ -379,7 +379,7 @@ def _validation_report(
 
 def train_detector(
     paths: Sequence[str],
-    renderer,  # noqa: ANN001 - model.synth.renderer.WatermarkRenderer
+    renderer,  # model.synth.renderer.WatermarkRenderer
     config: DetectorTrainConfig,
     val_paths: Sequence[str] | None = None,
     progress: Callable[[int, int, float], None] | None = None,

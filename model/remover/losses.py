@@ -24,8 +24,11 @@ from model.device import native_bf16
 log = logging.getLogger(__name__)
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1
-VGG_CHOICES = ("imagenet", "random", "off")
+VGG_CHOICES = ("imagenet", "random", "off")  # the perceptual term's VGG16 weights (TrainConfig.perceptual)
 TERMS = ("l1", "perceptual", "lab", "ssim", "edge", "mask_bce", "mask_dice")  # names in RemovalLoss's dict
+# The default weight of each term (the seed notebook's five, then the mask head's two): the one home
+# of these numbers. RemovalLoss's defaults, TrainConfig's and the CPU profiles' come from it.
+DEFAULT_LOSS = {"l1": 1.0, "perceptual": 0.3, "lab": 0.3, "ssim": 0.4, "edge": 0.1, "mask_bce": 0.5, "mask_dice": 0.5}
 # conv layers of vgg16.features up to relu3_3 (the indices in torchvision's Sequential)
 _VGG_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256)}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -185,8 +188,10 @@ class RemovalLoss(nn.Module):
     VGG pass is computed in float32 even under an enclosing autocast.
     """
 
-    def __init__(self, l1=1.0, perceptual=0.3, lab=0.3, ssim=0.4, edge=0.1, mask_bce=0.5, mask_dice=0.5,
-                 vgg: str = "imagenet", vgg_seed: int = 0, mask_emphasis: float = 4.0):
+    def __init__(self, l1=DEFAULT_LOSS["l1"], perceptual=DEFAULT_LOSS["perceptual"], lab=DEFAULT_LOSS["lab"],
+                 ssim=DEFAULT_LOSS["ssim"], edge=DEFAULT_LOSS["edge"], mask_bce=DEFAULT_LOSS["mask_bce"],
+                 mask_dice=DEFAULT_LOSS["mask_dice"], vgg: str = "imagenet", vgg_seed: int = 0,
+                 mask_emphasis: float = 4.0):
         super().__init__()
         if vgg not in VGG_CHOICES:
             raise ValueError(f"vgg must be one of {VGG_CHOICES}, got {vgg!r}")

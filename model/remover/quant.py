@@ -224,7 +224,7 @@ def quantize_unet(model: nn.Module, calibration: tuple[torch.Tensor, ...] | None
             for x in batches:
                 prepared(x)
             graph = convert_fx(prepared)
-        except Exception as exc:  # noqa: BLE001 - a graph FX cannot trace or convert
+        except Exception as exc:  # a graph FX cannot trace or convert
             raise NotQuantizable(f"FX quantization failed: {type(exc).__name__}: {exc}") from exc
     return Int8UNet(graph, model).eval()
 

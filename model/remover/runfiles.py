@@ -30,7 +30,7 @@ class RunLocked(RuntimeError):
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` (released by the OS if the process dies)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / ".lock", "w")  # noqa: SIM115
+    fh = open(run_dir / ".lock", "w")
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

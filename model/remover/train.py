@@ -61,7 +61,7 @@ from model.remover.trainconfig import (
 from model.remover.visuals import draw_run_visuals
 from model.schedule import one_cycle_factor
 from model.synth.device_pairs import MarkBank
-from model.synth.pairs import CleanCrops, WatermarkPairs
+from model.synth.pairs import PAIRINGS, CleanCrops, WatermarkPairs
 
 __all__ = ["PROFILES", "RunLocked", "TrainConfig", "WallClockSchedule", "build_network", "fixed_test_set",
            "loader_workers", "one_cycle_factor", "profile_config", "run_is_locked", "score_on_test", "train"]
@@ -112,8 +112,8 @@ def train(
     written to ``summary.json``).
     """
     run_dir = Path(run_dir)
-    if config.pairing not in ("supervised", "self-supervised"):
-        raise ValueError(f"unknown pairing {config.pairing!r}: supervised or self-supervised")
+    if config.pairing not in PAIRINGS:
+        raise ValueError(f"unknown pairing {config.pairing!r}: {' or '.join(PAIRINGS)}")
     if config.perceptual not in PERCEPTUAL_CHOICES:
         raise ValueError(f"perceptual must be one of {PERCEPTUAL_CHOICES}, got {config.perceptual!r}")
     if config.synth not in ("cpu", "device"):

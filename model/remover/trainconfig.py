@@ -13,9 +13,10 @@ import torch
 
 from model.device import autocast, native_bf16
 from model.remover.locate import LocateRestore
+from model.remover.losses import DEFAULT_LOSS, VGG_CHOICES
 from model.remover.network import UNet
 
-PERCEPTUAL_CHOICES = ("imagenet", "random", "off")
+PERCEPTUAL_CHOICES = VGG_CHOICES  # TrainConfig.perceptual: the VGG16 weights of the perceptual term
 
 
 @dataclass
@@ -61,9 +62,7 @@ class TrainConfig:
     mask_guided: bool = False
     harden_mask: bool = False  # at evaluation: re-blend with a hard, dilated mask
     # loss
-    loss: dict[str, float] = field(
-        default_factory=lambda: {"l1": 1.0, "perceptual": 0.3, "lab": 0.3, "ssim": 0.4, "edge": 0.1}
-    )
+    loss: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS))
     perceptual: str = "imagenet"  # VGG16 weights: imagenet | random | off
     perceptual_reason: str = "the seed's loss"
     # numerics
@@ -116,7 +115,7 @@ PROFILES: dict[str, TrainConfig] = {
         mask_head=True,
         mask_guided=True,
         harden_mask=True,
-        loss={"l1": 1.0, "perceptual": 0.0, "lab": 0.3, "ssim": 0.4, "edge": 0.1, "mask_bce": 0.5, "mask_dice": 0.5},
+        loss={**DEFAULT_LOSS, "perceptual": 0.0},
         perceptual="off",
         perceptual_reason="ImageNet VGG weights absent here; random features cost ~half a CPU step",
     ),
@@ -133,7 +132,7 @@ PROFILES: dict[str, TrainConfig] = {
         depth=2,
         mask_head=True,
         mask_guided=True,
-        loss={"l1": 1.0, "perceptual": 0.0, "lab": 0.3, "ssim": 0.4, "edge": 0.1, "mask_bce": 0.5, "mask_dice": 0.5},
+        loss={**DEFAULT_LOSS, "perceptual": 0.0},
         perceptual="off",
         perceptual_reason="tests: no VGG",
     ),

@@ -100,7 +100,7 @@ def covers(face: FontFace, text: str) -> bool:
     needed = {ord(c) for c in text if not c.isspace()}
     try:
         return needed <= font_cmap(face.path, face.index)
-    except Exception:  # unreadable or unsupported font file: treat as not covering
+    except Exception:  # noqa: BLE001 - unreadable or unsupported font file: treat as not covering
         return False
 
 

@@ -225,7 +225,7 @@ def _link(w: _Walk, attrs: dict[str, str], icons: bool) -> None:
         w.add(href, "icon", attrs.get("title"))
 
 
-def _anchor(w: _Walk, el, attrs: dict[str, str]) -> None:  # noqa: ANN001
+def _anchor(w: _Walk, el, attrs: dict[str, str]) -> None:
     href = attrs["href"].strip()
     target = None if href.startswith("#") else w.resolve(href)
     if target is None:

@@ -133,7 +133,7 @@ class _Events:
             for _, parts in self.links:
                 parts.append(text)
 
-    def start(self, tag, attrib) -> None:  # noqa: ANN001
+    def start(self, tag, attrib) -> None:
         self._flush()
         if not isinstance(tag, str):
             return
@@ -155,7 +155,7 @@ class _Events:
         if tag in ("pre", "textarea"):
             self.preserve += 1
 
-    def end(self, tag) -> None:  # noqa: ANN001
+    def end(self, tag) -> None:
         self._flush()
         if not isinstance(tag, str) or not self.stack:
             return
@@ -220,7 +220,7 @@ def _soup_elements(soup: BeautifulSoup) -> list[_Element]:
     return out
 
 
-def _text(value) -> str:  # noqa: ANN001
+def _text(value) -> str:
     """Attribute values can be lists (multi-valued attributes); always hand back a string."""
     if value is None:
         return ""

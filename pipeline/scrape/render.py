@@ -164,7 +164,7 @@ class Renderer:
         """Kill the browser process (tests: the next page must relaunch it)."""
         self._call(self._kill(), 30)
 
-    def _call(self, coro, timeout: float | None):  # noqa: ANN001, ANN202
+    def _call(self, coro, timeout: float | None):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     # --- the event-loop thread ---------------------------------------------------------
@@ -190,7 +190,7 @@ class Renderer:
         self._since_launch = 0
         self.stats["render_launches"] += 1
 
-    def _forget(self, browser=None) -> None:  # noqa: ANN001
+    def _forget(self, browser=None) -> None:
         """The browser is gone (a crash, or closed): the next page launches one. A late
         ``disconnected`` of a browser already replaced leaves the new one alone."""
         if browser is None or browser is self._browser:
@@ -221,7 +221,7 @@ class Renderer:
                 return
             await asyncio.sleep(0.05)
 
-    async def _context(self, host: str):  # noqa: ANN202
+    async def _context(self, host: str):
         """The browser (launched or restarted as due) and this host's context in it."""
         async with self._idle:
             if self._browser is not None and self._since_launch >= self.restart_every:
@@ -285,7 +285,7 @@ class Renderer:
             async with self._idle:
                 self._release(host)
 
-    async def _load_and_read(self, tab, page: _Page) -> None:  # noqa: ANN001
+    async def _load_and_read(self, tab, page: _Page) -> None:
         from playwright.async_api import Error as PlaywrightError
         from playwright.async_api import TimeoutError as LoadTimeout
 
@@ -323,7 +323,7 @@ class Renderer:
             if page.inflight == 0 and time.monotonic() - page.last_request >= quiet:
                 return
 
-    async def _answer(self, route, page: _Page) -> None:  # noqa: ANN001
+    async def _answer(self, route, page: _Page) -> None:
         req = route.request
         page.last_request = time.monotonic()
         url, kind = req.url, req.resource_type
@@ -353,12 +353,12 @@ class Renderer:
             return
         await self._fetch_for(route, page, norm)
 
-    async def _refuse_socket(self, ws, page: _Page) -> None:  # noqa: ANN001
+    async def _refuse_socket(self, ws, page: _Page) -> None:
         """A web socket is never opened: it is closed inside the browser, and a failure row says so."""
         page.out.failures.append((ws.url[:2000], FetchError(ws.url[:300], "websocket", "web sockets are not opened")))
         await ws.close(code=1008, reason="not opened by the crawler")
 
-    async def _fetch_for(self, route, page: _Page, url: str) -> None:  # noqa: ANN001
+    async def _fetch_for(self, route, page: _Page, url: str) -> None:
         page.out.requests += 1
         page.inflight += 1
         try:

@@ -60,7 +60,7 @@ class RenderStep:
                     max_images=s.max_images_per_page, max_links=s.max_links_per_page, trap=s.render_trap_proxy)
             return self._renderer
 
-    def apply(self, out, html: bytes, content_type: str, follow: bool) -> None:  # noqa: ANN001 - a PageResult
+    def apply(self, out, html: bytes, content_type: str, follow: bool) -> None:  # a PageResult
         """Render ``out.url`` and add what only the browser found to ``out`` (images, links when
         ``follow``, failure rows for the requests it refused)."""
         rendered = self._get().render(out.final_url or out.url, html, content_type)

@@ -103,7 +103,7 @@ class RobotsPolicy:
         delay = None
         try:
             status, body = self._fetch(robots_url)
-        except Exception as exc:  # any failure to read robots.txt: stay out for this run
+        except Exception as exc:  # noqa: BLE001 - any failure to read robots.txt: stay out for this run
             if self._on_error:
                 self._on_error(robots_url, exc)
             rp.disallow_all = True

@@ -45,7 +45,7 @@ def _density(descriptor: str) -> float:
     return 1.0
 
 
-def _scan(text: str, start: int = 0):  # noqa: ANN202
+def _scan(text: str, start: int = 0):
     """``(index, char, depth)`` for each character outside quotes, ``depth`` counting the
     parentheses opened since ``start`` (a ``)`` is reported at its new depth)."""
     depth, quote = 0, ""

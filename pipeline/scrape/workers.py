@@ -107,7 +107,7 @@ class Workers:
     def page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
         try:
             return self._page(url, depth, validators)
-        except Exception as exc:  # one hostile page must never end the crawl; it becomes a failure row
+        except Exception as exc:  # noqa: BLE001 - one hostile page must never end the crawl; it becomes a failure row
             return PageResult(url=url, depth=depth, error=exc)
 
     def _page(self, url: str, depth: int, validators: tuple[str | None, str | None]) -> PageResult:
@@ -170,7 +170,7 @@ class Workers:
             sha, key = self.blobs.put(resp.body, durable=False)
         except (FetchError, BadImage) as exc:
             return ImageResult(url, error=exc)
-        except Exception as exc:  # one bad URL must never end the crawl; it becomes a failure row
+        except Exception as exc:  # noqa: BLE001 - one bad URL must never end the crawl; it becomes a failure row
             return ImageResult(url, error=exc)
         row = {"sha256": sha, "blob_key": key, "mime": info.mime, "width": info.width, "height": info.height,
                "bytes": len(resp.body), "source": "scrape"}

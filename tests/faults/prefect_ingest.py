@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from prefect import flow  # noqa: E402
+from prefect import flow
 
-from flows.ingest import dedup_task, scrape_batch  # noqa: E402
-from flows.runtime import flow_settings  # noqa: E402
+from flows.ingest import dedup_task, scrape_batch
+from flows.runtime import flow_settings
 
 
 @flow(name="ingest-without-triage")

@@ -190,7 +190,7 @@ def test_store_down_past_the_deadline_stops_clean_clearly_and_the_rerun_is_exact
 # --- dedup and triage: the store goes down mid-step ---------------------------------------------
 
 
-def _down_mid_step(proxy, proc, progress, what: str) -> tuple[str, str]:  # noqa: ANN001
+def _down_mid_step(proxy, proc, progress, what: str) -> tuple[str, str]:
     """Take the store down once ``progress()`` shows the step under way; (stdout, stderr) at its end."""
     _wait(proc, progress, what)
     proxy.down()
@@ -200,7 +200,7 @@ def _down_mid_step(proxy, proc, progress, what: str) -> tuple[str, str]:  # noqa
         proxy.up()
 
 
-def _assert_stopped_on_the_store(proc, err: str, db) -> None:  # noqa: ANN001
+def _assert_stopped_on_the_store(proc, err: str, db) -> None:
     assert proc.returncode == 4, err[-3000:]  # EXIT_UNAVAILABLE
     assert "unreachable for" in err and "Traceback" not in err
     assert _scalar(db, "SELECT count(*) FROM failures") == 0, "the outage was recorded as the images' failures"

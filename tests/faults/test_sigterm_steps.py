@@ -235,7 +235,7 @@ def test_sigterm_mid_triage_commits_whole_chunks_and_the_rerun_is_exact(tmp_path
     assert triage_rows(settings) == reference_triage(tmp_path)
 
 
-def _wait_cpu_seconds(proc, cpu_s: float, timeout_s: float) -> None:  # noqa: ANN001
+def _wait_cpu_seconds(proc, cpu_s: float, timeout_s: float) -> None:
     """Wait until ``proc`` has used ``cpu_s`` seconds of CPU (user + system), or fail at ``timeout_s``."""
     tick, end = os.sysconf("SC_CLK_TCK"), time.monotonic() + timeout_s
     while time.monotonic() < end:

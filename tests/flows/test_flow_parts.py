@@ -138,3 +138,15 @@ def test_training_percent_from_epochs_then_from_time(catalog):
     with catalog.write() as s:
         s.add(TrainingRun(params={"epochs": 8}, history=[{"epoch": 0}, {"epoch": 1}], status="running"))
     assert summaries.training_percent(catalog, since, 4.0) == 25.0
+
+
+def test_the_train_flow_offers_the_model_side_vocabularies():
+    """Prefect needs literal parameter types; they must name what the model side accepts."""
+    from typing import get_args
+
+    from flows.train import Pairing, Perceptual, Profile
+    from model.remover.trainconfig import PERCEPTUAL_CHOICES, PROFILES
+    from model.synth.pairs import PAIRINGS
+
+    assert set(get_args(Profile)) == set(PROFILES)
+    assert get_args(Pairing) == PAIRINGS and set(get_args(Perceptual)) == set(PERCEPTUAL_CHOICES)

@@ -84,7 +84,7 @@ def add_render_pages(site: Site) -> None:
                                                  for i in (1, 2, 3)]).encode(), "application/json")
     site.page("/scroll.html", SCROLL)
 
-    def feed(req) -> None:  # noqa: ANN001
+    def feed(req) -> None:
         n = int(req.path.rsplit("=", 1)[1])
         req.send(200, json.dumps([f"/img/feed-{n}a.png", f"/img/feed-{n}b.png"]).encode(),
                  content_type="application/json")

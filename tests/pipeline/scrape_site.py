@@ -137,7 +137,7 @@ class Site:
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # else each keep-alive response waits ~40 ms (delayed ACK)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 req = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, time.monotonic(), self)
                 host = req.headers.get("host", "")
                 with site._lock:
@@ -168,7 +168,7 @@ class Site:
             daemon_threads = True
             request_queue_size = 256
 
-            def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+            def handle_error(self, request, client_address) -> None:
                 import sys
 
                 if not isinstance(sys.exc_info()[1], ConnectionError):  # clients that hang up are fine

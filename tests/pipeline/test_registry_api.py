@@ -12,7 +12,7 @@ from model.api import WEIGHTS_DIR
 from pipeline.registry import CatalogModels, NoModel, register
 
 
-def _register(catalog, blobs, version, kind, path, promote):  # noqa: ANN001, ANN202
+def _register(catalog, blobs, version, kind, path, promote):
     with catalog.write() as s:
         register(s, blobs, version, kind, path.read_bytes(), config={}, metrics={}, promote=promote)
 

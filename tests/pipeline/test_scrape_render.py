@@ -187,7 +187,7 @@ def test_bounds_request_cap_restart_and_crash(site, catalog, blobs, rfast):
 def _body(site, path):
     import urllib.request
 
-    with urllib.request.urlopen(site.url(path)) as resp:  # noqa: S310 - loopback test site
+    with urllib.request.urlopen(site.url(path)) as resp:
         return resp.read()
 
 

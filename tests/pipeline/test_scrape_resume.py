@@ -73,7 +73,7 @@ def count_images(db: str) -> int:
         return 0
 
 
-def kill_when(cmd: list[str], env: dict, db: str, images: int, timeout_s: float, kill) -> subprocess.Popen:  # noqa: ANN001
+def kill_when(cmd: list[str], env: dict, db: str, images: int, timeout_s: float, kill) -> subprocess.Popen:
     """Start ``cmd`` in its own session and ``kill(pid, SIGKILL)`` it once the catalog holds
     ``images`` images (``os.killpg`` takes its whole process group)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -89,7 +89,7 @@ def kill_when(cmd: list[str], env: dict, db: str, images: int, timeout_s: float,
 
 
 def kill_then_rerun(cmd: list[str], env: dict, db: str, images: int, timeout_s: float,
-                    kill) -> tuple[int, subprocess.CompletedProcess]:  # noqa: ANN001
+                    kill) -> tuple[int, subprocess.CompletedProcess]:
     """``kill_when``, then ``cmd`` again to its end: (images when killed, the finished run)."""
     proc = kill_when(cmd, env, db, images, timeout_s, kill)
     assert proc.returncode == -signal.SIGKILL

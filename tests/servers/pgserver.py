@@ -81,7 +81,7 @@ class PostgresServer:
              "-E", "UTF8", "--locale=C", "--no-sync"],
             check=True, capture_output=True, env=self._env(), cwd=self.root, **self._run_as,
         )
-        self._log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.root / "postgres.log", "ab")
         for _attempt in range(5):
             self.port = free_port()
             self._spawn()

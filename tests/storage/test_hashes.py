@@ -16,7 +16,7 @@ def _img(sha: str) -> dict:
             "bytes": 1234, "source": "test"}
 
 
-def _three(catalog) -> list[int]:  # noqa: ANN001
+def _three(catalog) -> list[int]:
     with catalog.write() as s:
         ids = q.add_images(s, [_img(c * 64) for c in "abc"])
     return [ids[c * 64] for c in "abc"]
