@@ -39,7 +39,6 @@ import torch
 from model.device import resolve_device
 from model.remover.infer import Cleaner
 from model.remover.masks import MaskRule
-from model.remover.network import load_checkpoint
 from pipeline import registry
 from pipeline.clean_decode import Decoded, WorkItem, iter_decoded
 from pipeline.clean_metrics import cleaning_metrics, encode_mask, encode_output, versus_clean
@@ -69,8 +68,7 @@ class Remover:
 def load_remover(catalog: Catalog, blobs: BlobStore, model_version: str | None = None) -> Remover:
     """The promoted remover (or ``model_version``), its network loaded from the checkpoint blob;
     `registry.NoModel` when there is none."""
-    ref = registry.require(catalog, "remover", model_version)
-    model, _ = load_checkpoint(registry.checkpoint(blobs, ref))
+    ref, model = registry.load_remover(catalog, blobs, model_version)
     return Remover(ref.version, model, ref.config)
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from model.device import resolve_device
 from model.remover.evaluate import SWCNN_ALPHAS, SWCNN_PAPER_PSNR, swcnn_protocol
-from model.remover.network import load_checkpoint
 from pipeline import registry
 from pipeline.config import Settings
 from storage import BlobStore, Catalog
@@ -46,10 +45,9 @@ def evaluate(
     "input_ssim", "ssim", "paper_psnr"}, ...}, "seconds"}`` for the chosen remover."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: {', '.join(PROTOCOLS)}")
-    ref = registry.require(catalog, "remover", model_version)
-    version, config = ref.version, ref.config
     device = resolve_device(settings.models.device)
-    model, _ = load_checkpoint(registry.checkpoint(blobs, ref), map_location=device)
+    ref, model = registry.load_remover(catalog, blobs, model_version, map_location=device)
+    version, config = ref.version, ref.config
     result = swcnn_protocol(model, images, logos, alphas=alphas, device=device,
                             harden_mask=bool(config.get("harden_mask", False)), progress=progress)
     for a, row in result["alpha"].items():

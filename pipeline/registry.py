@@ -70,6 +70,14 @@ def checkpoint(blobs: BlobStore, ref: ModelRef) -> bytes:
     return blobs.get(ref.checkpoint_key)
 
 
+def load_remover(catalog: Catalog, blobs: BlobStore, version: str | None = None, map_location="cpu"):
+    """(its ref, its network in eval mode) of the promoted remover, or of ``version``: the one
+    loader every step uses (`NoModel` when there is none)."""
+    ref = require(catalog, "remover", version)
+    model, _ = load_checkpoint(checkpoint(blobs, ref), map_location=map_location)
+    return ref, model
+
+
 class CatalogModels:
     """A catalog and its blob store as a ``model.api.ModelSource``: ``model_checkpoint(kind,
     version)`` is `require` then `checkpoint` (`NoModel`, a ``LookupError``, with the reason)."""

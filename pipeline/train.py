@@ -252,11 +252,10 @@ def _promoted_start(catalog: Catalog, blobs: BlobStore, config: trainer.TrainCon
 
 def _challenge_promoted(catalog: Catalog, blobs: BlobStore, config: trainer.TrainConfig, test_paths: list[Path]) -> dict | None:
     """The promoted remover's test PSNR on this run's test samples (None when there is none)."""
-    ref = registry.find(catalog, "remover")
-    if ref is None:
+    if registry.find(catalog, "remover") is None:
         return None
+    ref, model = registry.load_remover(catalog, blobs)
     version = ref.version
-    model, _ = load_checkpoint(registry.checkpoint(blobs, ref))
     harden = bool(ref.config.get("harden_mask", False))
     scores = trainer.score_on_test(model, trainer.fixed_test_set(test_paths, config), config, harden_mask=harden)
     return {"version": version, "psnr": scores["model"]["psnr"], "ssim": scores["model"]["ssim"]}
