@@ -332,6 +332,22 @@ def test_a_file_that_cannot_be_written_is_a_failed_row_and_the_rest_are_written(
         assert s.scalar(select(Failure.stage).where(Failure.subject == (folder / "a.png").resolve().as_uri())) == "clean-files"
 
 
+def test_two_copies_of_one_photo_are_one_image_cleaned_once_and_both_written(remover, tmp_path, catalog):
+    d = tmp_path / "in"
+    (d / "again").mkdir(parents=True)
+    data = encode(Image.fromarray(photo(seed=4)), "PNG")
+    (d / "x.png").write_bytes(data)
+    (d / "again" / "x-copy.png").write_bytes(data)
+    code, res, output = run(str(d), "--out", str(tmp_path / "out"), "--no-triage")
+    assert code == 0 and res["cleaned"] == 2, output
+    assert (tmp_path / "out" / "x.png").read_bytes() == (tmp_path / "out" / "again" / "x-copy.png").read_bytes()
+    with catalog.session() as s:
+        from storage.models import Image as ImageRow
+
+        assert s.scalar(select(func.count()).select_from(ImageRow)) == 1
+        assert s.scalar(select(func.count()).select_from(Cleaning)) == 1  # cleaned once, written twice
+
+
 def test_without_json_the_failures_are_listed_on_stderr(remover, folder, tmp_path):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     r = CliRunner().invoke(app, ["clean-files", str(folder), "--out", str(tmp_path / "out")])
