@@ -189,18 +189,34 @@ def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: di
 SHIPPED_RUN = "remover-run"  # beside remover.pt: the run's history and figures (the report's model section)
 
 
+SHIPPED_FIGURE_SIDE = 1200  # px: the longest side of a shipped figure
+
+
 def ship_run_figures(run_dir: Path, out: Path, weights: Path) -> Path:
-    """Copy the run's ``history.json`` and ``visuals/`` (the figures drawn at its end) into
-    ``out/remover-run/``, with ``weights.sha256`` naming the weights they belong to, so that a
-    catalog whose remover is the shipped one shows its curves and figures (``pipeline.report``)."""
+    """Copy the run's ``history.json`` and its figures on its first fixed test sample (plus the
+    network-wide ones, the kernels) into ``out/remover-run/``, with ``weights.sha256`` naming the
+    weights they belong to, so that a catalog whose remover is the shipped one shows its curves and
+    figures (``pipeline.report``). The figures are shrunk to ``SHIPPED_FIGURE_SIDE`` and stored as
+    256-colour PNGs: about 1.5 MB a release instead of the run's 11 MB."""
+    from PIL import Image
+
     dest = out / SHIPPED_RUN
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "visuals").mkdir(parents=True)
     if (run_dir / "history.json").is_file():
         shutil.copyfile(run_dir / "history.json", dest / "history.json")
-    for f in sorted((run_dir / "visuals").glob("*")):
-        if f.suffix in (".png", ".json") and f.is_file():
-            shutil.copyfile(f, dest / "visuals" / f.name)
+    listing = run_dir / "visuals" / "visuals.json"
+    if listing.is_file():
+        info = json.loads(listing.read_text())
+        first = min((f["sample"] for f in info.get("figures", []) if f.get("sample") is not None), default=None)
+        kept = [f for f in info.get("figures", []) if f.get("sample") in (None, first)
+                and (run_dir / "visuals" / f["file"]).is_file()]
+        for f in kept:
+            with Image.open(run_dir / "visuals" / f["file"]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((SHIPPED_FIGURE_SIDE, SHIPPED_FIGURE_SIDE), Image.LANCZOS)
+                im.quantize(256, method=Image.Quantize.FASTOCTREE).save(dest / "visuals" / f["file"], optimize=True)
+        (dest / "visuals" / "visuals.json").write_text(json.dumps({**info, "figures": kept}, indent=1))
     (dest / "weights.sha256").write_text(_sha256(weights) + "\n")
     return dest
 

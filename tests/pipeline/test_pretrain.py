@@ -74,6 +74,7 @@ def test_shipped_weights_carry_their_run_figures_to_the_report(photos, tmp_path,
     assert (shipped / "weights.sha256").read_text().strip() == hashlib.sha256((out / "remover.pt").read_bytes()).hexdigest()
     figures = json.loads((shipped / "visuals" / "visuals.json").read_text())["figures"]
     assert figures and all((shipped / "visuals" / f["file"]).is_file() for f in figures)
+    assert {f["sample"] for f in figures} <= {None, 0}  # the first sample's figures and the network's
     assert json.loads((shipped / "history.json").read_text())  # the curves
     version = registry.register_shipped(catalog, blobs, out)["version"]
     html = training_section(catalog, settings.runs_dir, version, tmp_path / "assets", out)
