@@ -18,8 +18,11 @@ os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 os.environ["MPLBACKEND"] = "Agg"
 os.environ.pop("PREFECT_API_URL", None)
-for _k in [k for k in os.environ if k.startswith("UNMARK_")]:
-    os.environ.pop(_k)  # tests build their own settings; never the user's catalog
+# tests build their own settings, never the user's catalog; the switches of the suite itself stay
+# (UNMARK_SOAK: the soak cases, which bench/faults.py runs; UNMARK_REQUIRE_BROWSER: .ci/run's)
+SUITE_SWITCHES = ("UNMARK_SOAK", "UNMARK_REQUIRE_BROWSER")
+for _k in [k for k in os.environ if k.startswith("UNMARK_") and k not in SUITE_SWITCHES]:
+    os.environ.pop(_k)
 
 _GUARD_DIR = Path(__file__).parent / "netguard"
 _GUARD_LOG = _TMP / "netguard.log"
