@@ -33,6 +33,7 @@ from model.remover.network import load_checkpoint, save_checkpoint
 from model.synth.icons import BANK_VERSION
 from model.synth.pairs import split_paths
 from model.synth.renderer import FAMILIES, WatermarkRenderer
+from pipeline import registry
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # Photos of ../shared/corpus/voc150 that carry a real overlay (its README): never clean targets.
@@ -186,7 +187,6 @@ def export_weights(run_dir: Path, out_dir: str | Path, summary: dict, splits: di
     return {"weights": str(weights), "card": str(card)}
 
 
-SHIPPED_RUN = "remover-run"  # beside remover.pt: the run's history and figures (the report's model section)
 
 
 SHIPPED_FIGURE_SIDE = 1200  # px: the longest side of a shipped figure
@@ -200,7 +200,7 @@ def ship_run_figures(run_dir: Path, out: Path, weights: Path) -> Path:
     256-colour PNGs: about 1.5 MB a release instead of the run's 11 MB."""
     from PIL import Image
 
-    dest = out / SHIPPED_RUN
+    dest = out / registry.SHIPPED_RUN
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "visuals").mkdir(parents=True)
     if (run_dir / "history.json").is_file():

@@ -135,6 +135,14 @@ def _register_once(catalog: Catalog, blobs: BlobStore, version: str, kind: str, 
     return {"version": version, "checkpoint": key}
 
 
+SHIPPED_RUN = "remover-run"  # beside remover.pt: its run's history and figures (the report's model section)
+
+
+def shipped_remover_version(sha256: str) -> str:
+    """The catalog version of the shipped remover whose weights hash to ``sha256``."""
+    return "remover-shipped-" + sha256[:12]
+
+
 def register_shipped(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path | None = None) -> dict | None:
     """Register ``weights_dir/remover.pt`` as the promoted remover when the catalog promotes none.
 
@@ -149,7 +157,7 @@ def register_shipped(catalog: Catalog, blobs: BlobStore, weights_dir: str | Path
         _, extra = load_checkpoint(data)
     except Exception as exc:  # a damaged or foreign file: say which, register nothing
         raise ValueError(f"shipped weights {path} are not a loadable remover checkpoint: {exc}") from exc
-    version = "remover-shipped-" + hashlib.sha256(data).hexdigest()[:12]
+    version = shipped_remover_version(hashlib.sha256(data).hexdigest())
     config = {**json.loads(extra.get("train_config", "{}")), "shipped": path.name}
     metrics = json.loads(extra.get("metrics_json", "{}"))
     return _register_once(catalog, blobs, version, "remover", data, config, metrics)

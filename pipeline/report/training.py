@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from pipeline import registry
 from pipeline.report.html import e, fmt
 from storage import Catalog
 from storage import runs as training_runs
@@ -21,16 +22,13 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-SHIPPED_PREFIX = "remover-shipped-"  # pipeline.registry.register_shipped: the prefix, then the weights' sha256
-
-
 def shipped_run_dir(shipped_dir: Path, version: str) -> Path | None:
     """The run folder shipped beside the weights (``pipeline.pretrain.ship_run_figures``) when
     ``version`` is the shipped remover those weights are, else None."""
-    tag = shipped_dir / "remover-run" / "weights.sha256"
-    if not version.startswith(SHIPPED_PREFIX) or not tag.is_file():
+    tag = shipped_dir / registry.SHIPPED_RUN / "weights.sha256"
+    if not tag.is_file():
         return None
-    return tag.parent if tag.read_text().strip()[:12] == version[len(SHIPPED_PREFIX):] else None
+    return tag.parent if registry.shipped_remover_version(tag.read_text().strip()) == version else None
 
 
 def _run_of(catalog: Catalog, runs_dir: Path, version: str, shipped_dir: Path | None = None) -> tuple[list[dict], Path]:
