@@ -66,7 +66,7 @@ def pretrain_remover_cmd(
     out: Annotated[str | None, typer.Option(help="where the weights and card go (default model/weights)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's)")] = None,
     icon_logos: Annotated[int, typer.Option(help="pictogram logos per renderer (0: the procedural bank only)")] = 512,
-    profile: Annotated[str, typer.Option(help="training profile (locate-cpu: locate, then restore)")] = "locate-cpu",
+    profile: Annotated[str, typer.Option(help="training profile (locate-cpu: locate, then restore; localise-cpu: the localiser alone)")] = "locate-cpu",
     synth: Annotated[str, typer.Option(help="cpu: loader draws the marks; device: composited on the GPU")] = "cpu",
     batch_size: Annotated[int | None, typer.Option(help="override the profile's batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="override the profile's peak learning rate")] = None,

@@ -104,6 +104,11 @@ def view_size(h: int, w: int, view: int, multiple: int = 16) -> tuple[int, int]:
     return (max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple))
 
 
+def windows(t: torch.Tensor, size: int, corners: list[tuple[int, int]]) -> torch.Tensor:
+    """One ``size``×``size`` window of each image of ``t`` (B,C,H,W), at its (y, x) corner."""
+    return torch.stack([t[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(corners)])
+
+
 def invert(image: torch.Tensor, alpha: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     """Undo ``I = J(1 − α) + αW`` for J, with α capped at ``ALPHA_CAP``, clamped to [0, 1]."""
     a = alpha.clamp(0.0, ALPHA_CAP)
@@ -166,6 +171,16 @@ class LocateRestore(nn.Module):
         small = x if (vh, vw) == tuple(x.shape[2:]) else F.interpolate(x, size=(vh, vw), mode="area")
         return self.localiser(small)
 
+    def locate_windows(self, x: torch.Tensor, view: int | None, size: int, corners: list[tuple[int, int]]
+                       ) -> dict[str, torch.Tensor]:
+        """What ``locate_loss`` reads, without the restorer: the maps at the view and the inversion
+        on one ``size`` window per image (training the localiser alone)."""
+        maps = self.locate(x, view)
+        up = {k: F.interpolate(maps[k], size=x.shape[2:], mode="bilinear", align_corners=False)
+              for k in ("alpha", "colour")}
+        return {"coarse_logits": maps["logits"], "alpha_view": maps["alpha"], "colour_view": maps["colour"],
+                "inverted": invert(*(windows(t, size, corners) for t in (x, up["alpha"], up["colour"])))}
+
     def restore(self, x: torch.Tensor, logits: torch.Tensor, alpha: torch.Tensor, colour: torch.Tensor
                 ) -> dict[str, torch.Tensor]:
         """Full-resolution restore of ``x`` given the upsampled maps (same H×W as ``x``)."""
@@ -191,9 +206,8 @@ class LocateRestore(nn.Module):
         maps = self.locate(x, view)
         up = {k: F.interpolate(v, size=(H, W), mode="bilinear", align_corners=False) for k, v in maps.items()}
         if crop is not None:  # training: restore one window per image
-            size, corners = crop
             def window(t: torch.Tensor) -> torch.Tensor:
-                return torch.stack([t[i, :, y : y + size, x0 : x0 + size] for i, (y, x0) in enumerate(corners)])
+                return windows(t, *crop)
             out = self.restore(window(x), window(up["logits"]), window(up["alpha"]), window(up["colour"]))
             out["alpha"], out["colour"] = window(up["alpha"]), window(up["colour"])
         elif self.training or self.restore_everywhere:
@@ -358,4 +372,4 @@ def locate_loss(out: dict[str, torch.Tensor], mask: torch.Tensor, alpha: torch.T
 
 
 __all__ = ["ALPHA_CAP", "LOCATE_TERMS", "LocateRestore", "invert", "locate_loss",
-           "mark_scores", "pick_crops", "view_size"]
+           "mark_scores", "pick_crops", "view_size", "windows"]

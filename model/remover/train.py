@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from model.device import resolve_device
 from model.remover import runfiles
 from model.remover.evaluate import BASELINES, evaluate_pairs
-from model.remover.locate import LOCATE_TERMS, LocateRestore, locate_loss, pick_crops
+from model.remover.locate import LOCATE_TERMS, LocateRestore, locate_loss, pick_crops, windows
 from model.remover.losses import RemovalLoss
 from model.remover.network import UNet, count_parameters, load_checkpoint, save_checkpoint
 from model.remover.plots import lr_schedule, training_curves
@@ -57,6 +57,7 @@ from model.remover.trainconfig import (
     cpu_bf16,
     loader_workers,
     profile_config,
+    trained_parameters,
 )
 from model.remover.visuals import draw_run_visuals
 from model.schedule import one_cycle_factor
@@ -211,7 +212,7 @@ def _setup(paths: dict[str, list[str]], config: TrainConfig, run_dir: Path, rend
     # Built before anything is written: imagenet without the weights stops here, clearly.
     loss_fn = RemovalLoss(**{k: v for k, v in config.loss.items() if k not in LOCATE_TERMS},
                           vgg=config.perceptual).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trained_parameters(model, config), lr=config.lr, weight_decay=config.weight_decay)
     locating = isinstance(model, LocateRestore)
     on_device = config.synth == "device"
     # locate-restore: whole training images of size·mark_context (the localiser sees all of each),
@@ -301,10 +302,6 @@ def _batches(run: _Run) -> Iterator[dict]:
     return runfiles.batches(loader)
 
 
-def _windows(t: torch.Tensor, size: int, corners: list[tuple[int, int]]) -> torch.Tensor:
-    return torch.stack([t[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(corners)])
-
-
 def _loss(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward one batch and its loss. A locate-then-restore network sees whole images and
     restores one window of each (near its mark), and adds the localiser's terms."""
@@ -325,15 +322,20 @@ def _loss(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict
     corners = pick_crops(mask, cfg.size, run.gens["crop"])
     views = list(cfg.train_views or [cfg.view])
     view = views[int(torch.randint(len(views), (1,), generator=run.gens["crop"]))]
-    with autocast_for(dev, cfg):
-        out = run.model(x, view=view, crop=(cfg.size, corners))
     alpha = batch["alpha"].to(dev, non_blocking=True)
-    win_mask = _windows(mask, cfg.size, corners)
-    total, parts = run.loss_fn(out["image"].float(), _windows(target, cfg.size, corners), win_mask,
-                               mask_logits=out["mask_logits"].float())
+    win_mask = windows(mask, cfg.size, corners)
+    if cfg.train_part == "localiser":  # the restorer frozen and never run: the localiser's terms only
+        with autocast_for(dev, cfg):
+            out = run.model.locate_windows(x, view, cfg.size, corners)
+        total, parts = torch.zeros((), device=dev), {}
+    else:
+        with autocast_for(dev, cfg):
+            out = run.model(x, view=view, crop=(cfg.size, corners))
+        total, parts = run.loss_fn(out["image"].float(), windows(target, cfg.size, corners), win_mask,
+                                   mask_logits=out["mask_logits"].float())
     loc_total, loc_terms = locate_loss(out, mask, alpha, batch["colour"].to(dev, non_blocking=True),
-                                       _windows(batch["clean"].to(dev), cfg.size, corners), win_mask,
-                                       _windows(alpha, cfg.size, corners), run.loc_weights)
+                                       windows(batch["clean"].to(dev), cfg.size, corners), win_mask,
+                                       windows(alpha, cfg.size, corners), run.loc_weights)
     total = total + loc_total
     return total, {**parts, **{k: float(v.detach()) for k, v in loc_terms.items()}, "total": float(total.detach())}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,3 +253,30 @@ def test_locate_restore_profile_trains_resumes_and_reports_both_oracles(photos, 
             "restorer-first_layer_kernels.png"} <= names
     more = train(photos[:3], photos[3:5], photos[5:], dataclasses.replace(cfg, epochs=3), run, log=None)
     assert more["steps"] == 3 * cfg.steps_per_epoch  # resumed after epoch 2, not restarted
+
+
+def test_training_the_localiser_alone_leaves_the_restorer_bit_for_bit(tmp_path, photos):
+    """``train_part="localiser"`` (the localise-cpu profile): the restorer is frozen and never run,
+    every localiser term is still learned from, the localiser's weights move, and the restorer's
+    are the initial ones exactly. A plain U-Net has no localiser to train alone: a clear error."""
+    from model.remover.locate import LOCATE_TERMS
+
+    cfg = dataclasses.replace(profile_config("tiny-locate"), train_part="localiser")
+    assert profile_config("localise-cpu").train_part == "localiser"
+    start = tmp_path / "start.pt"
+    train(photos[:3], photos[3:5], photos[5:], dataclasses.replace(cfg, train_part="all", epochs=1), tmp_path / "a",
+          log=None)
+    shutil.copy(tmp_path / "a" / "best.pt", start)
+    before = load_checkpoint(start)[0].float().state_dict()
+    run = tmp_path / "run"
+    s = train(photos[:3], photos[3:5], photos[5:], cfg, run, log=None, init_weights=start)
+    assert s["steps"] == cfg.epochs * cfg.steps_per_epoch
+    history = json.loads((run / "history.json").read_text())
+    assert set(LOCATE_TERMS) <= set(history[0]) and "l1" not in history[0]  # the restorer's loss is never computed
+    after = load_checkpoint(run / "last.pt")[0].float().state_dict()
+    restorer = [k for k in before if k.startswith("restorer.")]
+    assert restorer and all(torch.equal(before[k], after[k]) for k in restorer)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("localiser."))
+    with pytest.raises(ValueError, match="only for arch locate-restore"):
+        train(photos[:3], photos[3:5], photos[5:], dataclasses.replace(profile_config("tiny"), train_part="localiser"),
+              tmp_path / "unet", log=None)
