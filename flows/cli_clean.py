@@ -67,6 +67,8 @@ def clean_files(
     device: Annotated[str, typer.Option(help="auto|cpu|cuda")] = "auto",
     triage: Annotated[bool, typer.Option("--triage/--no-triage", help="let the detector decide which files are "
                                          "cleaned (--no-triage: clean every file)")] = True,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="group near-duplicates (a watermarked file with a "
+                                        "clean copy is also measured against it)")] = True,
     threshold: ThresholdOpt = None,
     dilate: DilateOpt = None,
     feather: FeatherOpt = None,
@@ -83,7 +85,7 @@ def clean_files(
 
     rule = mask_rule(threshold, dilate, feather)
     options = step.Options(Path(out), masks=masks, copy_clean=copy_all, mask_only=mask_only, mask_rule=rule,
-                           model_version=model, device=device, triage=triage)
+                           model_version=model, device=device, triage=triage, dedup=dedup)
     settings, cat, blobs = _open()
     with stage_progress(disabled=as_json) as progress:
         try:

@@ -8,16 +8,21 @@ The stages, each the catalog's own step, so dedup, triage and the metrics still 
 2. **import** (``pipeline.importer.import_files``, as ``unmark import``): a file that is not an
    acceptable image (zero bytes, truncated, a bomb, not an image whatever its name) is a failed
    row with its reason; the other files go on.
-3. **triage** (``pipeline.triage.score_chunk`` with the promoted detector; the shipped one is
+3. **dedup** (``pipeline.dedup.dedup``, as ``unmark dedup``: only images not yet hashed are
+   hashed): near-duplicates among the files and the catalog share a group (the manifest's
+   ``group`` and ``duplicates``); a file called watermarked whose group holds a clean copy is a
+   real pair, and its cleaning is also measured against that copy (``metrics.vs_clean``).
+   ``--no-dedup`` skips it.
+4. **triage** (``pipeline.triage.score_chunk`` with the promoted detector; the shipped one is
    registered first when the catalog promotes none, as ``unmark triage`` does): files it calls
    watermarked are cleaned, the others passed through (copied only with ``--all``). With
    ``--no-triage``, or with no detector promoted and none shipped, every file is cleaned,
    labelled ``untriaged``, and the summary says so.
-4. **clean** (``pipeline.clean``'s engine, chunks and commits; the shipped remover is registered
+5. **clean** (``pipeline.clean``'s engine, chunks and commits; the shipped remover is registered
    first when the catalog promotes none): a file whose image this model already cleaned with the
    same mask settings is not cleaned again; its stored output is used. Animated files are passed
    through (only single-frame images are cleaned).
-5. **write** (``pipeline.writeback``): each output in the input's format, mode, size, EXIF
+6. **write** (``pipeline.writeback``): each output in the input's format, mode, size, EXIF
    orientation and ICC profile, written atomically; ``--masks`` (or ``--mask-only``, which writes
    no images) the mask beside it as ``NAME.mask.png``; then ``manifest.json`` and
    ``manifest.csv``, one row per input file.
@@ -25,10 +30,8 @@ The stages, each the catalog's own step, so dedup, triage and the metrics still 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -54,8 +57,16 @@ from pipeline.clean_decode import WorkItem, iter_decoded
 from pipeline.config import Settings
 from pipeline.images import BadImage, displayed
 from pipeline.importer import import_files, iter_image_files
-from pipeline.writeback import NotWritable, compose, encode_like, mask_like, read_original
-from storage import BlobStore, Catalog
+from pipeline.writeback import (
+    NotWritable,
+    atomic_write,
+    compose,
+    encode_like,
+    mask_like,
+    read_original,
+    write_manifest,
+)
+from storage import BlobStore, Catalog, pools
 from storage import queries as q
 from storage.models import Cleaning
 
@@ -80,6 +91,7 @@ class Options:
     model_version: str | None = None
     device: str = "auto"
     triage: bool = True  # False (--no-triage): every file is treated as watermarked
+    dedup: bool = True  # False (--no-dedup): no near-duplicate groups, no real pairs
 
 
 @dataclass
@@ -99,6 +111,8 @@ class FileRow:
     cached: bool = False  # the cleaning was already in the catalog: the model did not run
     model: str | None = None
     mask_area: float | None = None
+    group: int | None = None  # the dedup group (its canonical image's id) when it has near-duplicates
+    duplicates: int | None = None  # other images of the catalog in its group (None: dedup was off)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -188,6 +202,27 @@ def import_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
         j.blob_key, j.row.width, j.row.height = rows[j.image_id]
 
 
+def dedup_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings: Settings,
+               notes: list[str] | None = None) -> None:
+    """Hash the imported files not yet hashed, group them with their near-duplicates in the
+    catalog (``unmark dedup``'s step), and record each file's group."""
+    from pipeline.dedup import dedup
+
+    live = [j for j in jobs if j.image_id is not None]
+    if not live:
+        return
+    res = dedup(catalog, blobs, settings)
+    with catalog.session() as s:
+        group = {im.id: im.group_id for im in q.images_by_id(s, [j.image_id for j in live])}
+        sizes = q.group_sizes(s, sorted({g for g in group.values() if g is not None}))
+    for j in live:
+        g = group[j.image_id]
+        j.row.duplicates = max(0, sizes.get(g, 1) - 1) if g is not None else 0
+        j.row.group = g if j.row.duplicates else None
+    if notes is not None and res["matches"]:
+        notes.append(f"dedup: {res['matches']} near-duplicate pair(s) found among the new images")
+
+
 def triage_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings: Settings,
                 progress: Progress | None = None, notes: list[str] | None = None, enabled: bool = True):
     """Label the imported files with the promoted detector (scoring those it has not scored),
@@ -272,20 +307,23 @@ def clean_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings
     store = settings.updated(output_format="png")  # lossless: the outputs are written from it
     before = {j.image_id: j.row.score if detector else None for j in jobs}
     blob_of = {j.image_id: (j.row.sha256, j.blob_key) for j in jobs if j.image_id is not None}
-    items = [WorkItem(i, blob_of[i][0], blob_of[i][1], score_before=before.get(i)) for i in todo]
+    with catalog.session() as s:  # real pairs: measured against their clean copy too
+        copy_of = {wm.id: (cl.blob_key, cl.sha256) for wm, cl in pools.real_pairs(s) if wm.id in set(todo)}
+    items = [WorkItem(i, blob_of[i][0], blob_of[i][1], *copy_of.get(i, (None, None)), score_before=before.get(i))
+             for i in todo]
     errors: dict[int, str] = {}
     chunk: list = []
 
     def flush() -> None:
         rows, failed = _clean_chunk(chunk, cleaner, detector, blobs, store, remover.version)
         with catalog.write() as s:  # a cleaning masked another way is replaced
-            q.drop_model_cleanings(s, remover.version, [r["image_id"] for r in rows])
+            q.drop_model_cleanings(s, remover.version, [r["image_id"] for r in rows], sources=("model", "duplicate"))
         _commit(catalog, rows, failed)
         errors.update({it.image_id: why(e) for it, e in failed})
         chunk.clear()
 
     try:
-        for k, dec in enumerate(iter_decoded(items, settings, with_clean=False), 1):
+        for k, dec in enumerate(iter_decoded(items, settings), 1):
             chunk.append(dec)
             if len(chunk) >= settings.clean.clean_chunk_images or k == len(items):
                 flush()
@@ -298,33 +336,6 @@ def clean_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, settings
         if j.image_id in errors:
             j.fail(f"clean: {errors[j.image_id]}")
     return remover.version, done
-
-
-METRIC_COLUMNS = ("psnr_vs_input", "ssim_vs_input", "changed_fraction", "score_after", "mask_threshold",
-                  "mask_dilate", "mask_feather")
-
-
-def write_manifest(rows: Sequence[FileRow], out_dir: Path) -> dict[str, str]:
-    """``manifest.json`` (a list of rows) and ``manifest.csv`` (the same, the main metrics as
-    columns and all of them as JSON in ``metrics``) in ``out_dir``."""
-    data = [asdict(r) for r in rows]
-    _atomic_write(out_dir / "manifest.json", (json.dumps(data, indent=2, default=str) + "\n").encode())
-    buf = io.StringIO()
-    cols = [f.name for f in fields(FileRow)] + list(METRIC_COLUMNS)
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    for r in data:
-        m = r["metrics"]
-        w.writerow({**r, **{k: m.get(k) for k in METRIC_COLUMNS}, "metrics": json.dumps(m, default=str) if m else ""})
-    _atomic_write(out_dir / "manifest.csv", buf.getvalue().encode())
-    return {"manifest": str(out_dir / "manifest.json"), "manifest_csv": str(out_dir / "manifest.csv")}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _decode_png(blobs: BlobStore, key: str) -> np.ndarray:
@@ -352,15 +363,15 @@ def write_cleaned(job: Job, snap: dict[str, Any], blobs: BlobStore, settings: Se
     changed = (cleaned != rgb).any(axis=2)
     weights = _weights(blobs, snap, changed)
     if not options.mask_only:
-        _atomic_write(job.dest, encode_like(orig, compose(orig, cleaned, changed)))
+        atomic_write(job.dest, encode_like(orig, compose(orig, cleaned, changed)))
         job.row.output = str(job.dest)
     if options.masks or options.mask_only:
-        _atomic_write(job.mask_dest, mask_like(orig, weights))
+        atomic_write(job.mask_dest, mask_like(orig, weights))
         job.row.mask = str(job.mask_dest)
     job.row.action = "masked" if options.mask_only else "cleaned"
     job.row.mask_area = round(float((weights > 0).mean()), 6)
-    keep = ("mask_key", "weights_key", "model_output", "clean_copy")
-    job.row.metrics = {**{k: v for k, v in snap["metrics"].items() if k not in keep},
+    internal = ("mask_key", "weights_key", "model_output")  # blob keys: the catalog's, not the user's
+    job.row.metrics = {**{k: v for k, v in snap["metrics"].items() if k not in internal},
                        **{k: snap[k] for k in ("psnr_vs_input", "ssim_vs_input", "changed_fraction")}}
 
 
@@ -378,7 +389,7 @@ def write_jobs(jobs: Sequence[Job], cleanings: dict[int, dict], version: str | N
             elif _wants_cleaning(job):
                 job.fail("clean: no cleaning of this image was recorded")
             elif options.copy_clean and not options.mask_only:
-                _atomic_write(job.dest, job.path.read_bytes())
+                atomic_write(job.dest, job.path.read_bytes())
                 job.row.output, job.row.action = str(job.dest), "copied"
                 job.row.reason = job.passthrough or f"triage: {job.row.label}"
             else:
@@ -406,6 +417,8 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
     jobs = plan(paths, options.out_dir, masks=options.masks or options.mask_only)
     notes: list[str] = []
     import_jobs(jobs, catalog, blobs, settings, progress)
+    if options.dedup:
+        dedup_jobs(jobs, catalog, blobs, settings, notes)
     detector = triage_jobs(jobs, catalog, blobs, settings, progress, notes, enabled=options.triage)
     _pass_animated(jobs)
     version, cleanings = None, {}
@@ -415,7 +428,7 @@ def clean_files(paths: Sequence[str | os.PathLike], catalog: Catalog, blobs: Blo
         version, cleanings = clean_jobs(jobs, catalog, blobs, settings, options, detector, progress)
     write_jobs(jobs, cleanings, version, catalog, blobs, settings, options, progress)
     rows = [j.row for j in jobs]
-    manifest = write_manifest(rows, Path(options.out_dir))
+    manifest = write_manifest([asdict(r) for r in rows], [f.name for f in fields(FileRow)], Path(options.out_dir))
     counts = {a: sum(r.action == a for r in rows) for a in ("cleaned", "masked", "copied", "skipped", "failed")}
     return {"files": len(rows), **counts, "cached": sum(r.cached and r.action in ("cleaned", "masked") for r in rows),
             "model": version, "detector": detector.version if detector else None,

@@ -12,13 +12,20 @@ transparency and text, WebP losslessness, TIFF compression). Lossy formats are r
 their untouched pixels move by the codec's error, at the input's own quality.
 
 A mask is written as an 8-bit greyscale PNG (255: the cleaned region, grey: the feather) in the
-stored orientation with the same EXIF block, so it lies on its image in any viewer.
+stored orientation with the same EXIF block, so it lies on its image in any viewer. Every file
+is written atomically (``atomic_write``), the run's ``manifest.json``/``manifest.csv`` too.
 """
 
 from __future__ import annotations
 
+import csv
 import io
+import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
@@ -179,3 +186,31 @@ def mask_like(orig: Original, weights: np.ndarray) -> bytes:
     buf = io.BytesIO()
     grey.save(buf, "PNG", **kw)
     return buf.getvalue()
+
+
+# --- the manifest (``unmark clean-files``) ----------------------------------------------------
+
+METRIC_COLUMNS = ("psnr_vs_input", "ssim_vs_input", "changed_fraction", "score_after", "mask_threshold",
+                  "mask_dilate", "mask_feather")
+
+
+def write_manifest(data: list[dict[str, Any]], columns: Sequence[str], out_dir: Path) -> dict[str, str]:
+    """``manifest.json`` (the rows, a list) and ``manifest.csv`` (``columns``, the main metrics as
+    columns too, and all of them as JSON in ``metrics``) in ``out_dir``."""
+    atomic_write(out_dir / "manifest.json", (json.dumps(data, indent=2, default=str) + "\n").encode())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*columns, *METRIC_COLUMNS])
+    w.writeheader()
+    for r in data:
+        m = r["metrics"]
+        w.writerow({**r, **{k: m.get(k) for k in METRIC_COLUMNS}, "metrics": json.dumps(m, default=str) if m else ""})
+    atomic_write(out_dir / "manifest.csv", buf.getvalue().encode())
+    return {"manifest": str(out_dir / "manifest.json"), "manifest_csv": str(out_dir / "manifest.csv")}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` by a rename: a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

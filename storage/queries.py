@@ -116,9 +116,12 @@ def add_cleanings(session: Session, rows: Sequence[dict]) -> None:
     insert_ignore(session, Cleaning, rows, ["image_id", "model_version"])
 
 
-def drop_model_cleanings(session: Session, model_version: str, image_ids: Sequence[int]) -> None:
-    """Delete ``model_version``'s own (``source='model'``) cleanings of ``image_ids``."""
-    session.execute(delete(Cleaning).where(Cleaning.model_version == model_version, Cleaning.source == "model",
+def drop_model_cleanings(session: Session, model_version: str, image_ids: Sequence[int],
+                         sources: Sequence[str] = ("model",)) -> None:
+    """Delete ``model_version``'s cleanings of ``image_ids`` from ``sources`` (by default its own,
+    ``source='model'``; ``'duplicate'`` adds the real pairs' rows)."""
+    session.execute(delete(Cleaning).where(Cleaning.model_version == model_version,
+                                           Cleaning.source.in_(list(sources)),
                                            Cleaning.image_id.in_(list(image_ids))))
 
 
@@ -366,6 +369,13 @@ def list_images(
             )
         out.append(row)
     return out
+
+
+def group_sizes(session: Session, group_ids: Sequence[int]) -> dict[int, int]:
+    """How many images each of ``group_ids`` (dedup groups, by their canonical image) holds."""
+    rows = session.execute(select(Image.group_id, func.count()).where(Image.group_id.in_(list(group_ids)))
+                           .group_by(Image.group_id))
+    return {int(g): int(n) for g, n in rows}
 
 
 def images_in_group(session: Session, group_id: int) -> list[Image]:

@@ -367,3 +367,36 @@ def test_progress_reaches_every_stage_to_its_end(remover, folder, tmp_path, cata
                       progress=lambda stage, done, total: seen.__setitem__(stage, (done, total)))
     assert res["cleaned"] == 3 and res["failed"] == 1
     assert seen == {"import": (4, 4), "clean": (3, 3), "write": (4, 4)}
+
+
+def test_near_duplicates_are_grouped_and_a_real_pair_is_measured_against_its_clean_copy(remover, catalog, blobs,
+                                                                                        tmp_path):
+    """Dedup runs on the imported files: a photo and a marked copy of it share a group; the copy
+    the detector calls watermarked is cleaned by the model (its output, not the clean copy, is
+    written) and also measured against the clean copy. ``--no-dedup`` leaves groups out."""
+    x = photo(seed=7)
+    y = x.copy()
+    y[30:38, 40:58] = 255  # a small opaque mark
+    d = tmp_path / "in"
+    d.mkdir()
+    for name, im in (("x.png", x), ("y.png", y), ("other.png", 255 - photo(seed=8))):
+        (d / name).write_bytes(encode(Image.fromarray(im), "PNG"))
+    _promote_detector(catalog, blobs, x, y)
+    out = tmp_path / "out"
+    code, res, _ = run(str(d), "--out", str(out), "--all")
+    assert code == 0 and any("near-duplicate" in n for n in res["notes"])
+    rows = manifest(out)
+    pair = [rows["x.png"], rows["y.png"]]
+    assert {r["label"] for r in pair} == {"clean", "watermarked"}
+    assert pair[0]["group"] == pair[1]["group"] is not None and [r["duplicates"] for r in pair] == [1, 1]
+    assert rows["other.png"]["group"] is None and rows["other.png"]["duplicates"] == 0
+    marked, copy = sorted(pair, key=lambda r: r["label"] != "watermarked")
+    assert marked["action"] == "cleaned" and marked["metrics"]["clean_copy"] == copy["sha256"]
+    vs = marked["metrics"]["vs_clean"]
+    assert vs["input_psnr"] > 10 and vs["psnr"] > 10  # the input and the model's output, against the copy
+    assert "vs_clean" not in copy["metrics"] and copy["action"] == "copied"
+    name = Path(marked["input"]).name
+    assert (out / name).read_bytes() != (d / Path(copy["input"]).name).read_bytes()  # the model's own output
+    code, res, _ = run(str(d), "--out", str(tmp_path / "out2"), "--no-dedup", "--dilate", "3")
+    assert code == 0 and all(r["duplicates"] is None and r["group"] is None for r in manifest(tmp_path / "out2").values())
+    assert manifest(tmp_path / "out2")[name]["action"] == "cleaned"  # re-masked: the pair's row is replaced
