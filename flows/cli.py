@@ -311,7 +311,7 @@ def triage(
 
 @app.command()
 def train(
-    profile: Annotated[str, typer.Option(help="locate-cpu|quick-cpu|seed|tiny|tiny-locate")] = "locate-cpu",
+    profile: Annotated[str, typer.Option(help="locate-cpu|localise-cpu|quick-cpu|seed|tiny|tiny-locate")] = "locate-cpu",
     pairing: Annotated[str, typer.Option(help="supervised|self-supervised")] = "supervised",
     max_minutes: Annotated[float | None, typer.Option(help="cap the run's wall time (schedule scaled to fit)")] = None,
     from_scratch: Annotated[bool, typer.Option(help="random start instead of fine-tuning the promoted remover")] = False,

@@ -39,12 +39,12 @@ def hash_chunk(settings: Settings, jobs: list[tuple[int, str]]) -> list[tuple]:
 @task(name="score-chunk", cache_policy=NO_CACHE)
 def score_chunk(settings: Settings, detector_version: str, ids: list[int]) -> dict[str, int]:
     """``pipeline.triage.score_chunk`` on one chunk of image ids with the promoted detector."""
-    from pipeline import triage
+    from pipeline import registry, triage
 
     with open_workspace(settings) as (catalog, blobs):
         key = (str(settings.storage.catalog_url), str(settings.storage.blob_root), detector_version)
         if key not in _DETECTOR:
-            detector = triage.load_promoted_detector(catalog, blobs)
+            detector = registry.load_detector(catalog, blobs)
             if detector is None or detector.version != detector_version:
                 found = detector.version if detector else None
                 raise RuntimeError(f"detector {detector_version} is no longer the promoted one ({found})")

@@ -17,7 +17,7 @@ from pipeline import summaries
 from pipeline.config import Settings
 from pipeline.workspace import open_workspace
 
-Profile = Literal["locate-cpu", "seed", "quick-cpu", "tiny", "tiny-locate"]
+Profile = Literal["locate-cpu", "localise-cpu", "seed", "quick-cpu", "tiny", "tiny-locate"]
 Pairing = Literal["supervised", "self-supervised"]
 Perceptual = Literal["imagenet", "random", "off"]
 

@@ -129,13 +129,9 @@ def make_cleaner(remover: Remover, settings: Settings, dev: torch.device, mask_r
 
 
 def _detector(catalog: Catalog, blobs: BlobStore):
-    """The promoted watermark detector (``pipeline.triage``), or None when there is none."""
+    """The promoted watermark detector (``registry.load_detector``), or None when there is none."""
     try:
-        from pipeline.triage import load_promoted_detector
-    except ImportError:  # pragma: no cover - triage not installed
-        return None
-    try:
-        return load_promoted_detector(catalog, blobs)
+        return registry.load_detector(catalog, blobs)
     except STORE_FAULTS:
         raise  # the store is down, not the detector: cleaning without scores would record other rows
     except Exception as exc:  # noqa: BLE001 - scores are optional; cleaning goes on without them

@@ -229,13 +229,13 @@ def triage_jobs(jobs: Sequence[Job], catalog: Catalog, blobs: BlobStore, setting
     registering the shipped one first when none is promoted; returns the detector, or None when
     triage is off (``enabled`` False) or no detector is promoted or ships (every file is then
     ``untriaged``). What it did goes to ``notes``."""
-    from pipeline.triage import load_promoted_detector, score_chunk
+    from pipeline.triage import score_chunk
 
     live = [j for j in jobs if j.image_id is not None]
-    detector = load_promoted_detector(catalog, blobs) if enabled else None
+    detector = registry.load_detector(catalog, blobs) if enabled else None
     if enabled and detector is None and (
             shipped := registry.register_shipped_detector(catalog, blobs, settings.models.shipped_weights)):
-        detector = load_promoted_detector(catalog, blobs)
+        detector = registry.load_detector(catalog, blobs)
         if notes is not None:
             notes.append(f"registered the shipped detector {shipped['version']} (as `unmark init` does)")
     if notes is not None and detector is None:

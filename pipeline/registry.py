@@ -17,11 +17,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from model.api import WEIGHTS_DIR
+from model.detector import Calibration, detector_from_bytes, score_images
 from model.remover.network import load_checkpoint
 from storage import queries as q
 from storage.blobs import BlobStore
@@ -76,6 +80,28 @@ def load_remover(catalog: Catalog, blobs: BlobStore, version: str | None = None,
     ref = require(catalog, "remover", version)
     model, _ = load_checkpoint(checkpoint(blobs, ref), map_location=map_location)
     return ref, model
+
+
+class LoadedDetector:
+    """A detector network with its version, calibration and the scales it is scored at."""
+
+    def __init__(self, model, version: str, calibration: Calibration, scales: Sequence[int]):
+        self.model, self.version, self.calibration, self.scales = model, version, calibration, tuple(scales)
+
+    def score(self, images: Sequence) -> np.ndarray:
+        return score_images(self.model, images, scales=self.scales)
+
+
+def load_detector(catalog: Catalog, blobs: BlobStore) -> LoadedDetector | None:
+    """The promoted detector with its calibration, or None when there is none yet: the one
+    loader triage, clean and clean-files use."""
+    ref = find(catalog, "detector")
+    if ref is None:
+        return None
+    model, _ = detector_from_bytes(checkpoint(blobs, ref))
+    # a detector is always scored at the scales it was calibrated at (two, before they were recorded)
+    return LoadedDetector(model, ref.version, Calibration(**ref.config["calibration"]),
+                          ref.config.get("scales", (384, 768)))
 
 
 class CatalogModels:

@@ -25,19 +25,17 @@ import numpy as np
 
 from model.detector import (
     SCORE_SCALES,
-    Calibration,
     DetectorTrainConfig,
     calibrate,
     detection_metrics,
-    detector_from_bytes,
     detector_to_bytes,
     roc_auc,
-    score_images,
     train_detector,
 )
 from pipeline import registry
 from pipeline.config import Settings
 from pipeline.images import BadImage, open_image
+from pipeline.registry import LoadedDetector
 from pipeline.stopping import StopFlag
 from storage import BlobStore, Catalog, pools, status
 from storage import queries as q
@@ -49,26 +47,6 @@ Progress = Callable[[str, int, int], None]
 
 class NoTrainingImages(RuntimeError):
     """The catalog holds no usable images to train a detector on."""
-
-
-class LoadedDetector:
-    def __init__(self, model, version: str, calibration: Calibration, scales: Sequence[int]):
-        self.model, self.version, self.calibration, self.scales = model, version, calibration, tuple(scales)
-
-    def score(self, images: Sequence) -> np.ndarray:
-        return score_images(self.model, images, scales=self.scales)
-
-
-def load_promoted_detector(catalog: Catalog, blobs: BlobStore) -> LoadedDetector | None:
-    """The promoted detector with its calibration, or None when there is none yet."""
-    ref = registry.find(catalog, "detector")
-    if ref is None:
-        return None
-    version, cfg = ref.version, ref.config
-    model, _ = detector_from_bytes(registry.checkpoint(blobs, ref))
-    cal = Calibration(**cfg["calibration"])
-    # a detector is always scored at the scales it was calibrated at (two, before they were recorded)
-    return LoadedDetector(model, version, cal, cfg.get("scales", (384, 768)))
 
 
 def _training_paths(catalog: Catalog, blobs: BlobStore, tmp: Path, exclude_watermarked: bool) -> list[str]:
@@ -253,9 +231,9 @@ def triage(
     count dict per chunk, in order): the flows pass one that scores the chunks on Dask workers."""
     t0 = time.perf_counter()
     trained, fine_tune = None, None
-    detector = load_promoted_detector(catalog, blobs)
+    detector = registry.load_detector(catalog, blobs)
     if detector is None and registry.register_shipped_detector(catalog, blobs, settings.models.shipped_weights):
-        detector = load_promoted_detector(catalog, blobs)
+        detector = registry.load_detector(catalog, blobs)
     if retrain_detector and detector is not None and getattr(detector.model, "scores_whole_images", False):
         detector, fine_tune = fine_tune_and_register(catalog, blobs, settings, detector, progress)
         trained = fine_tune["version"]
