@@ -17,5 +17,8 @@ The life of an image, step by step:
 
 Shared rooms: ``registry`` (which model a step uses: load, register, promote), ``images`` (the one
 guarded open of untrusted bytes), ``workspace`` (catalog and store for one unit of work),
-``stopping`` (SIGTERM and Ctrl-C between batches), ``demo`` (the sample site of ``unmark demo``).
+``stopping`` (SIGTERM and Ctrl-C between batches).
+
+Not a stage: ``demo/``, the fixture ``unmark demo`` and the tests run the stages on (its sample
+site and server, the review of triage against the site's truth, the demo's environment).
 """
