@@ -89,19 +89,16 @@ def import_files(
         if not batch:
             return
         with catalog.write() as s:
-            known = set(q.image_ids_by_sha(s, [r["sha256"] for _, r in batch]))
-            ids = q.add_images(s, [r for _, r in batch])
-            for path, row in batch:
-                url = path.resolve().as_uri()
-                if row["sha256"] in known:
-                    stats.known += 1
-                else:
-                    stats.added += 1
-                    known.add(row["sha256"])
-                if not q.has_sighting(s, ids[row["sha256"]], url):
-                    q.add_sightings(s, [{"image_id": ids[row["sha256"]], "page_id": None, "image_url": url,
-                                         "alt": None, "found_by": "import"}])
-                q.clear_failure(s, "import", url)
+            ids, new = q.add_new_images(s, [r for _, r in batch])
+            urls = [path.resolve().as_uri() for path, _ in batch]
+            q.add_sightings(s, [{"image_id": ids[row["sha256"]], "page_id": None, "image_url": url, "alt": None,
+                                 "found_by": "import"} for (_, row), url in zip(batch, urls, strict=True)])
+            q.clear_failures(s, "import", urls)
+        for _, row in batch:  # a file whose content is new counts once as added, its copies as known
+            added = row["sha256"] in new
+            stats.added += added
+            stats.known += not added
+            new.discard(row["sha256"])
         done.extend(ImportedFile(path, row["sha256"]) for path, row in batch)
         batch.clear()
 

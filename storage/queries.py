@@ -125,17 +125,31 @@ def drop_model_cleanings(session: Session, model_version: str, image_ids: Sequen
                                            Cleaning.image_id.in_(list(image_ids))))
 
 
-def has_sighting(session: Session, image_id: int, image_url: str) -> bool:
-    """Whether ``image_id`` was already seen at ``image_url``."""
-    return session.scalar(
-        select(Sighting.id).where(Sighting.image_id == image_id, Sighting.image_url == image_url)) is not None
-
-
 def add_sightings(session: Session, rows: Sequence[dict]) -> None:
-    """Insert sightings (image_id, page_id, image_url, alt, found_by); duplicates are ignored."""
+    """Insert sightings (image_id, page_id, image_url, alt, found_by); duplicates are ignored,
+    page-less ones (an imported file's ``file://`` URL) too, which the unique key cannot catch
+    (its NULL page_id never equals another)."""
     now = utcnow()
     rows = [{"seen_at": now, **{k: _text(v) for k, v in r.items()}} for r in rows]
+    loose = [r for r in rows if r.get("page_id") is None]
+    if loose:
+        seen = set(session.execute(select(Sighting.image_id, Sighting.image_url).where(
+            Sighting.page_id.is_(None), Sighting.image_url.in_(sorted({r["image_url"] for r in loose})))).all())
+        keep = []
+        for r in loose:
+            if (r["image_id"], r["image_url"]) not in seen:
+                seen.add((r["image_id"], r["image_url"]))
+                keep.append(r)
+        rows = [r for r in rows if r.get("page_id") is not None] + keep
     insert_ignore(session, Sighting, rows, ["image_id", "page_id", "image_url"])
+
+
+def add_new_images(session: Session, rows: Sequence[dict]) -> tuple[dict[str, int], set[str]]:
+    """``add_images``, and the sha256 of the rows that were not in the catalog before (the one
+    count of new images that the scrape and the import both report)."""
+    known = set(image_ids_by_sha(session, [r["sha256"] for r in rows]))
+    ids = add_images(session, rows)
+    return ids, set(ids) - known
 
 
 def upsert_page(session: Session, url: str, host: str, **fields: Any) -> int:

@@ -117,10 +117,8 @@ class Writer:
                     for url, fields in b.pages.items()
                 ]))
             if b.images:
-                rows = list(b.images.values())
-                known = set(q.image_ids_by_sha(s, [r["sha256"] for r in rows]))
-                ids = q.add_images(s, rows)
-                new_images = len(set(ids) - known)
+                ids, new = q.add_new_images(s, list(b.images.values()))
+                new_images = len(new)
             else:
                 ids = {}
             shas = [ref for _, ref, _ in b.sightings if isinstance(ref, str) and ref not in ids]

@@ -367,6 +367,11 @@ def test_exact_duplicates_fold_at_import(tmp_path, photos, catalog, blobs, setti
     with catalog.session() as s:
         (row,) = s.scalars(select(ImageRow)).all()
         assert len(row.sightings) == 2
+    again = import_paths([folder], catalog, blobs, settings)  # page-less sightings are not repeated
+    assert again.added == 0 and again.known == 2
+    with catalog.session() as s:
+        (row,) = s.scalars(select(ImageRow)).all()
+        assert sorted(x.image_url.rsplit("/", 1)[1] for x in row.sightings) == ["one.jpg", "two.jpg"]
 
 
 def test_cli_dedup_json(tmp_path, photos, settings, unmark_env):
