@@ -137,10 +137,15 @@ class FusedUNet(nn.Module):
             self.ups = nn.ModuleList(_copy_up(u) for u in model.ups)
             self.gates = nn.ModuleList(_Gate(g, use_mkldnn) for g in model.gates)
             self.decoders = nn.ModuleList(_double_conv(d, use_mkldnn) for d in model.decoders)
-            heads = [model.head] + ([model.mask_out] if getattr(model, "mask_out", None) is not None else [])
-            self.out_ch = model.head.out_channels
-            self.register_buffer("head_w", torch.cat([h.weight for h in heads]).flatten(1).clone())
-            self.register_buffer("head_b", torch.cat([h.bias for h in heads]).clone())
+            # a trunk whose heads were taken off (nn.Identity: a localiser's or restorer's) gives
+            # only its features
+            self.has_head = isinstance(model.head, nn.Conv2d)
+            heads = [model.head] if self.has_head else []
+            heads += [model.mask_out] if self.has_head and getattr(model, "mask_out", None) is not None else []
+            self.out_ch = model.head.out_channels if self.has_head else 0
+            if self.has_head:
+                self.register_buffer("head_w", torch.cat([h.weight for h in heads]).flatten(1).clone())
+                self.register_buffer("head_b", torch.cat([h.bias for h in heads]).clone())
             self.has_mask = len(heads) == 2
 
     def forward(self, x):
@@ -148,6 +153,16 @@ class FusedUNet(nn.Module):
         m = self.size_multiple
         if H % m or W % m:
             raise ValueError(f"UNet input {H}x{W} is not a multiple of {m}; pad it first")
+        if not self.has_head:
+            raise NotFusable("this trunk has no heads: call features()")
+        h = self.features(x)
+        heads = F.linear(h.permute(0, 2, 3, 1), self.head_w, self.head_b).permute(0, 3, 1, 2)  # (B, out(+1), H, W)
+        logits = heads[:, self.out_ch :] if self.has_mask else None
+        return head_outputs(x, x + heads[:, : self.out_ch], logits, self.mask_guided)
+
+    def features(self, x):
+        """The decoder's last feature map (B, base, H, W), as ``UNet.features``; no size check."""
+        B = x.shape[0]
         skips = []
         h = x
         for enc in self.encoders:
@@ -164,9 +179,7 @@ class FusedUNet(nn.Module):
         for up, gate, dec, skip in zip(self.ups, self.gates, self.decoders, reversed(skips), strict=True):
             h = up(h)
             h = dec(gate(torch.cat([h, skip], 1)))
-        heads = F.linear(h.permute(0, 2, 3, 1), self.head_w, self.head_b).permute(0, 3, 1, 2)  # (B, out(+1), H, W)
-        logits = heads[:, self.out_ch :] if self.has_mask else None
-        return head_outputs(x, x + heads[:, : self.out_ch], logits, self.mask_guided)
+        return h
 
 
 def head_outputs(x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None, mask_guided: bool) -> dict:

