@@ -204,7 +204,8 @@ class Cleaner:
         if backend == "int8":
             return "int8", quantized_unet(self.model)  # raises NotQuantizable with the reason
         try:
-            fused = fuse_unet(self.model)
+            copy = getattr(self.model, "fused_copy", None)  # a network that folds its own parts
+            fused = copy() if copy is not None else fuse_unet(self.model)
             err = self._probe_error(fused)
         except NotFusable as exc:
             if backend == "fused":

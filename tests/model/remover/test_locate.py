@@ -76,7 +76,7 @@ def test_cleaner_hands_it_the_whole_image_and_keeps_unmasked_pixels(monkeypatch)
     seen = []
     m.localiser.register_forward_pre_hook(lambda _mod, args: seen.append(tuple(args[0].shape)))
     img = np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)
-    cleaner = Cleaner(m, device="cpu", tile=32, overlap=8, harden_mask=True, precision="fp32")
+    cleaner = Cleaner(m, device="cpu", tile=32, overlap=8, harden_mask=True, precision="fp32", backend="eager")
     res = cleaner.clean([img])[0]
     assert len(seen) == 1, "the localiser ran on tiles instead of the whole image"
     assert seen[0][2:] == view_size(80, 112, 32)  # the padded image's view
@@ -280,3 +280,26 @@ def test_the_folded_localiser_gives_the_localisers_maps():
                    for im in images]  # the plain localiser's hottest cell
     s = mark_scores(m, images, top_fraction=1e-9)  # the single hottest cell
     assert np.allclose(s, by_hand, atol=1e-4)
+
+
+def test_the_fused_backend_cleans_as_the_eager_one():
+    """On a CPU in fp32 the cleaner runs ``LocateRestore.fused_copy`` (both trunks folded): the
+    same cleaned pixels and mask as the plain network, up to rounding; the network itself is left
+    as it was."""
+    m = _perturbed(2)
+    with torch.no_grad():
+        m.localiser.out.bias[0] = 0.5  # marks found: the restorer runs
+    for mod in m.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    img = np.random.default_rng(4).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    eager = Cleaner(m, device="cpu", harden_mask=True, precision="fp32", backend="eager").clean([img])[0]
+    cleaner = Cleaner(m, device="cpu", harden_mask=True, precision="fp32", backend="auto")
+    assert cleaner.backend == "fused"
+    fused = cleaner.clean([img])[0]
+    assert (eager.mask > 0.5).any() and np.abs(fused.mask - eager.mask).max() < 1e-3
+    assert np.abs(fused.image.astype(int) - eager.image.astype(int)).max() <= 1
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(locate.NotFusable):
+        m.train().fused_copy()
