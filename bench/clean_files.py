@@ -12,7 +12,7 @@ count against either side.
 
 - ``clean``: ``unmark import DIR``, the images marked watermarked as a reviewer would (no
   detector is trained), then ``unmark clean``: the pool step alone is the reference.
-- ``clean-files``: ``unmark clean-files DIR --out OUT --no-triage`` (import, every file taken as
+- ``clean-files``: ``unmark clean-files DIR --out OUT --no-triage`` (import, dedup, every file taken as
   watermarked, as the reference's reviewer did, clean, write back as JPEG with the input's
   tables), and its rerun (nothing is cleaned again: the outputs are written from the catalog).
   Without ``--no-triage`` the shipped detector would leave its uncertain files alone, and the two
@@ -128,7 +128,7 @@ def main() -> None:
             "| command | CPU s / image |\n| --- | --- |\n"
             f"| `unmark import` | {figures['import_cpu_s_per_image']} |\n"
             f"| `unmark clean` | {figures['clean_cpu_s_per_image']} |\n"
-            f"| `unmark clean-files --no-triage` (import, clean, write back) | {figures['clean_files_cpu_s_per_image']} |\n"
+            f"| `unmark clean-files --no-triage` (import, dedup, clean, write back) | {figures['clean_files_cpu_s_per_image']} |\n"
             f"| `unmark clean-files` again (nothing cleaned again) | {figures['rerun_cpu_s_per_image']} |\n\n"
             f"clean-files / clean: **{figures['ratio']}** (target ≤ 1.2); clean-files / (import + clean): "
             f"{figures['ratio_vs_import_and_clean']}.\n")
