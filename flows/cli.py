@@ -105,7 +105,8 @@ def pretrain_detector_cmd(
     command = card_command("unmark pretrain detector", sys.argv[3:])
     try:
         result = pretrain_detector(images, minutes, out_dir=out or WEIGHTS_DIR, resume=resume, threads=threads,
-                                   target_precision=settings.triage.triage_target_precision, command=command,
+                                   target_precision=settings.triage.triage_target_precision,
+                                   prevalence=settings.triage.triage_prevalence, command=command,
                                    log=lambda m: err.print(m))
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")

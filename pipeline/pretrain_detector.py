@@ -48,6 +48,12 @@ PREVALENCE = 0.1  # the watermarked share triage is measured at
 TOP_FRACTIONS = (0.002, 0.005, 0.01, 0.03)  # the pooling shares tried on the val photos
 
 
+def _pool_precision(called_clean: np.ndarray, labels: np.ndarray) -> float | None:
+    """The clean pool's purity at ``PREVALENCE``: the clean share of what is called clean."""
+    tn, fn = called_clean[~labels].mean() * (1 - PREVALENCE), called_clean[labels].mean() * PREVALENCE
+    return float(tn / (tn + fn)) if tn + fn > 0 else None
+
+
 def measure(detector: LocaliserDetector, images: list[np.ndarray], labels: np.ndarray, area: np.ndarray,
             low: float, high: float, threshold: float) -> dict:
     """Triage figures of ``detector`` on ``images`` at its thresholds (see the module docstring)."""
@@ -64,13 +70,15 @@ def measure(detector: LocaliserDetector, images: list[np.ndarray], labels: np.nd
             "precision_at_10pct": PREVALENCE * tpr / max(PREVALENCE * tpr + (1 - PREVALENCE) * fpr, 1e-12),
             "small_mark_recall": float(pred[small].mean()) if small.any() else None, "small_marks": int(small.sum()),
             "uncertain": float((~decided).mean()),
+            "uncertain_at_10pct": float((1 - PREVALENCE) * (~decided)[~labels].mean() + PREVALENCE * (~decided)[labels].mean()),
+            "clean_pool_precision_at_10pct": _pool_precision(clean, labels),
             "accuracy_of_decided": float((wm[decided] == labels[decided]).mean()) if decided.any() else None,
             "images_per_s": round(ips, 1)}
 
 
 def pretrain_detector(folders: list[str | Path], minutes: float = 0.0, out_dir: str | Path = WEIGHTS_DIR,
                       resume: bool = True, threads: int | None = None, target_precision: float = 0.98,
-                      command: str = "", log=print) -> dict:
+                      prevalence: float | None = 0.1, command: str = "", log=print) -> dict:
     """Build (and fine-tune for ``minutes``) the shipped detector; write it and its card."""
     if minutes < 0:
         raise ValueError(f"minutes must be zero or positive, got {minutes}")
@@ -107,7 +115,7 @@ def pretrain_detector(folders: list[str | Path], minutes: float = 0.0, out_dir: 
     detector.config["top_fraction"] = max(by_fraction, key=by_fraction.get)
     log(f"val ROC-AUC by top fraction {by_fraction}: scoring with {detector.config['top_fraction']}")
     val_s = detector.score(val_imgs)
-    cal = calibrate(val_s, val_y, target_precision)
+    cal = calibrate(val_s, val_y, target_precision, prevalence)
     threshold = best_accuracy_threshold(val_s, val_y)
     test_imgs, test_y, test_area = clean_and_marked([load_rgb(p) for p in test_p], seed=1)
     test = measure(detector, test_imgs, test_y, test_area, cal.low, cal.high, threshold)
@@ -155,7 +163,7 @@ Data: the remover's training photos ({len(train_p)}, listed in `remover-manifest
 are never trained on; each is scored once clean and once marked by logos of *held-out* icon
 identities, every family.
 
-## Calibration (val photos, target precision {cal['target_precision']})
+## Calibration (val photos, target precision {cal['target_precision']} at {_prevalence(cal)})
 
 Triage calls an image clean below **{cal['low']:.4f}**, watermarked at or above **{cal['high']:.4f}**,
 uncertain between; the best-accuracy single threshold is {cal['threshold']:.4f}. Val ROC-AUC
@@ -164,9 +172,9 @@ uncertain between; the best-accuracy single threshold is {cal['threshold']:.4f}.
 
 ## Test (held-out photos, {test['images']} images)
 
-| ROC-AUC | accuracy | precision @10 % | recall | small-mark recall (n) | uncertain | accuracy of decided | images/s |
-| --- | --- | --- | --- | --- | --- | --- | --- |
-| {test['roc_auc']:.3f} | {test['accuracy']:.3f} | {test['precision_at_10pct']:.3f} | {test['recall']:.3f} | {'–' if small is None else f'{small:.3f}'} ({test['small_marks']}) | {test['uncertain']:.3f} | {test['accuracy_of_decided'] or 0:.3f} | {test['images_per_s']} |
+| ROC-AUC | accuracy | precision @10 % | recall | small-mark recall (n) | uncertain (half marked) | uncertain @10 % | clean pool @10 % | accuracy of decided | images/s |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| {test['roc_auc']:.3f} | {test['accuracy']:.3f} | {test['precision_at_10pct']:.3f} | {test['recall']:.3f} | {'–' if small is None else f'{small:.3f}'} ({test['small_marks']}) | {test['uncertain']:.3f} | {_fig(test.get('uncertain_at_10pct'))} | {_fig(test.get('clean_pool_precision_at_10pct'))} | {test['accuracy_of_decided'] or 0:.3f} | {test['images_per_s']} |
 
 Real overlays and three seeds: `python bench/triage_localiser.py` (`bench/RESULTS.md`).
 
@@ -184,3 +192,12 @@ Real overlays and three seeds: `python bench/triage_localiser.py` (`bench/RESULT
 
 Reproduce: `unmark pretrain detector --images DIR ... [--minutes M]` (see README).
 """
+
+
+def _prevalence(cal: dict) -> str:
+    p = cal.get("prevalence")
+    return "the samples' own balance" if p is None else f"{p * 100:g} % watermarked"
+
+
+def _fig(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"

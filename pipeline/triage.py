@@ -110,7 +110,7 @@ def train_and_register(
                                        progress=cb if progress or stop else None)
     scores = np.asarray(report.pop("_val_scores"))
     labels = np.asarray(report.pop("_val_labels"), bool)
-    cal = calibrate(scores, labels, t.triage_target_precision)
+    cal = calibrate(scores, labels, t.triage_target_precision, t.triage_prevalence)
     version = "detector-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     metrics = {
         **{k: v for k, v in report.items() if k != "config"},
@@ -162,7 +162,7 @@ def fine_tune_and_register(catalog: Catalog, blobs: BlobStore, settings: Setting
                                           steps=settings.triage.detector_steps,
                                           minutes=settings.triage.detector_max_minutes, progress=cb)
     after = model.score(images)
-    cal = calibrate(after, labels, settings.triage.triage_target_precision)
+    cal = calibrate(after, labels, settings.triage.triage_target_precision, settings.triage.triage_prevalence)
     auc_before, auc_after = roc_auc(before, labels), roc_auc(after, labels)
     better = auc_after > auc_before
     version = "detector-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")

@@ -18,6 +18,7 @@ class Calibration:
     watermarked_precision: float
     watermarked_recall: float
     uncertain_fraction: float
+    prevalence: float | None = None  # the watermarked share the precisions are at (None: the samples' own)
 
     def label(self, score: float) -> str:
         if score < self.low:
@@ -25,35 +26,52 @@ class Calibration:
         return "watermarked" if score >= self.high else "uncertain"
 
 
-def calibrate(scores: np.ndarray, is_watermarked: np.ndarray, target_precision: float = 0.98) -> Calibration:
+def calibrate(scores: np.ndarray, is_watermarked: np.ndarray, target_precision: float = 0.98,
+              prevalence: float | None = None) -> Calibration:
     """Choose ``low`` as the largest threshold whose clean pool (score < low) reaches
     ``target_precision``, and ``high`` as the smallest whose watermarked pool (score ≥ high) does;
-    ``low ≤ high`` always (the band between is uncertain)."""
+    ``low ≤ high`` always (the band between is uncertain).
+
+    ``prevalence``: the share of watermarked images in the data triage will meet. The precisions
+    (and the uncertain share) are then those of that mix, from the samples' true- and
+    false-positive rates, whatever the samples' own balance: a calibration set half marked would
+    otherwise ask a clean pool to be pure at 50 % prevalence, where at 10 % the same threshold
+    leaves it purer. None: the samples' own share (precision counted directly)."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(is_watermarked, dtype=bool)
-    cands = np.unique(np.concatenate([s, [0.0, 1.0 + 1e-9]]))
-    low = 0.0
-    for t in cands:  # ascending: keep the largest t that still meets the target
-        sel = s < t
-        if sel.sum() and (~y[sel]).mean() >= target_precision:
-            low = float(t)
-    high = 1.0 + 1e-9
-    for t in cands[::-1]:  # descending: keep the smallest t that still meets the target
-        sel = s >= t
-        if sel.sum() and y[sel].mean() >= target_precision:
-            high = float(t)
+    if prevalence is not None and not 0 < prevalence < 1:
+        raise ValueError(f"prevalence is a share in (0, 1), not {prevalence}")
+    pi = float(y.mean()) if prevalence is None else prevalence
+    pos, neg = np.sort(s[y]), np.sort(s[~y])
+    t = np.unique(np.concatenate([s, [0.0, 1.0 + 1e-9]]))  # candidate thresholds, ascending
+    # rates of the call "score ≥ t" at every candidate (searchsorted: the share below t)
+    tpr = 1 - np.searchsorted(pos, t, "left") / len(pos) if len(pos) else np.zeros_like(t)
+    fpr = 1 - np.searchsorted(neg, t, "left") / len(neg) if len(neg) else np.zeros_like(t)
+    below = np.searchsorted(np.sort(s), t, "left")  # samples called clean at each t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        clean_p = (1 - pi) * (1 - fpr) / ((1 - pi) * (1 - fpr) + pi * (1 - tpr))
+        wm_p = pi * tpr / (pi * tpr + (1 - pi) * fpr)
+    ok_low = (below > 0) & (np.nan_to_num(clean_p) >= target_precision)
+    ok_high = (below < len(s)) & (np.nan_to_num(wm_p) >= target_precision)
+    low = float(t[ok_low].max()) if ok_low.any() else 0.0  # the largest that still meets the target
+    high = float(t[ok_high].min()) if ok_high.any() else 1.0 + 1e-9  # the smallest
     if high < low:
         low = high = (low + high) / 2
     clean, wm = s < low, s >= high
+    unc = ~clean & ~wm
+    clean_r, wm_r = float(clean[~y].mean()) if (~y).any() else 0.0, float(wm[y].mean()) if y.any() else 0.0
+    fnr_low, fpr_high = float(clean[y].mean()) if y.any() else 0.0, float(wm[~y].mean()) if (~y).any() else 0.0
     return Calibration(
         low=low,
         high=high,
         target_precision=target_precision,
-        clean_precision=float((~y[clean]).mean()) if clean.any() else 1.0,
-        clean_recall=float(clean[~y].mean()) if (~y).any() else 0.0,
-        watermarked_precision=float(y[wm].mean()) if wm.any() else 1.0,
-        watermarked_recall=float(wm[y].mean()) if y.any() else 0.0,
-        uncertain_fraction=float((~clean & ~wm).mean()),
+        clean_precision=(1 - pi) * clean_r / ((1 - pi) * clean_r + pi * fnr_low) if clean.any() else 1.0,
+        clean_recall=clean_r,
+        watermarked_precision=pi * wm_r / (pi * wm_r + (1 - pi) * fpr_high) if wm.any() else 1.0,
+        watermarked_recall=wm_r,
+        uncertain_fraction=(1 - pi) * (float(unc[~y].mean()) if (~y).any() else 0.0)
+        + pi * (float(unc[y].mean()) if y.any() else 0.0),
+        prevalence=prevalence,
     )
 
 

@@ -159,6 +159,28 @@ def test_calibration_hits_target_precision():
     assert perfect.clean_recall == 1.0 and perfect.watermarked_recall == 1.0
 
 
+def test_calibration_at_a_prevalence_is_that_mix_s_precision():
+    """Calibrated on a half-marked set for data one tenth marked: the clean pool may reach
+    further (its purity is counted at 10 %), and a sample drawn at 10 % from the same
+    distributions meets the target with that wider pool; the watermarked call gets stricter."""
+    rng = np.random.default_rng(2)
+
+    def draw(n: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.random(n) < share
+        return np.clip(np.where(y, rng.normal(0.7, 0.15, n), rng.normal(0.3, 0.15, n)), 0, 1), y
+
+    s, y = draw(20_000, 0.5)
+    balanced, at10 = calibrate(s, y, 0.98), calibrate(s, y, 0.98, prevalence=0.1)
+    assert at10.prevalence == 0.1 and balanced.prevalence is None
+    assert at10.low > balanced.low and at10.high > balanced.high
+    assert at10.clean_recall > balanced.clean_recall and at10.clean_precision >= 0.98
+    s10, y10 = draw(200_000, 0.1)  # what triage then meets
+    assert (~y10[s10 < at10.low]).mean() >= 0.975 and y10[s10 >= at10.high].mean() >= 0.96  # the tail: noisier
+    assert (~y10[s10 < balanced.low]).mean() > 0.99  # the balanced rule was stricter than asked
+    with pytest.raises(ValueError, match="prevalence"):
+        calibrate(s, y, 0.98, prevalence=1.0)
+
+
 def test_roc_auc_known_values():
     assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1], bool)) == 1.0
     assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1], bool)) == 0.0
